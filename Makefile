@@ -1,0 +1,26 @@
+# RelayPACS: `make run` starts the whole product, `make test` runs every test.
+.PHONY: run test lint bench setup clean
+
+VENV := .venv
+PY := $(VENV)/bin/python
+
+setup:
+	@scripts/bootstrap.sh
+
+run: setup
+	$(PY) manage.py serve
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: setup lint
+	$(VENV)/bin/pytest -q -p no:randomly
+
+bench: setup
+	@scripts/bootstrap.sh --bench
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) var

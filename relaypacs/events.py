@@ -1,0 +1,39 @@
+"""Domain events, emitted by services in one place.
+
+Services call ``emit`` after their transaction commits; reports, notifications and
+analytics subscribe with ``subscribe`` (or ``domain_event.connect``) and nothing imports
+them back. Payloads carry ids and counts, never patient data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
+
+domain_event = Signal()
+
+UPLOAD_STARTED = "upload.started"
+UPLOAD_RECEIVED = "upload.received"  # every chunk is in, processing starts
+UPLOAD_NEEDS_CONFIRMATION = "upload.needs_confirmation"
+UPLOAD_COMPLETED = "upload.completed"  # the PACS confirmed every instance
+UPLOAD_FAILED = "upload.failed"
+UPLOAD_CANCELLED = "upload.cancelled"
+PACS_RECEIPT = "pacs.receipt"  # a PACS acknowledged (part of) an upload
+PACS_UNREACHABLE = "pacs.unreachable"
+
+
+def emit(name: str, **payload: Any) -> None:
+    """Send a domain event to every subscriber; a failing subscriber never breaks the sender."""
+    logger.info("event %s %s", name, {k: v for k, v in payload.items() if k.endswith("id")})
+    for receiver, error in domain_event.send_robust(sender=name, name=name, **payload):
+        if isinstance(error, Exception):
+            logger.error("subscriber %r failed on %s: %r", receiver, name, error)
+
+
+def subscribe(handler: Callable[..., Any]) -> None:
+    domain_event.connect(handler, weak=False)

@@ -1,0 +1,247 @@
+"""Settings shared by every environment.
+
+All environment access goes through django-environ here. With no environment at all the
+product runs on its embedded default: SQLite, local files and a filesystem Celery broker
+under ``DATA_DIR``, and a local Orthanc PACS on 127.0.0.1:8042.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+env = environ.Env()
+
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_from_env_or_data_dir() -> str:
+    """SECRET_KEY (or SECRET_KEY_FILE); otherwise one generated once and kept in DATA_DIR.
+
+    Keeping it in DATA_DIR means upload tokens and sessions survive a restart of the
+    embedded default. Production settings refuse this fallback.
+    """
+    if env.str("SECRET_KEY_FILE", default=""):
+        return Path(env.str("SECRET_KEY_FILE")).read_text().strip()
+    if env.str("SECRET_KEY", default=""):
+        return env.str("SECRET_KEY")
+    key_file = DATA_DIR / ".secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_from_env_or_data_dir()
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
+PORT = env.int("PORT", default=8000)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "channels",
+    "accounts",
+    "pacs",
+    "uploads",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "relaypacs.urls"
+WSGI_APPLICATION = "relaypacs.wsgi.application"
+ASGI_APPLICATION = "relaypacs.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'relaypacs.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Concurrent chunk writers, the worker and beat share one file: WAL lets readers run
+    # beside the writer, IMMEDIATE takes the write lock at BEGIN (no deadlocking upgrades),
+    # and the busy timeout makes writers queue instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STATICFILES_DIRS = [p for p in [BASE_DIR / "static"] if p.exists()]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# Chunk bodies up to 16 MiB stay in memory while their MD5 is checked; larger request
+# bodies are refused before they reach a view.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 17 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 17 * 1024 * 1024
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "uploads.authentication.UploadTokenAuthentication",
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "relaypacs.errors.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
+}
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(days=env.int("JWT_REFRESH_DAYS", default=7)),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": True,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "RelayPACS API",
+    "DESCRIPTION": "Resumable, offline-first DICOM ingestion into a hospital PACS.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery ---------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+BROKER_DIR = DATA_DIR / "broker"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # The embedded broker: messages are files in DATA_DIR, so nothing needs a server.
+    # Losing one is harmless: upload state and leases live in the database and beat
+    # re-dispatches any work whose lease expired.
+    BROKER_DIR.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR),
+        "data_folder_out": str(BROKER_DIR),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# How often beat looks for work whose lease expired or whose retry time came.
+REDISPATCH_INTERVAL_SECONDS = env.int("REDISPATCH_INTERVAL_SECONDS", default=15)
+CELERY_BEAT_SCHEDULE = {
+    "uploads-redispatch": {
+        "task": "uploads.tasks.uploads_redispatch",
+        "schedule": REDISPATCH_INTERVAL_SECONDS,
+    },
+    "uploads-cleanup": {
+        "task": "uploads.tasks.uploads_cleanup",
+        "schedule": env.int("CLEANUP_INTERVAL_SECONDS", default=900),
+    },
+}
+
+# --- Uploads --------------------------------------------------------------------------
+UPLOAD_STORAGE_DIR = Path(env.str("UPLOAD_STORAGE_DIR", default=str(DATA_DIR / "uploads")))
+UPLOAD_MAX_TOTAL_SIZE = env.int("UPLOAD_MAX_TOTAL_SIZE", default=20 * 1024**3)
+UPLOAD_MIN_CHUNK_SIZE = 256 * 1024
+UPLOAD_MAX_CHUNK_SIZE = 16 * 1024 * 1024
+UPLOAD_DEFAULT_CHUNK_SIZE = env.int("UPLOAD_DEFAULT_CHUNK_SIZE", default=1024 * 1024)
+UPLOAD_RESUME_WINDOW = timedelta(hours=env.float("UPLOAD_RESUME_WINDOW_HOURS", default=24))
+# A worker renews its lease after every STOW batch; past it, beat hands the work to another.
+UPLOAD_LEASE_SECONDS = env.int("UPLOAD_LEASE_SECONDS", default=300)
+UPLOAD_DUPLICATE_WINDOW = timedelta(days=env.int("UPLOAD_DUPLICATE_WINDOW_DAYS", default=30))
+# Flush every acknowledged chunk to disk: a power cut must never lose an acknowledged byte.
+UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
+# Disk kept free beside the largest upload, so the database and logs can still write.
+UPLOAD_DISK_RESERVE = env.int("UPLOAD_DISK_RESERVE", default=256 * 1024 * 1024)
+
+# --- PACS -----------------------------------------------------------------------------
+PACS_DICOMWEB_URL = env.str("PACS_DICOMWEB_URL", default="")
+PACS_ORTHANC_URL = env.str("PACS_ORTHANC_URL", default="")
+PACS_EMBEDDED = not PACS_DICOMWEB_URL and not PACS_ORTHANC_URL
+PACS_EMBEDDED_PORT = env.int("PACS_EMBEDDED_PORT", default=8042)
+PACS_EMBEDDED_DICOM_PORT = env.int("PACS_EMBEDDED_DICOM_PORT", default=4242)
+if PACS_EMBEDDED:
+    PACS_DICOMWEB_URL = f"http://127.0.0.1:{PACS_EMBEDDED_PORT}/dicom-web"
+    PACS_ORTHANC_URL = f"http://127.0.0.1:{PACS_EMBEDDED_PORT}"
+PACS_NAME = env.str("PACS_NAME", default="default")
+PACS_USERNAME = env.str("PACS_USERNAME", default="")
+PACS_PASSWORD = env.str("PACS_PASSWORD", default="")
+if env.str("PACS_PASSWORD_FILE", default=""):
+    PACS_PASSWORD = Path(env.str("PACS_PASSWORD_FILE")).read_text().strip()
+PACS_TOKEN = env.str("PACS_TOKEN", default="")
+PACS_CA_BUNDLE = env.str("PACS_CA_BUNDLE", default="")
+PACS_CLIENT_CERT = env.str("PACS_CLIENT_CERT", default="")
+PACS_CLIENT_KEY = env.str("PACS_CLIENT_KEY", default="")
+PACS_TIMEOUT_SECONDS = env.float("PACS_TIMEOUT_SECONDS", default=120)
+# "failover": the first destination that takes the study; "all": every destination.
+PACS_MODE = env.str("PACS_MODE", default="failover")
+# STOW-RS batches bounded in bytes: big enough to amortise a request, small enough that a
+# batch on a slow link finishes well inside the per-request timeout.
+PACS_STOW_BATCH_BYTES = env.int("PACS_STOW_BATCH_BYTES", default=50 * 1024 * 1024)
+PACS_RETRY_WINDOW = timedelta(days=env.float("PACS_RETRY_WINDOW_DAYS", default=7))
+PACS_RETRY_BASE_SECONDS = env.float("PACS_RETRY_BASE_SECONDS", default=30)
+PACS_RETRY_MAX_SECONDS = env.float("PACS_RETRY_MAX_SECONDS", default=3600)
+
+# --- Logging (no patient data: only ids, counts and codes are logged) -------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"pydicom": {"level": "ERROR"}},
+}

@@ -1,0 +1,12 @@
+"""Test settings: PostgreSQL and Redis as on CI, fast password hashing."""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/7")
+
+from .base import *  # noqa: E402,F403
+from .base import env  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=False)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what RelayPACS needs on a fresh Debian 12 machine: Debian packages (when
+# missing), then .venv with the pinned Python requirements. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools"
+if [ "${1:-}" = "--bench" ]; then APT_PACKAGES="$APT_PACKAGES nginx-core"; fi
+
+missing=""
+for pkg in $APT_PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  echo "Installing Debian packages:$missing"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+  # Debian starts its own Orthanc service on 8042/4242; RelayPACS runs its own instance.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
+    $SUDO systemctl stop orthanc || true
+    $SUDO systemctl disable orthanc || true
+  fi
+fi
+
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,141 @@
+"""``manage.py serve``: the whole product on one machine (what ``make run`` starts).
+
+Migrates, starts a local Orthanc PACS unless ``PACS_DICOMWEB_URL``/``PACS_ORTHANC_URL`` is
+set, a Celery worker, Celery beat and the web server (uvicorn, ASGI), then supervises
+them: Ctrl-C (or SIGTERM) stops everything it started, and if one of them dies the rest
+are stopped too, so nothing is left half-running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from pacs.local_orthanc import LocalOrthanc
+
+# Children get this long to stop cleanly after SIGTERM before they are killed.
+STOP_GRACE_SECONDS = 15
+
+
+class Command(BaseCommand):
+    help = "Run RelayPACS: web server, Celery worker and beat, and a local Orthanc PACS."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
+        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+        parser.add_argument(
+            "--worker-concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2"))
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.stopping = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self._start(options)
+            self._supervise()
+        finally:
+            self._stop_all()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.stopping = True
+
+    def _start(self, options: dict[str, Any]) -> None:
+        data_dir = Path(settings.DATA_DIR)
+        self.stdout.write(f"RelayPACS data directory: {data_dir}")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+        env.setdefault("DJANGO_SETTINGS_MODULE", os.environ["DJANGO_SETTINGS_MODULE"])
+        if settings.PACS_EMBEDDED:
+            orthanc = LocalOrthanc(
+                data_dir=data_dir / "orthanc",
+                http_port=settings.PACS_EMBEDDED_PORT,
+                dicom_port=settings.PACS_EMBEDDED_DICOM_PORT,
+                username=settings.PACS_USERNAME,
+                password=settings.PACS_PASSWORD,
+            )
+            if orthanc.is_up():
+                raise CommandError(
+                    f"Something already answers on {orthanc.url}. Stop it (or another "
+                    "RelayPACS), or set PACS_EMBEDDED_PORT to a free port."
+                )
+            try:
+                self.children.append(("orthanc", orthanc.start()))
+            except (RuntimeError, FileNotFoundError) as exc:
+                raise CommandError(
+                    f"The local Orthanc PACS could not start: {exc}. Install it with "
+                    "'apt-get install orthanc orthanc-dicomweb' (make run does), or set "
+                    "PACS_DICOMWEB_URL to use another PACS."
+                ) from exc
+            self.stdout.write(f"Local PACS (Orthanc): {orthanc.url}  (DICOMweb {orthanc.dicomweb_url})")
+        else:
+            self.stdout.write(f"PACS: {settings.PACS_DICOMWEB_URL or settings.PACS_ORTHANC_URL}")
+        python = sys.executable
+        logs = data_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        # A beat killed by a power cut leaves its pidfile behind and would refuse to start.
+        (data_dir / "celerybeat.pid").unlink(missing_ok=True)
+        self._spawn(
+            "worker",
+            [python, "-m", "celery", "-A", "relaypacs", "worker", "--loglevel=INFO",
+             f"--concurrency={options['worker_concurrency']}", "--hostname=worker@%h"],
+            env,
+        )
+        self._spawn(
+            "beat",
+            [python, "-m", "celery", "-A", "relaypacs", "beat", "--loglevel=INFO",
+             f"--schedule={data_dir / 'celerybeat-schedule'}", f"--pidfile={data_dir / 'celerybeat.pid'}"],
+            env,
+        )
+        self._spawn(
+            "web",
+            [python, "-m", "uvicorn", "relaypacs.asgi:application", "--host", options["host"],
+             "--port", str(settings.PORT), "--workers", str(options["web_workers"]),
+             "--no-access-log", "--timeout-graceful-shutdown", "10"],
+            env,
+        )
+        self.stdout.write(f"RelayPACS is starting on http://{options['host']}:{settings.PORT}/ "
+                          f"(API docs at /api/v1/docs/). Press Ctrl-C to stop.")
+        if not get_user_model().objects.filter(is_superuser=True).exists():
+            self.stdout.write(
+                "No administrator exists yet. Create the first one in another terminal with:\n"
+                "  .venv/bin/python manage.py createsuperuser\n"
+                "(a superuser can sign in, upload and manage users at /admin/)."
+            )
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        self.children.append((name, subprocess.Popen(argv, env=env)))
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            for name, child in self.children:
+                if child.poll() is not None:
+                    self.stderr.write(f"{name} exited with code {child.returncode}; stopping RelayPACS.")
+                    self.stopping = True
+                    break
+            time.sleep(0.5)
+
+    def _stop_all(self) -> None:
+        for _, child in reversed(self.children):
+            if child.poll() is None:
+                child.terminate()
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for _, child in reversed(self.children):
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.stdout.write("RelayPACS stopped.")

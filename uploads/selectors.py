@@ -1,0 +1,161 @@
+"""Reads and queries of the upload pipeline."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Max, Q, QuerySet
+
+from accounts.models import User
+
+from .models import FileKind, PacsStatus, UploadChunk, UploadFile, UploadSession, UploadState
+from .tokens import UploadTokenClaim
+
+
+def upload_get_for(*, upload_id: uuid.UUID, user: User, auth: object) -> UploadSession:
+    """The upload if this requester may act on it; Http404 otherwise (never 403).
+
+    An upload token opens its own upload only; an access token opens its owner's uploads.
+    """
+    from django.http import Http404
+
+    if isinstance(auth, UploadTokenClaim) and auth.upload_id != upload_id:
+        raise Http404
+    session = UploadSession.objects.filter(pk=upload_id, owner=user).first()
+    if session is None:
+        raise Http404
+    return session
+
+
+def uploads_list(*, user: User, state: str | None = None) -> QuerySet[UploadSession]:
+    queryset = UploadSession.objects.filter(owner=user).order_by("-created_at")
+    if state:
+        queryset = queryset.filter(state=state)
+    return queryset
+
+
+def upload_stored_chunk_indexes(*, session: UploadSession) -> set[int]:
+    return set(
+        UploadChunk.objects.filter(session=session, stored=True).values_list("index", flat=True)
+    )
+
+
+def upload_missing_chunks(*, session: UploadSession) -> list[int]:
+    stored = upload_stored_chunk_indexes(session=session)
+    return [i for i in range(session.total_chunks) if i not in stored]
+
+
+def upload_expires_at(*, session: UploadSession) -> datetime:
+    """Resumable until the resume window after the last chunk (sliding) or after init."""
+    last = UploadChunk.objects.filter(session=session).aggregate(last=Max("received_at"))["last"]
+    start = max(session.created_at, last) if last else session.created_at
+    return start + settings.UPLOAD_RESUME_WINDOW
+
+
+def _file_entry(f: UploadFile) -> dict[str, str]:
+    return {"name": f.name, "reason": f.reason}
+
+
+def _receipt_summary(receipt: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Per destination: what the PACS acknowledged and when receipt was confirmed."""
+    if not receipt:
+        return None
+    return {
+        key: {
+            "name": record.get("name", key),
+            "acknowledged_instances": len(record.get("acknowledged", [])),
+            "failed_instances": len(record.get("failed", {})),
+            "confirmed_instances": record.get("confirmed_instances"),
+            "confirmed_at": record.get("confirmed_at"),
+        }
+        for key, record in receipt.get("destinations", {}).items()
+    }
+
+
+def upload_status(*, session: UploadSession) -> dict[str, Any]:
+    """Everything a client needs to show progress and to resume after a crash."""
+    stored = UploadChunk.objects.filter(session=session, stored=True).values_list("index", "size")
+    indexes = set()
+    received = 0
+    for index, size in stored:
+        indexes.add(index)
+        received += size
+    missing = (
+        [i for i in range(session.total_chunks) if i not in indexes]
+        if session.state == UploadState.RECEIVING
+        else []
+    )
+    files = list(
+        UploadFile.objects.filter(session=session)
+        .filter(
+            Q(kind__in=[FileKind.SKIPPED, FileKind.REJECTED])
+            | Q(
+                kind=FileKind.DICOM,
+                pacs_status__in=[PacsStatus.FAILED, PacsStatus.ALREADY_DELIVERED],
+            )
+        )
+        .only("name", "reason", "kind", "pacs_status", "pacs_reason", "sop_instance_uid")
+    )
+    dicom_files = UploadFile.objects.filter(session=session, kind=FileKind.DICOM)
+    counts: dict[str, int] = {}
+    for status in dicom_files.values_list("pacs_status", flat=True):
+        counts[status] = counts.get(status, 0) + 1
+    failed = [
+        {"sop_instance_uid": f.sop_instance_uid, "name": f.name, "reason": f.pacs_reason}
+        for f in files
+        if f.kind == FileKind.DICOM and f.pacs_status == PacsStatus.FAILED
+    ]
+    already = [
+        f.sop_instance_uid
+        for f in files
+        if f.kind == FileKind.DICOM and f.pacs_status == PacsStatus.ALREADY_DELIVERED
+    ]
+    studies = [
+        {
+            "study_instance_uid": s.study_instance_uid,
+            "patient_name": s.patient_name,
+            "patient_id": s.patient_id,
+            "study_date": s.study_date,
+            "study_description": s.study_description,
+            "accession_number": s.accession_number,
+            "modalities": s.modalities,
+            "series": s.series,
+            "instances": s.instances,
+            "pacs_state": s.pacs_state,
+        }
+        for s in session.studies.all()
+    ]
+    return {
+        "upload_id": str(session.id),
+        "state": session.state,
+        "state_label": session.get_state_display(),
+        "bytes_received": received,
+        "total_size": session.total_size,
+        "chunk_size": session.chunk_size,
+        "total_chunks": session.total_chunks,
+        "missing_chunks": missing,
+        "service_level": session.service_level,
+        "metadata": session.metadata,
+        "clinical_notes": session.clinical_notes,
+        "studies": studies,
+        "pacs": {
+            "destination": session.destination or None,
+            "receipt": _receipt_summary(session.receipt),
+            "acknowledged_instances": counts.get(PacsStatus.STORED, 0),
+            "already_delivered_instances": already,
+            "pending_instances": counts.get(PacsStatus.PENDING, 0),
+            "failed_instances": failed,
+            "next_retry_at": session.next_retry_at.isoformat() if session.next_retry_at else None,
+            "attempts": session.attempts,
+        },
+        "rejected_files": [_file_entry(f) for f in files if f.kind == FileKind.REJECTED],
+        "skipped_files": [_file_entry(f) for f in files if f.kind == FileKind.SKIPPED],
+        "warnings": session.warnings,
+        "error": session.error,
+        "created_at": session.created_at.isoformat(),
+        "completed_at": session.completed_at.isoformat() if session.completed_at else None,
+        "expires_at": upload_expires_at(session=session).isoformat(),
+    }

@@ -1,0 +1,34 @@
+"""Every write and side effect of the upload pipeline."""
+
+from .forwarding import upload_forward
+from .ingest import (
+    ManifestFile,
+    UploadInit,
+    chunk_store,
+    manifest_parse,
+    upload_cancel,
+    upload_complete,
+    upload_confirm,
+    upload_init,
+    upload_retry,
+    upload_token_refresh,
+)
+from .maintenance import uploads_cleanup, uploads_redispatch
+from .processing import upload_process
+
+__all__ = [
+    "ManifestFile",
+    "UploadInit",
+    "chunk_store",
+    "manifest_parse",
+    "upload_cancel",
+    "upload_complete",
+    "upload_confirm",
+    "upload_forward",
+    "upload_init",
+    "upload_process",
+    "upload_retry",
+    "upload_token_refresh",
+    "uploads_cleanup",
+    "uploads_redispatch",
+]

@@ -1,0 +1,322 @@
+"""Forwarding a processed upload to the PACS and confirming receipt."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from pacs import selectors as pacs_selectors
+from pacs import services as pacs_services
+from pacs.selectors import PacsTarget
+from pacs.services import InstanceOutcome, InstanceSource, PacsRejected, PacsUnavailable
+from relaypacs import events
+
+from .. import storage
+from ..models import FileKind, PacsStatus, Study, UploadFile, UploadSession, UploadState
+from .leases import lease_claim, lease_release, lease_renew
+
+logger = logging.getLogger(__name__)
+
+
+class _LeaseLost(Exception):
+    """The upload was cancelled or another worker took it over: stop quietly."""
+
+
+class _Refused(Exception):
+    def __init__(self, failed: dict[str, str]) -> None:
+        super().__init__(f"{len(failed)} instances refused")
+        self.failed = failed
+
+
+class _NotListed(Exception):
+    def __init__(self, missing: set[str]) -> None:
+        super().__init__(f"{len(missing)} instances not listed")
+        self.missing = missing
+
+
+def _source(upload_id: uuid.UUID, f: UploadFile) -> InstanceSource:
+    return InstanceSource(
+        sop_instance_uid=f.sop_instance_uid,
+        study_instance_uid=f.study_instance_uid,
+        size=f.size,
+        open=functools.partial(storage.open_range, upload_id=upload_id, offset=f.offset, size=f.size),
+    )
+
+
+class _Delivery:
+    """Delivers one upload's instances to one PACS target under the worker's lease."""
+
+    def __init__(self, *, session: UploadSession, token: str, target: PacsTarget, files: list[UploadFile]) -> None:
+        self.session = session
+        self.token = token
+        self.target = target
+        self.files = files
+        self.by_uid = {f.sop_instance_uid: f for f in files}
+        receipt = session.receipt or {}
+        record = receipt.get("destinations", {}).get(target.key, {})
+        self.acknowledged: set[str] = set(record.get("acknowledged", []))
+        self.failed: dict[str, str] = dict(record.get("failed", {}))
+        self.retrieve_urls: dict[str, str] = {}
+
+    def _save(self, changed: list[UploadFile]) -> None:
+        receipt = self.session.receipt or {"destinations": {}}
+        receipt.setdefault("destinations", {})[self.target.key] = {
+            "name": self.target.name,
+            "acknowledged": sorted(self.acknowledged),
+            "failed": self.failed,
+            "updated_at": timezone.now().isoformat(),
+        }
+        self.session.receipt = receipt
+        with transaction.atomic():
+            UploadSession.objects.filter(pk=self.session.pk, lease_owner=self.token).update(receipt=receipt)
+            UploadFile.objects.bulk_update(changed, ["pacs_status", "pacs_reason"], batch_size=500)
+
+    def _on_batch(self, outcomes: list[InstanceOutcome]) -> None:
+        changed = []
+        for outcome in outcomes:
+            f = self.by_uid.get(outcome.sop_instance_uid)
+            if f is None:
+                continue
+            if outcome.stored:
+                self.acknowledged.add(outcome.sop_instance_uid)
+                self.failed.pop(outcome.sop_instance_uid, None)
+                f.pacs_status, f.pacs_reason = PacsStatus.STORED, ""
+            else:
+                reason = outcome.failure_reason or "refused by the PACS"
+                self.failed[outcome.sop_instance_uid] = reason
+                f.pacs_status, f.pacs_reason = PacsStatus.FAILED, reason[:500]
+            changed.append(f)
+        self._save(changed)
+        if not lease_renew(upload_id=self.session.id, token=self.token, state=UploadState.FORWARDING):
+            raise _LeaseLost
+
+    def run(self) -> None:
+        """Send what the target lacks, then confirm it lists every instance.
+
+        Raises PacsUnavailable (retry later), PacsRejected, _Refused, _NotListed, _LeaseLost.
+        """
+        uids = list(self.by_uid)
+        since = timezone.now() - settings.UPLOAD_DUPLICATE_WINDOW
+        earlier = pacs_selectors.delivered_recently(
+            target_key=self.target.key, sop_instance_uids=uids, since=since
+        )
+        already = [self.by_uid[u] for u in earlier if u not in self.acknowledged]
+        for f in already:
+            f.pacs_status, f.pacs_reason = PacsStatus.ALREADY_DELIVERED, ""
+        if already:
+            self._save(already)
+        to_send = [f for f in self.files if f.sop_instance_uid not in self.acknowledged and f.sop_instance_uid not in earlier]
+        self._send(to_send)
+        if self.failed:
+            raise _Refused(self.failed)
+        missing = self._unlisted()
+        # Instances delivered by an earlier upload but no longer in the PACS: send them now.
+        resend = [self.by_uid[u] for u in missing if u in earlier and u not in self.acknowledged]
+        if resend:
+            self._send(resend)
+            if self.failed:
+                raise _Refused(self.failed)
+            missing = self._unlisted()
+        if missing:
+            raise _NotListed(missing)
+
+    def _send(self, files: list[UploadFile]) -> None:
+        if not files:
+            return
+        pacs_services.instances_store(
+            target=self.target,
+            instances=[_source(self.session.id, f) for f in files],
+            on_batch=self._on_batch,
+        )
+
+    def _unlisted(self) -> set[str]:
+        by_study: dict[str, list[str]] = defaultdict(list)
+        for f in self.files:
+            by_study[f.study_instance_uid].append(f.sop_instance_uid)
+        return pacs_services.instances_confirm(target=self.target, sop_instance_uids_by_study=by_study)
+
+
+def _complete(*, session: UploadSession, token: str, delivered: list[tuple[PacsTarget, _Delivery]]) -> None:
+    now = timezone.now()
+    receipt = session.receipt or {"destinations": {}}
+    for target, delivery in delivered:
+        record = receipt.setdefault("destinations", {}).setdefault(target.key, {"name": target.name})
+        record["confirmed_at"] = now.isoformat()
+        record["confirmed_instances"] = len(delivery.by_uid)
+    with transaction.atomic():
+        done = lease_release(
+            upload_id=session.id,
+            token=token,
+            from_state=UploadState.FORWARDING,
+            state=UploadState.COMPLETED,
+            completed_at=now,
+            next_retry_at=None,
+            error=None,
+            receipt=receipt,
+            destination=", ".join(t.name for t, _ in delivered),
+        )
+        if not done:
+            return
+        Study.objects.filter(session=session).update(pacs_state="received")
+        for target, delivery in delivered:
+            pacs_services.deliveries_record(
+                target_key=target.key,
+                instances=[(f.sop_instance_uid, f.study_instance_uid) for f in delivery.files],
+            )
+        upload_id = session.id
+
+        def finish() -> None:
+            storage.stream_delete(upload_id=upload_id)
+            UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
+            for target, delivery in delivered:
+                events.emit(
+                    events.PACS_RECEIPT,
+                    upload_id=str(upload_id),
+                    destination=target.name,
+                    instances=len(delivery.by_uid),
+                )
+            events.emit(events.UPLOAD_COMPLETED, upload_id=str(upload_id))
+
+        transaction.on_commit(finish)
+    logger.info("upload %s completed: PACS confirmed every instance", session.id)
+
+
+def _fail(*, session: UploadSession, token: str, error: dict[str, Any]) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        if lease_release(
+            upload_id=session.id,
+            token=token,
+            from_state=UploadState.FORWARDING,
+            state=UploadState.FAILED,
+            failed_at=now,
+            next_retry_at=None,
+            error=error,
+        ):
+            upload_id = session.id
+            transaction.on_commit(
+                lambda: events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code=error["code"])
+            )
+
+
+def _wait_for_pacs(*, session: UploadSession, token: str, error: dict[str, Any]) -> None:
+    now = timezone.now()
+    first = session.first_pacs_failure_at or now
+    if now - first > settings.PACS_RETRY_WINDOW:
+        days = settings.PACS_RETRY_WINDOW / timedelta(days=1)
+        _fail(
+            session=session,
+            token=token,
+            error={
+                "code": "pacs_unreachable",
+                "message": f"The PACS could not be reached for {days:g} days, so the study was not delivered.",
+                "hint": "Ask your PACS administrator to check the PACS; then press retry.",
+            },
+        )
+        return
+    delay = pacs_services.retry_delay_seconds(attempt=session.attempts)
+    lease_release(
+        upload_id=session.id,
+        token=token,
+        from_state=UploadState.FORWARDING,
+        state=UploadState.WAITING_FOR_PACS,
+        first_pacs_failure_at=first,
+        next_retry_at=now + timedelta(seconds=delay),
+        error=error,
+    )
+    events.emit(events.PACS_UNREACHABLE, upload_id=str(session.id))
+    logger.info("upload %s waits for the PACS; next try in %.0fs", session.id, delay)
+
+
+def upload_forward(*, upload_id: uuid.UUID) -> None:
+    """Deliver a processed upload to the configured PACS and confirm receipt.
+
+    Idempotent and safe to run twice: it claims the upload's lease (``forwarding``, or
+    ``waiting_for_pacs`` whose retry time came) or does nothing; instances the PACS has
+    acknowledged are not sent again, and the PACS stores a re-sent instance once.
+    Ends in ``completed`` (every SOP instance listed by QIDO-RS), ``waiting_for_pacs``
+    (retry at ``next_retry_at``) or ``failed``.
+    """
+    token = lease_claim(
+        upload_id=upload_id,
+        states=[UploadState.FORWARDING, UploadState.WAITING_FOR_PACS],
+        due_only=True,
+    )
+    if token is None:
+        return
+    UploadSession.objects.filter(pk=upload_id, lease_owner=token).update(state=UploadState.FORWARDING)
+    session = UploadSession.objects.get(pk=upload_id)
+    files = list(
+        UploadFile.objects.filter(session=session, kind=FileKind.DICOM).order_by("position")
+    )
+    targets = pacs_selectors.pacs_targets()
+    if not targets:
+        _fail(
+            session=session,
+            token=token,
+            error={
+                "code": "no_pacs_configured",
+                "message": "No PACS destination is configured, so the study cannot be delivered.",
+                "hint": "Ask your RelayPACS administrator to configure a PACS, then press retry.",
+            },
+        )
+        return
+    every = pacs_selectors.pacs_mode() == "all"
+    delivered: list[tuple[PacsTarget, _Delivery]] = []
+    unavailable: list[dict[str, Any]] = []
+    try:
+        for target in targets:
+            delivery = _Delivery(session=session, token=token, target=target, files=files)
+            try:
+                delivery.run()
+            except PacsUnavailable as exc:
+                unavailable.append({**exc.as_dict(), "destination": target.name})
+                if every:
+                    break
+                continue
+            except _NotListed as exc:
+                unavailable.append(
+                    {
+                        "code": "pacs_not_listing",
+                        "message": f"The PACS {target.name} acknowledged the study but does "
+                        f"not list {len(exc.missing)} of its images yet.",
+                        "hint": "RelayPACS will check again automatically.",
+                        "destination": target.name,
+                    }
+                )
+                if every:
+                    break
+                continue
+            delivered.append((target, delivery))
+            if not every:
+                break
+    except _LeaseLost:
+        logger.info("upload %s: lease lost while forwarding; stopping", upload_id)
+        return
+    except _Refused as exc:
+        _fail(
+            session=session,
+            token=token,
+            error={
+                "code": "pacs_refused_instances",
+                "message": f"The PACS refused {len(exc.failed)} of {len(files)} images.",
+                "hint": "See failed_instances for the PACS's reasons; fix the images or ask "
+                "the PACS administrator, then press retry.",
+            },
+        )
+        return
+    except PacsRejected as exc:
+        _fail(session=session, token=token, error=exc.as_dict())
+        return
+    if unavailable or not delivered:
+        _wait_for_pacs(session=session, token=token, error=unavailable[0])
+        return
+    _complete(session=session, token=token, delivered=delivered)

@@ -1,0 +1,531 @@
+"""Receiving an upload: init, chunks, complete, and the client's controls over it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from accounts.models import User
+from relaypacs import events
+from relaypacs.errors import ApplicationError
+
+from .. import storage
+from ..models import (
+    FINAL_STATES,
+    FileKind,
+    PacsStatus,
+    ServiceLevel,
+    UploadChunk,
+    UploadFile,
+    UploadSession,
+    UploadState,
+)
+from ..selectors import upload_expires_at, upload_missing_chunks
+from ..tokens import upload_token_issue
+from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
+
+METADATA_FIELDS = (
+    "patient_name",
+    "patient_id",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "modality",
+    "study_description",
+    "accession_number",
+)
+DATE_FIELDS = ("patient_birth_date", "study_date")
+# Longest file name kept (a relative path from a folder pick can be long).
+MAX_NAME_LENGTH = 1024
+# A CD of thousands of images is normal; beyond this a manifest is a mistake or an attack.
+MAX_FILES = 100_000
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    name: str
+    size: int
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class UploadInit:
+    files: list[ManifestFile]
+    metadata: dict[str, str]
+    clinical_notes: str
+    service_level: str
+    chunk_size: int
+    allow_partial: bool
+    force_upload: bool
+
+
+def _manifest_error(detail: str) -> ApplicationError:
+    return ApplicationError(
+        "invalid_manifest",
+        f"The list of files to upload is not valid: {detail}.",
+        "The app should list every file with its name and size in bytes; "
+        "pick the files again and retry.",
+    )
+
+
+def _normalise_date(value: str, field: str) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    for pattern in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, pattern).date().strftime("%Y%m%d")  # noqa: DTZ007
+        except ValueError:
+            continue
+    raise _manifest_error(f"{field} must be a date as YYYYMMDD or YYYY-MM-DD")
+
+
+def manifest_parse(*, data: Any) -> UploadInit:
+    """Validate an init request body; raises ApplicationError before anything is stored."""
+    if not isinstance(data, dict):
+        raise _manifest_error("the request body must be a JSON object")
+    files_raw = data.get("files")
+    if not isinstance(files_raw, list) or not files_raw:
+        raise _manifest_error("it names no files")
+    if len(files_raw) > MAX_FILES:
+        raise _manifest_error(f"it names more than {MAX_FILES} files")
+    files: list[ManifestFile] = []
+    for position, item in enumerate(files_raw, start=1):
+        if not isinstance(item, dict):
+            raise _manifest_error(f"file {position} is not an object with name and size")
+        name = item.get("name")
+        size = item.get("size")
+        sha = item.get("sha256") or ""
+        if not isinstance(name, str) or not name.strip():
+            raise _manifest_error(f"file {position} has no name")
+        if len(name) > MAX_NAME_LENGTH:
+            raise _manifest_error(f"file {position} has a name longer than {MAX_NAME_LENGTH}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise _manifest_error(f"file {position} needs a size that is a whole number of bytes")
+        if not isinstance(sha, str) or (sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
+            raise _manifest_error(f"file {position} has a sha256 that is not 64 hex digits")
+        files.append(ManifestFile(name=name, size=size, sha256=sha.lower()))
+    if sum(f.size for f in files) == 0:
+        raise _manifest_error("all files are empty")
+
+    metadata_raw = data.get("metadata") or {}
+    if not isinstance(metadata_raw, dict):
+        raise _manifest_error("metadata must be an object")
+    metadata: dict[str, str] = {}
+    for key in METADATA_FIELDS:
+        value = metadata_raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str | int):
+            raise _manifest_error(f"metadata.{key} must be text")
+        text = str(value).strip()
+        metadata[key] = _normalise_date(text, key) if key in DATE_FIELDS else text[:400]
+    metadata = {k: v for k, v in metadata.items() if v}
+
+    notes = data.get("clinical_notes") or ""
+    if not isinstance(notes, str):
+        raise _manifest_error("clinical_notes must be text")
+    level = data.get("service_level") or ServiceLevel.ROUTINE
+    if level not in ServiceLevel.values:
+        raise _manifest_error("service_level must be routine, urgent, emergency or stat")
+
+    chunk_size = data.get("chunk_size")
+    if chunk_size is None:
+        chunk_size = settings.UPLOAD_DEFAULT_CHUNK_SIZE
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not settings.UPLOAD_MIN_CHUNK_SIZE <= chunk_size <= settings.UPLOAD_MAX_CHUNK_SIZE
+    ):
+        raise ApplicationError(
+            "invalid_chunk_size",
+            f"The chunk size must be between {settings.UPLOAD_MIN_CHUNK_SIZE // 1024} KiB and "
+            f"{settings.UPLOAD_MAX_CHUNK_SIZE // (1024 * 1024)} MiB.",
+            "Leave chunk_size out to use the default of 1 MiB.",
+        )
+    for flag in ("allow_partial", "force_upload"):
+        if not isinstance(data.get(flag, False), bool):
+            raise _manifest_error(f"{flag} must be true or false")
+    return UploadInit(
+        files=files,
+        metadata=metadata,
+        clinical_notes=notes,
+        service_level=str(level),
+        chunk_size=chunk_size,
+        allow_partial=bool(data.get("allow_partial", False)),
+        force_upload=bool(data.get("force_upload", False)),
+    )
+
+
+def duplicate_key(*, metadata: dict[str, str]) -> str:
+    """SHA-256 of patient name + study date + modality; empty when there is nothing to compare."""
+    name = " ".join(metadata.get("patient_name", "").upper().replace("^", " ").split())
+    study_date = metadata.get("study_date", "")
+    if not name or not study_date:
+        return ""
+    modality = metadata.get("modality", "").upper()
+    return hashlib.sha256(f"{name}|{study_date}|{modality}".encode()).hexdigest()
+
+
+def _find_duplicate(*, owner: User, key: str) -> UploadSession | None:
+    if not key:
+        return None
+    since = timezone.now() - settings.UPLOAD_DUPLICATE_WINDOW
+    scope = Q(owner=owner)
+    if owner.facility_id:
+        scope |= Q(owner__facility_id=owner.facility_id)
+    return (
+        UploadSession.objects.filter(scope, duplicate_key=key, created_at__gte=since)
+        .exclude(state__in=[UploadState.CANCELLED, UploadState.FAILED])
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
+    """Open an upload session for the manifest, sized on disk, ready for chunks.
+
+    Raises 413 ``upload_too_large``, 507 ``insufficient_storage`` or 409
+    ``possible_duplicate`` (unless ``force_upload``).
+    """
+    total = sum(f.size for f in request.files)
+    if total > settings.UPLOAD_MAX_TOTAL_SIZE:
+        raise ApplicationError(
+            "upload_too_large",
+            f"This study is {total / 1024**3:.1f} GiB; the server accepts at most "
+            f"{settings.UPLOAD_MAX_TOTAL_SIZE / 1024**3:.1f} GiB in one upload.",
+            "Send the study in several parts (for example one series at a time).",
+            status_code=413,
+        )
+    if storage.free_bytes() - settings.UPLOAD_DISK_RESERVE < total:
+        raise ApplicationError(
+            "insufficient_storage",
+            "The server does not have enough free disk space for this study right now.",
+            "Try again later, and tell your RelayPACS administrator.",
+            status_code=507,
+        )
+    key = duplicate_key(metadata=request.metadata)
+    if not request.force_upload:
+        earlier = _find_duplicate(owner=owner, key=key)
+        if earlier is not None:
+            when = earlier.created_at.date().isoformat()
+            raise ApplicationError(
+                "possible_duplicate",
+                f"A study for this patient, date and modality was already uploaded on {when}.",
+                "Check that this is not the same study; to send it anyway, confirm and the "
+                "app will upload it with force_upload.",
+                status_code=409,
+                extra={"duplicate_of": str(earlier.id), "duplicate_uploaded_at": when},
+            )
+    chunk_size = request.chunk_size
+    with transaction.atomic():
+        session = UploadSession.objects.create(
+            owner=owner,
+            total_size=total,
+            chunk_size=chunk_size,
+            total_chunks=math.ceil(total / chunk_size),
+            metadata=request.metadata,
+            clinical_notes=request.clinical_notes,
+            service_level=request.service_level,
+            allow_partial=request.allow_partial,
+            force_upload=request.force_upload,
+            duplicate_key=key,
+        )
+        offset = 0
+        rows = []
+        for position, item in enumerate(request.files):
+            rows.append(
+                UploadFile(
+                    session=session,
+                    position=position,
+                    name=item.name,
+                    size=item.size,
+                    offset=offset,
+                    sha256=item.sha256,
+                    kind=FileKind.PENDING if item.size else FileKind.SKIPPED,
+                    reason="" if item.size else "empty file",
+                )
+            )
+            offset += item.size
+        UploadFile.objects.bulk_create(rows, batch_size=1000)
+        storage.stream_create(upload_id=session.id, size=total)
+        transaction.on_commit(
+            lambda: events.emit(events.UPLOAD_STARTED, upload_id=str(session.id), owner_id=owner.pk)
+        )
+    return session
+
+
+def upload_token_refresh(*, session: UploadSession) -> str:
+    return upload_token_issue(upload_id=session.id, owner_id=session.owner_id)
+
+
+@dataclass(frozen=True)
+class ChunkReceipt:
+    index: int
+    bytes_received: int
+
+
+def _decode_md5(content_md5: str | None) -> str:
+    if not content_md5:
+        raise ApplicationError(
+            "checksum_required",
+            "The chunk was sent without its Content-MD5 checksum.",
+            "Send each chunk with a Content-MD5 header (base64 of the MD5 of the body).",
+        )
+    try:
+        raw = base64.b64decode(content_md5.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise ApplicationError(
+            "checksum_required",
+            "The Content-MD5 header is not a base64-encoded MD5 digest.",
+            "Send base64 of the 16-byte MD5 of the chunk body.",
+        )
+    return raw.hex()
+
+
+def _ensure_receiving(session: UploadSession) -> None:
+    if session.state != UploadState.RECEIVING:
+        raise ApplicationError(
+            "upload_not_receiving",
+            f"This upload is no longer receiving data (it is {session.get_state_display().lower()}).",
+            "Check its status; start a new upload if you need to send the files again.",
+            status_code=409,
+            extra={"state": session.state},
+        )
+    if upload_expires_at(session=session) < timezone.now():
+        raise ApplicationError(
+            "upload_expired",
+            "This upload waited too long without data and has expired.",
+            "Start the upload again; the app can do this from the files it kept.",
+            status_code=410,
+        )
+
+
+def chunk_store(
+    *, session: UploadSession, index: int, body: IO[bytes], length: int, content_md5: str | None
+) -> ChunkReceipt:
+    """Check, claim and write chunk ``index``.
+
+    The MD5 is verified and the chunk claimed (a unique row) before a byte is written, so a
+    conflicting retry can never overwrite an acknowledged chunk. Idempotent for the same
+    bytes; safe beside concurrent writers of other chunks (positional writes).
+    Raises 422 ``chunk_out_of_range``/``chunk_size_mismatch``/``checksum_mismatch``,
+    409 ``chunk_conflict``/``upload_not_receiving``, 410 ``upload_expired``.
+    """
+    _ensure_receiving(session)
+    if index < 0 or index >= session.total_chunks:
+        raise ApplicationError(
+            "chunk_out_of_range",
+            f"Chunk {index} does not exist: this upload has chunks 0 to {session.total_chunks - 1}.",
+            "Ask the upload status for missing_chunks and send only those.",
+            status_code=422,
+        )
+    expected = min(session.chunk_size, session.total_size - index * session.chunk_size)
+    if length != expected:
+        raise ApplicationError(
+            "chunk_size_mismatch",
+            f"Chunk {index} must be {expected} bytes but {length} bytes arrived.",
+            "The connection may have cut the chunk short; send it again.",
+            status_code=422,
+        )
+    expected_md5 = _decode_md5(content_md5)
+    data = body.read(length + 1)
+    if len(data) != expected:
+        raise ApplicationError(
+            "chunk_size_mismatch",
+            f"Chunk {index} must be {expected} bytes but {len(data)} bytes arrived.",
+            "The connection may have cut the chunk short; send it again.",
+            status_code=422,
+        )
+    actual_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if actual_md5 != expected_md5:
+        raise ApplicationError(
+            "checksum_mismatch",
+            f"Chunk {index} was damaged on the way: its checksum does not match.",
+            "Send the chunk again; nothing of it was stored.",
+            status_code=422,
+        )
+
+    try:
+        with transaction.atomic():
+            chunk = UploadChunk.objects.create(
+                session=session, index=index, size=expected, md5=actual_md5
+            )
+    except IntegrityError:
+        chunk = UploadChunk.objects.get(session=session, index=index)
+        if chunk.md5 != actual_md5:
+            raise ApplicationError(
+                "chunk_conflict",
+                f"Chunk {index} was already received with different content.",
+                "The file may have changed since the upload started; start a new upload.",
+                status_code=409,
+            ) from None
+    if not chunk.stored:
+        # Same bytes as the claim: writing them again (a racing retry) is harmless.
+        storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
+        UploadChunk.objects.filter(pk=chunk.pk).update(stored=True, received_at=timezone.now())
+    received = (
+        UploadChunk.objects.filter(session=session, stored=True).aggregate(total=Sum("size"))[
+            "total"
+        ]
+        or 0
+    )
+    return ChunkReceipt(index=index, bytes_received=int(received))
+
+
+def upload_complete(*, session: UploadSession) -> UploadSession:
+    """Hand a fully received upload to the worker. Calling it again is harmless.
+
+    Raises 409 ``upload_incomplete`` (with ``missing_chunks``) or ``upload_not_receiving``.
+    """
+    if session.state in (UploadState.CANCELLED, UploadState.FAILED):
+        _ensure_receiving(session)
+    if session.state != UploadState.RECEIVING:
+        return session
+    missing = upload_missing_chunks(session=session)
+    if missing:
+        raise ApplicationError(
+            "upload_incomplete",
+            f"{len(missing)} of {session.total_chunks} chunks have not arrived yet.",
+            "Send the chunks listed in missing_chunks, then complete again.",
+            status_code=409,
+            extra={"missing_chunks": missing[:1000]},
+        )
+    now = timezone.now()
+    with transaction.atomic():
+        moved = UploadSession.objects.filter(pk=session.pk, state=UploadState.RECEIVING).update(
+            state=UploadState.PROCESSING, received_at=now, updated_at=now, lease_until=None
+        )
+        if moved:
+            dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
+            transaction.on_commit(
+                lambda: events.emit(events.UPLOAD_RECEIVED, upload_id=str(session.id))
+            )
+    session.refresh_from_db()
+    return session
+
+
+def upload_cancel(*, session: UploadSession) -> None:
+    """Stop all work on the upload and delete its files. 409 once completed; idempotent."""
+    if session.state == UploadState.COMPLETED:
+        raise ApplicationError(
+            "upload_completed",
+            "This study was already delivered to the PACS and cannot be cancelled.",
+            "Ask the PACS administrator if the study must be removed there.",
+            status_code=409,
+        )
+    if session.state == UploadState.CANCELLED:
+        return
+    now = timezone.now()
+    with transaction.atomic():
+        moved = (
+            UploadSession.objects.filter(pk=session.pk)
+            .exclude(state__in=[UploadState.COMPLETED, UploadState.CANCELLED])
+            .update(state=UploadState.CANCELLED, lease_until=None, updated_at=now, next_retry_at=None)
+        )
+        if not moved:
+            session.refresh_from_db()
+            if session.state == UploadState.COMPLETED:
+                upload_cancel(session=session)
+            return
+        upload_id = session.id
+
+        def remove() -> None:
+            storage.stream_delete(upload_id=upload_id)
+            UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
+            events.emit(events.UPLOAD_CANCELLED, upload_id=str(upload_id))
+
+        transaction.on_commit(remove)
+
+
+def upload_confirm(*, session: UploadSession) -> UploadSession:
+    """A person confirmed an upload that needed confirmation: forward it."""
+    now = timezone.now()
+    with transaction.atomic():
+        moved = UploadSession.objects.filter(
+            pk=session.pk, state=UploadState.NEEDS_CONFIRMATION
+        ).update(state=UploadState.FORWARDING, lease_until=None, updated_at=now, next_retry_at=None)
+        if not moved:
+            session.refresh_from_db()
+            if session.state in (UploadState.FORWARDING, UploadState.WAITING_FOR_PACS, UploadState.COMPLETED):
+                return session
+            raise ApplicationError(
+                "nothing_to_confirm",
+                "This upload is not waiting for a confirmation.",
+                "Check its status.",
+                status_code=409,
+                extra={"state": session.state},
+            )
+        dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
+    session.refresh_from_db()
+    return session
+
+
+def upload_retry(*, session: UploadSession) -> UploadSession:
+    """Retry forwarding now: from ``waiting_for_pacs``, or from ``failed`` while the files remain."""
+    now = timezone.now()
+    with transaction.atomic():
+        if session.state == UploadState.WAITING_FOR_PACS:
+            UploadSession.objects.filter(pk=session.pk, state=UploadState.WAITING_FOR_PACS).update(
+                next_retry_at=now, updated_at=now
+            )
+            dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
+        elif (
+            session.state == UploadState.FAILED
+            and not session.files_deleted
+            and session.received_at is not None
+            and UploadFile.objects.filter(session=session, kind=FileKind.DICOM).exists()
+        ):
+            UploadFile.objects.filter(session=session, pacs_status=PacsStatus.FAILED).update(
+                pacs_status=PacsStatus.PENDING, pacs_reason=""
+            )
+            moved = UploadSession.objects.filter(pk=session.pk, state=UploadState.FAILED).update(
+                state=UploadState.FORWARDING,
+                error=None,
+                failed_at=None,
+                first_pacs_failure_at=None,
+                next_retry_at=None,
+                lease_until=None,
+                attempts=0,
+                updated_at=now,
+            )
+            if moved:
+                dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
+        elif session.state in FINAL_STATES or session.state == UploadState.RECEIVING:
+            raise ApplicationError(
+                "nothing_to_retry",
+                f"There is nothing to retry: this upload is {session.get_state_display().lower()}.",
+                "A failed upload whose files were removed must be uploaded again.",
+                status_code=409,
+                extra={"state": session.state},
+            )
+    session.refresh_from_db()
+    return session
+
+
+__all__ = [
+    "ChunkReceipt",
+    "ManifestFile",
+    "UploadInit",
+    "chunk_store",
+    "manifest_parse",
+    "upload_cancel",
+    "upload_complete",
+    "upload_confirm",
+    "upload_init",
+    "upload_retry",
+    "upload_token_refresh",
+]

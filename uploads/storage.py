@@ -1,0 +1,139 @@
+"""Where upload bytes live. The only module that touches the upload files on disk.
+
+An upload is one sparse assembly file, ``<UPLOAD_STORAGE_DIR>/<id>/stream.bin``, sized at
+init; each chunk is written straight to its offset, so there is no merge copy. Files of
+the manifest are byte ranges of it, read back through ``open_range``. An S3 backend can
+replace this module's functions in its own issue.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+
+# Copy granularity for chunk writes and range reads: large enough for few syscalls,
+# small enough that memory stays flat whatever the file size.
+BLOCK_SIZE = 1024 * 1024
+
+
+def _upload_dir(upload_id: uuid.UUID) -> Path:
+    return Path(settings.UPLOAD_STORAGE_DIR) / str(upload_id)
+
+
+def _stream_path(upload_id: uuid.UUID) -> Path:
+    return _upload_dir(upload_id) / "stream.bin"
+
+
+def storage_root() -> Path:
+    root = Path(settings.UPLOAD_STORAGE_DIR)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def free_bytes() -> int:
+    return shutil.disk_usage(storage_root()).free
+
+
+def stream_create(*, upload_id: uuid.UUID, size: int) -> None:
+    """Create the (sparse) assembly file of ``size`` bytes. Idempotent."""
+    directory = _upload_dir(upload_id)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = _stream_path(upload_id)
+    with open(path, "ab") as handle:
+        handle.truncate(size)
+
+
+def stream_exists(*, upload_id: uuid.UUID) -> bool:
+    return _stream_path(upload_id).exists()
+
+
+def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:
+    """Write ``data`` at ``offset`` of the assembly file, flushed to disk when configured.
+
+    Safe beside concurrent writers of other ranges (positional writes, no shared offset).
+    """
+    fd = os.open(_stream_path(upload_id), os.O_WRONLY)
+    try:
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(fd, view[written : written + BLOCK_SIZE], offset + written)
+        if settings.UPLOAD_FSYNC:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+class _RangeRaw(io.RawIOBase):
+    """A read-only, seekable window ``[offset, offset+size)`` of a file (positional reads)."""
+
+    def __init__(self, path: Path, offset: int, size: int) -> None:
+        self._fd = os.open(path, os.O_RDONLY)
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+        self.name = f"range:{offset}+{size}"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        remaining = self._size - self._pos
+        if remaining <= 0:
+            return 0
+        want = min(len(buffer), remaining)
+        data = os.pread(self._fd, want, self._offset + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self._pos = pos
+        elif whence == io.SEEK_CUR:
+            self._pos += pos
+        elif whence == io.SEEK_END:
+            self._pos = self._size + pos
+        if self._pos < 0:
+            self._pos = 0
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def open_range(*, upload_id: uuid.UUID, offset: int, size: int) -> BinaryIO:
+    """A buffered, seekable reader of one file of the upload; the caller closes it."""
+    raw = _RangeRaw(_stream_path(upload_id), offset, size)
+    return io.BufferedReader(raw, buffer_size=64 * 1024)  # type: ignore[return-value]
+
+
+def stream_delete(*, upload_id: uuid.UUID) -> None:
+    """Remove everything stored for the upload. Idempotent."""
+    shutil.rmtree(_upload_dir(upload_id), ignore_errors=True)
+
+
+def storage_check() -> tuple[str, str]:
+    """``("ok"|"failing", detail)``: can we write to the upload storage?"""
+    try:
+        root = storage_root()
+        probe = root / f".probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return "failing", f"upload storage is not writable: {exc.strerror}"
+    return "ok", f"{free_bytes() // (1024 * 1024)} MiB free"
