@@ -245,3 +245,5 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"pydicom": {"level": "ERROR"}},
 }
+
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
