@@ -78,7 +78,8 @@ class CeleryWorker:
             [
                 sys.executable, "-m", "celery", "-A", "relaypacs", "worker",
                 "--loglevel=INFO", "--concurrency=2", "--without-mingle", "--without-gossip",
-                f"--hostname=test-{os.getpid()}@%h",
+                f"--hostname=test-{os.getpid()}@%h", "--beat",
+                f"--schedule={self.log_path.parent / 'celerybeat-schedule'}",
             ],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -140,6 +141,8 @@ def celery_worker(
         "PACS_RETRY_BASE_SECONDS": "1",
         "PACS_RETRY_MAX_SECONDS": "2",
         "PACS_TIMEOUT_SECONDS": "10",
+        "PACS_STOW_BATCH_BYTES": str(4 * 1024 * 1024),
+        "REDISPATCH_INTERVAL_SECONDS": "1",
     }
     worker = CeleryWorker(env, data_dir / "worker.log")
     worker.start()

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from pacs.models import DeliveredInstance, PacsDestination
+from pacs.selectors import destination_target, pacs_health
+
+
+class PacsDestinationForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = PacsDestination
+        fields = [
+            "name",
+            "enabled",
+            "priority",
+            "dicomweb_url",
+            "orthanc_url",
+            "timeout_seconds",
+            "username",
+            "password",
+            "token",
+            "ca_bundle",
+            "client_cert",
+            "client_key",
+        ]
+        widgets = {
+            # Kept on re-save but never shown in the page source as plain text.
+            "password": forms.PasswordInput(render_value=True),
+            "token": forms.PasswordInput(render_value=True),
+        }
+
+
+@admin.register(PacsDestination)
+class PacsDestinationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = PacsDestinationForm
+    list_display = ["name", "dicomweb_url", "orthanc_url", "priority", "enabled"]
+    list_editable = ["priority", "enabled"]
+    list_filter = ["enabled"]
+    search_fields = ["name", "dicomweb_url", "orthanc_url"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["check_connection"]
+    fieldsets = [
+        (None, {"fields": ["name", "enabled", "priority"]}),
+        ("Addresses", {"fields": ["dicomweb_url", "orthanc_url", "timeout_seconds"]}),
+        ("Authentication", {"fields": ["username", "password", "token"]}),
+        ("TLS", {"fields": ["ca_bundle", "client_cert", "client_key"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.action(description="Check the connection to the selected PACS")
+    def check_connection(self, request: HttpRequest, queryset: QuerySet[PacsDestination]) -> None:
+        for destination in queryset:
+            health = pacs_health(target=destination_target(destination))
+            level = messages.SUCCESS if health["state"] == "ok" else messages.WARNING
+            self.message_user(request, f"{health['name']}: {health['detail']}", level)
+
+
+@admin.register(DeliveredInstance)
+class DeliveredInstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["sop_instance_uid", "study_instance_uid", "target_key", "delivered_at"]
+    list_filter = ["target_key"]
+    search_fields = ["=sop_instance_uid", "=study_instance_uid"]
+    date_hierarchy = "delivered_at"
+    readonly_fields = ["target_key", "sop_instance_uid", "study_instance_uid", "delivered_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,353 @@
+"""Writes and side effects of the PACS gateway: sending instances, confirming, receipts.
+
+Callers hand over plain data (``InstanceSource``, ``PacsTarget``) and get plain data back
+(``InstanceOutcome``); nothing here knows about uploads. Instance bytes are streamed from
+their source to the PACS unchanged and never held whole in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from pacs.clients.dicomweb import DicomwebClient, QidoNotAvailable, StowNotAvailable
+from pacs.clients.orthanc import OrthancClient
+from pacs.errors import InstanceSourceError, PacsRejected, PacsUnavailable
+from pacs.models import DeliveredInstance
+from pacs.selectors import PacsTarget
+
+__all__ = [
+    "InstanceOutcome",
+    "InstanceSource",
+    "InstanceSourceError",
+    "PacsRejected",
+    "PacsUnavailable",
+    "deliveries_record",
+    "instances_confirm",
+    "instances_store",
+    "retry_delay_seconds",
+    "stow_batches",
+]
+
+logger = logging.getLogger(__name__)
+
+# Instances per STOW-RS request, whatever their size: the PACS answers with one DICOM
+# JSON item per instance and processes the request as a whole, so a CD of 5,000 tiny
+# images is split into requests that each finish (and renew the caller's lease) quickly.
+STOW_BATCH_MAX_INSTANCES = 500
+# Rows per INSERT of receipts: one round trip for a typical study, bounded for a huge one.
+DELIVERY_RECORD_BATCH = 500
+
+NOT_ACKNOWLEDGED = "Not acknowledged by the PACS (STOW-RS answered HTTP {status})."
+_jitter = random.SystemRandom()
+
+
+@dataclass(frozen=True)
+class InstanceSource:
+    """One Part 10 file to deliver.
+
+    ``open()`` returns a fresh readable binary stream positioned at the start of exactly
+    ``size`` bytes; it may be called more than once (a retried or fallen-back batch).
+    The gateway closes every stream it opens.
+    """
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    size: int
+    open: Callable[[], BinaryIO] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class InstanceOutcome:
+    """What the PACS said about one instance.
+
+    ``stored`` is True only when the PACS acknowledged this SOP Instance UID.
+    ``failure_reason`` is a sentence for a technician when it is not; ``retrieve_url``
+    is where the PACS says the instance can be fetched, when it says so.
+    """
+
+    sop_instance_uid: str
+    stored: bool
+    failure_reason: str | None = None
+    retrieve_url: str | None = None
+
+
+def stow_batches(
+    instances: Sequence[InstanceSource],
+    *,
+    max_bytes: int,
+    max_instances: int = STOW_BATCH_MAX_INSTANCES,
+) -> list[list[InstanceSource]]:
+    """Split ``instances``, in order, into batches of at most ``max_bytes`` (sum of sizes)
+    and ``max_instances``; an instance larger than ``max_bytes`` goes alone."""
+    batches: list[list[InstanceSource]] = []
+    current: list[InstanceSource] = []
+    current_bytes = 0
+    for instance in instances:
+        too_big = current_bytes + instance.size > max_bytes
+        if current and (too_big or len(current) >= max_instances):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(instance)
+        current_bytes += instance.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def instances_store(
+    *,
+    target: PacsTarget,
+    instances: Sequence[InstanceSource],
+    on_batch: Callable[[list[InstanceOutcome]], None] | None = None,
+) -> list[InstanceOutcome]:
+    """Send ``instances`` to ``target`` and return one outcome per instance, in order.
+
+    Instances go in STOW-RS batches bounded by settings.PACS_STOW_BATCH_BYTES (and
+    STOW_BATCH_MAX_INSTANCES), each streamed from its source in 1 MiB blocks. After each
+    batch ``on_batch`` gets that batch's outcomes (the place to renew a lease and record
+    progress); an exception it raises stops the delivery and propagates.
+
+    Targets without a DICOMweb URL, and targets whose STOW-RS answers 404/405/501 while
+    they have an Orthanc URL, get each file by Orthanc REST instead (POST /instances).
+
+    Idempotent: re-sending instances the PACS already holds is harmless (they come back
+    stored). A per-instance refusal is an outcome with stored=False, never an exception;
+    an instance the PACS neither stored nor refused counts as failed.
+
+    Raises PacsUnavailable (retryable: network, timeout, 5xx, 408, 429; outcomes of the
+    batches before it were already given to ``on_batch``), PacsRejected (the PACS refuses
+    every request, e.g. wrong credentials or URL), InstanceSourceError (a source stream
+    that cannot be read or has the wrong size).
+    """
+    if not target.dicomweb_url and not target.orthanc_url:
+        raise PacsRejected(pacs=target.name, detail="no DICOMweb or Orthanc URL configured")
+    batches = stow_batches(instances, max_bytes=settings.PACS_STOW_BATCH_BYTES)
+    outcomes: list[InstanceOutcome] = []
+    use_rest = not target.dicomweb_url
+    with ExitStack() as clients:
+        dicomweb = clients.enter_context(DicomwebClient(target)) if target.dicomweb_url else None
+        orthanc = clients.enter_context(OrthancClient(target)) if target.orthanc_url else None
+        for number, batch in enumerate(batches, start=1):
+            started = time.monotonic()
+            batch_outcomes: list[InstanceOutcome] | None = None
+            if not use_rest and dicomweb is not None:
+                try:
+                    batch_outcomes = _batch_stow(dicomweb, batch)
+                except StowNotAvailable as exc:
+                    if orthanc is None:
+                        raise PacsRejected(
+                            pacs=target.name, detail=str(exc), http_status=exc.status_code
+                        ) from exc
+                    logger.warning(
+                        "STOW-RS not available on PACS %s (HTTP %s); using Orthanc REST",
+                        target.name,
+                        exc.status_code,
+                    )
+                    use_rest = True
+            if batch_outcomes is None:
+                batch_outcomes = _batch_rest(_required(orthanc), batch)
+            stored = sum(outcome.stored for outcome in batch_outcomes)
+            logger.info(
+                "PACS %s batch %d/%d via %s: %d sent, %d stored, %d failed, %d bytes, %.1fs",
+                target.name,
+                number,
+                len(batches),
+                "REST" if use_rest else "STOW-RS",
+                len(batch),
+                stored,
+                len(batch) - stored,
+                sum(instance.size for instance in batch),
+                time.monotonic() - started,
+            )
+            outcomes.extend(batch_outcomes)
+            if on_batch is not None:
+                on_batch(batch_outcomes)
+    return outcomes
+
+
+def _required(client: OrthancClient | None) -> OrthancClient:
+    # The REST path is only taken when the target has an Orthanc URL.
+    if client is None:
+        raise RuntimeError("Orthanc REST path taken for a target without an Orthanc URL")
+    return client
+
+
+def _batch_stow(client: DicomwebClient, batch: list[InstanceSource]) -> list[InstanceOutcome]:
+    response = client.instances_stow(parts=batch)
+    sent = {instance.sop_instance_uid for instance in batch}
+    unexpected = (response.stored.keys() | response.failed.keys()) - sent
+    if unexpected:
+        logger.warning(
+            "PACS %s acknowledged %d SOP instances that were not in the batch",
+            client.target.name,
+            len(unexpected),
+        )
+    if response.warnings:
+        logger.info(
+            "PACS %s stored %d instances with warnings", client.target.name, len(response.warnings)
+        )
+    outcomes = []
+    for instance in batch:
+        uid = instance.sop_instance_uid
+        if uid in response.stored:
+            outcomes.append(
+                InstanceOutcome(
+                    sop_instance_uid=uid, stored=True, retrieve_url=response.stored[uid]
+                )
+            )
+        elif uid in response.failed:
+            outcomes.append(
+                InstanceOutcome(
+                    sop_instance_uid=uid, stored=False, failure_reason=response.failed[uid]
+                )
+            )
+        else:
+            outcomes.append(
+                InstanceOutcome(
+                    sop_instance_uid=uid,
+                    stored=False,
+                    failure_reason=NOT_ACKNOWLEDGED.format(status=response.status_code),
+                )
+            )
+    return outcomes
+
+
+def _batch_rest(client: OrthancClient, batch: list[InstanceSource]) -> list[InstanceOutcome]:
+    outcomes = []
+    for instance in batch:
+        uid = instance.sop_instance_uid
+        response = client.instance_store(part=instance)
+        if not response.stored or response.orthanc_id is None:
+            outcomes.append(
+                InstanceOutcome(
+                    sop_instance_uid=uid, stored=False, failure_reason=response.failure_reason
+                )
+            )
+            continue
+        # Orthanc's answer names its own id only: check it indexed the UID we claim.
+        indexed_uid = client.instance_sop_uid(orthanc_id=response.orthanc_id)
+        if indexed_uid != uid:
+            outcomes.append(
+                InstanceOutcome(
+                    sop_instance_uid=uid,
+                    stored=False,
+                    failure_reason="The PACS stored the file under another SOP Instance UID.",
+                )
+            )
+            continue
+        outcomes.append(
+            InstanceOutcome(
+                sop_instance_uid=uid,
+                stored=True,
+                retrieve_url=f"{client.base_url}/instances/{response.orthanc_id}",
+            )
+        )
+    return outcomes
+
+
+def instances_confirm(
+    *, target: PacsTarget, sop_instance_uids_by_study: Mapping[str, Collection[str]]
+) -> set[str]:
+    """The SOP Instance UIDs of ``sop_instance_uids_by_study`` that ``target`` does NOT list.
+
+    Asks QIDO-RS once per study (paged); REST-only targets, and targets whose QIDO-RS
+    answers 404/405/501 while they have an Orthanc URL, are asked through Orthanc's
+    tools/find. A QIDO-RS 404 without an Orthanc URL means the study is unknown there.
+    Read-only and safe to repeat.
+
+    Raises PacsUnavailable when the PACS cannot be reached, PacsRejected when it refuses.
+    """
+    if not target.dicomweb_url and not target.orthanc_url:
+        raise PacsRejected(pacs=target.name, detail="no DICOMweb or Orthanc URL configured")
+    missing: set[str] = set()
+    use_rest = not target.dicomweb_url
+    with ExitStack() as clients:
+        dicomweb = clients.enter_context(DicomwebClient(target)) if target.dicomweb_url else None
+        orthanc = clients.enter_context(OrthancClient(target)) if target.orthanc_url else None
+        for study_uid, sop_uids in sop_instance_uids_by_study.items():
+            expected = set(sop_uids)
+            if not expected:
+                continue
+            present: set[str] | None = None
+            if not use_rest and dicomweb is not None:
+                try:
+                    present = dicomweb.study_sop_instance_uids(study_instance_uid=study_uid)
+                except QidoNotAvailable as exc:
+                    if orthanc is not None:
+                        use_rest = True
+                    elif exc.status_code == 404:
+                        present = set()
+                    else:
+                        raise PacsRejected(
+                            pacs=target.name, detail=str(exc), http_status=exc.status_code
+                        ) from exc
+            if present is None:
+                present = _required(orthanc).study_sop_instance_uids(study_instance_uid=study_uid)
+            missing |= expected - present
+    logger.info(
+        "PACS %s confirm: %d studies, %d instances not listed",
+        target.name,
+        len(sop_instance_uids_by_study),
+        len(missing),
+    )
+    return missing
+
+
+@transaction.atomic
+def deliveries_record(
+    *,
+    target_key: str,
+    instances: Iterable[tuple[str, str]],
+    delivered_at: datetime | None = None,
+) -> None:
+    """Record receipts for (SOP Instance UID, Study Instance UID) pairs delivered to
+    ``target_key``, at ``delivered_at`` (default: now).
+
+    An upsert: a re-delivered instance keeps one row whose ``delivered_at`` (and study)
+    is updated. Idempotent; rows are written in UID order so that concurrent writers
+    lock them in the same order.
+    """
+    when = delivered_at or timezone.now()
+    studies_by_sop = dict(instances)  # one row per SOP instance, the last pair wins
+    rows = [
+        DeliveredInstance(
+            target_key=target_key,
+            sop_instance_uid=sop_uid,
+            study_instance_uid=studies_by_sop[sop_uid],
+            delivered_at=when,
+        )
+        for sop_uid in sorted(studies_by_sop)
+    ]
+    DeliveredInstance.objects.bulk_create(
+        rows,
+        batch_size=DELIVERY_RECORD_BATCH,
+        update_conflicts=True,
+        unique_fields=["target_key", "sop_instance_uid"],
+        update_fields=["study_instance_uid", "delivered_at"],
+    )
+
+
+def retry_delay_seconds(*, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1 after the first failure).
+
+    Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**(attempt-1))]
+    with base PACS_RETRY_BASE_SECONDS and cap PACS_RETRY_MAX_SECONDS, so many workers
+    whose PACS came back do not all retry at the same moment.
+    """
+    base = float(settings.PACS_RETRY_BASE_SECONDS)
+    cap = float(settings.PACS_RETRY_MAX_SECONDS)
+    exponent = max(attempt, 1) - 1
+    # Past 2**62 the product only overflows; the cap has long been reached.
+    ceiling = cap if exponent > 62 else min(cap, base * 2**exponent)
+    return _jitter.uniform(0, ceiling)

@@ -1,0 +1,214 @@
+"""The whole path against a real Celery worker (with beat) and a real Orthanc."""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from uploads import storage
+from uploads.models import PacsStatus, UploadFile, UploadSession
+from uploads.tests.helpers import (
+    content_md5,
+    iter_file_chunks,
+    manifest,
+    sample_paths,
+    sop_uid,
+)
+from uploads.tests.synthetic import write_study
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+CHUNK = 256 * 1024
+FINAL = {"completed", "failed", "cancelled", "needs_confirmation"}
+
+
+def send_upload(api: Any, paths: list[Path], *, shuffle: bool = True, **extra: Any) -> dict[str, Any]:
+    body = manifest(paths, chunk_size=CHUNK, **extra)
+    init = api.post("/api/v1/upload/init", body, format="json")
+    assert init.status_code == 201, init.json()
+    upload = init.json()
+    chunks = list(iter_file_chunks(paths, CHUNK))
+    if shuffle:
+        random.shuffle(chunks)
+    for index, data in chunks:
+        response = api.put(
+            f"/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+            data=data,
+            content_type="application/octet-stream",
+            HTTP_CONTENT_MD5=content_md5(data),
+        )
+        assert response.status_code == 200, response.json()
+    complete = api.post(f"/api/v1/upload/{upload['upload_id']}/complete")
+    assert complete.status_code == 202, complete.json()
+    return upload
+
+
+def wait_for(api: Any, upload_id: str, states: set[str], timeout: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = api.get(f"/api/v1/upload/{upload_id}/status").json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"upload stayed {status.get('state')}: {status}")
+
+
+def test_pydicom_files_reach_the_pacs_byte_identical(api, celery_worker, orthanc_clean):
+    paths = sample_paths()
+    upload = send_upload(api, paths)
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "completed", status
+    for path in paths:
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes(), path.name
+    assert status["pacs"]["acknowledged_instances"] == len(paths)
+    receipt = next(iter(status["pacs"]["receipt"].values()))
+    assert receipt["confirmed_instances"] == len(paths) and receipt["confirmed_at"]
+    names = {s["patient_name"] for s in status["studies"]}
+    assert "Люкceмбypг" in names  # chrRuss: ISO 8859-5 decoded to UTF-8
+    assert any("قباني" in n for n in names)  # chrArab
+    assert sum(s["instances"] for s in status["studies"]) == len(paths)
+    assert not storage.stream_exists(upload_id=upload["upload_id"])  # no PHI left behind
+
+
+def test_damaged_file_blocks_forwarding_unless_partial_is_allowed(api, celery_worker, orthanc_clean, tmp_path):
+    good = sample_paths(["test_files/CT_small.dcm"])[0]
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(good.read_bytes()[:-300])
+    notes = tmp_path / "Thumbs.db"
+    notes.write_bytes(b"not dicom at all" * 20)
+    upload = send_upload(api, [good, truncated, notes])
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "failed"
+    assert status["error"]["code"] == "invalid_files"
+    assert [f["name"] for f in status["rejected_files"]] == ["truncated.dcm"]
+    assert "truncated" in status["rejected_files"][0]["reason"]
+    assert [f["name"] for f in status["skipped_files"]] == ["Thumbs.db"]
+    assert sop_uid(good) not in orthanc_clean.sop_instance_uids()
+
+    partial = send_upload(api, [good, truncated, notes], allow_partial=True)
+    status = wait_for(api, partial["upload_id"], FINAL)
+    assert status["state"] == "completed", status
+    assert sop_uid(good) in orthanc_clean.sop_instance_uids()
+
+
+def test_typed_patient_name_that_differs_needs_confirmation(api, celery_worker, orthanc_clean):
+    path = sample_paths(["test_files/CT_small.dcm"])[0]
+    upload = send_upload(api, [path], metadata={"patient_name": "Someone^Else"})
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "needs_confirmation"
+    assert any("differs" in w for w in status["warnings"])
+    assert sop_uid(path) not in orthanc_clean.sop_instance_uids()
+    assert api.post(f"/api/v1/upload/{upload['upload_id']}/confirm").status_code == 202
+    assert wait_for(api, upload["upload_id"], FINAL)["state"] == "completed"
+    assert sop_uid(path) in orthanc_clean.sop_instance_uids()
+
+
+def test_instances_already_delivered_are_not_sent_again(api, celery_worker, orthanc_clean):
+    paths = sample_paths(["test_files/CT_small.dcm", "charset_files/chrGreek.dcm"])
+    first = send_upload(api, paths[:1])
+    assert wait_for(api, first["upload_id"], FINAL)["state"] == "completed"
+    second = send_upload(api, paths)
+    status = wait_for(api, second["upload_id"], FINAL)
+    assert status["state"] == "completed"
+    assert status["pacs"]["already_delivered_instances"] == [sop_uid(paths[0])]
+    assert status["pacs"]["acknowledged_instances"] == 1
+
+
+def test_pacs_down_then_back_is_delivered_when_it_returns(api, client, celery_worker, orthanc_clean):
+    paths = sample_paths(["test_files/CT_small.dcm", "charset_files/chrH31.dcm"])
+    orthanc_clean.stop()
+    try:
+        upload = send_upload(api, paths)
+        status = wait_for(api, upload["upload_id"], FINAL | {"waiting_for_pacs"})
+        assert status["state"] == "waiting_for_pacs"
+        assert status["pacs"]["next_retry_at"]
+        assert status["error"]["code"] == "pacs_unavailable"
+        health = client.get("/api/v1/health")
+        assert health.status_code == 200  # store-and-forward keeps accepting uploads
+        assert health.json()["checks"]["pacs"][0]["state"] == "degraded"
+    finally:
+        orthanc_clean.start()
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "completed", status
+    assert {sop_uid(p) for p in paths} <= orthanc_clean.sop_instance_uids()
+
+
+def test_worker_killed_during_forwarding_delivers_each_instance_once(
+    api, celery_worker, orthanc_clean, tmp_path
+):
+    paths = write_study(tmp_path / "study", instances=40, instance_bytes=3 * 1024 * 1024)
+    upload = send_upload(api, paths, shuffle=False)
+    session_files = UploadFile.objects.filter(session_id=upload["upload_id"])
+    deadline = time.monotonic() + 60
+    killed_at = None
+    while time.monotonic() < deadline:
+        stored = session_files.filter(pacs_status=PacsStatus.STORED).count()
+        if stored >= 1:
+            celery_worker.kill9()
+            killed_at = stored
+            break
+        time.sleep(0.005)
+    assert killed_at is not None and killed_at < len(paths), "forwarding finished before the kill"
+    assert UploadSession.objects.get(pk=upload["upload_id"]).state == "forwarding"
+    celery_worker.start()
+    status = wait_for(api, upload["upload_id"], FINAL, timeout=120)
+    assert status["state"] == "completed", status
+    uids = [sop_uid(p) for p in paths]
+    held = orthanc_clean.sop_instance_uids()
+    assert set(uids) <= held
+    assert len(held) == len(uids)  # each SOP instance held once
+    for path in paths[:3]:
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+
+def test_concurrent_out_of_order_chunks_over_http(live_server, user, celery_worker, orthanc_clean):
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    paths = sample_paths()
+    base = live_server.url
+    access = str(RefreshToken.for_user(user).access_token)
+    init = requests.post(
+        f"{base}/api/v1/upload/init",
+        json=manifest(paths, chunk_size=CHUNK),
+        headers={"Authorization": f"Bearer {access}"},
+        timeout=30,
+    )
+    assert init.status_code == 201, init.text
+    upload = init.json()
+    headers = {"Authorization": f"Bearer {upload['upload_token']}"}
+    chunks = list(iter_file_chunks(paths, CHUNK))
+    work = chunks + chunks[:3]  # a few retries racing their first attempt
+    random.shuffle(work)
+
+    def put(item: tuple[int, bytes]) -> int:
+        index, data = item
+        return requests.put(
+            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+            data=data,
+            headers={**headers, "Content-MD5": content_md5(data), "Content-Type": "application/octet-stream"},
+            timeout=30,
+        ).status_code
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = list(pool.map(put, work))
+    assert codes == [200] * len(work)
+    status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30).json()
+    assert status["missing_chunks"] == [] and status["bytes_received"] == upload["total_size"]
+    done = requests.post(f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=headers, timeout=30)
+    assert done.status_code == 202
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30).json()
+        if status["state"] in FINAL:
+            break
+        time.sleep(0.2)
+    assert status["state"] == "completed", status
+    for path in paths:
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
