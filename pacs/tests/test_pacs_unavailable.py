@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import socket
 
 import pytest
@@ -53,12 +52,3 @@ def test_a_pacs_that_never_answers_times_out_as_unavailable(dicom_test_files, to
 
     assert "timed out" in caught.value.detail
     assert health["state"] == "degraded"
-
-
-def test_pacs_errors_survive_pickling():
-    error = PacsUnavailable(pacs="Main PACS", detail="HTTP 503", http_status=503)
-
-    copy = pickle.loads(pickle.dumps(error))
-
-    assert type(copy) is PacsUnavailable
-    assert copy.as_dict() == error.as_dict()

@@ -278,7 +278,6 @@ def test_large_instance_is_streamed_without_holding_it_in_memory(orthanc_clean, 
 
     assert outcome.stored
     growth = peak - baseline
-    print(f"RSS growth {growth / 1e6:.1f} MB")
     assert growth < 16 * 1024 * 1024, f"RSS grew by {growth / 1e6:.1f} MB for a 60 MB file"
     stored = orthanc_clean.instance_file(big.sop_instance_uid)
     with big.path.open("rb") as original:

@@ -1,0 +1,120 @@
+"""The product exactly as `make run` starts it (SQLite, embedded broker), over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from uploads.tests.helpers import content_md5, free_port, iter_file_chunks, manifest, sample_paths, sop_uid
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+# Migrations on a new SQLite file plus four processes starting: seconds, not minutes.
+START_TIMEOUT = 90
+CHUNK = 1024 * 1024
+
+
+def product_env(data_dir: Path, port: int, orthanc) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+    }
+    user, password = orthanc.auth
+    env.update(
+        DATA_DIR=str(data_dir),
+        PORT=str(port),
+        PACS_DICOMWEB_URL=orthanc.dicomweb_url,
+        PACS_ORTHANC_URL=orthanc.url,
+        PACS_USERNAME=user,
+        PACS_PASSWORD=password,
+        REDISPATCH_INTERVAL_SECONDS="2",
+        WEB_WORKERS="1",
+        HOST="127.0.0.1",
+    )
+    return env
+
+
+@pytest.fixture
+def product(tmp_path, orthanc):
+    port = free_port()
+    env = product_env(tmp_path / "data", port, orthanc)
+    log = open(tmp_path / "serve.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    else:
+        raise AssertionError((tmp_path / "serve.log").read_text())
+    yield {"base": base, "env": env, "process": process, "log": tmp_path / "serve.log"}
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
+    base, env, process = product["base"], product["env"], product["process"]
+    health = requests.get(f"{base}/api/v1/health", timeout=10).json()
+    assert health["status"] == "ok", health
+    assert health["checks"]["database"]["detail"] == "sqlite"
+    assert health["checks"]["broker"]["detail"] == "embedded"
+
+    # manage.py run with the same environment reaches the same database.
+    created = subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput"],
+        cwd=REPO,
+        env={**env, "DJANGO_SUPERUSER_USERNAME": "admin", "DJANGO_SUPERUSER_PASSWORD": "a long admin password", "DJANGO_SUPERUSER_EMAIL": "admin@example.org"},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    login = requests.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": "a long admin password"}, timeout=10)
+    assert login.status_code == 200, login.text
+    access = login.json()["access"]
+
+    paths = sample_paths()
+    init = requests.post(f"{base}/api/v1/upload/init", json=manifest(paths, chunk_size=CHUNK), headers={"Authorization": f"Bearer {access}"}, timeout=10)
+    assert init.status_code == 201, init.text
+    upload = init.json()
+    auth = {"Authorization": f"Bearer {upload['upload_token']}"}
+    for index, data in iter_file_chunks(paths, CHUNK):
+        response = requests.put(
+            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}", data=data,
+            headers={**auth, "Content-MD5": content_md5(data), "Content-Type": "application/octet-stream"}, timeout=30,
+        )
+        assert response.status_code == 200, response.text
+    assert requests.post(f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=auth, timeout=10).status_code == 202
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=auth, timeout=10).json()
+        if status["state"] in {"completed", "failed"}:
+            break
+        time.sleep(0.3)
+    assert status["state"] == "completed", status
+    for path in paths:
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= 3  # web, worker, beat (and their own workers)
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert process.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.pid for p in alive]}"
