@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	DATA_DIR=$$(mktemp -d) $(PY) manage.py makemigrations --check --dry-run
 
 test: setup lint
 	$(VENV)/bin/pytest -q -p no:randomly

@@ -16,7 +16,7 @@ class RelayUserAdmin(UserAdmin):
     list_filter = ["role", "facility", "is_active", "email_verified"]
     list_select_related = ["facility"]
     fieldsets = (
-        *UserAdmin.fieldsets,
+        *(UserAdmin.fieldsets or ()),
         ("RelayPACS", {"fields": ("role", "facility", "email_verified")}),
     )
     add_fieldsets = (

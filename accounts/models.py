@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
@@ -51,7 +51,7 @@ class User(AbstractUser):
     # self-registration sets this to False until the email link is followed.
     email_verified = models.BooleanField(default=True)
 
-    objects = RelayUserManager()
+    objects: ClassVar[RelayUserManager] = RelayUserManager()  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return self.username

@@ -47,7 +47,10 @@ def session_refresh(*, refresh: str) -> dict[str, str]:
         serializer.is_valid(raise_exception=True)
     except (TokenError, InvalidToken, ValidationError) as exc:
         raise _invalid_refresh() from exc
-    return {"access": serializer.validated_data["access"], "refresh": serializer.validated_data["refresh"]}
+    return {
+        "access": serializer.validated_data["access"],
+        "refresh": serializer.validated_data["refresh"],
+    }
 
 
 def session_logout(*, refresh: str) -> None:

@@ -6,14 +6,22 @@ from .models import Study, UploadFile, UploadSession
 class StudyInline(admin.TabularInline):
     model = Study
     extra = 0
-    fields = ["study_instance_uid", "study_date", "modalities", "instances", "pacs_state"]
-    readonly_fields = fields
+    fields = ("study_instance_uid", "study_date", "modalities", "instances", "pacs_state")
+    readonly_fields = ("study_instance_uid", "study_date", "modalities", "instances", "pacs_state")
     can_delete = False
 
 
 @admin.register(UploadSession)
 class UploadSessionAdmin(admin.ModelAdmin):
-    list_display = ["id", "owner", "state", "total_size", "service_level", "created_at", "completed_at"]
+    list_display = [
+        "id",
+        "owner",
+        "state",
+        "total_size",
+        "service_level",
+        "created_at",
+        "completed_at",
+    ]
     list_filter = ["state", "service_level"]
     list_select_related = ["owner"]
     search_fields = ["id", "owner__username"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from kombu import Connection
 from django.conf import settings
 from django.db import connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from kombu import Connection
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import BaseParser
@@ -52,7 +52,9 @@ class UploadInitRequest(serializers.Serializer):
     service_level = serializers.ChoiceField(
         choices=["routine", "urgent", "emergency", "stat"], required=False
     )
-    chunk_size = serializers.IntegerField(required=False, help_text="256 KiB to 16 MiB; default 1 MiB")
+    chunk_size = serializers.IntegerField(
+        required=False, help_text="256 KiB to 16 MiB; default 1 MiB"
+    )
     allow_partial = serializers.BooleanField(required=False, default=False)
     force_upload = serializers.BooleanField(required=False, default=False)
 
@@ -152,7 +154,10 @@ class ChunkApi(APIView):
         parameters=[
             OpenApiParameter("index", int, required=True, description="Chunk number, from 0."),
             OpenApiParameter(
-                "Content-MD5", str, OpenApiParameter.HEADER, required=True,
+                "Content-MD5",
+                str,
+                OpenApiParameter.HEADER,
+                required=True,
                 description="Base64 of the MD5 of the body.",
             ),
         ],
@@ -160,7 +165,11 @@ class ChunkApi(APIView):
         responses={
             200: ChunkResponse,
             **error_responses(
-                400, 401, 404, 409, 422,
+                400,
+                401,
+                404,
+                409,
+                422,
                 s409="chunk_conflict (different bytes for a stored chunk) or upload_not_receiving.",
             ),
         },
@@ -193,7 +202,9 @@ class ChunkApi(APIView):
 
 
 class UploadStatusApi(APIView):
-    @extend_schema(operation_id="upload_status", responses={200: StatusResponse, **error_responses(401, 404)})
+    @extend_schema(
+        operation_id="upload_status", responses={200: StatusResponse, **error_responses(401, 404)}
+    )
     def get(self, request: Request, upload_id: uuid.UUID) -> Response:
         return Response(upload_status(session=_upload(request, upload_id)))
 
@@ -204,7 +215,12 @@ class UploadCompleteApi(APIView):
         request=None,
         responses={
             202: StateResponse,
-            **error_responses(401, 404, 409, s409="upload_incomplete (missing_chunks lists what to send) or upload_not_receiving."),
+            **error_responses(
+                401,
+                404,
+                409,
+                s409="upload_incomplete (missing_chunks lists what to send) or upload_not_receiving.",
+            ),
         },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
@@ -319,16 +335,27 @@ class HealthApi(APIView):
     @extend_schema(
         operation_id="health",
         responses={
-            200: inline_serializer("Health", {"status": serializers.CharField(), "checks": serializers.DictField()}),
-            503: inline_serializer("HealthFailing", {"status": serializers.CharField(), "checks": serializers.DictField()}),
+            200: inline_serializer(
+                "Health", {"status": serializers.CharField(), "checks": serializers.DictField()}
+            ),
+            503: inline_serializer(
+                "HealthFailing",
+                {"status": serializers.CharField(), "checks": serializers.DictField()},
+            ),
         },
     )
     def get(self, request: Request) -> Response:
         checks: dict[str, Any] = {}
-        for name, check in (("database", _check_database), ("broker", _check_broker), ("storage", storage.storage_check)):
+        for name, check in (
+            ("database", _check_database),
+            ("broker", _check_broker),
+            ("storage", storage.storage_check),
+        ):
             state, detail = check()
             checks[name] = {"state": state, "detail": detail}
-        checks["pacs"] = [pacs_selectors.pacs_health(target=t) for t in pacs_selectors.pacs_targets()]
+        checks["pacs"] = [
+            pacs_selectors.pacs_health(target=t) for t in pacs_selectors.pacs_targets()
+        ]
         failing = any(checks[n]["state"] == "failing" for n in ("database", "broker", "storage"))
         degraded = any(p["state"] != "ok" for p in checks["pacs"]) or not checks["pacs"]
         overall = "failing" if failing else ("degraded" if degraded else "ok")

@@ -149,7 +149,9 @@ def inspect_instance(*, stream: BinaryIO, size: int, name: str) -> Inspection:
         if not value
     ]
     if missing:
-        return Inspection("rejected", "required DICOM identifiers are missing: " + ", ".join(missing))
+        return Inspection(
+            "rejected", "required DICOM identifiers are missing: " + ", ".join(missing)
+        )
     if str(meta.get("MediaStorageSOPInstanceUID", "")) != info.sop_instance_uid:
         return Inspection(
             "rejected",

@@ -101,6 +101,9 @@ class UploadChunk(models.Model):
             models.UniqueConstraint(fields=["session", "index"], name="uniq_chunk_per_session")
         ]
 
+    def __str__(self) -> str:
+        return f"chunk {self.index} of {self.session_id}"
+
 
 class FileKind(models.TextChoices):
     PENDING = "pending", "Not checked yet"
@@ -143,6 +146,9 @@ class UploadFile(models.Model):
             models.UniqueConstraint(fields=["session", "position"], name="uniq_file_position")
         ]
 
+    def __str__(self) -> str:
+        return f"file {self.position} of {self.session_id}"
+
 
 class Study(models.Model):
     """A study found in an upload (one upload can carry several)."""
@@ -168,3 +174,6 @@ class Study(models.Model):
                 fields=["session", "study_instance_uid"], name="uniq_study_per_session"
             )
         ]
+
+    def __str__(self) -> str:
+        return f"study {self.study_instance_uid}"

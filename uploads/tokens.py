@@ -31,7 +31,7 @@ def upload_token_read(token: str) -> UploadTokenClaim | None:
         data = signing.loads(
             token[len(PREFIX) :],
             salt=_SALT,
-            max_age=settings.UPLOAD_RESUME_WINDOW.total_seconds(),
+            max_age=settings.UPLOAD_RESUME_WINDOW,
         )
         return UploadTokenClaim(upload_id=uuid.UUID(data["u"]), owner_id=int(data["o"]))
     except (signing.BadSignature, KeyError, ValueError, TypeError):

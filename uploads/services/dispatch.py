@@ -25,6 +25,8 @@ def dispatch_on_commit(*, task_name: str, upload_id: uuid.UUID) -> None:
         try:
             current_app.send_task(task_name, args=[str(upload_id)])
         except Exception:
-            logger.exception("could not queue %s for upload %s; beat will retry", task_name, upload_id)
+            logger.exception(
+                "could not queue %s for upload %s; beat will retry", task_name, upload_id
+            )
 
     transaction.on_commit(send)

@@ -47,14 +47,18 @@ def _source(upload_id: uuid.UUID, f: UploadFile) -> InstanceSource:
         sop_instance_uid=f.sop_instance_uid,
         study_instance_uid=f.study_instance_uid,
         size=f.size,
-        open=functools.partial(storage.open_range, upload_id=upload_id, offset=f.offset, size=f.size),
+        open=functools.partial(
+            storage.open_range, upload_id=upload_id, offset=f.offset, size=f.size
+        ),
     )
 
 
 class _Delivery:
     """Delivers one upload's instances to one PACS target under the worker's lease."""
 
-    def __init__(self, *, session: UploadSession, token: str, target: PacsTarget, files: list[UploadFile]) -> None:
+    def __init__(
+        self, *, session: UploadSession, token: str, target: PacsTarget, files: list[UploadFile]
+    ) -> None:
         self.session = session
         self.token = token
         self.target = target
@@ -76,7 +80,9 @@ class _Delivery:
         }
         self.session.receipt = receipt
         with transaction.atomic():
-            UploadSession.objects.filter(pk=self.session.pk, lease_owner=self.token).update(receipt=receipt)
+            UploadSession.objects.filter(pk=self.session.pk, lease_owner=self.token).update(
+                receipt=receipt
+            )
             UploadFile.objects.bulk_update(changed, ["pacs_status", "pacs_reason"], batch_size=500)
 
     def _on_batch(self, outcomes: list[InstanceOutcome]) -> None:
@@ -95,7 +101,9 @@ class _Delivery:
                 f.pacs_status, f.pacs_reason = PacsStatus.FAILED, reason[:500]
             changed.append(f)
         self._save(changed)
-        if not lease_renew(upload_id=self.session.id, token=self.token, state=UploadState.FORWARDING):
+        if not lease_renew(
+            upload_id=self.session.id, token=self.token, state=UploadState.FORWARDING
+        ):
             raise _LeaseLost
 
     def run(self) -> None:
@@ -113,7 +121,11 @@ class _Delivery:
             f.pacs_status, f.pacs_reason = PacsStatus.ALREADY_DELIVERED, ""
         if already:
             self._save(already)
-        to_send = [f for f in self.files if f.sop_instance_uid not in self.acknowledged and f.sop_instance_uid not in earlier]
+        to_send = [
+            f
+            for f in self.files
+            if f.sop_instance_uid not in self.acknowledged and f.sop_instance_uid not in earlier
+        ]
         self._send(to_send)
         if self.failed:
             raise _Refused(self.failed)
@@ -141,14 +153,20 @@ class _Delivery:
         by_study: dict[str, list[str]] = defaultdict(list)
         for f in self.files:
             by_study[f.study_instance_uid].append(f.sop_instance_uid)
-        return pacs_services.instances_confirm(target=self.target, sop_instance_uids_by_study=by_study)
+        return pacs_services.instances_confirm(
+            target=self.target, sop_instance_uids_by_study=by_study
+        )
 
 
-def _complete(*, session: UploadSession, token: str, delivered: list[tuple[PacsTarget, _Delivery]]) -> None:
+def _complete(
+    *, session: UploadSession, token: str, delivered: list[tuple[PacsTarget, _Delivery]]
+) -> None:
     now = timezone.now()
     receipt = session.receipt or {"destinations": {}}
     for target, delivery in delivered:
-        record = receipt.setdefault("destinations", {}).setdefault(target.key, {"name": target.name})
+        record = receipt.setdefault("destinations", {}).setdefault(
+            target.key, {"name": target.name}
+        )
         record["confirmed_at"] = now.isoformat()
         record["confirmed_instances"] = len(delivery.by_uid)
     with transaction.atomic():
@@ -203,7 +221,9 @@ def _fail(*, session: UploadSession, token: str, error: dict[str, Any]) -> None:
         ):
             upload_id = session.id
             transaction.on_commit(
-                lambda: events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code=error["code"])
+                lambda: events.emit(
+                    events.UPLOAD_FAILED, upload_id=str(upload_id), code=error["code"]
+                )
             )
 
 
@@ -252,7 +272,9 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
     )
     if token is None:
         return
-    UploadSession.objects.filter(pk=upload_id, lease_owner=token).update(state=UploadState.FORWARDING)
+    UploadSession.objects.filter(pk=upload_id, lease_owner=token).update(
+        state=UploadState.FORWARDING
+    )
     session = UploadSession.objects.get(pk=upload_id)
     files = list(
         UploadFile.objects.filter(session=session, kind=FileKind.DICOM).order_by("position")

@@ -9,7 +9,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any
+from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -270,6 +270,10 @@ def upload_token_refresh(*, session: UploadSession) -> str:
     return upload_token_issue(upload_id=session.id, owner_id=session.owner_id)
 
 
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
 @dataclass(frozen=True)
 class ChunkReceipt:
     index: int
@@ -315,7 +319,7 @@ def _ensure_receiving(session: UploadSession) -> None:
 
 
 def chunk_store(
-    *, session: UploadSession, index: int, body: IO[bytes], length: int, content_md5: str | None
+    *, session: UploadSession, index: int, body: Readable, length: int, content_md5: str | None
 ) -> ChunkReceipt:
     """Check, claim and write chunk ``index``.
 
@@ -434,7 +438,9 @@ def upload_cancel(*, session: UploadSession) -> None:
         moved = (
             UploadSession.objects.filter(pk=session.pk)
             .exclude(state__in=[UploadState.COMPLETED, UploadState.CANCELLED])
-            .update(state=UploadState.CANCELLED, lease_until=None, updated_at=now, next_retry_at=None)
+            .update(
+                state=UploadState.CANCELLED, lease_until=None, updated_at=now, next_retry_at=None
+            )
         )
         if not moved:
             session.refresh_from_db()
@@ -460,7 +466,11 @@ def upload_confirm(*, session: UploadSession) -> UploadSession:
         ).update(state=UploadState.FORWARDING, lease_until=None, updated_at=now, next_retry_at=None)
         if not moved:
             session.refresh_from_db()
-            if session.state in (UploadState.FORWARDING, UploadState.WAITING_FOR_PACS, UploadState.COMPLETED):
+            if session.state in (
+                UploadState.FORWARDING,
+                UploadState.WAITING_FOR_PACS,
+                UploadState.COMPLETED,
+            ):
                 return session
             raise ApplicationError(
                 "nothing_to_confirm",

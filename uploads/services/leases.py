@@ -14,7 +14,9 @@ from django.utils import timezone
 from ..models import UploadSession
 
 
-def lease_claim(*, upload_id: uuid.UUID, states: Iterable[str], due_only: bool = False) -> str | None:
+def lease_claim(
+    *, upload_id: uuid.UUID, states: Iterable[str], due_only: bool = False
+) -> str | None:
     """Take the upload's lease if it is in ``states`` and nobody holds a live lease.
 
     Returns the lease token, or None when someone else holds the work or the state moved

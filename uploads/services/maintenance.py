@@ -27,7 +27,9 @@ REDISPATCH_BATCH = 500
 def uploads_redispatch() -> int:
     """Queue work whose lease expired (a killed worker) or whose retry time came."""
     now = timezone.now()
-    stale = Q(lease_until__lt=now) | Q(lease_until__isnull=True, updated_at__lt=now - UNCLAIMED_GRACE)
+    stale = Q(lease_until__lt=now) | Q(
+        lease_until__isnull=True, updated_at__lt=now - UNCLAIMED_GRACE
+    )
     sent = 0
     for upload_id in UploadSession.objects.filter(stale, state=UploadState.PROCESSING).values_list(
         "pk", flat=True
@@ -36,7 +38,11 @@ def uploads_redispatch() -> int:
         sent += 1
     forwarding = UploadSession.objects.filter(
         Q(state=UploadState.FORWARDING, lease_until__lt=now)
-        | Q(state=UploadState.FORWARDING, lease_until__isnull=True, updated_at__lt=now - UNCLAIMED_GRACE)
+        | Q(
+            state=UploadState.FORWARDING,
+            lease_until__isnull=True,
+            updated_at__lt=now - UNCLAIMED_GRACE,
+        )
         | Q(state=UploadState.WAITING_FOR_PACS, next_retry_at__lte=now)
         & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
     )

@@ -195,7 +195,10 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
         Study.objects.filter(session=session).delete()
         Study.objects.bulk_create(
             [
-                Study(session=session, **{k: (v[:400] if isinstance(v, str) else v) for k, v in s.items()})
+                Study(
+                    session=session,
+                    **{k: (v[:400] if isinstance(v, str) else v) for k, v in s.items()},
+                )
                 for s in studies
             ]
         )
@@ -203,7 +206,11 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
     skipped = sum(1 for f in files if f.kind == FileKind.SKIPPED)
     logger.info(
         "upload %s processed: %d instances, %d rejected, %d skipped, %d studies",
-        upload_id, len(infos), rejected, skipped, len(studies),
+        upload_id,
+        len(infos),
+        rejected,
+        skipped,
+        len(studies),
     )
     if not infos:
         _fail(

@@ -32,7 +32,9 @@ def upload_storage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _pipeline_settings(settings: Any, upload_storage_dir: Path, request: pytest.FixtureRequest) -> None:
+def _pipeline_settings(
+    settings: Any, upload_storage_dir: Path, request: pytest.FixtureRequest
+) -> None:
     """Point this process at the shared storage folder and, when present, the test Orthanc."""
     settings.UPLOAD_STORAGE_DIR = upload_storage_dir
     if "orthanc" in request.fixturenames or "orthanc_clean" in request.fixturenames:
@@ -76,12 +78,24 @@ class CeleryWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "relaypacs", "worker",
-                "--loglevel=INFO", "--concurrency=2", "--without-mingle", "--without-gossip",
-                f"--hostname=test-{os.getpid()}@%h", "--beat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "relaypacs",
+                "worker",
+                "--loglevel=INFO",
+                "--concurrency=2",
+                "--without-mingle",
+                "--without-gossip",
+                f"--hostname=test-{os.getpid()}@%h",
+                "--beat",
                 f"--schedule={self.log_path.parent / 'celerybeat-schedule'}",
             ],
-            cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.monotonic() + WORKER_READY_SECONDS

@@ -60,7 +60,11 @@ def write_study(directory: Path, *, instances: int, instance_bytes: int) -> list
     for number in range(1, instances + 1):
         path = directory / f"IM{number:05d}.dcm"
         write_instance(
-            path, study_uid=study_uid, series_uid=series_uid, number=number, pixel_bytes=instance_bytes
+            path,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            number=number,
+            pixel_bytes=instance_bytes,
         )
         paths.append(path)
     return paths

@@ -22,7 +22,10 @@ def payload() -> bytes:
 @pytest.fixture
 def upload(api, payload) -> dict[str, Any]:
     body = {
-        "files": [{"name": "a.dcm", "size": CHUNK + 10}, {"name": "b.dcm", "size": len(payload) - CHUNK - 10}],
+        "files": [
+            {"name": "a.dcm", "size": CHUNK + 10},
+            {"name": "b.dcm", "size": len(payload) - CHUNK - 10},
+        ],
         "chunk_size": CHUNK,
     }
     response = api.post("/api/v1/upload/init", body, format="json")
@@ -92,7 +95,9 @@ def test_index_out_of_range_is_422(api, upload, payload):
     for index in ("4", "-1", "x"):
         response = api.put(
             f"/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
-            data=b"x", content_type="application/octet-stream", HTTP_CONTENT_MD5=content_md5(b"x"),
+            data=b"x",
+            content_type="application/octet-stream",
+            HTTP_CONTENT_MD5=content_md5(b"x"),
         )
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "chunk_out_of_range"
@@ -115,7 +120,15 @@ def test_status_lists_missing_chunks_for_resume(api, upload, payload):
     assert status["missing_chunks"] == [1, 3]
     assert status["bytes_received"] == 2 * CHUNK
     assert status["total_size"] == len(payload)
-    for key in ("studies", "pacs", "rejected_files", "skipped_files", "warnings", "error", "expires_at"):
+    for key in (
+        "studies",
+        "pacs",
+        "rejected_files",
+        "skipped_files",
+        "warnings",
+        "error",
+        "expires_at",
+    ):
         assert key in status
 
 
@@ -155,14 +168,19 @@ def test_no_token_or_bad_token_is_401(client, upload, payload):
     response = client.put(url, data=chunk(payload, 0), content_type="application/octet-stream")
     assert response.status_code == 401
     response = client.put(
-        url, data=chunk(payload, 0), content_type="application/octet-stream",
-        HTTP_AUTHORIZATION="Bearer upl_forged", HTTP_CONTENT_MD5=content_md5(chunk(payload, 0)),
+        url,
+        data=chunk(payload, 0),
+        content_type="application/octet-stream",
+        HTTP_AUTHORIZATION="Bearer upl_forged",
+        HTTP_CONTENT_MD5=content_md5(chunk(payload, 0)),
     )
     assert response.status_code == 401
 
 
 def test_upload_token_opens_only_its_own_upload(client, api, upload, payload):
-    other = api.post("/api/v1/upload/init", {"files": [{"name": "c.dcm", "size": 10}]}, format="json").json()
+    other = api.post(
+        "/api/v1/upload/init", {"files": [{"name": "c.dcm", "size": 10}]}, format="json"
+    ).json()
     token = upload["upload_token"]
     assert put(client, other, 0, b"0123456789", token=token).status_code == 404
     assert put(client, upload, 0, chunk(payload, 0), token=token).status_code == 200
@@ -189,9 +207,14 @@ def test_cancel_deletes_files(api, upload, payload, django_capture_on_commit_cal
 
 
 def test_list_is_newest_first_and_filters_by_state(api, upload):
-    second = api.post("/api/v1/upload/init", {"files": [{"name": "c.dcm", "size": 10}]}, format="json").json()
+    second = api.post(
+        "/api/v1/upload/init", {"files": [{"name": "c.dcm", "size": 10}]}, format="json"
+    ).json()
     api.delete(f"/api/v1/upload/{second['upload_id']}")
     listing = api.get("/api/v1/uploads").json()
-    assert [u["upload_id"] for u in listing["results"]] == [second["upload_id"], upload["upload_id"]]
+    assert [u["upload_id"] for u in listing["results"]] == [
+        second["upload_id"],
+        upload["upload_id"],
+    ]
     receiving = api.get("/api/v1/uploads?state=receiving").json()
     assert [u["upload_id"] for u in receiving["results"]] == [upload["upload_id"]]

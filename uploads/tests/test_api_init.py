@@ -17,7 +17,14 @@ def test_init_returns_the_contract_fields(api):
     response = init(api, metadata={"patient_name": "Doe^Jane", "study_date": "2026-11-02"})
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert set(body) >= {"upload_id", "upload_token", "chunk_size", "total_size", "total_chunks", "expires_at"}
+    assert set(body) >= {
+        "upload_id",
+        "upload_token",
+        "chunk_size",
+        "total_size",
+        "total_chunks",
+        "expires_at",
+    }
     assert body["chunk_size"] == 1024 * 1024
     assert body["total_size"] == 524288 + 600000
     assert body["total_chunks"] == 2

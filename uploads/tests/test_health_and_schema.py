@@ -12,7 +12,9 @@ def test_health_needs_no_token_and_reports_each_part(client, orthanc, settings):
     body = response.json()
     assert body["status"] == "ok"
     assert {k: v["state"] for k, v in body["checks"].items() if k != "pacs"} == {
-        "database": "ok", "broker": "ok", "storage": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
     }
     assert body["checks"]["pacs"][0]["state"] == "ok"
 
@@ -64,7 +66,10 @@ def test_openapi_schema_documents_every_upload_endpoint_and_its_errors(client):
     }
     for path, (method, codes) in expected.items():
         assert path in paths, path
-        assert codes <= set(paths[path][method]["responses"]), (path, paths[path][method]["responses"].keys())
+        assert codes <= set(paths[path][method]["responses"]), (
+            path,
+            paths[path][method]["responses"].keys(),
+        )
 
 
 def test_swagger_ui_is_served(client):

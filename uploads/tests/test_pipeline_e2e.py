@@ -28,7 +28,9 @@ CHUNK = 256 * 1024
 FINAL = {"completed", "failed", "cancelled", "needs_confirmation"}
 
 
-def send_upload(api: Any, paths: list[Path], *, shuffle: bool = True, **extra: Any) -> dict[str, Any]:
+def send_upload(
+    api: Any, paths: list[Path], *, shuffle: bool = True, **extra: Any
+) -> dict[str, Any]:
     body = manifest(paths, chunk_size=CHUNK, **extra)
     init = api.post("/api/v1/upload/init", body, format="json")
     assert init.status_code == 201, init.json()
@@ -77,7 +79,9 @@ def test_pydicom_files_reach_the_pacs_byte_identical(api, celery_worker, orthanc
     assert not storage.stream_exists(upload_id=upload["upload_id"])  # no PHI left behind
 
 
-def test_damaged_file_blocks_forwarding_unless_partial_is_allowed(api, celery_worker, orthanc_clean, tmp_path):
+def test_damaged_file_blocks_forwarding_unless_partial_is_allowed(
+    api, celery_worker, orthanc_clean, tmp_path
+):
     good = sample_paths(["test_files/CT_small.dcm"])[0]
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(good.read_bytes()[:-300])
@@ -121,7 +125,9 @@ def test_instances_already_delivered_are_not_sent_again(api, celery_worker, orth
     assert status["pacs"]["acknowledged_instances"] == 1
 
 
-def test_pacs_down_then_back_is_delivered_when_it_returns(api, client, celery_worker, orthanc_clean):
+def test_pacs_down_then_back_is_delivered_when_it_returns(
+    api, client, celery_worker, orthanc_clean
+):
     paths = sample_paths(["test_files/CT_small.dcm", "charset_files/chrH31.dcm"])
     orthanc_clean.stop()
     try:
@@ -192,20 +198,30 @@ def test_concurrent_out_of_order_chunks_over_http(live_server, user, celery_work
         return requests.put(
             f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
             data=data,
-            headers={**headers, "Content-MD5": content_md5(data), "Content-Type": "application/octet-stream"},
+            headers={
+                **headers,
+                "Content-MD5": content_md5(data),
+                "Content-Type": "application/octet-stream",
+            },
             timeout=30,
         ).status_code
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         codes = list(pool.map(put, work))
     assert codes == [200] * len(work)
-    status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30).json()
+    status = requests.get(
+        f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30
+    ).json()
     assert status["missing_chunks"] == [] and status["bytes_received"] == upload["total_size"]
-    done = requests.post(f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=headers, timeout=30)
+    done = requests.post(
+        f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=headers, timeout=30
+    )
     assert done.status_code == 202
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30).json()
+        status = requests.get(
+            f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30
+        ).json()
         if status["state"] in FINAL:
             break
         time.sleep(0.2)

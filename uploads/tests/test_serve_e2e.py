@@ -13,7 +13,14 @@ import psutil
 import pytest
 import requests
 
-from uploads.tests.helpers import content_md5, free_port, iter_file_chunks, manifest, sample_paths, sop_uid
+from uploads.tests.helpers import (
+    content_md5,
+    free_port,
+    iter_file_chunks,
+    manifest,
+    sample_paths,
+    sop_uid,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +57,11 @@ def product(tmp_path, orthanc):
     env = product_env(tmp_path / "data", port, orthanc)
     log = open(tmp_path / "serve.log", "wb")
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "manage.py", "serve"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -82,29 +93,58 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
     created = subprocess.run(
         [sys.executable, "manage.py", "createsuperuser", "--noinput"],
         cwd=REPO,
-        env={**env, "DJANGO_SUPERUSER_USERNAME": "admin", "DJANGO_SUPERUSER_PASSWORD": "a long admin password", "DJANGO_SUPERUSER_EMAIL": "admin@example.org"},
-        capture_output=True, text=True, timeout=60,
+        env={
+            **env,
+            "DJANGO_SUPERUSER_USERNAME": "admin",
+            "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
+            "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert created.returncode == 0, created.stderr
-    login = requests.post(f"{base}/api/v1/auth/login", json={"username": "admin", "password": "a long admin password"}, timeout=10)
+    login = requests.post(
+        f"{base}/api/v1/auth/login",
+        json={"username": "admin", "password": "a long admin password"},
+        timeout=10,
+    )
     assert login.status_code == 200, login.text
     access = login.json()["access"]
 
     paths = sample_paths()
-    init = requests.post(f"{base}/api/v1/upload/init", json=manifest(paths, chunk_size=CHUNK), headers={"Authorization": f"Bearer {access}"}, timeout=10)
+    init = requests.post(
+        f"{base}/api/v1/upload/init",
+        json=manifest(paths, chunk_size=CHUNK),
+        headers={"Authorization": f"Bearer {access}"},
+        timeout=10,
+    )
     assert init.status_code == 201, init.text
     upload = init.json()
     auth = {"Authorization": f"Bearer {upload['upload_token']}"}
     for index, data in iter_file_chunks(paths, CHUNK):
         response = requests.put(
-            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}", data=data,
-            headers={**auth, "Content-MD5": content_md5(data), "Content-Type": "application/octet-stream"}, timeout=30,
+            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+            data=data,
+            headers={
+                **auth,
+                "Content-MD5": content_md5(data),
+                "Content-Type": "application/octet-stream",
+            },
+            timeout=30,
         )
         assert response.status_code == 200, response.text
-    assert requests.post(f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=auth, timeout=10).status_code == 202
+    assert (
+        requests.post(
+            f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=auth, timeout=10
+        ).status_code
+        == 202
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        status = requests.get(f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=auth, timeout=10).json()
+        status = requests.get(
+            f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=auth, timeout=10
+        ).json()
         if status["state"] in {"completed", "failed"}:
             break
         time.sleep(0.3)

@@ -32,7 +32,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))  # noqa: S104
-        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2")))
+        parser.add_argument(
+            "--web-workers", type=int, default=int(os.environ.get("WEB_WORKERS", "2"))
+        )
         parser.add_argument(
             "--worker-concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "2"))
         )
@@ -79,7 +81,9 @@ class Command(BaseCommand):
                     "'apt-get install orthanc orthanc-dicomweb' (make run does), or set "
                     "PACS_DICOMWEB_URL to use another PACS."
                 ) from exc
-            self.stdout.write(f"Local PACS (Orthanc): {orthanc.url}  (DICOMweb {orthanc.dicomweb_url})")
+            self.stdout.write(
+                f"Local PACS (Orthanc): {orthanc.url}  (DICOMweb {orthanc.dicomweb_url})"
+            )
         else:
             self.stdout.write(f"PACS: {settings.PACS_DICOMWEB_URL or settings.PACS_ORTHANC_URL}")
         python = sys.executable
@@ -89,25 +93,57 @@ class Command(BaseCommand):
         (data_dir / "celerybeat.pid").unlink(missing_ok=True)
         self._spawn(
             "worker",
-            [python, "-m", "celery", "-A", "relaypacs", "worker", "--loglevel=INFO",
-             f"--concurrency={options['worker_concurrency']}", "--hostname=worker@%h"],
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "relaypacs",
+                "worker",
+                "--loglevel=INFO",
+                f"--concurrency={options['worker_concurrency']}",
+                "--hostname=worker@%h",
+            ],
             env,
         )
         self._spawn(
             "beat",
-            [python, "-m", "celery", "-A", "relaypacs", "beat", "--loglevel=INFO",
-             f"--schedule={data_dir / 'celerybeat-schedule'}", f"--pidfile={data_dir / 'celerybeat.pid'}"],
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "relaypacs",
+                "beat",
+                "--loglevel=INFO",
+                f"--schedule={data_dir / 'celerybeat-schedule'}",
+                f"--pidfile={data_dir / 'celerybeat.pid'}",
+            ],
             env,
         )
         self._spawn(
             "web",
-            [python, "-m", "uvicorn", "relaypacs.asgi:application", "--host", options["host"],
-             "--port", str(settings.PORT), "--workers", str(options["web_workers"]),
-             "--no-access-log", "--timeout-graceful-shutdown", "10"],
+            [
+                python,
+                "-m",
+                "uvicorn",
+                "relaypacs.asgi:application",
+                "--host",
+                options["host"],
+                "--port",
+                str(settings.PORT),
+                "--workers",
+                str(options["web_workers"]),
+                "--no-access-log",
+                "--timeout-graceful-shutdown",
+                "10",
+            ],
             env,
         )
-        self.stdout.write(f"RelayPACS is starting on http://{options['host']}:{settings.PORT}/ "
-                          f"(API docs at /api/v1/docs/). Press Ctrl-C to stop.")
+        self.stdout.write(
+            f"RelayPACS is starting on http://{options['host']}:{settings.PORT}/ "
+            f"(API docs at /api/v1/docs/). Press Ctrl-C to stop."
+        )
         if not get_user_model().objects.filter(is_superuser=True).exists():
             self.stdout.write(
                 "No administrator exists yet. Create the first one in another terminal with:\n"
@@ -122,7 +158,9 @@ class Command(BaseCommand):
         while not self.stopping:
             for name, child in self.children:
                 if child.poll() is not None:
-                    self.stderr.write(f"{name} exited with code {child.returncode}; stopping RelayPACS.")
+                    self.stderr.write(
+                        f"{name} exited with code {child.returncode}; stopping RelayPACS."
+                    )
                     self.stopping = True
                     break
             time.sleep(0.5)
