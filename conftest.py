@@ -95,6 +95,21 @@ class OrthancForTests:
         )
         return replace(target, **changes)
 
+    def settings_overrides(self) -> dict[str, Any]:
+        """PACS_* settings making this Orthanc the environment-configured PACS, e.g.
+        ``for name, value in orthanc.settings_overrides().items(): setattr(settings, name, value)``.
+        """
+        return {
+            "PACS_DICOMWEB_URL": self.dicomweb_url,
+            "PACS_ORTHANC_URL": self.url,
+            "PACS_USERNAME": self.server.username,
+            "PACS_PASSWORD": self.server.password,
+            "PACS_TOKEN": "",
+            "PACS_CA_BUNDLE": "",
+            "PACS_CLIENT_CERT": "",
+            "PACS_CLIENT_KEY": "",
+        }
+
     def start(self) -> None:
         """Start (or restart) Orthanc on the same ports with the same stored data."""
         if self.process is not None and self.process.poll() is None:

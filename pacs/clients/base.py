@@ -5,6 +5,7 @@ and streaming of instance bytes. Nothing outside ``pacs.clients`` uses this modu
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
@@ -96,12 +97,22 @@ class PacsHttpClient:
     Authentication is a bearer token when the target has one, else basic auth when it
     has a username. TLS verification uses the target's CA bundle or the system CAs, and
     a client certificate when one is configured.
+
+    Raises PacsRejected at construction when a configured TLS file does not exist.
     """
 
     def __init__(self, target: PacsTarget, *, timeout: float | None = None) -> None:
         self.target = target
         read_timeout = float(timeout if timeout is not None else target.timeout_seconds)
         self.timeout = (min(CONNECT_TIMEOUT_SECONDS, read_timeout), read_timeout)
+        missing = [
+            path
+            for path in (target.ca_bundle, target.client_cert, target.client_key)
+            if path and not os.path.exists(path)
+        ]
+        if missing:
+            # Otherwise the TLS handshake fails as a connection error, retried for days.
+            raise PacsRejected(pacs=target.name, detail=f"TLS file not found: {', '.join(missing)}")
         session = requests.Session()
         session.headers["User-Agent"] = "RelayPACS"
         if target.token:

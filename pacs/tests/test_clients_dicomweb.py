@@ -10,7 +10,7 @@ from pacs.clients.dicomweb import parse_store_response
 from pacs.errors import InstanceSourceError, PacsRejected, PacsUnavailable
 from pacs.selectors import PacsTarget
 from pacs.services import instances_confirm, instances_store
-from pacs.tests.conftest import source_from_bytes
+from pacs.tests.helpers import source_from_bytes
 
 
 def referenced(uid: str, url: str | None = None, warning: int | None = None) -> dict:

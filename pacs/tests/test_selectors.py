@@ -76,3 +76,15 @@ def test_health_reports_refused_credentials_and_missing_urls(orthanc):
     assert (refused["state"], "401" in refused["detail"]) == ("degraded", True)
     assert nothing == {"name": "empty", "state": "degraded", "detail": nothing["detail"]}
     assert nothing["detail"]
+
+
+@pytest.mark.django_db
+def test_the_test_orthanc_can_be_the_environment_pacs(orthanc, settings):
+    for name, value in orthanc.settings_overrides().items():
+        setattr(settings, name, value)
+    settings.PACS_NAME = "embedded"
+
+    [target] = pacs_targets()
+
+    assert target.key == "env:embedded"
+    assert pacs_health(target=target)["state"] == "ok"

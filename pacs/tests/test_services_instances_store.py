@@ -13,7 +13,7 @@ from pacs.services import (
     instances_store,
     stow_batches,
 )
-from pacs.tests.conftest import source_from_bytes
+from pacs.tests.helpers import source_from_bytes
 
 # Looks like Part 10 (preamble + DICM) but is not a data set any PACS can parse.
 GARBAGE = b"\0" * 128 + b"DICM" + b"this is not a DICOM data set " * 40
@@ -22,6 +22,7 @@ GARBAGE_UID = "1.2.826.0.1.3680043.10.543.999"
 
 def test_all_test_files_are_stored_byte_identical(orthanc_clean, dicom_test_files, to_source):
     sources = [to_source(f) for f in dicom_test_files]
+    assert len(sources) >= 40  # CT, MR, RT, SR, JPEG, J2K, JPEG-LS, character sets...
 
     outcomes = instances_store(target=orthanc_clean.target(), instances=sources)
 

@@ -16,7 +16,13 @@ from django.utils import timezone
 from pacs import selectors as pacs_selectors
 from pacs import services as pacs_services
 from pacs.selectors import PacsTarget
-from pacs.services import InstanceOutcome, InstanceSource, PacsRejected, PacsUnavailable
+from pacs.services import (
+    InstanceOutcome,
+    InstanceSource,
+    InstanceSourceError,
+    PacsRejected,
+    PacsUnavailable,
+)
 from relaypacs import events
 
 from .. import storage
@@ -337,6 +343,17 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
         return
     except PacsRejected as exc:
         _fail(session=session, token=token, error=exc.as_dict())
+        return
+    except InstanceSourceError:
+        _fail(
+            session=session,
+            token=token,
+            error={
+                "code": "upload_damaged",
+                "message": "The server's copy of this study could not be read back, so it was not sent.",
+                "hint": "Upload the study again; tell your RelayPACS administrator if it happens twice.",
+            },
+        )
         return
     if unavailable or not delivered:
         _wait_for_pacs(session=session, token=token, error=unavailable[0])

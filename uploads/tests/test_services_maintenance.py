@@ -1,0 +1,111 @@
+"""Beat's jobs: re-dispatch stranded work, expire and clean up old uploads."""
+
+from datetime import timedelta
+from unittest import mock
+
+import pytest
+from django.utils import timezone
+
+from uploads import storage
+from uploads.models import UploadChunk, UploadSession, UploadState
+from uploads.services import uploads_cleanup, uploads_redispatch
+from uploads.services.ingest import ManifestFile, UploadInit, upload_init
+from uploads.services.leases import lease_claim, lease_renew
+
+pytestmark = pytest.mark.django_db
+
+
+def new_upload(user) -> UploadSession:
+    request = UploadInit(
+        files=[ManifestFile(name="a.dcm", size=1000)],
+        metadata={},
+        clinical_notes="",
+        service_level="routine",
+        chunk_size=256 * 1024,
+        allow_partial=False,
+        force_upload=False,
+    )
+    return upload_init(owner=user, request=request)
+
+
+def test_only_one_of_two_racing_workers_gets_the_lease(user):
+    session = new_upload(user)
+    UploadSession.objects.filter(pk=session.pk).update(state=UploadState.PROCESSING)
+    first = lease_claim(upload_id=session.pk, states=[UploadState.PROCESSING])
+    second = lease_claim(upload_id=session.pk, states=[UploadState.PROCESSING])
+    assert first and second is None
+    assert lease_renew(upload_id=session.pk, token=first, state=UploadState.PROCESSING)
+    assert not lease_renew(upload_id=session.pk, token="someone-else", state=UploadState.PROCESSING)
+
+
+def test_expired_lease_can_be_taken_over(user):
+    session = new_upload(user)
+    UploadSession.objects.filter(pk=session.pk).update(
+        state=UploadState.FORWARDING,
+        lease_until=timezone.now() - timedelta(seconds=1),
+        lease_owner="dead",
+    )
+    assert lease_claim(upload_id=session.pk, states=[UploadState.FORWARDING])
+
+
+@mock.patch("uploads.services.maintenance.dispatch_on_commit", autospec=True)
+def test_redispatch_picks_expired_leases_and_due_retries_only(dispatch, user):
+    now = timezone.now()
+    stranded = new_upload(user)
+    UploadSession.objects.filter(pk=stranded.pk).update(
+        state=UploadState.FORWARDING, lease_until=now - timedelta(seconds=5)
+    )
+    busy = new_upload(user)
+    UploadSession.objects.filter(pk=busy.pk).update(
+        state=UploadState.FORWARDING, lease_until=now + timedelta(minutes=5)
+    )
+    due = new_upload(user)
+    UploadSession.objects.filter(pk=due.pk).update(
+        state=UploadState.WAITING_FOR_PACS, next_retry_at=now - timedelta(seconds=1)
+    )
+    later = new_upload(user)
+    UploadSession.objects.filter(pk=later.pk).update(
+        state=UploadState.WAITING_FOR_PACS, next_retry_at=now + timedelta(hours=1)
+    )
+    assert uploads_redispatch() == 2
+    sent = {call.kwargs["upload_id"] for call in dispatch.call_args_list}
+    assert sent == {stranded.pk, due.pk}
+
+
+def test_cleanup_expires_idle_receiving_uploads_and_deletes_their_bytes(user, settings):
+    idle = new_upload(user)
+    fresh = new_upload(user)
+    old = timezone.now() - settings.UPLOAD_RESUME_WINDOW - timedelta(minutes=1)
+    UploadSession.objects.filter(pk=idle.pk).update(created_at=old)
+    uploads_cleanup()
+    idle.refresh_from_db()
+    assert idle.state == UploadState.FAILED and idle.error["code"] == "upload_expired"
+    assert idle.files_deleted and not storage.stream_exists(upload_id=idle.pk)
+    fresh.refresh_from_db()
+    assert fresh.state == UploadState.RECEIVING and storage.stream_exists(upload_id=fresh.pk)
+
+
+def test_a_recent_chunk_keeps_an_old_upload_resumable(user, settings):
+    session = new_upload(user)
+    old = timezone.now() - settings.UPLOAD_RESUME_WINDOW - timedelta(minutes=1)
+    UploadSession.objects.filter(pk=session.pk).update(created_at=old)
+    UploadChunk.objects.create(session=session, index=0, size=1000, md5="0" * 32, stored=True)
+    uploads_cleanup()
+    session.refresh_from_db()
+    assert session.state == UploadState.RECEIVING
+
+
+def test_failed_uploads_keep_their_files_through_the_retry_window(user, settings):
+    recent = new_upload(user)
+    UploadSession.objects.filter(pk=recent.pk).update(
+        state=UploadState.FAILED, failed_at=timezone.now(), received_at=timezone.now()
+    )
+    expired = new_upload(user)
+    UploadSession.objects.filter(pk=expired.pk).update(
+        state=UploadState.FAILED,
+        received_at=timezone.now(),
+        failed_at=timezone.now() - settings.PACS_RETRY_WINDOW - timedelta(hours=1),
+    )
+    uploads_cleanup()
+    assert storage.stream_exists(upload_id=recent.pk)
+    assert not storage.stream_exists(upload_id=expired.pk)
