@@ -1,0 +1,7 @@
+FROM python:3.11-slim-bookworm
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY . .
+RUN DATA_DIR=/tmp/build SECRET_KEY=build python manage.py collectstatic --noinput
+EXPOSE 8000
