@@ -3,5 +3,6 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 COPY . .
-RUN DATA_DIR=/tmp/build SECRET_KEY=build python manage.py collectstatic --noinput
+ENV STATIC_ROOT=/app/staticfiles
+RUN DATA_DIR=/tmp/build python manage.py collectstatic --noinput
 EXPOSE 8000
