@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Max, Q
@@ -22,6 +22,9 @@ logger = logging.getLogger(__name__)
 UNCLAIMED_GRACE = timedelta(seconds=60)
 # Uploads handled per beat run: enough for any clinic backlog, bounded for one query.
 REDISPATCH_BATCH = 500
+# An upload whose processing was claimed this often without finishing kills its worker
+# every time (a poison file): stop retrying it and tell the user.
+MAX_PROCESSING_ATTEMPTS = 5
 
 
 def uploads_redispatch() -> int:
@@ -30,6 +33,7 @@ def uploads_redispatch() -> int:
     stale = Q(lease_until__lt=now) | Q(
         lease_until__isnull=True, updated_at__lt=now - UNCLAIMED_GRACE
     )
+    _fail_poisoned(now=now)
     sent = 0
     for upload_id in UploadSession.objects.filter(stale, state=UploadState.PROCESSING).values_list(
         "pk", flat=True
@@ -52,6 +56,34 @@ def uploads_redispatch() -> int:
     if sent:
         logger.info("re-dispatched %d uploads", sent)
     return sent
+
+
+def _fail_poisoned(*, now: datetime) -> None:
+    poisoned = UploadSession.objects.filter(
+        state=UploadState.PROCESSING,
+        attempts__gte=MAX_PROCESSING_ATTEMPTS,
+        lease_until__lt=now,
+    )
+    for upload_id in list(poisoned.values_list("pk", flat=True)[:REDISPATCH_BATCH]):
+        moved = UploadSession.objects.filter(
+            pk=upload_id, state=UploadState.PROCESSING, lease_until__lt=now
+        ).update(
+            state=UploadState.FAILED,
+            failed_at=now,
+            updated_at=now,
+            lease_until=None,
+            lease_owner="",
+            error={
+                "code": "processing_failed",
+                "message": "The server could not check this upload's files: the check stopped "
+                f"{MAX_PROCESSING_ATTEMPTS} times.",
+                "hint": "Upload the study again; if it fails again, tell your RelayPACS "
+                "administrator.",
+            },
+        )
+        if moved:
+            logger.error("upload %s failed: processing crashed repeatedly", upload_id)
+            events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code="processing_failed")
 
 
 def uploads_cleanup() -> int:

@@ -21,6 +21,7 @@ from uploads.tests.helpers import (
     sample_paths,
     sop_uid,
 )
+from uploads.tests.synthetic import write_study
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +46,8 @@ def product_env(data_dir: Path, port: int, orthanc) -> dict[str, str]:
         PACS_USERNAME=user,
         PACS_PASSWORD=password,
         REDISPATCH_INTERVAL_SECONDS="2",
+        UPLOAD_LEASE_SECONDS="5",
+        PACS_STOW_BATCH_BYTES=str(4 * 1024 * 1024),
         WEB_WORKERS="1",
         HOST="127.0.0.1",
     )
@@ -158,3 +161,85 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
     assert process.wait(timeout=60) == 0
     gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, f"left running: {[p.pid for p in alive]}"
+
+
+def sign_in(base: str, env: dict[str, str]) -> str:
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=60,
+        env={
+            **env,
+            "DJANGO_SUPERUSER_USERNAME": "admin",
+            "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
+            "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
+        },
+    )
+    login = requests.post(
+        f"{base}/api/v1/auth/login",
+        json={"username": "admin", "password": "a long admin password"},
+        timeout=10,
+    )
+    return login.json()["access"]
+
+
+def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_clean, tmp_path):
+    base, env, process = product["base"], product["env"], product["process"]
+    access = sign_in(base, env)
+    paths = write_study(tmp_path / "study", instances=40, instance_bytes=3 * 1024 * 1024)
+    init = requests.post(
+        f"{base}/api/v1/upload/init",
+        json=manifest(paths, chunk_size=CHUNK),
+        headers={"Authorization": f"Bearer {access}"},
+        timeout=10,
+    ).json()
+    auth = {"Authorization": f"Bearer {init['upload_token']}"}
+    for index, data in iter_file_chunks(paths, CHUNK):
+        requests.put(
+            f"{base}/api/v1/upload/{init['upload_id']}/chunk?index={index}",
+            data=data,
+            headers={
+                **auth,
+                "Content-MD5": content_md5(data),
+                "Content-Type": "application/octet-stream",
+            },
+            timeout=30,
+        ).raise_for_status()
+    requests.post(
+        f"{base}/api/v1/upload/{init['upload_id']}/complete", headers=auth, timeout=10
+    ).raise_for_status()
+
+    worker = next(
+        p
+        for p in psutil.Process(process.pid).children()
+        if "worker" in p.cmdline() and "celery" in " ".join(p.cmdline())
+    )
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and not killed:
+        status = requests.get(
+            f"{base}/api/v1/upload/{init['upload_id']}/status", headers=auth, timeout=10
+        ).json()
+        if status["state"] == "forwarding" and status["pacs"]["acknowledged_instances"] >= 1:
+            pool = worker.children()
+            worker.kill()  # SIGKILL the worker and its pool at once, as a crash would
+            for child in pool:
+                child.kill()
+            killed = True
+        time.sleep(0.02)
+    assert killed and status["pacs"]["acknowledged_instances"] < len(paths), status
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status = requests.get(
+            f"{base}/api/v1/upload/{init['upload_id']}/status", headers=auth, timeout=10
+        ).json()
+        if status["state"] in {"completed", "failed"}:
+            break
+        time.sleep(0.3)
+    assert status["state"] == "completed", status
+    assert process.poll() is None  # serve restarted the worker instead of stopping
+    held = orthanc_clean.sop_instance_uids()
+    assert {sop_uid(p) for p in paths} == held  # every instance, each held once

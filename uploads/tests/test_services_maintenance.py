@@ -109,3 +109,14 @@ def test_failed_uploads_keep_their_files_through_the_retry_window(user, settings
     uploads_cleanup()
     assert storage.stream_exists(upload_id=recent.pk)
     assert not storage.stream_exists(upload_id=expired.pk)
+
+
+def test_processing_that_keeps_crashing_ends_failed_not_forever(user):
+    session = new_upload(user)
+    UploadSession.objects.filter(pk=session.pk).update(
+        state=UploadState.PROCESSING, attempts=5, lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    uploads_redispatch()
+    session.refresh_from_db()
+    assert session.state == UploadState.FAILED
+    assert session.error["code"] == "processing_failed"

@@ -2,8 +2,8 @@
 
 Migrates, starts a local Orthanc PACS unless ``PACS_DICOMWEB_URL``/``PACS_ORTHANC_URL`` is
 set, a Celery worker, Celery beat and the web server (uvicorn, ASGI), then supervises
-them: Ctrl-C (or SIGTERM) stops everything it started, and if one of them dies the rest
-are stopped too, so nothing is left half-running.
+them: a child that dies (a crashed or killed worker) is restarted, one that keeps dying
+stops the whole relay, and Ctrl-C (or SIGTERM) stops everything it started.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from pacs.local_orthanc import LocalOrthanc
 
 # Children get this long to stop cleanly after SIGTERM before they are killed.
 STOP_GRACE_SECONDS = 15
+# A child that dies more often than this within the window is broken, not unlucky.
+MAX_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60
 
 
 class Command(BaseCommand):
@@ -41,6 +45,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = {}
+        self.restarts: dict[str, list[float]] = {}
         self.stopping = False
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
@@ -75,6 +81,7 @@ class Command(BaseCommand):
                 )
             try:
                 self.children.append(("orthanc", orthanc.start()))
+                self.starters["orthanc"] = orthanc.start
             except (RuntimeError, FileNotFoundError) as exc:
                 raise CommandError(
                     f"The local Orthanc PACS could not start: {exc}. Install it with "
@@ -152,15 +159,33 @@ class Command(BaseCommand):
             )
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.children.append((name, subprocess.Popen(argv, env=env)))
+        self.starters[name] = lambda: subprocess.Popen(argv, env=env)
+        self.children.append((name, self.starters[name]()))
 
     def _supervise(self) -> None:
+        """Restart a child that died (a crashed or killed worker must not stop the relay);
+        give up and stop everything when one keeps dying."""
         while not self.stopping:
-            for name, child in self.children:
-                if child.poll() is not None:
+            for position, (name, child) in enumerate(self.children):
+                if child.poll() is None or self.stopping:
+                    continue
+                now = time.monotonic()
+                recent = [
+                    t for t in self.restarts.get(name, []) if now - t < RESTART_WINDOW_SECONDS
+                ]
+                if len(recent) >= MAX_RESTARTS:
                     self.stderr.write(
-                        f"{name} exited with code {child.returncode}; stopping RelayPACS."
+                        f"{name} keeps exiting (code {child.returncode}); stopping RelayPACS. "
+                        f"See the messages above, and {settings.DATA_DIR}/orthanc/orthanc.log for the PACS."
                     )
+                    self.stopping = True
+                    break
+                self.stderr.write(f"{name} exited with code {child.returncode}; restarting it.")
+                self.restarts[name] = [*recent, now]
+                try:
+                    self.children[position] = (name, self.starters[name]())
+                except (RuntimeError, OSError) as exc:
+                    self.stderr.write(f"{name} could not be restarted: {exc}; stopping RelayPACS.")
                     self.stopping = True
                     break
             time.sleep(0.5)
