@@ -98,6 +98,12 @@ class Command(BaseCommand):
         logs.mkdir(exist_ok=True)
         # A beat killed by a power cut leaves its pidfile behind and would refuse to start.
         (data_dir / "celerybeat.pid").unlink(missing_ok=True)
+        # With the embedded (filesystem) broker Celery runs its synchronous consumer loop,
+        # which does not replace prefork pool processes killed by SIGKILL (seen here: the
+        # worker kept receiving tasks and ran none). A thread pool dies whole instead, and
+        # this supervisor restarts it; beat then re-dispatches the interrupted work.
+        embedded_broker = settings.CELERY_BROKER_URL.startswith("filesystem://")
+        pool = ["--pool=threads"] if embedded_broker else []
         self._spawn(
             "worker",
             [
@@ -110,6 +116,7 @@ class Command(BaseCommand):
                 "--loglevel=INFO",
                 f"--concurrency={options['worker_concurrency']}",
                 "--hostname=worker@%h",
+                *pool,
             ],
             env,
         )
