@@ -247,3 +247,10 @@ LOGGING = {
 }
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+
+# --- PWA ---------------------------------------------------------------------------------
+# The built PWA (frontend/dist, made by `npm run build`) is served at / by WhiteNoise, so the
+# app and the API share one origin.
+FRONTEND_DIST = BASE_DIR / "frontend" / "dist"
+WHITENOISE_ROOT = FRONTEND_DIST if FRONTEND_DIST.is_dir() else None
+WHITENOISE_INDEX_FILE = True
