@@ -162,3 +162,65 @@ def inspect_instance(*, stream: BinaryIO, size: int, name: str) -> Inspection:
             "rejected", "the file meta header names a different SOP Class UID than the dataset"
         )
     return Inspection("dicom", info=info)
+
+
+def sniff_reason(head: bytes) -> str:
+    """Why a file that is not DICOM was skipped, in words (from its first bytes)."""
+    if head.startswith(b"%PDF"):
+        return "a PDF document, not a DICOM image"
+    if head.startswith((b"\xd0\xcf\x11\xe0", b"PK\x03\x04")):
+        return "an office document or other archive, not a DICOM image"
+    if head[:64].isascii() and b"\x00" not in head[:64]:
+        return "a text file, not a DICOM image"
+    return "not a DICOM file"
+
+
+def wrap_without_meta(*, stream: BinaryIO, size: int, dest: str) -> bool:
+    """Give a DICOM dataset that lacks the Part 10 header (preamble, ``DICM``, file meta) a
+    correct one, written to ``dest`` followed by the original bytes unchanged.
+
+    Returns False when the bytes are not a readable dataset with SOP, study and series
+    UIDs (then it is not DICOM at all). Copies as a stream; never loads pixel data.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        UID,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    stream.seek(0)
+    try:
+        ds = dcmread(stream, force=True, defer_size=DEFER_SIZE)
+        sop_class = _text(ds, "SOPClassUID")
+        sop_instance = _text(ds, "SOPInstanceUID")
+        complete = all(_text(ds, k) for k in ("StudyInstanceUID", "SeriesInstanceUID"))
+        implicit, little = ds.original_encoding
+    except Exception:
+        return False
+    if not (sop_class and sop_instance and complete):
+        return False
+    if implicit:
+        syntax = ImplicitVRLittleEndian
+    else:
+        syntax = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance)
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    stream.seek(0)
+    with open(dest, "xb") as out:
+        out.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+        remaining = size
+        while remaining > 0:
+            block = stream.read(min(1024 * 1024, remaining))
+            if not block:
+                break
+            out.write(block)
+            remaining -= len(block)
+    return True

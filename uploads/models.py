@@ -110,6 +110,8 @@ class FileKind(models.TextChoices):
     DICOM = "dicom", "DICOM instance"
     SKIPPED = "skipped", "Skipped"
     REJECTED = "rejected", "Rejected"
+    ARCHIVE = "archive", "Archive (unpacked)"
+    CONVERTED = "converted", "Converted to DICOM"
 
 
 class PacsStatus(models.TextChoices):
@@ -124,6 +126,13 @@ class UploadFile(models.Model):
     """One file of the manifest: a byte range of the upload's stream."""
 
     session = models.ForeignKey(UploadSession, on_delete=models.CASCADE, related_name="files")
+    # Files unpacked from an archive, converted from a photo or re-wrapped point to the
+    # manifest file they came from and live in the upload's work folder at ``path``;
+    # manifest files are byte ranges of the upload stream (``path`` empty).
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="derived"
+    )
+    path = models.CharField(max_length=2048, blank=True)
     position = models.IntegerField()
     name = models.CharField(max_length=1024)
     size = models.BigIntegerField()

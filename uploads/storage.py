@@ -122,6 +122,27 @@ def open_range(*, upload_id: uuid.UUID, offset: int, size: int) -> BinaryIO:
     return io.BufferedReader(raw, buffer_size=64 * 1024)  # type: ignore[return-value]
 
 
+def work_dir(*, upload_id: uuid.UUID) -> Path:
+    """The folder for files derived from the upload (unpacked, converted, re-wrapped)."""
+    return _upload_dir(upload_id) / "work"
+
+
+def work_reset(*, upload_id: uuid.UUID) -> Path:
+    """Empty the work folder (a re-run of processing starts clean) and return it."""
+    directory = work_dir(upload_id=upload_id)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, mode=0o700)
+    return directory
+
+
+def open_member(*, upload_id: uuid.UUID, offset: int, size: int, path: str = "") -> BinaryIO:
+    """A reader of one file of the upload: a work-folder file when ``path`` is set, else a
+    byte range of the upload stream. The caller closes it."""
+    if path:
+        return open(work_dir(upload_id=upload_id) / path, "rb")  # noqa: SIM115
+    return open_range(upload_id=upload_id, offset=offset, size=size)
+
+
 def stream_delete(*, upload_id: uuid.UUID) -> None:
     """Remove everything stored for the upload. Idempotent."""
     shutil.rmtree(_upload_dir(upload_id), ignore_errors=True)

@@ -208,6 +208,17 @@ UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Disk kept free beside the largest upload, so the database and logs can still write.
 UPLOAD_DISK_RESERVE = env.int("UPLOAD_DISK_RESERVE", default=256 * 1024 * 1024)
 
+# Archives (ZIP, RAR) are unpacked under these limits, checked while unpacking.
+ARCHIVE_MAX_EXPANDED_BYTES = env.int(
+    "ARCHIVE_MAX_EXPANDED_BYTES", default=2 * UPLOAD_MAX_TOTAL_SIZE
+)
+# DICOM rarely compresses beyond 20:1 while zeros reach 1000:1: 100 leaves room for both
+# sparse images and a margin, and stops bombs.
+ARCHIVE_MAX_RATIO = env.float("ARCHIVE_MAX_RATIO", default=100)
+ARCHIVE_MAX_ENTRIES = env.int("ARCHIVE_MAX_ENTRIES", default=50_000)
+# UID root for objects RelayPACS creates (photos converted to Secondary Capture).
+DICOM_UID_ROOT = env.str("DICOM_UID_ROOT", default="1.2.826.0.1.3680043.8.498.")
+
 # --- PACS -----------------------------------------------------------------------------
 PACS_DICOMWEB_URL = env.str("PACS_DICOMWEB_URL", default="")
 PACS_ORTHANC_URL = env.str("PACS_ORTHANC_URL", default="")

@@ -54,7 +54,7 @@ def _source(upload_id: uuid.UUID, f: UploadFile) -> InstanceSource:
         study_instance_uid=f.study_instance_uid,
         size=f.size,
         open=functools.partial(
-            storage.open_range, upload_id=upload_id, offset=f.offset, size=f.size
+            storage.open_member, upload_id=upload_id, offset=f.offset, size=f.size, path=f.path
         ),
     )
 

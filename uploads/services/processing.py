@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 import uuid
-from collections import defaultdict
-from typing import Any
+from collections import defaultdict, deque
+from typing import Any, BinaryIO
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from pydicom.uid import generate_uid
 
 from relaypacs import events
 
 from .. import storage
-from ..dicom import DicomInfo, inspect_instance
+from ..archives import ArchiveError, ArchiveLimits, archive_kind, expand_rar, expand_zip
+from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_without_meta
+from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
 from ..models import FileKind, Study, UploadFile, UploadSession, UploadState
 from .dispatch import FORWARD_TASK, dispatch_on_commit
 from .leases import lease_claim, lease_release, lease_renew
@@ -25,6 +30,10 @@ logger = logging.getLogger(__name__)
 # Renew the lease at least this often while checking files (well under the lease length).
 RENEW_EVERY_SECONDS = 10.0
 HASH_BLOCK = 1024 * 1024
+# Enough of a file's start to recognise ZIP, RAR, JPEG and PNG signatures.
+HEAD_BYTES = 16
+# Archives inside an archive are unpacked once more; deeper nesting is not followed.
+MAX_ARCHIVE_DEPTH = 2
 
 
 def _sha256_of(*, upload_id: uuid.UUID, f: UploadFile) -> str:
@@ -136,22 +145,168 @@ def _fail(*, upload_id: uuid.UUID, token: str, code: str, message: str, hint: st
             transaction.on_commit(remove)
 
 
+class _Expander:
+    """Turns the manifest into the list of files to check: archives unpacked (one level of
+    nesting), photos converted to Secondary Capture, header-less DICOM re-wrapped. Every
+    derived file is a row pointing to its parent and a file in the work folder."""
+
+    def __init__(self, *, session: UploadSession, manifest: list[UploadFile]) -> None:
+        self.session = session
+        self.upload_id = session.id
+        self.work = storage.work_reset(upload_id=session.id)
+        self.next_position = max((f.position for f in manifest), default=-1) + 1
+        self.files: list[UploadFile] = []
+        self.archive_error: ArchiveError | None = None
+        self.unsafe: ArchiveError | None = None
+        self.warnings: list[str] = []
+        self.photos = 0
+        self.limits = ArchiveLimits(
+            max_total_bytes=settings.ARCHIVE_MAX_EXPANDED_BYTES,
+            max_ratio=settings.ARCHIVE_MAX_RATIO,
+            max_entries=settings.ARCHIVE_MAX_ENTRIES,
+        )
+
+    def child(self, parent: UploadFile, *, name: str, path: str = "", size: int = 0) -> UploadFile:
+        row = UploadFile(
+            session=self.session,
+            # Always the manifest file it came from (saved), even through nested archives.
+            parent=parent.parent if parent.parent is not None else parent,
+            position=self.next_position,
+            name=name[:1024],
+            size=size,
+            offset=0,
+            path=path,
+        )
+        self.next_position += 1
+        self.files.append(row)
+        return row
+
+    def open(self, f: UploadFile) -> BinaryIO:
+        return storage.open_member(
+            upload_id=self.upload_id, offset=f.offset, size=f.size, path=f.path
+        )
+
+    def expand_archive(self, f: UploadFile, kind: str) -> list[UploadFile]:
+        folder = f"{f.position}.d"
+        dest = self.work / folder
+        dest.mkdir()
+        try:
+            with self.open(f) as stream:
+                if kind == "zip":
+                    result = expand_zip(
+                        stream=stream, archive_size=f.size, dest=dest, limits=self.limits
+                    )
+                else:
+                    result = expand_rar(
+                        stream=stream,
+                        archive_size=f.size,
+                        dest=dest,
+                        limits=self.limits,
+                        version=kind,
+                    )
+        except ArchiveError as exc:
+            shutil.rmtree(dest, ignore_errors=True)
+            f.kind, f.reason = FileKind.REJECTED, exc.message[:500]
+            if exc.code == "unsafe_archive":
+                self.unsafe = self.unsafe or exc
+            else:
+                self.archive_error = self.archive_error or exc
+            return []
+        f.kind = FileKind.ARCHIVE
+        f.reason = f"unpacked: {len(result.files)} files"
+        children = [
+            self.child(f, name=f"{f.name}/{name}", path=f"{folder}/{relpath}", size=size)
+            for name, relpath, size in result.files
+        ]
+        for name, reason in result.skipped:
+            skipped = self.child(f, name=f"{f.name}/{name}")
+            skipped.kind, skipped.reason = FileKind.SKIPPED, reason
+        return children
+
+    def convert_photo(self, f: UploadFile, kind: str) -> list[UploadFile]:
+        metadata = self.session.metadata
+        facility = self.session.owner.facility
+        self.photos += 1
+        root = settings.DICOM_UID_ROOT
+        # UIDs derived from the upload and the file: a re-run never makes a second copy.
+        patient = PatientContext(
+            patient_name=metadata.get("patient_name", ""),
+            patient_id=metadata.get("patient_id", ""),
+            patient_birth_date=metadata.get("patient_birth_date", ""),
+            patient_sex=metadata.get("patient_sex", ""),
+            issuer_of_patient_id=facility.issuer_of_patient_id if facility else "",
+            study_date=metadata.get("study_date", ""),
+            study_description=metadata.get("study_description", ""),
+            accession_number=metadata.get("accession_number", ""),
+        )
+        series = SeriesContext(
+            uid_root=root,
+            study_instance_uid=generate_uid(
+                prefix=root, entropy_srcs=[str(self.upload_id), "study"]
+            ),
+            series_instance_uid=generate_uid(
+                prefix=root, entropy_srcs=[str(self.upload_id), "photos"]
+            ),
+            institution=facility.name if facility else "",
+        )
+        relpath = f"{f.position}.dcm"
+        try:
+            with self.open(f) as stream:
+                convert_image(
+                    stream=stream,
+                    kind=kind,
+                    dest=self.work / relpath,
+                    patient=patient,
+                    series=series,
+                    number=self.photos,
+                    sop_instance_uid=generate_uid(
+                        prefix=root, entropy_srcs=[str(self.upload_id), f.name, str(f.position)]
+                    ),
+                )
+        except ImageConversionError as exc:
+            f.kind, f.reason = FileKind.REJECTED, exc.reason[:500]
+            return []
+        f.kind, f.reason = FileKind.CONVERTED, "photo converted to DICOM Secondary Capture"
+        size = (self.work / relpath).stat().st_size
+        return [self.child(f, name=f"{f.name} (DICOM)", path=relpath, size=size)]
+
+    def wrap(self, f: UploadFile) -> list[UploadFile]:
+        relpath = f"{f.position}.wrapped.dcm"
+        with self.open(f) as stream:
+            wrapped = wrap_without_meta(stream=stream, size=f.size, dest=str(self.work / relpath))
+        if not wrapped:
+            return []
+        f.kind, f.reason = (
+            FileKind.CONVERTED,
+            "DICOM without a file header: a correct header was added",
+        )
+        self.warnings.append(f"{f.name} had no DICOM file header; RelayPACS added one.")
+        size = (self.work / relpath).stat().st_size
+        return [self.child(f, name=f"{f.name} (with header)", path=relpath, size=size)]
+
+
 def upload_process(*, upload_id: uuid.UUID) -> None:
     """Check every file of a received upload and decide what happens next.
 
-    Idempotent: claims the lease on a ``processing`` upload or does nothing. Moves the
-    upload to ``forwarding`` (and queues forwarding), ``needs_confirmation`` or ``failed``.
-    Memory stays flat: files are byte ranges read as streams, pixel data is never loaded.
+    Idempotent: claims the lease on a ``processing`` upload or does nothing; a re-run
+    starts from the manifest again. Archives are unpacked, photos converted and header-less
+    DICOM wrapped first (see ``_Expander``). Moves the upload to ``forwarding`` (and queues
+    forwarding), ``needs_confirmation`` or ``failed``. Memory stays flat: files are read as
+    streams and pixel data is never loaded (a photo being converted is the exception).
     """
     token = lease_claim(upload_id=upload_id, states=[UploadState.PROCESSING])
     if token is None:
         return
-    session = UploadSession.objects.get(pk=upload_id)
-    files = list(UploadFile.objects.filter(session=session).order_by("position"))
+    session = UploadSession.objects.select_related("owner__facility").get(pk=upload_id)
+    UploadFile.objects.filter(session=session, parent__isnull=False).delete()
+    manifest = list(UploadFile.objects.filter(session=session).order_by("position"))
+    expander = _Expander(session=session, manifest=manifest)
+    queue: deque[tuple[UploadFile, int]] = deque((f, 0) for f in manifest)
     infos: list[DicomInfo] = []
     seen: dict[str, str] = {}
     last_renew = time.monotonic()
-    for f in files:
+    while queue:
+        f, depth = queue.popleft()
         if time.monotonic() - last_renew > RENEW_EVERY_SECONDS:
             if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
                 logger.info("upload %s: lease lost while processing; stopping", upload_id)
@@ -164,8 +319,34 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
             f.kind = FileKind.REJECTED
             f.reason = "the file changed on the way: its SHA-256 does not match the one sent"
             continue
-        with storage.open_range(upload_id=upload_id, offset=f.offset, size=f.size) as stream:
+        with expander.open(f) as stream:
+            head = stream.read(HEAD_BYTES)
+        archive = archive_kind(head)
+        photo = image_kind(head)
+        if archive:
+            if depth >= MAX_ARCHIVE_DEPTH:
+                f.kind, f.reason = (
+                    FileKind.SKIPPED,
+                    "an archive inside an archive inside an archive (not unpacked)",
+                )
+                continue
+            queue.extend((c, depth + 1) for c in expander.expand_archive(f, archive))
+            continue
+        if photo:
+            queue.extend((c, depth + 1) for c in expander.convert_photo(f, photo))
+            continue
+        with expander.open(f) as stream:
             inspection = inspect_instance(stream=stream, size=f.size, name=f.name)
+        if (
+            inspection.kind == "skipped"
+            and "no DICM" in inspection.reason
+            and not f.path.endswith(".wrapped.dcm")
+        ):
+            wrapped = expander.wrap(f)
+            if wrapped:
+                queue.extend((c, depth) for c in wrapped)
+                continue
+            inspection = Inspection("skipped", sniff_reason(head))
         if inspection.kind == "dicom" and inspection.info is not None:
             uid = inspection.info.sop_instance_uid
             if uid in seen:
@@ -178,6 +359,8 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
         else:
             f.kind = FileKind.SKIPPED if inspection.kind == "skipped" else FileKind.REJECTED
             f.reason = inspection.reason[:500]
+    UploadFile.objects.bulk_create(expander.files, batch_size=500)
+    files = manifest + expander.files
     UploadFile.objects.bulk_update(
         files,
         [
@@ -212,6 +395,24 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
         skipped,
         len(studies),
     )
+    if expander.unsafe is not None:
+        _fail(
+            upload_id=upload_id,
+            token=token,
+            code=expander.unsafe.code,
+            message=expander.unsafe.message,
+            hint=expander.unsafe.hint,
+        )
+        return
+    if rejected and not session.allow_partial and expander.archive_error is not None:
+        _fail(
+            upload_id=upload_id,
+            token=token,
+            code=expander.archive_error.code,
+            message=expander.archive_error.message,
+            hint=expander.archive_error.hint,
+        )
+        return
     if not infos:
         _fail(
             upload_id=upload_id,
@@ -234,7 +435,7 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
         )
         return
     mismatches = _mismatch_warnings(metadata=session.metadata, studies=studies)
-    warnings = list(mismatches)
+    warnings = list(mismatches) + expander.warnings
     if rejected:
         warnings.append(f"{rejected} damaged files are not sent (partial upload allowed).")
     needs_person = bool(mismatches)
