@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools"
+APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13"
 if [ "${1:-}" = "--bench" ]; then APT_PACKAGES="$APT_PACKAGES nginx-core"; fi
 
 missing=""

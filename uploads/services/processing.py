@@ -70,9 +70,11 @@ def _studies_from(infos: list[DicomInfo]) -> list[dict[str, Any]]:
         series_rows = []
         for series_uid, items in series.items():
             numbers = sorted(i.instance_number for i in items if i.instance_number is not None)
+            missing = 0
             gaps: list[int] = []
             if numbers:
                 present = set(numbers)
+                missing = numbers[-1] - numbers[0] + 1 - len(present)
                 gaps = [n for n in range(numbers[0], numbers[-1] + 1) if n not in present][:100]
             series_rows.append(
                 {
@@ -81,6 +83,8 @@ def _studies_from(infos: list[DicomInfo]) -> list[dict[str, Any]]:
                     "modality": items[0].modality,
                     "description": items[0].series_description,
                     "instances": len(items),
+                    # What the instance numbers suggest the series should hold.
+                    "expected_instances": len(items) + missing,
                     "instance_number_gaps": gaps,
                 }
             )
@@ -100,6 +104,21 @@ def _studies_from(infos: list[DicomInfo]) -> list[dict[str, Any]]:
             }
         )
     return studies
+
+
+def _completeness_warnings(studies: list[dict[str, Any]]) -> list[str]:
+    """ "Series 3: 118 of 120 images" for every series with gaps in its instance numbers."""
+    warnings = []
+    for study in studies:
+        for series in study["series"]:
+            if series["expected_instances"] > series["instances"]:
+                label = series["series_number"] if series["series_number"] is not None else "?"
+                gaps = ", ".join(str(n) for n in series["instance_number_gaps"][:10])
+                warnings.append(
+                    f"Series {label}: {series['instances']} of {series['expected_instances']} "
+                    f"images (missing image numbers {gaps}). Check that every file was copied."
+                )
+    return warnings
 
 
 def _mismatch_warnings(*, metadata: dict[str, str], studies: list[dict[str, Any]]) -> list[str]:
@@ -435,7 +454,7 @@ def upload_process(*, upload_id: uuid.UUID) -> None:
         )
         return
     mismatches = _mismatch_warnings(metadata=session.metadata, studies=studies)
-    warnings = list(mismatches) + expander.warnings
+    warnings = list(mismatches) + expander.warnings + _completeness_warnings(studies)
     if rejected:
         warnings.append(f"{rejected} damaged files are not sent (partial upload allowed).")
     needs_person = bool(mismatches)

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from uploads.models import FileKind, PacsStatus, UploadFile
-from uploads.tests.helpers import PYDICOM_DATA, sample_paths, sop_uid
+from uploads.tests.helpers import PYDICOM_DATA, content_md5, sample_paths, sop_uid
+from uploads.tests.synthetic import write_study
 from uploads.tests.test_pipeline_e2e import FINAL, send_upload, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -226,3 +227,32 @@ def test_corpus_of_every_pydicom_file_is_forwarded_or_refused_with_a_reason(
                 outcome[g.kind] += 1
     print(f"\npydicom corpus of {len(paths)} files: {dict(outcome)}")
     assert outcome["forwarded"] >= 100
+
+
+def test_folder_with_relative_paths_and_a_gap_in_a_series(
+    api, celery_worker, orthanc_clean, tmp_path
+):
+    paths = write_study(tmp_path / "study", instances=5, instance_bytes=10_000)
+    sent = [p for p in paths if p.name != "IM00003.dcm"]  # one image of the series is missing
+    body = {
+        "files": [{"name": f"CD/DICOM/{p.name}", "size": p.stat().st_size} for p in sent],
+        "chunk_size": 256 * 1024,
+    }
+    upload = api.post("/api/v1/upload/init", body, format="json").json()
+    data = b"".join(p.read_bytes() for p in sent)
+    for index in range(upload["total_chunks"]):
+        chunk = data[index * 256 * 1024 : (index + 1) * 256 * 1024]
+        api.put(
+            f"/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+            data=chunk,
+            content_type="application/octet-stream",
+            HTTP_CONTENT_MD5=content_md5(chunk),
+        )
+    api.post(f"/api/v1/upload/{upload['upload_id']}/complete")
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "completed", status
+    series = status["studies"][0]["series"][0]
+    assert series["instances"] == 4 and series["expected_instances"] == 5
+    assert series["instance_number_gaps"] == [3]
+    assert "Series 1: 4 of 5 images (missing image numbers 3)" in " ".join(status["warnings"])
+    assert {sop_uid(p) for p in sent} == orthanc_clean.sop_instance_uids()
