@@ -130,18 +130,87 @@ def _base_dataset(
     return ds
 
 
-def _pixel_module(ds: FileDataset, *, mode: str, width: int, height: int, bits: int = 8) -> None:
-    ds.Rows = height
-    ds.Columns = width
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 0
-    if mode == "RGB":
-        ds.SamplesPerPixel = 3
+@dataclass(frozen=True)
+class _Pixels:
+    transfer_syntax: str
+    photometric: str
+    samples: int
+    width: int
+    height: int
+    data: bytes
+    bits: int = 8
+
+
+def _jpeg_pixels(stream: BinaryIO, image: Image.Image) -> _Pixels:
+    """An upright baseline JPEG keeps its bytes; anything else is re-encoded upright."""
+    orientation = image.getexif().get(0x0112, 1)
+    keep = (
+        orientation in (0, 1)
+        and image.mode in ("RGB", "L")
+        and not image.info.get("progressive")
+        and not image.info.get("progression")
+    )
+    if keep:
+        stream.seek(0)
+        subsampled = image.mode == "RGB" and JpegImagePlugin.get_sampling(image) != 0
+        photometric = "YBR_FULL_422" if subsampled else "YBR_FULL"
+        return _Pixels(
+            transfer_syntax=JPEGBaseline8Bit,
+            photometric="MONOCHROME2" if image.mode == "L" else photometric,
+            samples=1 if image.mode == "L" else 3,
+            width=image.width,
+            height=image.height,
+            data=stream.read(),
+        )
+    upright = ImageOps.exif_transpose(image).convert("L" if image.mode in ("L", "I;16") else "RGB")
+    buffer = io.BytesIO()
+    upright.save(buffer, format="JPEG", quality=REENCODE_QUALITY, subsampling="4:2:0")
+    return _Pixels(
+        transfer_syntax=JPEGBaseline8Bit,
+        photometric="MONOCHROME2" if upright.mode == "L" else "YBR_FULL_422",
+        samples=1 if upright.mode == "L" else 3,
+        width=upright.width,
+        height=upright.height,
+        data=buffer.getvalue(),
+    )
+
+
+def _png_pixels(image: Image.Image) -> _Pixels:
+    """Uncompressed pixels: 16-bit grey kept at 16 bits, alpha and palettes dropped."""
+    if image.mode in ("I;16", "I;16B", "I"):
+        grey16 = image.convert("I;16")
+        return _Pixels(
+            transfer_syntax=ExplicitVRLittleEndian,
+            photometric="MONOCHROME2",
+            samples=1,
+            width=grey16.width,
+            height=grey16.height,
+            data=grey16.tobytes("raw", "I;16"),
+            bits=16,
+        )
+    grey = image.mode in ("L", "LA", "1")
+    converted = image.convert("L" if grey else "RGB")
+    return _Pixels(
+        transfer_syntax=ExplicitVRLittleEndian,
+        photometric="MONOCHROME2" if grey else "RGB",
+        samples=1 if grey else 3,
+        width=converted.width,
+        height=converted.height,
+        data=converted.tobytes(),
+    )
+
+
+def _pixel_module(ds: FileDataset, pixels: _Pixels) -> None:
+    ds.SamplesPerPixel = pixels.samples
+    ds.PhotometricInterpretation = pixels.photometric
+    if pixels.samples > 1:
         ds.PlanarConfiguration = 0
-    else:
-        ds.SamplesPerPixel = 1
+    ds.Rows = pixels.height
+    ds.Columns = pixels.width
+    ds.BitsAllocated = pixels.bits
+    ds.BitsStored = pixels.bits
+    ds.HighBit = pixels.bits - 1
+    ds.PixelRepresentation = 0
 
 
 def convert_image(
@@ -164,94 +233,31 @@ def convert_image(
     try:
         stream.seek(0)
         image = Image.open(stream)
-        image.load() if kind == "png" else None
+        if kind == "png":
+            image.load()
     except (OSError, Image.DecompressionBombError, ValueError) as exc:
         raise ImageConversionError(
             f"the {kind.upper()} image could not be read ({type(exc).__name__})"
         ) from exc
 
-    if kind == "jpeg":
-        orientation = image.getexif().get(0x0112, 1)
-        keep = (
-            orientation in (0, 1)
-            and image.mode in ("RGB", "L")
-            and not image.info.get("progressive")
-            and not image.info.get("progression")
-            and getattr(image, "layers", 3) in (1, 3)
-        )
-        if keep:
-            stream.seek(0)
-            data = stream.read()
-            ds = _base_dataset(
-                dest,
-                patient=patient,
-                series=series,
-                number=number,
-                sop_uid=sop_instance_uid,
-                transfer_syntax=JPEGBaseline8Bit,
-                now=now,
-            )
-            _pixel_module(ds, mode=image.mode, width=image.width, height=image.height)
-            subsampled = image.mode == "RGB" and JpegImagePlugin.get_sampling(image) != 0
-            ds.PhotometricInterpretation = (
-                "MONOCHROME2"
-                if image.mode == "L"
-                else ("YBR_FULL_422" if subsampled else "YBR_FULL")
-            )
-        else:
-            upright = ImageOps.exif_transpose(image).convert(
-                "L" if image.mode in ("L", "I;16") else "RGB"
-            )
-            buffer = io.BytesIO()
-            upright.save(
-                buffer, format="JPEG", quality=REENCODE_QUALITY, subsampling="4:2:0", optimize=False
-            )
-            data = buffer.getvalue()
-            ds = _base_dataset(
-                dest,
-                patient=patient,
-                series=series,
-                number=number,
-                sop_uid=sop_instance_uid,
-                transfer_syntax=JPEGBaseline8Bit,
-                now=now,
-            )
-            _pixel_module(ds, mode=upright.mode, width=upright.width, height=upright.height)
-            ds.PhotometricInterpretation = "MONOCHROME2" if upright.mode == "L" else "YBR_FULL_422"
+    pixels = _jpeg_pixels(stream, image) if kind == "jpeg" else _png_pixels(image)
+    ds = _base_dataset(
+        dest,
+        patient=patient,
+        series=series,
+        number=number,
+        sop_uid=sop_instance_uid,
+        transfer_syntax=pixels.transfer_syntax,
+        now=now,
+    )
+    _pixel_module(ds, pixels)
+    if pixels.transfer_syntax == JPEGBaseline8Bit:
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
-        ds.PixelData = encapsulate([data])
+        ds.PixelData = encapsulate([pixels.data])
         ds["PixelData"].VR = "OB"
     else:
-        if image.mode in ("I;16", "I;16B", "I"):
-            pixels = image.convert("I;16")
-            ds = _base_dataset(
-                dest,
-                patient=patient,
-                series=series,
-                number=number,
-                sop_uid=sop_instance_uid,
-                transfer_syntax=ExplicitVRLittleEndian,
-                now=now,
-            )
-            _pixel_module(ds, mode="L", width=pixels.width, height=pixels.height, bits=16)
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.PixelData = pixels.tobytes("raw", "I;16")
-        else:
-            grey = image.mode in ("L", "LA", "1")
-            pixels = image.convert("L" if grey else "RGB")  # drops alpha and palettes
-            ds = _base_dataset(
-                dest,
-                patient=patient,
-                series=series,
-                number=number,
-                sop_uid=sop_instance_uid,
-                transfer_syntax=ExplicitVRLittleEndian,
-                now=now,
-            )
-            _pixel_module(ds, mode=pixels.mode, width=pixels.width, height=pixels.height)
-            ds.PhotometricInterpretation = "MONOCHROME2" if grey else "RGB"
-            ds.PixelData = pixels.tobytes()
-        ds["PixelData"].VR = "OB" if ds.BitsAllocated == 8 else "OW"
+        ds.PixelData = pixels.data
+        ds["PixelData"].VR = "OB" if pixels.bits == 8 else "OW"
     ds.save_as(dest, enforce_file_format=True)
     return str(ds.SOPInstanceUID)
