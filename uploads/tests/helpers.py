@@ -106,3 +106,73 @@ def free_port() -> int:
 
 def env_without(*names: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names}
+
+
+class HttpUploader:
+    """Drives the upload API over real HTTP, as a client app does."""
+
+    def __init__(self, base: str, access: str, chunk_size: int) -> None:
+        import requests
+
+        self.base = base
+        self.chunk_size = chunk_size
+        self.http = requests.Session()
+        self.access = access
+
+    def init(self, paths: list[Path], **extra: Any) -> dict[str, Any]:
+        response = self.http.post(
+            f"{self.base}/api/v1/upload/init",
+            json=manifest(paths, chunk_size=self.chunk_size, **extra),
+            headers={"Authorization": f"Bearer {self.access}"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+        upload: dict[str, Any] = response.json()
+        upload["headers"] = {"Authorization": f"Bearer {upload['upload_token']}"}
+        return upload
+
+    def put_chunk(self, upload: dict[str, Any], index: int, data: bytes) -> int:
+        import requests
+
+        # A session per call: several threads may send chunks at once.
+        return requests.put(
+            f"{self.base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+            data=data,
+            headers={
+                **upload["headers"],
+                "Content-MD5": content_md5(data),
+                "Content-Type": "application/octet-stream",
+            },
+            timeout=30,
+        ).status_code
+
+    def send(self, upload: dict[str, Any], paths: list[Path]) -> None:
+        for index, data in iter_file_chunks(paths, self.chunk_size):
+            assert self.put_chunk(upload, index, data) == 200
+
+    def complete(self, upload: dict[str, Any]) -> None:
+        response = self.http.post(
+            f"{self.base}/api/v1/upload/{upload['upload_id']}/complete",
+            headers=upload["headers"],
+            timeout=30,
+        )
+        assert response.status_code == 202, response.text
+
+    def status(self, upload: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.get(
+            f"{self.base}/api/v1/upload/{upload['upload_id']}/status",
+            headers=upload["headers"],
+            timeout=30,
+        )
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait(self, upload: dict[str, Any], states: set[str], timeout: float = 90) -> dict[str, Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        status = self.status(upload)
+        while status["state"] not in states and time.monotonic() < deadline:
+            time.sleep(0.3)
+            status = self.status(upload)
+        return status

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from uploads import storage
 from uploads.models import PacsStatus, UploadFile, UploadSession
 from uploads.tests.helpers import (
+    HttpUploader,
     content_md5,
     iter_file_chunks,
     manifest,
@@ -178,53 +178,18 @@ def test_concurrent_out_of_order_chunks_over_http(live_server, user, celery_work
     from rest_framework_simplejwt.tokens import RefreshToken
 
     paths = sample_paths()
-    base = live_server.url
-    access = str(RefreshToken.for_user(user).access_token)
-    init = requests.post(
-        f"{base}/api/v1/upload/init",
-        json=manifest(paths, chunk_size=CHUNK),
-        headers={"Authorization": f"Bearer {access}"},
-        timeout=30,
-    )
-    assert init.status_code == 201, init.text
-    upload = init.json()
-    headers = {"Authorization": f"Bearer {upload['upload_token']}"}
+    client = HttpUploader(live_server.url, str(RefreshToken.for_user(user).access_token), CHUNK)
+    upload = client.init(paths)
     chunks = list(iter_file_chunks(paths, CHUNK))
     work = chunks + chunks[:3]  # a few retries racing their first attempt
     random.shuffle(work)
-
-    def put(item: tuple[int, bytes]) -> int:
-        index, data = item
-        return requests.put(
-            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
-            data=data,
-            headers={
-                **headers,
-                "Content-MD5": content_md5(data),
-                "Content-Type": "application/octet-stream",
-            },
-            timeout=30,
-        ).status_code
-
     with ThreadPoolExecutor(max_workers=4) as pool:
-        codes = list(pool.map(put, work))
+        codes = list(pool.map(lambda item: client.put_chunk(upload, *item), work))
     assert codes == [200] * len(work)
-    status = requests.get(
-        f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30
-    ).json()
+    status = client.status(upload)
     assert status["missing_chunks"] == [] and status["bytes_received"] == upload["total_size"]
-    done = requests.post(
-        f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=headers, timeout=30
-    )
-    assert done.status_code == 202
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        status = requests.get(
-            f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=headers, timeout=30
-        ).json()
-        if status["state"] in FINAL:
-            break
-        time.sleep(0.2)
+    client.complete(upload)
+    status = client.wait(upload, FINAL)
     assert status["state"] == "completed", status
     for path in paths:
         assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()

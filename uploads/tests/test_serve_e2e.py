@@ -14,10 +14,8 @@ import pytest
 import requests
 
 from uploads.tests.helpers import (
-    content_md5,
+    HttpUploader,
     free_port,
-    iter_file_chunks,
-    manifest,
     sample_paths,
     sop_uid,
 )
@@ -85,84 +83,6 @@ def product(tmp_path, orthanc):
         process.wait()
 
 
-def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
-    base, env, process = product["base"], product["env"], product["process"]
-    health = requests.get(f"{base}/api/v1/health", timeout=10).json()
-    assert health["status"] == "ok", health
-    assert health["checks"]["database"]["detail"] == "sqlite"
-    assert health["checks"]["broker"]["detail"] == "embedded"
-
-    # manage.py run with the same environment reaches the same database.
-    created = subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput"],
-        cwd=REPO,
-        env={
-            **env,
-            "DJANGO_SUPERUSER_USERNAME": "admin",
-            "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
-            "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert created.returncode == 0, created.stderr
-    login = requests.post(
-        f"{base}/api/v1/auth/login",
-        json={"username": "admin", "password": "a long admin password"},
-        timeout=10,
-    )
-    assert login.status_code == 200, login.text
-    access = login.json()["access"]
-
-    paths = sample_paths()
-    init = requests.post(
-        f"{base}/api/v1/upload/init",
-        json=manifest(paths, chunk_size=CHUNK),
-        headers={"Authorization": f"Bearer {access}"},
-        timeout=10,
-    )
-    assert init.status_code == 201, init.text
-    upload = init.json()
-    auth = {"Authorization": f"Bearer {upload['upload_token']}"}
-    for index, data in iter_file_chunks(paths, CHUNK):
-        response = requests.put(
-            f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
-            data=data,
-            headers={
-                **auth,
-                "Content-MD5": content_md5(data),
-                "Content-Type": "application/octet-stream",
-            },
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-    assert (
-        requests.post(
-            f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=auth, timeout=10
-        ).status_code
-        == 202
-    )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        status = requests.get(
-            f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=auth, timeout=10
-        ).json()
-        if status["state"] in {"completed", "failed"}:
-            break
-        time.sleep(0.3)
-    assert status["state"] == "completed", status
-    for path in paths:
-        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
-
-    children = psutil.Process(process.pid).children(recursive=True)
-    assert len(children) >= 3  # web, worker, beat (and their own workers)
-    process.send_signal(signal.SIGINT)  # Ctrl-C
-    assert process.wait(timeout=60) == 0
-    gone, alive = psutil.wait_procs(children, timeout=30)
-    assert not alive, f"left running: {[p.pid for p in alive]}"
-
-
 def sign_in(base: str, env: dict[str, str]) -> str:
     subprocess.run(
         [sys.executable, "manage.py", "createsuperuser", "--noinput"],
@@ -182,34 +102,45 @@ def sign_in(base: str, env: dict[str, str]) -> str:
         json={"username": "admin", "password": "a long admin password"},
         timeout=10,
     )
+    assert login.status_code == 200, login.text
     return login.json()["access"]
+
+
+def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
+    base, env, process = product["base"], product["env"], product["process"]
+    health = requests.get(f"{base}/api/v1/health", timeout=10).json()
+    assert health["status"] == "ok", health
+    assert health["checks"]["database"]["detail"] == "sqlite"
+    assert health["checks"]["broker"]["detail"] == "embedded"
+
+    # manage.py run with the same environment reaches the same database.
+    access = sign_in(base, env)
+    client = HttpUploader(base, access, CHUNK)
+    paths = sample_paths()
+    upload = client.init(paths)
+    client.send(upload, paths)
+    client.complete(upload)
+    status = client.wait(upload, {"completed", "failed"})
+    assert status["state"] == "completed", status
+    for path in paths:
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= 3  # web, worker, beat (and their own workers)
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert process.wait(timeout=60) == 0
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"left running: {[p.pid for p in alive]}"
 
 
 def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_clean, tmp_path):
     base, env, process = product["base"], product["env"], product["process"]
     access = sign_in(base, env)
+    client = HttpUploader(base, access, CHUNK)
     paths = write_study(tmp_path / "study", instances=40, instance_bytes=3 * 1024 * 1024)
-    init = requests.post(
-        f"{base}/api/v1/upload/init",
-        json=manifest(paths, chunk_size=CHUNK),
-        headers={"Authorization": f"Bearer {access}"},
-        timeout=10,
-    ).json()
-    auth = {"Authorization": f"Bearer {init['upload_token']}"}
-    for index, data in iter_file_chunks(paths, CHUNK):
-        requests.put(
-            f"{base}/api/v1/upload/{init['upload_id']}/chunk?index={index}",
-            data=data,
-            headers={
-                **auth,
-                "Content-MD5": content_md5(data),
-                "Content-Type": "application/octet-stream",
-            },
-            timeout=30,
-        ).raise_for_status()
-    requests.post(
-        f"{base}/api/v1/upload/{init['upload_id']}/complete", headers=auth, timeout=10
-    ).raise_for_status()
+    upload = client.init(paths)
+    client.send(upload, paths)
+    client.complete(upload)
 
     worker = next(
         p
@@ -219,9 +150,7 @@ def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_
     deadline = time.monotonic() + 60
     killed = False
     while time.monotonic() < deadline and not killed:
-        status = requests.get(
-            f"{base}/api/v1/upload/{init['upload_id']}/status", headers=auth, timeout=10
-        ).json()
+        status = client.status(upload)
         if status["state"] == "forwarding" and status["pacs"]["acknowledged_instances"] >= 1:
             pool = worker.children()
             worker.kill()  # SIGKILL the worker and its pool at once, as a crash would
@@ -231,14 +160,7 @@ def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_
         time.sleep(0.02)
     assert killed and status["pacs"]["acknowledged_instances"] < len(paths), status
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        status = requests.get(
-            f"{base}/api/v1/upload/{init['upload_id']}/status", headers=auth, timeout=10
-        ).json()
-        if status["state"] in {"completed", "failed"}:
-            break
-        time.sleep(0.3)
+    status = client.wait(upload, {"completed", "failed"}, timeout=120)
     assert status["state"] == "completed", status
     assert process.poll() is None  # serve restarted the worker instead of stopping
     held = orthanc_clean.sop_instance_uids()
