@@ -17,7 +17,9 @@ lint: setup
 	DATA_DIR=$$(mktemp -d) $(PY) manage.py makemigrations --check --dry-run
 
 test: setup lint
-	$(VENV)/bin/pytest -q -p no:randomly
+	# --create-db: the test database is rebuilt from this checkout's migrations, whatever an
+	# earlier run on this machine left in it.
+	$(VENV)/bin/pytest -q --create-db
 
 bench: setup
 	@scripts/bootstrap.sh --bench
