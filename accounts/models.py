@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import uuid
+from typing import Any, ClassVar, NoReturn
 
 from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
+from django.utils import timezone
 
 
 class Facility(models.Model):
@@ -50,8 +52,100 @@ class User(AbstractUser):
     # Accounts made by an administrator (admin site, createsuperuser) are verified;
     # self-registration sets this to False until the email link is followed.
     email_verified = models.BooleanField(default=True)
+    full_name = models.CharField(max_length=200, blank=True)
+    # A new address waits here until the link sent to it is followed; sign-in is unaffected.
+    pending_email = models.EmailField(blank=True)
+    # Upload preferences of the PWA's settings screen (empty: the server's default).
+    default_service_level = models.CharField(max_length=16, blank=True, default="routine")
+    default_chunk_size = models.IntegerField(null=True, blank=True)
+    duplicate_detection = models.BooleanField(default=True)
 
     objects: ClassVar[RelayUserManager] = RelayUserManager()  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return self.username
+
+
+class AuthSession(models.Model):
+    """One signed-in device: the family of refresh tokens that rotate from one login.
+
+    Its id travels in every token of the family as the ``sid`` claim; revoking the
+    session ends every token of the family at once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="auth_sessions")
+    user_agent = models.CharField(max_length=300, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=40, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        indexes = [models.Index(fields=["user", "revoked_at"])]
+
+    def __str__(self) -> str:
+        return f"session {self.id} of user {self.user_id}"
+
+
+class AuditOutcome(models.TextChoices):
+    # DICOM Event Outcome Indicator (PS3.15 A.5.3.1): 0 success, 4 minor failure, 8 serious.
+    SUCCESS = "0", "Success"
+    MINOR_FAILURE = "4", "Minor failure"
+    SERIOUS_FAILURE = "8", "Serious failure"
+
+
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def update(self, **kwargs: Any) -> NoReturn:
+        raise PermissionError("The audit trail is append-only.")
+
+    def delete(self) -> NoReturn:
+        raise PermissionError("The audit trail is append-only.")
+
+
+class AuditEvent(models.Model):
+    """An append-only record of a security event or of access to patient data.
+
+    ``action`` is our stable code; ``event_id`` and ``event_type`` are the DICOM audit
+    message vocabulary (PS3.15 A.5, codes of DCM) it maps to. Rows are inserted, never
+    updated or deleted through the application (save and delete refuse it).
+    """
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=40, db_index=True)
+    event_id = models.CharField(max_length=80)
+    event_type = models.CharField(max_length=80, blank=True)
+    outcome = models.CharField(
+        max_length=2, choices=AuditOutcome.choices, default=AuditOutcome.SUCCESS
+    )
+    # Who acted: kept as text as well, so the trail outlives a deleted account.
+    user = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(max_length=150, blank=True)
+    facility = models.ForeignKey(
+        Facility, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    object_type = models.CharField(max_length=40, blank=True)
+    object_id = models.CharField(max_length=64, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.occurred_at:%Y-%m-%d %H:%M:%S} {self.action} {self.username}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise PermissionError("The audit trail is append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise PermissionError("The audit trail is append-only.")

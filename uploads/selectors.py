@@ -15,23 +15,47 @@ from .models import FileKind, PacsStatus, UploadChunk, UploadFile, UploadSession
 from .tokens import UploadTokenClaim
 
 
+def _uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
+    """The uploads a user's role lets them see and act on (see docs/security.md).
+
+    clinician: their own; radiographer: their facility's (their own without a facility);
+    admin: all; radiologist and auditor: none (they work on reports and the audit log).
+    """
+    from accounts.models import Role
+
+    queryset = UploadSession.objects.all()
+    if not user.is_active:
+        return queryset.none()
+    if user.role == Role.ADMIN:
+        return queryset
+    if user.role == Role.RADIOGRAPHER and user.facility_id is not None:
+        return queryset.filter(Q(owner=user) | Q(owner__facility_id=user.facility_id))
+    if user.role in (Role.CLINICIAN, Role.RADIOGRAPHER):
+        return queryset.filter(owner=user)
+    return queryset.none()
+
+
 def upload_get_for(*, upload_id: uuid.UUID, user: User, auth: object) -> UploadSession:
     """The upload if this requester may act on it; Http404 otherwise (never 403).
 
-    An upload token opens its own upload only; an access token opens its owner's uploads.
+    An upload token opens its own upload only; an access token opens the uploads the
+    user's role and facility let them see (``_uploads_visible_to``).
     """
     from django.http import Http404
 
-    if isinstance(auth, UploadTokenClaim) and auth.upload_id != upload_id:
-        raise Http404
-    session = UploadSession.objects.filter(pk=upload_id, owner=user).first()
+    if isinstance(auth, UploadTokenClaim):
+        if auth.upload_id != upload_id:
+            raise Http404
+        session = UploadSession.objects.filter(pk=upload_id, owner=user).first()
+    else:
+        session = _uploads_visible_to(user=user).filter(pk=upload_id).first()
     if session is None:
         raise Http404
     return session
 
 
 def uploads_list(*, user: User, state: str | None = None) -> QuerySet[UploadSession]:
-    queryset = UploadSession.objects.filter(owner=user).order_by("-created_at")
+    queryset = _uploads_visible_to(user=user).order_by("-created_at")
     if state:
         queryset = queryset.filter(state=state)
     return queryset

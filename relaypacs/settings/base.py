@@ -54,6 +54,10 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "django_otp.plugins.otp_static",
+    "axes",
     "channels",
     "accounts",
     "pacs",
@@ -69,6 +73,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.middleware.PatientDataAccessAuditMiddleware",
+    # Last, as django-axes asks: it turns a lockout on the admin sign-in into a response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "relaypacs.urls"
@@ -107,12 +114,79 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
 
+AUTHENTICATION_BACKENDS = [
+    # First, so a locked-out username and address is refused before the password is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",  # cost 12 (Django's default)
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator",
+        "OPTIONS": {"user_attributes": ["username", "full_name", "email"]},
+    },
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+    {"NAME": "accounts.validators.CharacterClassesValidator"},
 ]
+
+# --- Cache: rate-limit counters and audit de-duplication, shared by every process ------
+if env.str("REDIS_URL", default=""):
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": env.str("REDIS_URL"),
+        }
+    }
+else:
+    # The embedded default runs several processes on one machine: a folder they share.
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(DATA_DIR / "cache"),
+        }
+    }
+
+# --- Accounts and security -------------------------------------------------------------
+# A session (one signed-in device) that has not refreshed or called the API for this long
+# ends: the device must sign in again. Long enough for a clinic closed over a weekend.
+AUTH_SESSION_IDLE_TIMEOUT = timedelta(hours=env.int("AUTH_SESSION_IDLE_HOURS", default=72))
+# Email verification and password reset links stay valid this long.
+AUTH_EMAIL_LINK_MAX_AGE = timedelta(hours=env.int("AUTH_EMAIL_LINK_HOURS", default=48))
+PASSWORD_RESET_TIMEOUT = env.int("AUTH_PASSWORD_RESET_HOURS", default=2) * 3600
+# Where the links in emails point: the PWA (or this server) as seen by the user.
+PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default=f"http://localhost:{PORT}")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+if env.str("EMAIL_HOST_PASSWORD_FILE", default=""):
+    EMAIL_HOST_PASSWORD = Path(env.str("EMAIL_HOST_PASSWORD_FILE")).read_text().strip()
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="RelayPACS <relaypacs@localhost>")
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="RelayPACS")
+# Brute force (django-axes): 10 consecutive failures lock that username from that address
+# only, so one clinic behind a shared address does not lock out its colleagues.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_CLIENT_IP_CALLABLE = "accounts.clientinfo.client_ip"
+# How many reverse proxies in front of us append to X-Forwarded-For; 0 trusts none of it,
+# so a client cannot choose the address its failures count against (docs/security.md).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -135,8 +209,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 17 * 1024 * 1024
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # JWT first: its WWW-Authenticate header makes an anonymous call 401, never 403.
+        "accounts.authentication.SessionJWTAuthentication",
         "uploads.authentication.UploadTokenAuthentication",
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -144,6 +219,12 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
+    # Per client address; far above what a clinic signs in, registers or resets in an hour.
+    "DEFAULT_THROTTLE_RATES": {
+        "auth_login": env.str("THROTTLE_LOGIN", default="30/min"),
+        "auth_register": env.str("THROTTLE_REGISTER", default="20/hour"),
+        "auth_password_reset": env.str("THROTTLE_PASSWORD_RESET", default="20/hour"),
+    },
 }
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env.int("JWT_ACCESS_MINUTES", default=60)),
@@ -151,6 +232,7 @@ SIMPLE_JWT = {
     "ROTATE_REFRESH_TOKENS": True,
     "BLACKLIST_AFTER_ROTATION": True,
     "UPDATE_LAST_LOGIN": True,
+    "ALGORITHM": "HS256",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RelayPACS API",
@@ -158,6 +240,11 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name per choice set, so the schema (and `check --deploy`) has no enum collisions.
+    "ENUM_NAME_OVERRIDES": {
+        "ServiceLevelEnum": ["routine", "urgent", "emergency", "stat"],
+        "ServiceLevelLabelledEnum": "uploads.models.ServiceLevel",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------
@@ -254,7 +341,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"pydicom": {"level": "ERROR"}},
+    # django-axes logs every sign-in at INFO; failures are in the audit trail already.
+    "loggers": {"pydicom": {"level": "ERROR"}, "axes": {"level": "WARNING"}},
 }
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)

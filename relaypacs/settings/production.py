@@ -1,24 +1,73 @@
-"""Production: secrets and hosts come from the environment, with no defaults."""
+"""Production: HTTPS only, secrets and hosts from the environment with no defaults.
+
+Every variable named in REQUIRED must be set (or NAME_FILE pointing to a file holding it,
+for secrets mounted by Docker or Kubernetes); a missing one stops start-up with a message
+naming it. ``python manage.py check --deploy`` reports nothing with these settings.
+"""
 
 import os
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-for _name in ("SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL"):
-    if not os.environ.get(_name) and not os.environ.get(f"{_name}_FILE"):
+REQUIRED = ("SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL")
+
+for _name in REQUIRED:
+    _file = os.environ.get(f"{_name}_FILE")
+    if not os.environ.get(_name) and _file:
+        # base.py reads SECRET_KEY_FILE itself; the others are read from the file here.
+        if _name != "SECRET_KEY":
+            os.environ[_name] = Path(_file).read_text().strip()
+    elif not os.environ.get(_name):
         raise ImproperlyConfigured(
             f"The environment variable {_name} is not set. Production settings have no "
             f"default for it: set {_name} (or {_name}_FILE) and start again."
         )
 
 from .base import *  # noqa: E402,F403
-from .base import env  # noqa: E402
+from .base import MIDDLEWARE, env  # noqa: E402
+from .csp import PWA_CSP_DIRECTIVES  # noqa: E402
 
 DEBUG = False
+if "*" in ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must list this server's host names in production, not '*'."
+    )
+
+# --- HTTPS -------------------------------------------------------------------------------
+# Behind a TLS-terminating reverse proxy (nginx, Traefik, a load balancer) that sets
+# X-Forwarded-Proto: the proxy MUST overwrite that header from clients, or a client could
+# claim HTTPS over plain HTTP. See docs/security.md.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-SESSION_COOKIE_SECURE = True
-CSRF_COOKIE_SECURE = True
-SECURE_HSTS_SECONDS = 31536000
+# /api/v1/health answers plain HTTP probes from the orchestrator inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+SECURE_HSTS_SECONDS = 31536000  # one year, as the HSTS preload list requires
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# CORS: none. The PWA is served from this origin, so no cross-origin browser call is
+# allowed (no Access-Control-Allow-Origin header is ever sent).
+
+# --- Content Security Policy (django-csp) ------------------------------------------------
+# The policy itself is in csp.py; accounts/tests/test_csp_browser.py runs the PWA under it.
+MIDDLEWARE = [*MIDDLEWARE, "csp.middleware.CSPMiddleware"]
+_directives = dict(PWA_CSP_DIRECTIVES)
+_directives["connect-src"] = ["'self'", *env.list("CSP_CONNECT_SRC", default=[])]
+CONTENT_SECURITY_POLICY = {
+    # Swagger UI renders with an inline script from a CDN; it is documentation, not the app.
+    "EXCLUDE_URL_PREFIXES": ["/api/v1/docs/", "/admin/"],
+    "DIRECTIVES": _directives,
+}
+
+# --- Email ------------------------------------------------------------------------------
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")

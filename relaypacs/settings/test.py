@@ -10,3 +10,5 @@ from .base import env  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=False)
+# Each test process keeps its own rate-limit counters (tests clear them).
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -1,0 +1,72 @@
+"""What administrators do to accounts; every change is audit-logged."""
+
+from __future__ import annotations
+
+from axes.utils import reset as axes_reset
+from django.db import transaction
+
+from ..clientinfo import ClientInfo
+from ..models import User
+from .audit import audit_record
+from .sessions import auth_sessions_revoke_all
+
+
+def user_unlock(*, user: User, by: User | None, client: ClientInfo) -> int:
+    """Clear the failed sign-ins that lock ``user`` out (from every address).
+
+    Returns how many records were removed; unlocking an account that is not locked is harmless.
+    """
+    removed = int(axes_reset(username=user.get_username()))
+    audit_record(
+        action="account_unlocked",
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail={"attempts_cleared": removed},
+    )
+    return removed
+
+
+# Fields whose change alters what an account may do or whether it may sign in.
+SECURITY_FIELDS = ("role", "facility_id", "is_active", "is_staff", "is_superuser", "email_verified")
+
+
+def user_security_snapshot(*, user_id: int | None) -> dict[str, object] | None:
+    """The security fields of a saved user, to compare before and after an admin edit."""
+    if user_id is None:
+        return None
+    return User.objects.filter(pk=user_id).values(*SECURITY_FIELDS).first()
+
+
+@transaction.atomic
+def user_admin_changed(
+    *, user: User, before: dict[str, object] | None, by: User | None, client: ClientInfo
+) -> list[str]:
+    """Audit what an administrator changed in an account's rights (``user`` is saved).
+
+    A change of role, facility, staff or superuser status or deactivation also ends the
+    user's sessions, so the new rights apply from the next sign-in. Returns the changed
+    fields.
+    """
+    if before is None:
+        return []
+    changed = [f for f in SECURITY_FIELDS if before[f] != getattr(user, f)]
+    if not changed:
+        return []
+    audit_record(
+        action="role_changed",
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail={
+            **{f"old_{f}": before[f] for f in changed},
+            **{f"new_{f}": getattr(user, f) for f in changed},
+        },
+    )
+    if set(changed) - {"email_verified"}:
+        auth_sessions_revoke_all(user=user, client=client, reason="role_changed", keep=None)
+    return changed

@@ -1,0 +1,119 @@
+"""Password change and reset by email."""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+
+from django.conf import settings
+from django.contrib.auth.tokens import default_token_generator
+from django.core.mail import send_mail
+from django.db import transaction
+from django.utils.encoding import force_bytes, force_str
+from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
+
+from relaypacs.errors import ApplicationError
+
+from ..clientinfo import ClientInfo
+from ..models import User
+from .audit import audit_record
+from .registration import password_check
+from .sessions import auth_sessions_revoke_all
+
+
+@transaction.atomic
+def password_change(
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    current_session: uuid.UUID | None,
+    client: ClientInfo,
+) -> int:
+    """Change the password and sign out every other device; returns how many were.
+
+    Raises ``invalid_current_password`` (400) or ``weak_password`` (400).
+    """
+    if not user.check_password(current_password):
+        raise ApplicationError(
+            "invalid_current_password",
+            "The current password is not correct.",
+            "Type the password you signed in with; if you forgot it, use 'Forgot password'.",
+        )
+    password_check(password=new_password, user=user)
+    user.set_password(new_password)
+    user.save(update_fields=["password"])
+    audit_record(
+        action="password_changed",
+        user=user,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+    )
+    return auth_sessions_revoke_all(
+        user=user, client=client, reason="password_changed", keep=current_session
+    )
+
+
+def password_reset_link(*, user: User) -> str:
+    uid = urlsafe_base64_encode(force_bytes(user.pk))
+    token = default_token_generator.make_token(user)
+    return f"{settings.PUBLIC_BASE_URL}/reset-password?uid={uid}&token={token}"
+
+
+def _send_reset(*, user: User) -> None:
+    minutes = int(settings.PASSWORD_RESET_TIMEOUT // 60)
+    send_mail(
+        subject="Reset your RelayPACS password",
+        message=(
+            f"Hello {user.full_name or user.username},\n\n"
+            f"To choose a new RelayPACS password, open this link within {minutes} minutes:\n\n"
+            f"{password_reset_link(user=user)}\n\n"
+            "If you did not ask for this, ignore this email: your password stays as it is.\n"
+        ),
+        from_email=None,
+        recipient_list=[user.email],
+    )
+
+
+def password_reset_request(*, email: str, client: ClientInfo) -> None:
+    """Email a reset link to the active account with this address, if there is one.
+
+    Silent either way, so the answer does not tell who has an account.
+    """
+    for user in User.objects.filter(email__iexact=email, is_active=True):
+        if user.has_usable_password():
+            transaction.on_commit(partial(_send_reset, user=user))
+
+
+@transaction.atomic
+def password_reset_confirm(*, uid: str, token: str, new_password: str, client: ClientInfo) -> User:
+    """Set the new password from a reset link and sign out every device.
+
+    The link works once (the token covers the password hash) and expires after
+    PASSWORD_RESET_TIMEOUT. Raises ``invalid_reset_link`` (400) or ``weak_password`` (400).
+    Following the link also proves the email address, so the account becomes verified.
+    """
+    invalid = ApplicationError(
+        "invalid_reset_link",
+        "This password reset link is not valid, was already used or has expired.",
+        "Ask for a new reset email from the sign-in screen.",
+    )
+    try:
+        pk = int(force_str(urlsafe_base64_decode(uid)))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise invalid from exc
+    user = User.objects.filter(pk=pk, is_active=True).first()
+    if user is None or not default_token_generator.check_token(user, token):
+        raise invalid
+    password_check(password=new_password, user=user)
+    user.set_password(new_password)
+    user.email_verified = True
+    user.save(update_fields=["password", "email_verified"])
+    audit_record(
+        action="password_reset",
+        user=user,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+    )
+    auth_sessions_revoke_all(user=user, client=client, reason="password_reset", keep=None)
+    return user

@@ -1,0 +1,287 @@
+"""Sign-in, token rotation and sessions.
+
+A session is one signed-in device: the family of refresh tokens that rotate from one
+login, sharing the ``sid`` claim. Access tokens carry the same ``sid``, so revoking the
+session ends the family's access tokens as well (see accounts.authentication).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import authenticate, user_logged_in, user_login_failed
+from django.db import transaction
+from django.utils import timezone
+from rest_framework_simplejwt.exceptions import TokenBackendError, TokenError
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from relaypacs.errors import ApplicationError
+
+from ..clientinfo import ClientInfo
+from ..models import AuditOutcome, AuthSession, User
+from .audit import audit_record
+from .twofactor import twofactor_enabled, twofactor_verify
+
+# last_seen_at is written at most this often per session, not on every API call.
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+def _invalid_refresh() -> ApplicationError:
+    return ApplicationError(
+        "invalid_refresh_token",
+        "Your session has ended or the sign-in token is not valid.",
+        "Sign in again with your username and password.",
+        status_code=401,
+    )
+
+
+def _invalid_credentials() -> ApplicationError:
+    return ApplicationError(
+        "invalid_credentials",
+        "The username or password is not correct.",
+        "Check both and try again; ask your administrator if you forgot your password.",
+        status_code=401,
+    )
+
+
+def _tokens_for(*, session: AuthSession) -> dict[str, str]:
+    refresh = RefreshToken.for_user(session.user)
+    refresh["sid"] = str(session.id)
+    return {"access": str(refresh.access_token), "refresh": str(refresh)}
+
+
+def session_login(
+    *, username: str, password: str, otp: str | None, client: ClientInfo, request: Any
+) -> dict[str, str]:
+    """Check the credentials (and the 2FA code when enrolled); start a session.
+
+    Returns ``{access, refresh}``. Raises ApplicationError: ``sign_in_locked`` (429) after
+    too many consecutive failures from this address, ``invalid_credentials`` (401) for a
+    wrong username or password or an inactive account (without saying which),
+    ``email_not_verified`` (401), ``otp_required`` (401) when 2FA is on and no code came,
+    ``invalid_otp`` (401) for a wrong or replayed code. ``request`` is handed to
+    django-axes, which counts failures per username and address.
+    """
+    user = authenticate(request=request, username=username, password=password)
+    if getattr(request, "axes_locked_out", False):
+        audit_record(
+            action="account_locked",
+            username=username,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            ip_address=client.ip_address,
+            user_agent=client.user_agent,
+        )
+        raise ApplicationError(
+            "sign_in_locked",
+            "Signing in to this account from this device is locked after too many failed attempts.",
+            f"Wait {int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)} minutes and try "
+            "again, or ask your RelayPACS administrator to unlock it.",
+            status_code=429,
+        )
+    if not isinstance(user, User):
+        audit_record(
+            action="login_failed",
+            username=username,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            ip_address=client.ip_address,
+            user_agent=client.user_agent,
+            detail={"reason": "invalid_credentials"},
+        )
+        raise _invalid_credentials()
+    if not user.email_verified:
+        raise ApplicationError(
+            "email_not_verified",
+            "This account's email address has not been confirmed yet.",
+            "Open the link in the email we sent when you registered, then sign in.",
+            status_code=401,
+        )
+    if twofactor_enabled(user=user):
+        if not otp:
+            raise ApplicationError(
+                "otp_required",
+                "This account uses two-step sign-in: a code from your authenticator app is needed.",
+                "Send the 6-digit code from your authenticator app (or a backup code) as 'otp'.",
+                status_code=401,
+            )
+        if not twofactor_verify(user=user, code=otp):
+            # Counts as a failed sign-in, so codes cannot be guessed without a lockout.
+            user_login_failed.send(
+                sender=__name__, credentials={"username": username}, request=request
+            )
+            audit_record(
+                action="login_failed",
+                user=user,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                ip_address=client.ip_address,
+                user_agent=client.user_agent,
+                detail={"reason": "invalid_otp"},
+            )
+            raise ApplicationError(
+                "invalid_otp",
+                "The two-step sign-in code is not correct or was already used.",
+                "Wait for the next code in your authenticator app and try again.",
+                status_code=401,
+            )
+    user_logged_in.send(sender=User, request=request, user=user)
+    session = AuthSession.objects.create(
+        user=user, ip_address=client.ip_address, user_agent=client.user_agent
+    )
+    audit_record(
+        action="login",
+        user=user,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="session",
+        object_id=str(session.id),
+    )
+    return _tokens_for(session=session)
+
+
+def _decode_refresh(refresh: str) -> dict[str, Any]:
+    """The payload of a genuine, unexpired refresh token (blacklisted or not)."""
+    from rest_framework_simplejwt.state import token_backend
+
+    try:
+        payload = token_backend.decode(refresh, verify=True)  # type: ignore[arg-type]
+    except (TokenBackendError, TokenError) as exc:
+        raise _invalid_refresh() from exc
+    if payload.get(api_settings.TOKEN_TYPE_CLAIM) != "refresh" or not payload.get("sid"):
+        raise _invalid_refresh()
+    return payload
+
+
+def _session_of(payload: dict[str, Any]) -> AuthSession | None:
+    try:
+        sid = uuid.UUID(str(payload["sid"]))
+    except ValueError:
+        return None
+    user_id = payload.get(api_settings.USER_ID_CLAIM)
+    if not isinstance(user_id, int | str):
+        return None
+    return AuthSession.objects.select_related("user").filter(pk=sid, user_id=user_id).first()
+
+
+def _is_idle(session: AuthSession) -> bool:
+    return session.last_seen_at < timezone.now() - settings.AUTH_SESSION_IDLE_TIMEOUT
+
+
+def session_refresh(*, refresh: str, client: ClientInfo) -> dict[str, str]:
+    """Rotate a refresh token: the old one is blacklisted, a new pair is returned.
+
+    Presenting a refresh token that was already rotated means it was copied: the whole
+    session is revoked (theft detection) and ``invalid_refresh_token`` (401) raised. A
+    revoked, idle-expired or deactivated session raises the same.
+    """
+    payload = _decode_refresh(refresh)
+    session = _session_of(payload)
+    if session is None or session.revoked_at is not None or not session.user.is_active:
+        raise _invalid_refresh()
+    # The revocations below must outlive the error raised after them, so they run
+    # outside the rotation's transaction.
+    if BlacklistedToken.objects.filter(token__jti=payload[api_settings.JTI_CLAIM]).exists():
+        auth_session_revoke(session=session, reason="reuse_detected", client=client)
+        raise _invalid_refresh()
+    if _is_idle(session):
+        auth_session_revoke(session=session, reason="idle", client=client)
+        raise _invalid_refresh()
+    return _rotate(session=session, refresh=refresh, client=client)
+
+
+@transaction.atomic
+def _rotate(*, session: AuthSession, refresh: str, client: ClientInfo) -> dict[str, str]:
+    session = AuthSession.objects.select_for_update().select_related("user").get(pk=session.pk)
+    if session.revoked_at is not None:
+        raise _invalid_refresh()
+    try:
+        # The row lock above serialises rotations of one session: a second rotation of the
+        # same token finds it blacklisted here.
+        RefreshToken(refresh).blacklist()  # type: ignore[arg-type]
+    except TokenError as exc:
+        raise _invalid_refresh() from exc
+    session.last_seen_at = timezone.now()
+    session.ip_address = client.ip_address
+    session.save(update_fields=["last_seen_at", "ip_address"])
+    return _tokens_for(session=session)
+
+
+def session_logout(*, refresh: str, client: ClientInfo) -> None:
+    """End the session of this refresh token; logging out twice is harmless."""
+    payload = _decode_refresh(refresh)
+    session = _session_of(payload)
+    try:
+        RefreshToken(refresh).blacklist()  # type: ignore[arg-type]
+    except TokenError as exc:
+        if "blacklisted" not in str(exc).lower():
+            raise _invalid_refresh() from exc
+    if session is not None and session.revoked_at is None:
+        auth_session_revoke(session=session, reason="logout", client=client)
+
+
+def auth_session_revoke(*, session: AuthSession, reason: str, client: ClientInfo) -> None:
+    """Revoke a session: its refresh and access tokens stop working. Idempotent."""
+    updated = AuthSession.objects.filter(pk=session.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason
+    )
+    if not updated:
+        return
+    action = {"logout": "logout", "reuse_detected": "session_reuse_detected"}.get(
+        reason, "session_revoked"
+    )
+    audit_record(
+        action=action,
+        user=session.user,
+        outcome=(
+            AuditOutcome.MINOR_FAILURE
+            if action == "session_reuse_detected"
+            else AuditOutcome.SUCCESS
+        ),
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="session",
+        object_id=str(session.id),
+        detail={"reason": reason},
+    )
+
+
+def auth_sessions_revoke_all(
+    *, user: User, client: ClientInfo, reason: str = "logout_everywhere", keep: uuid.UUID | None
+) -> int:
+    """Revoke every active session of the user except ``keep``; returns how many ended."""
+    sessions = AuthSession.objects.filter(user=user, revoked_at__isnull=True).select_related("user")
+    if keep is not None:
+        sessions = sessions.exclude(pk=keep)
+    count = 0
+    for session in sessions:
+        auth_session_revoke(session=session, reason=reason, client=client)
+        count += 1
+    return count
+
+
+def auth_session_touch(*, session_id: str, user_id: int) -> bool:
+    """Whether the session of an access token is still on; records that it was seen.
+
+    An idle-expired session is revoked here. Writes at most once per TOUCH_INTERVAL.
+    """
+    try:
+        sid = uuid.UUID(session_id)
+    except ValueError:
+        return False
+    session = (
+        AuthSession.objects.select_related("user")
+        .filter(pk=sid, user_id=user_id, revoked_at__isnull=True)
+        .first()
+    )
+    if session is None:
+        return False
+    now = timezone.now()
+    if _is_idle(session):
+        auth_session_revoke(session=session, reason="idle", client=ClientInfo(None, ""))
+        return False
+    if session.last_seen_at < now - TOUCH_INTERVAL:
+        AuthSession.objects.filter(pk=sid).update(last_seen_at=now)
+    return True

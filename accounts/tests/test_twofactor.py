@@ -1,0 +1,136 @@
+import time
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from accounts.models import AuditEvent
+from accounts.tests.factories import UserFactory
+from accounts.tests.helpers import PASSWORD, bearer, login
+
+pytestmark = pytest.mark.django_db
+
+
+def code(device, steps_ahead=0):
+    """The TOTP code of ``device`` for the time step ``steps_ahead`` of now."""
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = time.time() + steps_ahead * device.step
+    return f"{totp.token():06d}"
+
+
+def forgive_failures(user):
+    """django-otp slows down guessing (1 s, 2 s, 4 s... after each wrong code): reset it."""
+    for model in (TOTPDevice, StaticDevice):
+        model.objects.filter(user=user).update(throttling_failure_count=0)
+
+
+def signed_in(client, user):
+    return bearer(login(client, user.username).json()["access"])
+
+
+def enable(client, user):
+    auth = signed_in(client, user)
+    client.post("/api/v1/auth/2fa/setup", **auth)
+    device = TOTPDevice.objects.get(user=user)
+    response = client.post(
+        "/api/v1/auth/2fa/confirm", {"otp": code(device)}, content_type="application/json", **auth
+    )
+    assert response.status_code == 200, response.json()
+    return auth, device, response.json()["backup_codes"]
+
+
+def test_setup_returns_an_otpauth_uri_and_a_qr_svg(client):
+    user = UserFactory()
+    response = client.post("/api/v1/auth/2fa/setup", **signed_in(client, user))
+    assert response.status_code == 200
+    body = response.json()
+    uri = urlparse(body["otpauth_uri"])
+    assert uri.scheme == "otpauth" and uri.netloc == "totp"
+    assert parse_qs(uri.query)["issuer"] == ["RelayPACS"]
+    assert body["qr_svg"].lstrip().startswith("<") and "<svg" in body["qr_svg"]
+
+
+def test_2fa_is_off_until_confirmed_with_a_first_code(client):
+    user = UserFactory()
+    auth = signed_in(client, user)
+    client.post("/api/v1/auth/2fa/setup", **auth)
+    wrong = client.post(
+        "/api/v1/auth/2fa/confirm", {"otp": "000000"}, content_type="application/json", **auth
+    )
+    assert wrong.status_code == 400
+    assert login(client, user.username).status_code == 200  # still off
+
+
+def test_confirming_gives_ten_backup_codes_and_then_login_needs_a_code(client):
+    user = UserFactory()
+    _, device, backup_codes = enable(client, user)
+    assert len(backup_codes) == 10 and len(set(backup_codes)) == 10
+    without = login(client, user.username)
+    assert without.status_code == 401
+    assert without.json()["error"]["code"] == "otp_required"
+    wrong = login(client, user.username, otp="000000" if code(device, 1) != "000000" else "111111")
+    assert wrong.json()["error"]["code"] == "invalid_otp"
+    forgive_failures(user)
+    assert login(client, user.username, otp=code(device, 1)).status_code == 200
+    assert AuditEvent.objects.filter(action="twofactor_enabled", user=user).exists()
+
+
+def test_a_totp_code_cannot_be_replayed(client):
+    user = UserFactory()
+    _, device, _ = enable(client, user)
+    next_code = code(device, 1)
+    assert login(client, user.username, otp=next_code).status_code == 200
+    replay = login(client, user.username, otp=next_code)
+    assert replay.status_code == 401
+    assert replay.json()["error"]["code"] == "invalid_otp"
+
+
+def test_a_backup_code_works_once(client):
+    user = UserFactory()
+    _, _, backup_codes = enable(client, user)
+    assert login(client, user.username, otp=backup_codes[0]).status_code == 200
+    assert login(client, user.username, otp=backup_codes[0]).status_code == 401
+    forgive_failures(user)
+    status = client.get("/api/v1/auth/2fa", **signed_in_with(client, user, backup_codes[1]))
+    assert status.json() == {"enabled": True, "backup_codes_left": 8}
+
+
+def signed_in_with(client, user, otp):
+    return bearer(login(client, user.username, otp=otp).json()["access"])
+
+
+def test_disabling_needs_a_current_code(client):
+    user = UserFactory()
+    auth, device, _ = enable(client, user)
+    refused = client.post(
+        "/api/v1/auth/2fa/disable", {"otp": "12345"}, content_type="application/json", **auth
+    )
+    assert refused.status_code == 400
+    forgive_failures(user)
+    done = client.post(
+        "/api/v1/auth/2fa/disable",
+        {"otp": code(device, 1)},
+        content_type="application/json",
+        **auth,
+    )
+    assert done.status_code == 204
+    assert login(client, user.username, PASSWORD).status_code == 200
+    assert AuditEvent.objects.filter(action="twofactor_disabled", user=user).exists()
+
+
+def test_setting_up_twice_while_on_is_409(client):
+    user = UserFactory()
+    auth, _, _ = enable(client, user)
+    response = client.post("/api/v1/auth/2fa/setup", **auth)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "twofactor_already_enabled"
+
+
+def test_wrong_codes_are_slowed_down(client):
+    user = UserFactory()
+    _, device, _ = enable(client, user)
+    login(client, user.username, otp="000000" if code(device, 1) != "000000" else "111111")
+    # Right after a wrong code even the right one waits out django-otp's delay.
+    assert login(client, user.username, otp=code(device, 1)).status_code == 401

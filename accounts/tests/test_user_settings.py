@@ -1,0 +1,143 @@
+import re
+
+import pytest
+
+from accounts.models import AuditEvent, Role
+from accounts.tests.factories import UserFactory
+from accounts.tests.helpers import bearer, login
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def me(client):
+    user = UserFactory(full_name="Ann Smith")
+    return user, bearer(login(client, user.username).json()["access"])
+
+
+def test_profile_shows_username_role_and_facility_read_only(client, me):
+    user, auth = me
+    response = client.get("/api/v1/auth/me", **auth)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["username"] == user.username
+    assert body["role"] == "radiographer"
+    assert body["facility"]["code"] == user.facility.code
+    assert body["twofactor_enabled"] is False
+    changed = client.patch(
+        "/api/v1/auth/me",
+        {"full_name": "Ann Jones", "role": "admin", "username": "boss"},
+        content_type="application/json",
+        **auth,
+    )
+    assert changed.status_code == 200
+    user.refresh_from_db()
+    assert (user.full_name, user.role, user.username) == (
+        "Ann Jones",
+        Role.RADIOGRAPHER,
+        changed.json()["username"],
+    )
+
+
+def test_a_new_email_is_used_once_its_link_is_followed(
+    client, me, mailoutbox, django_capture_on_commit_callbacks
+):
+    user, auth = me
+    old = user.email
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.patch(
+            "/api/v1/auth/me", {"email": "ann@new.example"}, content_type="application/json", **auth
+        )
+    assert response.json()["email"] == old
+    assert response.json()["pending_email"] == "ann@new.example"
+    assert mailoutbox[0].to == ["ann@new.example"]
+    token = re.search(r"token=(\S+)", mailoutbox[0].body).group(1)
+    assert (
+        client.post(
+            "/api/v1/auth/verify-email", {"token": token}, content_type="application/json"
+        ).status_code
+        == 200
+    )
+    user.refresh_from_db()
+    assert user.email == "ann@new.example" and user.pending_email == ""
+
+
+def test_upload_preferences_round_trip(client, me):
+    _, auth = me
+    assert client.get("/api/v1/auth/me/preferences", **auth).json() == {
+        "default_service_level": "routine",
+        "default_chunk_size": None,
+        "duplicate_detection": True,
+    }
+    response = client.patch(
+        "/api/v1/auth/me/preferences",
+        {
+            "default_service_level": "urgent",
+            "default_chunk_size": 4 * 1024 * 1024,
+            "duplicate_detection": False,
+        },
+        content_type="application/json",
+        **auth,
+    )
+    assert response.json() == {
+        "default_service_level": "urgent",
+        "default_chunk_size": 4 * 1024 * 1024,
+        "duplicate_detection": False,
+    }
+    cleared = client.patch(
+        "/api/v1/auth/me/preferences",
+        {"default_chunk_size": None},
+        content_type="application/json",
+        **auth,
+    )
+    assert cleared.json()["default_chunk_size"] is None
+    assert cleared.json()["default_service_level"] == "urgent"
+
+
+@pytest.mark.parametrize("chunk_size", [1024, 64 * 1024 * 1024])
+def test_a_chunk_size_outside_the_limits_is_refused(client, me, chunk_size):
+    _, auth = me
+    response = client.patch(
+        "/api/v1/auth/me/preferences",
+        {"default_chunk_size": chunk_size},
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_chunk_size"
+
+
+def test_gdpr_export_holds_my_data_only_and_is_audited(client, me):
+    user, auth = me
+    other = UserFactory()
+    login(client, other.username)
+    response = client.get("/api/v1/auth/me/export", **auth)
+    assert response.status_code == 200
+    assert "attachment" in response["Content-Disposition"]
+    body = response.json()
+    assert body["profile"]["username"] == user.username
+    assert len(body["sessions"]) == 1
+    assert {e["action"] for e in body["audit_events"]} == {"login", "export"}
+    assert other.username not in response.content.decode()
+    assert AuditEvent.objects.filter(action="export", user=user).exists()
+
+
+def test_settings_need_a_signed_in_user(client):
+    for path in ("/api/v1/auth/me", "/api/v1/auth/me/preferences", "/api/v1/auth/me/export"):
+        assert client.get(path).status_code == 401
+
+
+def test_the_upload_pipeline_reads_the_saved_preferences(client, me):
+    from accounts.selectors import UploadPreferences, user_upload_preferences
+
+    user, auth = me
+    client.patch(
+        "/api/v1/auth/me/preferences",
+        {"default_service_level": "stat", "duplicate_detection": False},
+        content_type="application/json",
+        **auth,
+    )
+    user.refresh_from_db()
+    assert user_upload_preferences(user=user) == UploadPreferences(
+        service_level="stat", chunk_size=None, duplicate_detection=False
+    )
