@@ -17,6 +17,7 @@ from django.db.models import Q, Sum
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.selectors import user_upload_preferences
 from relaypacs import events
 from relaypacs.errors import ApplicationError
 
@@ -64,8 +65,8 @@ class UploadInit:
     files: list[ManifestFile]
     metadata: dict[str, str]
     clinical_notes: str
-    service_level: str
-    chunk_size: int
+    service_level: str | None  # None: the user's preference
+    chunk_size: int | None  # None: the user's preference, else the server default
     allow_partial: bool
     force_upload: bool
 
@@ -136,14 +137,12 @@ def manifest_parse(*, data: Any) -> UploadInit:
     notes = data.get("clinical_notes") or ""
     if not isinstance(notes, str):
         raise _manifest_error("clinical_notes must be text")
-    level = data.get("service_level") or ServiceLevel.ROUTINE
-    if level not in ServiceLevel.values:
+    level = data.get("service_level") or None
+    if level is not None and level not in ServiceLevel.values:
         raise _manifest_error("service_level must be routine, urgent, emergency or stat")
 
     chunk_size = data.get("chunk_size")
-    if chunk_size is None:
-        chunk_size = settings.UPLOAD_DEFAULT_CHUNK_SIZE
-    if (
+    if chunk_size is not None and (
         isinstance(chunk_size, bool)
         or not isinstance(chunk_size, int)
         or not settings.UPLOAD_MIN_CHUNK_SIZE <= chunk_size <= settings.UPLOAD_MAX_CHUNK_SIZE
@@ -161,7 +160,7 @@ def manifest_parse(*, data: Any) -> UploadInit:
         files=files,
         metadata=metadata,
         clinical_notes=notes,
-        service_level=str(level),
+        service_level=str(level) if level else None,
         chunk_size=chunk_size,
         allow_partial=bool(data.get("allow_partial", False)),
         force_upload=bool(data.get("force_upload", False)),
@@ -196,6 +195,9 @@ def _find_duplicate(*, owner: User, key: str) -> UploadSession | None:
 def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
     """Open an upload session for the manifest, sized on disk, ready for chunks.
 
+    What the request leaves out (chunk size, service level) comes from the user's upload
+    preferences; the duplicate check runs unless ``force_upload`` or the user turned it off.
+
     Raises 413 ``upload_too_large``, 507 ``insufficient_storage`` or 409
     ``possible_duplicate`` (unless ``force_upload``).
     """
@@ -216,7 +218,8 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             status_code=507,
         )
     key = duplicate_key(metadata=request.metadata)
-    if not request.force_upload:
+    preferences = user_upload_preferences(user=owner)
+    if not request.force_upload and preferences.duplicate_detection:
         earlier = _find_duplicate(owner=owner, key=key)
         if earlier is not None:
             when = earlier.created_at.date().isoformat()
@@ -228,7 +231,7 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
                 status_code=409,
                 extra={"duplicate_of": str(earlier.id), "duplicate_uploaded_at": when},
             )
-    chunk_size = request.chunk_size
+    chunk_size = request.chunk_size or preferences.chunk_size or settings.UPLOAD_DEFAULT_CHUNK_SIZE
     with transaction.atomic():
         session = UploadSession.objects.create(
             owner=owner,
@@ -237,7 +240,7 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             total_chunks=math.ceil(total / chunk_size),
             metadata=request.metadata,
             clinical_notes=request.clinical_notes,
-            service_level=request.service_level,
+            service_level=request.service_level or preferences.service_level,
             allow_partial=request.allow_partial,
             force_upload=request.force_upload,
             duplicate_key=key,

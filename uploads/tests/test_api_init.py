@@ -108,3 +108,23 @@ def test_upload_token_cannot_open_a_new_upload(api):
     token = init(api).json()["upload_token"]
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     assert init(api).status_code == 403
+
+
+def test_the_users_upload_preferences_fill_what_init_leaves_out(api, user):
+    user.default_chunk_size = 4 * 1024 * 1024
+    user.default_service_level = "urgent"
+    user.save(update_fields=["default_chunk_size", "default_service_level"])
+    body = init(api).json()
+    assert body["chunk_size"] == 4 * 1024 * 1024
+    assert UploadSession.objects.get(pk=body["upload_id"]).service_level == "urgent"
+    explicit = init(api, chunk_size=256 * 1024, service_level="stat").json()
+    assert explicit["chunk_size"] == 256 * 1024
+    assert UploadSession.objects.get(pk=explicit["upload_id"]).service_level == "stat"
+
+
+def test_duplicate_detection_can_be_turned_off_by_the_user(api, user):
+    hints = {"patient_name": "Doe^Jane", "study_date": "20261102", "modality": "CT"}
+    assert init(api, metadata=hints).status_code == 201
+    user.duplicate_detection = False
+    user.save(update_fields=["duplicate_detection"])
+    assert init(api, metadata=hints).status_code == 201
