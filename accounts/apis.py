@@ -336,6 +336,10 @@ class VerifyEmailResendApi(APIView):
 
 
 class PasswordChangeApi(SignedInApi):
+    # Guessing the current password here must be as slow as at sign-in.
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth_login"
+
     class PasswordChangeInputSerializer(serializers.Serializer):
         current_password = serializers.CharField(trim_whitespace=False, max_length=1024)
         new_password = serializers.CharField(trim_whitespace=False, max_length=1024)

@@ -189,7 +189,18 @@ def session_refresh(*, refresh: str, client: ClientInfo) -> dict[str, str]:
     if _is_idle(session):
         auth_session_revoke(session=session, reason="idle", client=client)
         raise _invalid_refresh()
-    return _rotate(session=session, refresh=refresh, client=client)
+    try:
+        return _rotate(session=session, refresh=refresh, client=client)
+    except _AlreadyRotated:
+        # Two requests raced with the same token: the loser presented a rotated token,
+        # which is reuse all the same.
+        auth_session_revoke(session=session, reason="reuse_detected", client=client)
+        raise _invalid_refresh() from None
+
+
+class _AlreadyRotated(Exception):
+    """The token was blacklisted by a concurrent rotation (raised inside the transaction,
+    so the revocation can happen after it rolls back)."""
 
 
 @transaction.atomic
@@ -202,7 +213,7 @@ def _rotate(*, session: AuthSession, refresh: str, client: ClientInfo) -> dict[s
         # same token finds it blacklisted here.
         RefreshToken(refresh).blacklist()  # type: ignore[arg-type]
     except TokenError as exc:
-        raise _invalid_refresh() from exc
+        raise _AlreadyRotated from exc
     session.last_seen_at = timezone.now()
     session.ip_address = client.ip_address
     session.save(update_fields=["last_seen_at", "ip_address"])

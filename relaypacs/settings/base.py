@@ -43,7 +43,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
 PORT = env.int("PORT", default=8000)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "relaypacs.admin_config.RelayAdminConfig",  # django.contrib.admin with 2FA sign-in
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -71,6 +71,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.middleware.PatientDataAccessAuditMiddleware",
@@ -176,6 +177,8 @@ if env.str("EMAIL_HOST_PASSWORD_FILE", default=""):
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="RelayPACS <relaypacs@localhost>")
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="RelayPACS")
+# Never show TOTP keys or backup codes in the admin.
+OTP_ADMIN_HIDE_SENSITIVE_DATA = True
 # Brute force (django-axes): 10 consecutive failures lock that username from that address
 # only, so one clinic behind a shared address does not lock out its colleagues.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=10)
@@ -220,6 +223,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
     # Per client address; far above what a clinic signs in, registers or resets in an hour.
+    # Client addresses for throttling come from REMOTE_ADDR, or from X-Forwarded-For only
+    # through the configured number of trusted proxies (a client cannot spoof its way out).
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_RATES": {
         "auth_login": env.str("THROTTLE_LOGIN", default="30/min"),
         "auth_register": env.str("THROTTLE_REGISTER", default="20/hour"),

@@ -1,0 +1,44 @@
+"""The admin site: an account that turned on two-factor sign-in must give its one-time
+code here too (the most powerful accounts sign in here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.http import HttpRequest
+from django_otp import devices_for_user, user_has_device
+from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
+
+
+class RelayAdminAuthenticationForm(OTPAdminAuthenticationForm):
+    """Asks for the one-time code (TOTP or a backup code) only of accounts with a confirmed
+    2FA device; the code is checked against each of them, so no device must be picked."""
+
+    def clean_otp(self, user: Any) -> None:
+        if user is None or not user_has_device(user, confirmed=True):
+            return
+        code = "".join((self.cleaned_data.get("otp_token") or "").split())
+        if not code:
+            raise forms.ValidationError(
+                "This account uses two-factor sign-in: enter the code from your authenticator app.",
+                code="token_required",
+            )
+        for device in devices_for_user(user, confirmed=True):
+            if device.verify_token(code.lower()):  # backup codes are lower case
+                user.otp_device = device
+                return
+        raise forms.ValidationError(
+            "The one-time code is not correct or was already used; enter the current code.",
+            code="invalid_token",
+        )
+
+
+class RelayAdminSite(OTPAdminSite):
+    login_form = RelayAdminAuthenticationForm
+
+    def has_permission(self, request: HttpRequest) -> bool:
+        user: Any = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        return bool(user.is_verified()) or not user_has_device(user, confirmed=True)
