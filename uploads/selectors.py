@@ -15,7 +15,7 @@ from .models import FileKind, PacsStatus, UploadChunk, UploadFile, UploadSession
 from .tokens import UploadTokenClaim
 
 
-def _uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
+def uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
     """The uploads a user's role lets them see and act on (see docs/security.md).
 
     clinician: their own; radiographer: their facility's (their own without a facility);
@@ -39,7 +39,7 @@ def upload_get_for(*, upload_id: uuid.UUID, user: User, auth: object) -> UploadS
     """The upload if this requester may act on it; Http404 otherwise (never 403).
 
     An upload token opens its own upload only; an access token opens the uploads the
-    user's role and facility let them see (``_uploads_visible_to``).
+    user's role and facility let them see (``uploads_visible_to``).
     """
     from django.http import Http404
 
@@ -48,14 +48,14 @@ def upload_get_for(*, upload_id: uuid.UUID, user: User, auth: object) -> UploadS
             raise Http404
         session = UploadSession.objects.filter(pk=upload_id, owner=user).first()
     else:
-        session = _uploads_visible_to(user=user).filter(pk=upload_id).first()
+        session = uploads_visible_to(user=user).filter(pk=upload_id).first()
     if session is None:
         raise Http404
     return session
 
 
 def uploads_list(*, user: User, state: str | None = None) -> QuerySet[UploadSession]:
-    queryset = _uploads_visible_to(user=user).order_by("-created_at")
+    queryset = uploads_visible_to(user=user).order_by("-created_at")
     if state:
         queryset = queryset.filter(state=state)
     return queryset

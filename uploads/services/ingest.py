@@ -32,7 +32,7 @@ from ..models import (
     UploadSession,
     UploadState,
 )
-from ..selectors import upload_expires_at, upload_missing_chunks
+from ..selectors import upload_expires_at, upload_missing_chunks, uploads_visible_to
 from ..tokens import upload_token_issue
 from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
 
@@ -223,13 +223,18 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
         earlier = _find_duplicate(owner=owner, key=key)
         if earlier is not None:
             when = earlier.created_at.date().isoformat()
+            extra = {"duplicate_uploaded_at": when}
+            # Named only to someone allowed to open it (a colleague's upload stays unnamed).
+            if uploads_visible_to(user=owner).filter(pk=earlier.pk).exists():
+                extra["duplicate_of"] = str(earlier.id)
             raise ApplicationError(
                 "possible_duplicate",
-                f"A study for this patient, date and modality was already uploaded on {when}.",
+                f"A study for this patient, date and modality was already uploaded at your "
+                f"clinic on {when}.",
                 "Check that this is not the same study; to send it anyway, confirm and the "
                 "app will upload it with force_upload.",
                 status_code=409,
-                extra={"duplicate_of": str(earlier.id), "duplicate_uploaded_at": when},
+                extra=extra,
             )
     chunk_size = request.chunk_size or preferences.chunk_size or settings.UPLOAD_DEFAULT_CHUNK_SIZE
     with transaction.atomic():

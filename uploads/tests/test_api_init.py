@@ -128,3 +128,18 @@ def test_duplicate_detection_can_be_turned_off_by_the_user(api, user):
     user.duplicate_detection = False
     user.save(update_fields=["duplicate_detection"])
     assert init(api, metadata=hints).status_code == 201
+
+
+def test_a_colleagues_duplicate_is_reported_without_naming_their_upload(api, user):
+    from accounts.models import Role
+    from accounts.tests.factories import UserFactory
+    from uploads.tests.conftest import client_for
+
+    hints = {"patient_name": "Doe^Jane", "study_date": "20261102", "modality": "CT"}
+    assert init(api, metadata=hints).status_code == 201
+    colleague = UserFactory(facility=user.facility, role=Role.CLINICIAN)
+    response = init(client_for(colleague), metadata=hints)
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "possible_duplicate" and error["duplicate_uploaded_at"]
+    assert "duplicate_of" not in error  # a clinician may not open a colleague's upload
