@@ -1,11 +1,25 @@
+from django.conf import settings
 from django.contrib import admin
+from django.http import FileResponse, HttpRequest
+from django.http.response import HttpResponseBase
+from django.shortcuts import render
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+
+def app_shell(request: HttpRequest) -> HttpResponseBase:
+    """The PWA's page. WhiteNoise serves frontend/dist (index.html at /) when it existed at
+    start-up; this view covers a build made after start-up and says what to do without one."""
+    index = settings.FRONTEND_DIST / "index.html"
+    if index.is_file():
+        response = FileResponse(index.open("rb"), content_type="text/html; charset=utf-8")
+        response["Cache-Control"] = "no-cache"
+        return response
+    return render(request, "frontend_missing.html", status=503)
+
+
 urlpatterns = [
-    # Until the PWA is served here (its own issue), the root shows the API documentation.
-    path("", RedirectView.as_view(url="/api/v1/docs/", permanent=False)),
+    path("", app_shell, name="app"),
     path("admin/", admin.site.urls),
     path("api/v1/auth/", include("accounts.urls")),
     path("api/v1/", include("uploads.urls")),

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13"
+APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13 chromium"
 if [ "${1:-}" = "--bench" ]; then APT_PACKAGES="$APT_PACKAGES nginx-core"; fi
 
 missing=""
@@ -33,4 +33,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -r requirements-dev.txt
   echo "$want" > "$stamp"
+fi
+
+# The PWA, served by Django at /: rebuilt when its sources are newer than the build.
+if [ ! -f frontend/dist/index.html ] || [ -n "$(find frontend/src frontend/index.html frontend/package-lock.json frontend/vite.config.ts -newer frontend/dist/index.html 2>/dev/null | head -1)" ]; then
+  (cd frontend && npm ci --no-audit --no-fund && npm run build)
 fi

@@ -1,0 +1,465 @@
+import { useLiveQuery } from "dexie-react-hooks";
+import { useEffect, useState, type FormEvent } from "react";
+import { ApiError } from "./api";
+import { currentSession, signIn, signOut } from "./auth";
+import { db, type ServiceLevel, type Study, type StudyFields, type UserError } from "./db";
+import { displayDate, displayName, summarise, type DicomHeader, type StudySummary } from "./dicom";
+import { parseHeaders } from "./fileWork";
+import { stateLabel } from "./queueState";
+import { startUploads, stopUploads } from "./runtime";
+import {
+  cancelStudy,
+  discardAll,
+  fileName,
+  formatBytes,
+  pauseStudy,
+  queueStudy,
+  resumePreparation,
+  resumeStudy,
+  retryStudy,
+  unfinishedStudies,
+} from "./studies";
+import { toUserError } from "./uploader";
+import { History } from "./History";
+import { VirtualList } from "./VirtualList";
+
+function useOnline(): boolean {
+  const [online, setOnline] = useState(navigator.onLine);
+  useEffect(() => {
+    const update = () => setOnline(navigator.onLine);
+    window.addEventListener("online", update);
+    window.addEventListener("offline", update);
+    return () => {
+      window.removeEventListener("online", update);
+      window.removeEventListener("offline", update);
+    };
+  }, []);
+  return online;
+}
+
+function ErrorBox({ error }: { error: UserError | null }) {
+  if (!error) return null;
+  return (
+    <div className="error" role="alert">
+      <strong>{error.message}</strong>
+      {error.hint && <span> {error.hint}</span>}
+    </div>
+  );
+}
+
+function SignIn({ expiredUser }: { expiredUser?: string }) {
+  const [username, setUsername] = useState(expiredUser ?? "");
+  const [password, setPassword] = useState("");
+  const [otp, setOtp] = useState<string | null>(null);
+  const [error, setError] = useState<UserError | null>(null);
+  const [busy, setBusy] = useState(false);
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      await signIn(username.trim(), password, otp ?? undefined);
+    } catch (e) {
+      if (e instanceof ApiError && (e.code === "otp_required" || e.code === "invalid_otp")) setOtp(otp ?? "");
+      setError(
+        e instanceof ApiError && e.status === 0
+          ? { code: e.code, message: "Signing in needs the network, and the server cannot be reached.", hint: "Connect to the clinic network or mobile data and try again." }
+          : toUserError(e),
+      );
+    } finally {
+      setBusy(false);
+    }
+  }
+  return (
+    <main className="screen narrow">
+      <h1>RelayPACS</h1>
+      {expiredUser && <p className="note">Your session has ended. Sign in again; your queued studies are kept.</p>}
+      <form onSubmit={submit} className="form">
+        <label>
+          Username
+          <input name="username" autoComplete="username" value={username} onChange={(e) => setUsername(e.target.value)} required autoCapitalize="none" />
+        </label>
+        <label>
+          Password
+          <input name="password" type="password" autoComplete="current-password" value={password} onChange={(e) => setPassword(e.target.value)} required />
+        </label>
+        {otp !== null && (
+          <label>
+            One-time code
+            <input name="otp" inputMode="numeric" autoComplete="one-time-code" value={otp} onChange={(e) => setOtp(e.target.value)} required autoFocus />
+          </label>
+        )}
+        <ErrorBox error={error} />
+        <button className="primary" type="submit" disabled={busy}>
+          {busy ? "Signing in…" : "Sign in"}
+        </button>
+      </form>
+    </main>
+  );
+}
+
+interface Picked {
+  files: File[];
+  kind: "dicom" | "photos";
+  headers: (DicomHeader | null)[] | null;
+  parsed: number;
+}
+
+// The folder picker keeps relative paths (File.webkitRelativePath); React has no prop for it.
+const FOLDER_PICKER = { webkitdirectory: "", directory: "" } as Record<string, string>;
+
+function UploadButton({ onPick }: { onPick: (files: File[], kind: Picked["kind"]) => void }) {
+  const [open, setOpen] = useState(false);
+  const pick = (kind: Picked["kind"]) => (e: React.ChangeEvent<HTMLInputElement>) => {
+    const files = Array.from(e.target.files ?? []);
+    e.target.value = "";
+    setOpen(false);
+    if (files.length) onPick(files, kind);
+  };
+  return (
+    <div className="upload">
+      <button className="primary big" onClick={() => setOpen(!open)} aria-expanded={open}>
+        Upload study
+      </button>
+      {open && (
+        <div className="choices">
+          <label className="choice">
+            DICOM files
+            <input type="file" multiple data-testid="pick-files" onChange={pick("dicom")} />
+          </label>
+          <label className="choice">
+            A folder (CD, USB)
+            <input type="file" multiple {...FOLDER_PICKER} data-testid="pick-folder" onChange={pick("dicom")} />
+          </label>
+          <label className="choice">
+            Photos
+            <input type="file" multiple accept="image/jpeg,image/png" capture="environment" data-testid="pick-photos" onChange={pick("photos")} />
+          </label>
+        </div>
+      )}
+    </div>
+  );
+}
+
+const SERVICE_LEVELS: { value: ServiceLevel; label: string }[] = [
+  { value: "routine", label: "Routine" },
+  { value: "urgent", label: "Urgent" },
+  { value: "emergency", label: "Emergency" },
+  { value: "stat", label: "STAT" },
+];
+
+function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onDone: () => void }) {
+  const summary: StudySummary | null = picked.headers ? summarise(picked.headers) : null;
+  const totalSize = picked.files.reduce((s, f) => s + f.size, 0);
+  const isPhotos = picked.kind === "photos";
+  const [typed, setTyped] = useState({ patientName: "", patientId: "", studyDate: "" });
+  const [studyName, setStudyName] = useState<string | null>(null);
+  const [notes, setNotes] = useState("");
+  const [level, setLevel] = useState<ServiceLevel>("routine");
+  const [error, setError] = useState<UserError | null>(null);
+  const [busy, setBusy] = useState(false);
+  const defaultName = summary?.studyDescription || (isPhotos ? "Photos" : "");
+  const name = studyName ?? defaultName;
+
+  async function submit(event: FormEvent) {
+    event.preventDefault();
+    if (!isPhotos && summary && summary.dicomFiles === 0) {
+      setError({ code: "no_dicom", message: "None of the files picked is a DICOM file.", hint: "Pick the study's DICOM files or its folder (for example DICOM on the CD)." });
+      return;
+    }
+    const fields: StudyFields = isPhotos
+      ? { patientName: typed.patientName.trim().replace(/,\s*/, "^"), patientId: typed.patientId.trim(), patientBirthDate: "", patientSex: "", studyDate: typed.studyDate.replace(/-/g, ""), modality: "XC", studyDescription: name, accessionNumber: "" }
+      : {
+          // Sent as hints only when every file agrees: the server checks them against the headers.
+          patientName: summary?.patientCount === 1 ? summary.patientName : "",
+          patientId: summary?.patientCount === 1 ? summary.patientId : "",
+          patientBirthDate: summary?.patientBirthDate ?? "",
+          patientSex: summary?.patientSex ?? "",
+          studyDate: summary?.studyDate ?? "",
+          modality: summary?.modality.split("/")[0] ?? "",
+          studyDescription: summary?.studyDescription ?? "",
+          accessionNumber: summary?.accessionNumber ?? "",
+        };
+    setBusy(true);
+    try {
+      await queueStudy({ owner, files: picked.files, fields, studyName: name === fields.studyDescription && !isPhotos ? "" : name, clinicalNotes: notes, serviceLevel: level });
+      onDone();
+    } catch (e) {
+      setError(toUserError(e));
+      setBusy(false);
+    }
+  }
+
+  const parsing = !isPhotos && picked.headers === null;
+  return (
+    <main className="screen">
+      <h2>Confirm the study</h2>
+      <form onSubmit={submit} className="form">
+        {parsing ? (
+          <p className="note" role="status">
+            Reading the DICOM headers… {picked.parsed} of {picked.files.length} files
+          </p>
+        ) : isPhotos ? (
+          <fieldset>
+            <legend>Patient</legend>
+            <label>
+              Patient name
+              <input value={typed.patientName} onChange={(e) => setTyped({ ...typed, patientName: e.target.value })} required placeholder="Family name, given name" />
+            </label>
+            <label>
+              Patient ID
+              <input value={typed.patientId} onChange={(e) => setTyped({ ...typed, patientId: e.target.value })} required />
+            </label>
+            <label>
+              Date
+              <input type="date" value={typed.studyDate} onChange={(e) => setTyped({ ...typed, studyDate: e.target.value })} required />
+            </label>
+          </fieldset>
+        ) : (
+          summary && (
+            <dl className="facts" data-testid="study-facts">
+              <dt>Patient</dt>
+              <dd data-testid="patient-name">{displayName(summary.patientName) || "—"}</dd>
+              <dt>Patient ID</dt>
+              <dd data-testid="patient-id">{summary.patientId || "—"}</dd>
+              <dt>Study date</dt>
+              <dd data-testid="study-date">{displayDate(summary.studyDate) || "—"}</dd>
+              <dt>Modality</dt>
+              <dd data-testid="modality">{summary.modality || "—"}</dd>
+              <dt>Description</dt>
+              <dd data-testid="description">{summary.studyDescription || "—"}</dd>
+            </dl>
+          )
+        )}
+        {summary && summary.patientCount > 1 && (
+          <p className="warning" role="alert">
+            These files belong to {summary.patientCount} different patients. Check that you picked the right study; the first patient is shown.
+          </p>
+        )}
+        <p className="note" data-testid="file-summary">
+          {picked.files.length} files, {formatBytes(totalSize)}
+          {summary && summary.otherFiles > 0 ? ` (${summary.otherFiles} not DICOM, the server skips them)` : ""}
+        </p>
+        <label>
+          Study name
+          <input value={name} onChange={(e) => setStudyName(e.target.value)} placeholder="e.g. Chest X-ray" />
+        </label>
+        <label>
+          Clinical notes
+          <textarea value={notes} onChange={(e) => setNotes(e.target.value)} rows={3} />
+        </label>
+        <fieldset className="levels">
+          <legend>Service level</legend>
+          {SERVICE_LEVELS.map((l) => (
+            <label key={l.value} className={level === l.value ? "level selected" : "level"}>
+              <input type="radio" name="level" value={l.value} checked={level === l.value} onChange={() => setLevel(l.value)} />
+              {l.label}
+            </label>
+          ))}
+        </fieldset>
+        <details>
+          <summary>Files</summary>
+          <VirtualList label="Files" items={picked.files} rowHeight={28} height={240} render={(f) => <div className="file-row">{fileName(f)} · {formatBytes(f.size)}</div>} />
+        </details>
+        <ErrorBox error={error} />
+        <div className="actions">
+          <button type="button" onClick={onDone}>
+            Back
+          </button>
+          <button className="primary" type="submit" disabled={busy || parsing}>
+            Send to PACS
+          </button>
+        </div>
+      </form>
+    </main>
+  );
+}
+
+function duration(seconds: number): string {
+  if (!isFinite(seconds) || seconds <= 0) return "";
+  if (seconds < 60) return `${Math.ceil(seconds)} s`;
+  if (seconds < 3600) return `${Math.ceil(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function StudyCard({ study, online }: { study: Study; online: boolean }) {
+  const preparing = study.state === "preparing";
+  const done = preparing ? study.hashedBytes : study.bytesAcked;
+  const percent = study.totalSize ? Math.floor((done / study.totalSize) * 100) : 100;
+  const title = study.fields
+    ? [study.studyName || study.fields.studyDescription || study.fields.modality || "Study", displayName(study.fields.patientName)].filter(Boolean).join(" · ")
+    : `Study of ${new Date(study.createdAt).toLocaleDateString()}`;
+  const uploading = study.state === "uploading" && online;
+  const left = uploading && study.rate > 0 ? duration((study.totalSize - study.bytesAcked) / study.rate) : "";
+  const [confirmCancel, setConfirmCancel] = useState(false);
+  return (
+    <li className={`study state-${study.state}`} data-testid="study" data-state={study.state}>
+      <div className="study-head">
+        <span className="study-title">{title}</span>
+        <span className="state" data-testid="study-state">
+          {stateLabel(study.state, online)}
+        </span>
+      </div>
+      {study.state !== "completed" && study.state !== "cancelled" && (
+        <>
+          <progress max={100} value={percent} aria-label="progress" />
+          <div className="numbers">
+            {formatBytes(done)} of {formatBytes(study.totalSize)} · {percent}%{uploading && study.rate > 0 ? ` · ${formatBytes(study.rate)}/s` : ""}
+            {left ? ` · ${left} left` : ""}
+          </div>
+        </>
+      )}
+      {(study.state === "completed" || study.state === "cancelled") && (
+        <div className="numbers">
+          {study.fileCount} files · {formatBytes(study.totalSize)}
+        </div>
+      )}
+      {study.state === "needs_attention" && <ErrorBox error={study.error} />}
+      <div className="actions">
+        {(study.state === "uploading" || study.state === "queued") && <button onClick={() => void pauseStudy(study.id!)}>Pause</button>}
+        {study.state === "paused" && <button onClick={() => void resumeStudy(study.id!)}>Resume</button>}
+        {study.state === "needs_attention" && study.error?.code === "possible_duplicate" && (
+          <button onClick={() => void retryStudy(study, { force: true })}>Send anyway</button>
+        )}
+        {study.state === "needs_attention" && study.serverState === "needs_confirmation" && <button onClick={() => void retryStudy(study)}>Confirm and send</button>}
+        {study.state === "needs_attention" && study.serverState !== "needs_confirmation" && study.error?.code !== "possible_duplicate" && (
+          <button onClick={() => void retryStudy(study)}>Retry</button>
+        )}
+        {study.state !== "completed" && study.state !== "cancelled" && !confirmCancel && <button onClick={() => setConfirmCancel(true)}>Cancel</button>}
+        {confirmCancel && (
+          <>
+            <span>Cancel this study and delete it from this device?</span>
+            <button className="danger" onClick={() => void cancelStudy(study)}>
+              Yes, cancel it
+            </button>
+            <button onClick={() => setConfirmCancel(false)}>No</button>
+          </>
+        )}
+      </div>
+    </li>
+  );
+}
+
+interface InstallPromptEvent extends Event {
+  prompt(): Promise<void>;
+}
+
+function useInstallPrompt(engaged: boolean): (() => void) | null {
+  const [event, setEvent] = useState<InstallPromptEvent | null>(null);
+  useEffect(() => {
+    const handler = (e: Event) => {
+      e.preventDefault();
+      setEvent(e as InstallPromptEvent);
+    };
+    window.addEventListener("beforeinstallprompt", handler);
+    return () => window.removeEventListener("beforeinstallprompt", handler);
+  }, []);
+  if (!event || !engaged) return null;
+  return () => {
+    void event.prompt();
+    setEvent(null);
+  };
+}
+
+function StorageUse() {
+  const [text, setText] = useState("");
+  const count = useLiveQuery(() => db.blobs.count(), []);
+  useEffect(() => {
+    void navigator.storage?.estimate?.().then((e) => {
+      if (e.quota) setText(`Storage on this device: ${formatBytes(e.usage ?? 0)} used of ${formatBytes(e.quota)}`);
+    });
+  }, [count]);
+  return text ? <p className="storage">{text}</p> : null;
+}
+
+function Queue({ owner, online }: { owner: string; online: boolean }) {
+  const studies = useLiveQuery(() => db.studies.where("owner").equals(owner).reverse().sortBy("createdAt"), [owner]);
+  const [picked, setPicked] = useState<Picked | null>(null);
+  const [signingOut, setSigningOut] = useState<number | null>(null);
+  const install = useInstallPrompt((studies?.length ?? 0) > 0);
+
+  async function onPick(files: File[], kind: Picked["kind"]) {
+    const entry: Picked = { files, kind, headers: null, parsed: 0 };
+    setPicked(entry);
+    if (kind === "photos") return;
+    const headers = await parseHeaders(files, (parsed) => setPicked((p) => (p === null ? p : { ...p, parsed })));
+    setPicked((p) => (p && p.files === files ? { ...p, headers } : p));
+  }
+
+  async function askSignOut() {
+    const left = await unfinishedStudies(owner);
+    if (left.length) setSigningOut(left.length);
+    else await doSignOut();
+  }
+  async function doSignOut(discard = false) {
+    if (discard) await discardAll(owner);
+    stopUploads();
+    await signOut();
+  }
+
+  if (picked) return <Confirm owner={owner} picked={picked} onDone={() => setPicked(null)} />;
+  return (
+    <main className="screen">
+      <div className="toolbar">
+        <span className="user">{owner}</span>
+        <button onClick={() => void askSignOut()}>Sign out</button>
+      </div>
+      {signingOut !== null && (
+        <div className="dialog" role="alertdialog" aria-label="Sign out">
+          <p>{signingOut === 1 ? "1 study is" : `${signingOut} studies are`} not yet received by the PACS.</p>
+          <div className="actions">
+            <button className="primary" onClick={() => setSigningOut(null)}>
+              Stay signed in and finish them
+            </button>
+            <button className="danger" onClick={() => void doSignOut(true)}>
+              Discard them and sign out
+            </button>
+          </div>
+        </div>
+      )}
+      <UploadButton onPick={(f, k) => void onPick(f, k)} />
+      {install && (
+        <button className="install" onClick={install}>
+          Add RelayPACS to the home screen
+        </button>
+      )}
+      <h2>Studies</h2>
+      {studies && studies.length === 0 && <p className="note">No studies yet. Press “Upload study” to send one.</p>}
+      <ul className="studies">
+        {studies?.map((s) => (
+          <StudyCard key={s.id} study={s} online={online} />
+        ))}
+      </ul>
+      <StorageUse />
+      <History online={online} refreshKey={studies?.map((s) => `${s.id}:${s.state}:${s.uploadId ? 1 : 0}`).join() ?? ""} />
+    </main>
+  );
+}
+
+export function App() {
+  const session = useLiveQuery(() => currentSession().then((s) => s ?? null), []);
+  const online = useOnline();
+  // Restart the uploader only when the user or the session's validity changes, not on every
+  // token refresh.
+  const activeUser = session && !session.expired ? session.username : null;
+  useEffect(() => {
+    if (activeUser) {
+      startUploads(activeUser);
+      void resumePreparation(activeUser);
+    } else stopUploads();
+  }, [activeUser]);
+  if (session === undefined) return null;
+  return (
+    <>
+      <header className="bar">
+        <span className="brand">RelayPACS</span>
+      </header>
+      {!online && (
+        <div className="offline" role="status" data-testid="offline-banner">
+          You are offline. Studies you add are kept on this device and sent when the network is back.
+        </div>
+      )}
+      {session && !session.expired ? <Queue owner={session.username} online={online} /> : <SignIn expiredUser={session?.expired ? session.username : undefined} />}
+    </>
+  );
+}

@@ -1,0 +1,101 @@
+/** The upload API over fetch (docs/upload-api.md). Every failure becomes an ApiError whose
+ * message and hint a technician can act on. */
+
+export const API = "/api/v1";
+
+export class ApiError extends Error {
+  readonly code: string;
+  readonly hint: string;
+  readonly status: number;
+  readonly body: Record<string, unknown>;
+
+  constructor(status: number, code: string, message: string, hint: string, body: Record<string, unknown> = {}) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.hint = hint;
+    this.body = body;
+  }
+
+  /** Worth trying again later without the user doing anything. */
+  get transient(): boolean {
+    return this.status === 0 || this.status === 429 || this.status >= 500 && this.status !== 507;
+  }
+}
+
+export function networkError(): ApiError {
+  return new ApiError(
+    0,
+    "network_unavailable",
+    "The server cannot be reached.",
+    "The study stays queued on this device and is sent as soon as the connection is back.",
+  );
+}
+
+export interface RequestOptions {
+  method?: string;
+  token?: string | null;
+  json?: unknown;
+  body?: BodyInit;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+export async function apiFetch<T>(path: string, options: RequestOptions = {}): Promise<T> {
+  const headers: Record<string, string> = { Accept: "application/json", ...options.headers };
+  if (options.token) headers.Authorization = `Bearer ${options.token}`;
+  let body = options.body;
+  if (options.json !== undefined) {
+    headers["Content-Type"] = "application/json";
+    body = JSON.stringify(options.json);
+  }
+  let response: Response;
+  try {
+    response = await fetch(`${API}${path}`, { method: options.method ?? "GET", headers, body, signal: options.signal });
+  } catch (error) {
+    if ((error as Error).name === "AbortError") throw error;
+    throw networkError();
+  }
+  if (response.status === 204) return undefined as T;
+  let data: Record<string, unknown> = {};
+  try {
+    data = (await response.json()) as Record<string, unknown>;
+  } catch {
+    if (response.ok) throw new ApiError(response.status, "bad_response", "The server sent an answer this app cannot read.", "Try again in a minute; if it keeps happening, tell your administrator.");
+  }
+  if (!response.ok) {
+    const error = data.error as { code?: string; message?: string; hint?: string } | undefined;
+    if (error?.message) {
+      throw new ApiError(response.status, error.code ?? "error", error.message, error.hint ?? "", data.error as Record<string, unknown>);
+    }
+    throw new ApiError(
+      response.status,
+      `http_${response.status}`,
+      response.status >= 500 ? "The server had a problem and did not take the request." : `The server refused the request (HTTP ${response.status}).`,
+      response.status >= 500 ? "The app tries again by itself; if it keeps happening, tell your administrator." : "Try again; if it keeps happening, tell your administrator.",
+    );
+  }
+  return data as T;
+}
+
+export interface InitResponse {
+  upload_id: string;
+  upload_token: string;
+  chunk_size: number;
+  total_size: number;
+  total_chunks: number;
+  expires_at: string;
+}
+
+export interface UploadStatus {
+  upload_id: string;
+  state: string;
+  state_label?: string;
+  bytes_received: number;
+  total_size: number;
+  missing_chunks: number[];
+  error: { code: string; message: string; hint: string } | null;
+  pacs: { acknowledged_instances: number; pending_instances: number; next_retry_at: string | null };
+  rejected_files: { name: string; reason: string }[];
+  warnings: string[];
+}

@@ -1,0 +1,46 @@
+/** How big a chunk and how many in flight, for the link we are on.
+ *
+ * A chunk cut by a dropped connection is lost whole, so on a slow link chunks must be small;
+ * on a fast one, bigger chunks cost fewer requests. Several chunks in flight hide the round
+ * trip, but every one of them is lost at a cut: two are enough once a chunk takes longer
+ * than a round trip, one when a chunk takes many seconds anyway. */
+
+export const MIN_CHUNK = 256 * 1024; // the server's lower bound (docs/upload-api.md)
+export const MAX_CHUNK = 8 * 1024 * 1024; // below the 16 MiB bound and most proxies' limits
+export const DEFAULT_CHUNK = 1024 * 1024; // when nothing is known about the link
+// A chunk should take about this long on the link: little lost at a cut, few requests.
+const TARGET_CHUNK_SECONDS = 2;
+
+/** Chunk size (a power of two) for a link of `bytesPerSecond`, or the default if unknown. */
+export function chunkSizeFor(bytesPerSecond: number | null): number {
+  if (!bytesPerSecond || !isFinite(bytesPerSecond) || bytesPerSecond <= 0) return DEFAULT_CHUNK;
+  const ideal = bytesPerSecond * TARGET_CHUNK_SECONDS;
+  let size = MIN_CHUNK;
+  while (size * 2 <= ideal && size * 2 <= MAX_CHUNK) size *= 2;
+  return size;
+}
+
+export const MAX_IN_FLIGHT = 3;
+
+/** Chunks in flight after a chunk took `seconds` with `current` in flight. */
+export function nextInFlight(current: number, seconds: number): number {
+  const perChunk = seconds / Math.max(1, current); // the link is shared by those in flight
+  let target = MAX_IN_FLIGHT;
+  if (perChunk > 20) target = 1;
+  else if (perChunk > 1.5) target = 2;
+  // Move one step at a time so a single odd chunk does not swing the pipeline.
+  if (target < current) return current - 1;
+  if (target > current) return current + 1;
+  return current;
+}
+
+interface NetworkInformation {
+  downlink?: number; // Mbit/s, as the browser estimates it
+}
+
+/** The browser's estimate of the link speed in bytes per second, where it has one. */
+export function browserLinkEstimate(): number | null {
+  const connection = (globalThis.navigator as Navigator & { connection?: NetworkInformation } | undefined)?.connection;
+  if (!connection?.downlink) return null;
+  return (connection.downlink * 1_000_000) / 8;
+}

@@ -1,0 +1,63 @@
+/** Starts the upload engine in the page for the signed-in user and wakes it when something
+ * changes: back online, page visible again, a study added in another tab. */
+import { SYNC_TAG, UPLOADER_LOCK, Uploader, WAKE_CHANNEL } from "./uploader";
+
+interface SyncRegistration extends ServiceWorkerRegistration {
+  sync?: { register(tag: string): Promise<void> };
+}
+
+let current: { owner: string; stop: () => void; uploader: Uploader | null } | null = null;
+
+export function startUploads(owner: string): void {
+  if (current?.owner === owner) return;
+  stopUploads();
+  const controller = new AbortController();
+  const state: { owner: string; stop: () => void; uploader: Uploader | null } = {
+    owner,
+    uploader: null,
+    stop: () => controller.abort(),
+  };
+  current = state;
+  const wake = () => state.uploader?.wake();
+  const onVisible = () => {
+    if (document.visibilityState === "visible") wake();
+  };
+  const channel = new BroadcastChannel(WAKE_CHANNEL);
+  channel.onmessage = wake;
+  window.addEventListener("online", wake);
+  window.addEventListener("offline", wake);
+  document.addEventListener("visibilitychange", onVisible);
+  controller.signal.addEventListener("abort", () => {
+    channel.close();
+    window.removeEventListener("online", wake);
+    window.removeEventListener("offline", wake);
+    document.removeEventListener("visibilitychange", onVisible);
+    wake();
+  });
+  // One uploader at a time across tabs and the service worker; other tabs wait their turn.
+  void navigator.locks.request(UPLOADER_LOCK, { signal: controller.signal }, async () => {
+    const uploader = new Uploader(owner, controller.signal);
+    state.uploader = uploader;
+    await uploader.run();
+  }).catch(() => undefined);
+}
+
+export function stopUploads(): void {
+  current?.stop();
+  current = null;
+}
+
+export function wakeUploads(): void {
+  current?.uploader?.wake();
+}
+
+/** Ask the browser to run the service worker's uploader when the network is back, even if
+ * every tab is closed (Background Sync; Chromium only). */
+export async function requestBackgroundSync(): Promise<void> {
+  try {
+    const registration = (await navigator.serviceWorker?.getRegistration()) as SyncRegistration | undefined;
+    await registration?.sync?.register(SYNC_TAG);
+  } catch {
+    // Not supported here: the page resumes on start and on `online` instead.
+  }
+}

@@ -1,0 +1,136 @@
+"""Shared by the browser tests: the product under test and a link that can be cut.
+
+(A module of its own rather than imports from conftest.py: several conftest modules share
+that name in one pytest run.)"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+USERNAME = "tech"
+PASSWORD = "a long technician password"
+
+
+class Product:
+    def __init__(self, base: str, env: dict[str, str], process: subprocess.Popen, log: Path):
+        self.base = base
+        self.env = env
+        self.process = process
+        self.log = log
+
+    def manage(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=REPO,
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def shell_json(self, code: str) -> Any:
+        """Run ``code`` in `manage.py shell`; it prints one JSON line, which is returned."""
+        out = self.manage("shell", "--no-imports", "-c", code)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+class CuttableLink:
+    """A TCP relay between the browser and the product whose connection can be cut for
+    real: open connections are reset and new ones refused, as when a phone loses its signal
+    (Chromium's offline emulation only holds requests already in flight)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.up = True
+        self.closed = False
+        self.lock = threading.Lock()
+        self.open: set[Any] = set()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                self._reset(client)
+                continue
+            with self.lock:
+                self.open.update({client, upstream})
+            pending = [2]  # pumps still running for this pair
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(
+                    target=self._pump, args=(src, dst, client, upstream, pending), daemon=True
+                ).start()
+
+    def _pump(self, src: Any, dst: Any, client: Any, upstream: Any, pending: list[int]) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)  # pass the end of the stream on politely
+        except OSError:
+            self._reset(client)
+            self._reset(upstream)
+            return
+        with self.lock:
+            pending[0] -= 1
+            done = pending[0] == 0
+        if done:
+            for sock in (client, upstream):
+                sock.close()
+                with self.lock:
+                    self.open.discard(sock)
+
+    def _reset(self, sock: Any) -> None:
+        try:
+            # SO_LINGER 0: close with a reset, like a dropped link, not a polite FIN.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+        with self.lock:
+            self.open.discard(sock)
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            sockets = list(self.open)
+        for sock in sockets:
+            self._reset(sock)
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.closed = True
+        self.cut()
+        self.listener.close()
