@@ -41,6 +41,9 @@ SECRET_KEY = _secret_from_env_or_data_dir()
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"])
 PORT = env.int("PORT", default=8000)
+# When set, `manage.py serve` also serves HTTPS on this port with a self-signed certificate
+# made for the clinic network (phones need a secure context for the offline app).
+HTTPS_PORT = env.int("HTTPS_PORT", default=0)
 
 INSTALLED_APPS = [
     "relaypacs.admin_config.RelayAdminConfig",  # django.contrib.admin with 2FA sign-in

@@ -48,6 +48,7 @@ def product_env(data_dir: Path, port: int, orthanc) -> dict[str, str]:
         PACS_STOW_BATCH_BYTES=str(4 * 1024 * 1024),
         WEB_WORKERS="1",
         HOST="127.0.0.1",
+        HTTPS_PORT=str(free_port()),
     )
     return env
 
@@ -112,6 +113,19 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
     assert health["status"] == "ok", health
     assert health["checks"]["database"]["detail"] == "sqlite"
     assert health["checks"]["broker"]["detail"] == "embedded"
+    # HTTPS on the LAN with the generated certificate, which names this host's addresses.
+    cert = Path(env["DATA_DIR"]) / "tls" / "relaypacs-lan.crt"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            secure = requests.get(
+                f"https://127.0.0.1:{env['HTTPS_PORT']}/api/v1/health", verify=cert, timeout=10
+            )
+            break
+        except requests.exceptions.ConnectionError:
+            assert time.monotonic() < deadline, "HTTPS did not come up"
+            time.sleep(0.3)
+    assert secure.status_code == 200
 
     # manage.py run with the same environment reaches the same database.
     access = sign_in(base, env)

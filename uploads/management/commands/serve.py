@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,63 @@ STOP_GRACE_SECONDS = 15
 # A child that dies more often than this within the window is broken, not unlucky.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60
+
+
+def _lan_addresses() -> list[str]:
+    """This machine's addresses (``hostname -I``), for the certificate's names."""
+    try:
+        out = subprocess.run(
+            ["hostname", "-I"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except OSError:
+        return []
+    return [a for a in out.stdout.split() if ":" not in a]
+
+
+def lan_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for HTTPS on the clinic network, made once with openssl.
+
+    It names localhost, this host's name and its addresses, and is kept in DATA_DIR so
+    phones that trusted it keep trusting it; made again when it expires within 30 days.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert, key = directory / "relaypacs-lan.crt", directory / "relaypacs-lan.key"
+    if cert.exists() and key.exists():
+        still_valid = subprocess.run(
+            ["openssl", "x509", "-checkend", str(30 * 86400), "-noout", "-in", str(cert)],
+            capture_output=True,
+            check=False,
+        )
+        if still_valid.returncode == 0:
+            return cert, key
+    names = ["DNS:localhost", f"DNS:{socket.gethostname()}", "IP:127.0.0.1"]
+    names += [f"IP:{address}" for address in _lan_addresses()]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-sha256",
+            # 825 days: the longest validity phones accept for a certificate they trust.
+            "-days",
+            "825",
+            "-subj",
+            "/CN=RelayPACS on the clinic network",
+            "-addext",
+            "subjectAltName=" + ",".join(dict.fromkeys(names)),
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    return cert, key
 
 
 class Command(BaseCommand):
@@ -135,29 +193,40 @@ class Command(BaseCommand):
             ],
             env,
         )
-        self._spawn(
-            "web",
-            [
-                python,
-                "-m",
-                "uvicorn",
-                "relaypacs.asgi:application",
-                "--host",
-                options["host"],
-                "--port",
-                str(settings.PORT),
-                "--workers",
-                str(options["web_workers"]),
-                "--no-access-log",
-                "--timeout-graceful-shutdown",
-                "10",
-            ],
-            env,
-        )
+        web = [
+            python,
+            "-m",
+            "uvicorn",
+            "relaypacs.asgi:application",
+            "--host",
+            options["host"],
+            "--workers",
+            str(options["web_workers"]),
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "10",
+        ]
+        self._spawn("web", [*web, "--port", str(settings.PORT)], env)
         self.stdout.write(
             f"RelayPACS is starting on http://{options['host']}:{settings.PORT}/ "
             f"(API docs at /api/v1/docs/). Press Ctrl-C to stop."
         )
+        if settings.HTTPS_PORT:
+            cert, key = lan_certificate(data_dir / "tls")
+            tls = [
+                "--port",
+                str(settings.HTTPS_PORT),
+                "--ssl-certfile",
+                str(cert),
+                "--ssl-keyfile",
+                str(key),
+            ]
+            self._spawn("web-https", [*web, *tls], env)
+            self.stdout.write(
+                f"HTTPS for phones on the clinic network: https://<this machine>:{settings.HTTPS_PORT}/ "
+                f"with a self-signed certificate ({cert}). Install that file as a trusted "
+                "certificate on each phone once, so the app can work offline."
+            )
         if not get_user_model().objects.filter(is_superuser=True).exists():
             self.stdout.write(
                 "No administrator exists yet. Create the first one in another terminal with:\n"
