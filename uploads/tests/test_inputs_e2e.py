@@ -16,6 +16,7 @@ from PIL import Image
 
 from uploads.models import FileKind, PacsStatus, UploadFile
 from uploads.tests.helpers import PYDICOM_DATA, content_md5, sample_paths, sop_uid
+from uploads.tests.rar5 import rar5_stored
 from uploads.tests.synthetic import write_study
 from uploads.tests.test_pipeline_e2e import FINAL, send_upload, wait_for
 
@@ -256,3 +257,15 @@ def test_folder_with_relative_paths_and_a_gap_in_a_series(
     assert series["instance_number_gaps"] == [3]
     assert "Series 1: 4 of 5 images (missing image numbers 3)" in " ".join(status["warnings"])
     assert {sop_uid(p) for p in sent} == orthanc_clean.sop_instance_uids()
+
+
+def test_rar_of_dicom_files_reaches_the_pacs(api, celery_worker, orthanc_clean, tmp_path):
+    ct, sr = sample_paths(["test_files/CT_small.dcm", "test_files/test-SR.dcm"])
+    archive = rar5_stored(
+        tmp_path / "referral.rar",
+        [("Patient/CT/IM1", ct.read_bytes()), ("Patient/Report/SR1", sr.read_bytes())],
+    )
+    status = wait_for(api, send_upload(api, [archive])["upload_id"], FINAL)
+    assert status["state"] == "completed", status
+    for path in (ct, sr):
+        assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
