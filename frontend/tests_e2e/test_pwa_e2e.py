@@ -419,7 +419,7 @@ def test_a_possible_duplicate_shows_the_servers_words_and_can_be_sent_anyway(
     )
     # The server's own message and hint, as it wrote them.
     alert = newest.get_by_role("alert")
-    expect(alert).to_contain_text("was already uploaded on")
+    expect(alert).to_contain_text("was already uploaded")
     newest.get_by_role("button", name="Send anyway").click()
     for state in page.get_by_test_id("study-state").all():
         expect(state).to_have_text("Received by PACS", timeout=RECEIPT_TIMEOUT_MS)

@@ -231,8 +231,8 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
                 "possible_duplicate",
                 f"A study for this patient, date and modality was already uploaded at your "
                 f"clinic on {when}.",
-                "Check that this is not the same study; to send it anyway, confirm and the "
-                "app will upload it with force_upload.",
+                "Check that this is not the same study. If it is a different one, choose "
+                "'Send anyway'.",
                 status_code=409,
                 extra=extra,
             )
