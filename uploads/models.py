@@ -94,6 +94,9 @@ class UploadChunk(models.Model):
     size = models.IntegerField()
     md5 = models.CharField(max_length=32)
     stored = models.BooleanField(default=False)
+    # How many times this chunk arrived (a retry whose first answer was lost adds one):
+    # lets tests and support see that acknowledged chunks are not sent again.
+    times_received = models.IntegerField(default=1)
     received_at = models.DateTimeField(auto_now=True)
 
     class Meta:

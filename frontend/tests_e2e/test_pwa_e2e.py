@@ -250,6 +250,12 @@ def test_connection_lost_mid_upload_resumes_without_resending_acknowledged_chunk
         if kind == "sent" and index in first_ack and position > first_ack[index]
     ]
     assert resent == [], f"acknowledged chunks sent again: {resent}; {events}"
+    # And as the server counted them: every chunk acknowledged before the cut arrived once.
+    counts = product.shell_json(
+        "import json; from uploads.models import UploadChunk; "
+        "print(json.dumps({c.index: c.times_received for c in UploadChunk.objects.all()}))"
+    )
+    assert {i: counts[str(i)] for i in acked_before_cut} == {i: 1 for i in acked_before_cut}
     assert sorted(first_ack) == list(range(total)), events
     assert len(failed) > failed_before, "no chunk was in flight when the link was cut"
     phone.close()

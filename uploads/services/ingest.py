@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -378,6 +378,7 @@ def chunk_store(
             )
     except IntegrityError:
         chunk = UploadChunk.objects.get(session=session, index=index)
+        UploadChunk.objects.filter(pk=chunk.pk).update(times_received=F("times_received") + 1)
         if chunk.md5 != actual_md5:
             raise ApplicationError(
                 "chunk_conflict",

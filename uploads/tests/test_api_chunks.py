@@ -65,6 +65,7 @@ def test_duplicate_chunk_is_accepted_once(api, upload, payload):
         assert response.status_code == 200
         assert response.json()["bytes_received"] == CHUNK
     assert UploadChunk.objects.filter(session_id=upload["upload_id"]).count() == 1
+    assert UploadChunk.objects.get(session_id=upload["upload_id"], index=0).times_received == 2
 
 
 def test_different_bytes_for_a_stored_chunk_is_409_and_keeps_the_first(api, upload, payload):
