@@ -4,26 +4,20 @@ session's test Orthanc as the PACS."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from pwa_helpers import PASSWORD, USERNAME, CuttableLink, Product
+
+from uploads.tests.product import running_product
 
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
 CHROMIUM = "/usr/bin/chromium"
-# Migrations on a new SQLite file plus four processes starting: seconds, not minutes.
-START_TIMEOUT = 90
 
 
 def _build_frontend() -> None:
@@ -53,57 +47,10 @@ def frontend_dist() -> Path:
     return FRONTEND / "dist"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def product(tmp_path: Path, orthanc: Any, frontend_dist: Path) -> Iterator[Product]:
-    port = _free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    user, password = orthanc.auth
-    env.update(
-        DATA_DIR=str(tmp_path / "data"),
-        PORT=str(port),
-        HOST="127.0.0.1",
-        PACS_DICOMWEB_URL=orthanc.dicomweb_url,
-        PACS_ORTHANC_URL=orthanc.url,
-        PACS_USERNAME=user,
-        PACS_PASSWORD=password,
-        REDISPATCH_INTERVAL_SECONDS="2",
-        UPLOAD_LEASE_SECONDS="5",
-        WEB_WORKERS="1",
-    )
-    log_path = tmp_path / "serve.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError(log_path.read_text())
-        product = Product(base, env, process, log_path)
+    with running_product(tmp_path, orthanc) as running:
+        product = Product(running.base, running.env, running.process, running.log)
         product.manage(
             "createsuperuser",
             "--noinput",
@@ -114,11 +61,6 @@ def product(tmp_path: Path, orthanc: Any, frontend_dist: Path) -> Iterator[Produ
             },
         )
         yield product
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="session")

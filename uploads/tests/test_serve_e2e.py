@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,69 +18,28 @@ from uploads.tests.helpers import (
     sample_paths,
     sop_uid,
 )
+from uploads.tests.product import REPO, START_TIMEOUT, running_product
 from uploads.tests.synthetic import write_study
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-# Migrations on a new SQLite file plus four processes starting: seconds, not minutes.
-START_TIMEOUT = 90
 CHUNK = 1024 * 1024
-
-
-def product_env(data_dir: Path, port: int, orthanc) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
-    }
-    user, password = orthanc.auth
-    env.update(
-        DATA_DIR=str(data_dir),
-        PORT=str(port),
-        PACS_DICOMWEB_URL=orthanc.dicomweb_url,
-        PACS_ORTHANC_URL=orthanc.url,
-        PACS_USERNAME=user,
-        PACS_PASSWORD=password,
-        REDISPATCH_INTERVAL_SECONDS="2",
-        UPLOAD_LEASE_SECONDS="5",
-        PACS_STOW_BATCH_BYTES=str(4 * 1024 * 1024),
-        WEB_WORKERS="1",
-        HOST="127.0.0.1",
-        HTTPS_PORT=str(free_port()),
-    )
-    return env
 
 
 @pytest.fixture
 def product(tmp_path, orthanc):
-    port = free_port()
-    env = product_env(tmp_path / "data", port, orthanc)
-    log = open(tmp_path / "serve.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (tmp_path / "serve.log").read_text()
-        try:
-            if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    else:
-        raise AssertionError((tmp_path / "serve.log").read_text())
-    yield {"base": base, "env": env, "process": process, "log": tmp_path / "serve.log"}
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with running_product(
+        tmp_path,
+        orthanc,
+        PACS_STOW_BATCH_BYTES=str(4 * 1024 * 1024),
+        HTTPS_PORT=str(free_port()),
+    ) as running:
+        yield {
+            "base": running.base,
+            "env": running.env,
+            "process": running.process,
+            "log": running.log,
+        }
 
 
 def sign_in(base: str, env: dict[str, str]) -> str:

@@ -1,0 +1,89 @@
+"""The product as `make run` starts it (`manage.py serve`: SQLite, embedded broker), for
+end-to-end tests; shared by the API and the browser tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from uploads.tests.helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+# Migrations on a new SQLite file plus four processes starting: seconds, not minutes.
+START_TIMEOUT = 90
+
+
+@dataclass
+class RunningProduct:
+    base: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str]:
+    """The environment of `make run` pointed at the test Orthanc, with short timings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+    }
+    user, password = orthanc.auth
+    env.update(
+        DATA_DIR=str(data_dir),
+        PORT=str(free_port()),
+        HOST="127.0.0.1",
+        PACS_DICOMWEB_URL=orthanc.dicomweb_url,
+        PACS_ORTHANC_URL=orthanc.url,
+        PACS_USERNAME=user,
+        PACS_PASSWORD=password,
+        REDISPATCH_INTERVAL_SECONDS="2",
+        UPLOAD_LEASE_SECONDS="5",
+        WEB_WORKERS="1",
+        **overrides,
+    )
+    return env
+
+
+@contextmanager
+def running_product(tmp_path: Path, orthanc: Any, **overrides: str) -> Iterator[RunningProduct]:
+    """Start `manage.py serve`, wait until /api/v1/health answers, kill it all afterwards."""
+    env = product_env(tmp_path / "data", orthanc, **overrides)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "serve"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{env['PORT']}"
+        try:
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    if requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.3)
+            else:
+                raise AssertionError(log_path.read_text())
+            yield RunningProduct(base, env, process, log_path)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
