@@ -1,13 +1,35 @@
+"""The admin: users, facilities, sessions (read-only) and the audit trail (read-only).
+
+Every change of a security record made here is audited: accounts (created, rights
+changed, password set, deleted) and the 2FA devices and lockout records that django-otp
+and django-axes register, which are re-registered below with auditing.
+"""
+
 from typing import Any
 
+from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
-from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.db.models import Model, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django_otp.plugins.otp_static.admin import StaticDeviceAdmin
+from django_otp.plugins.otp_static.models import StaticDevice
+from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from .clientinfo import client_info
 from .models import AuditEvent, AuthSession, Facility, User
-from .services.admin import user_admin_changed, user_security_snapshot, user_unlock
+from .services.admin import (
+    admin_record_changed,
+    user_admin_changed,
+    user_admin_created,
+    user_admin_delete,
+    user_admin_password_set,
+    user_security_snapshot,
+    user_unlock,
+)
 from .services.twofactor import twofactor_reset
 
 
@@ -39,7 +61,31 @@ class RelayUserAdmin(UserAdmin):
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         before = user_security_snapshot(user_id=obj.pk)
         super().save_model(request, obj, form, change)
-        user_admin_changed(user=obj, before=before, by=_by(request), client=client_info(request))
+        if change:
+            user_admin_changed(
+                user=obj, before=before, by=_by(request), client=client_info(request)
+            )
+        else:
+            user_admin_created(user=obj, by=_by(request), client=client_info(request))
+
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        user_admin_delete(user=obj, by=_by(request), client=client_info(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        for user in queryset.order_by("pk"):
+            user_admin_delete(user=user, by=_by(request), client=client_info(request))
+
+    def user_change_password(
+        self, request: HttpRequest, id: str, form_url: str = ""
+    ) -> HttpResponse:
+        """The admin's password form; a password set here is audited and signs the user
+        out of every device."""
+        response = super().user_change_password(request, id, form_url)
+        # Django answers a saved password with a redirect, an invalid form with the form.
+        if request.method == "POST" and isinstance(response, HttpResponseRedirect):
+            user = User.objects.get(pk=unquote(id))
+            user_admin_password_set(user=user, by=_by(request), client=client_info(request))
+        return response
 
     @admin.action(description="Unlock sign-in after too many failed attempts")
     def unlock_sign_in(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
@@ -94,3 +140,96 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Audits each add, change and delete made in this admin as ``audit_action``."""
+
+    audit_action = ""
+
+    def audit_detail(self, obj: Any) -> dict[str, Any]:
+        return {}
+
+    def _audit(self, request: HttpRequest, obj: Model, change: str, **detail: Any) -> None:
+        admin_record_changed(
+            action=self.audit_action,
+            object_type=obj._meta.model_name or "",
+            object_id=str(obj.pk),
+            change=change,
+            by=_by(request),
+            client=client_info(request),
+            detail={**self.audit_detail(obj), **detail},
+        )
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        fields = sorted(getattr(form, "changed_data", None) or [])
+        self._audit(request, obj, "changed" if change else "added", fields=fields)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self._audit(request, obj, "deleted")  # before: the row loses its pk
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        for obj in queryset.order_by("pk"):
+            self._audit(request, obj, "deleted")
+        super().delete_queryset(request, queryset)
+
+
+class AuditedDeviceAdmin(AuditedAdmin):
+    audit_action = "twofactor_device_changed"
+
+    def audit_detail(self, obj: Any) -> dict[str, Any]:
+        return {"user_id": obj.user_id, "confirmed": obj.confirmed}
+
+
+class AuditedTOTPDeviceAdmin(AuditedDeviceAdmin, TOTPDeviceAdmin):
+    pass
+
+
+class AuditedStaticDeviceAdmin(AuditedDeviceAdmin, StaticDeviceAdmin):
+    # Backup codes are stored as keyed digests (services.twofactor): codes typed into an
+    # admin form would never match, so they are only made by enrolment.
+    inlines = []
+
+
+class AuditedLockoutAdmin(AuditedAdmin):
+    audit_action = "lockout_records_changed"
+
+    def audit_detail(self, obj: Any) -> dict[str, Any]:
+        return {"username": obj.username or "", "ip_address": obj.ip_address or ""}
+
+
+class AuditedAccessAttemptAdmin(AuditedLockoutAdmin, AccessAttemptAdmin):
+    @admin.action(description="Clean up expired attempts")
+    def cleanup_expired_attempts(self, request: HttpRequest, queryset: Any) -> None:
+        super().cleanup_expired_attempts(request, queryset)
+        admin_record_changed(
+            action=self.audit_action,
+            object_type="accessattempt",
+            object_id="",
+            change="expired_cleaned",
+            by=_by(request),
+            client=client_info(request),
+        )
+
+
+class AuditedAccessLogAdmin(AuditedLockoutAdmin, AccessLogAdmin):
+    pass
+
+
+class AuditedAccessFailureLogAdmin(AuditedLockoutAdmin, AccessFailureLogAdmin):
+    pass
+
+
+for _model, _model_admin in (
+    (TOTPDevice, AuditedTOTPDeviceAdmin),
+    (StaticDevice, AuditedStaticDeviceAdmin),
+    (AccessAttempt, AuditedAccessAttemptAdmin),
+    (AccessLog, AuditedAccessLogAdmin),
+    (AccessFailureLog, AuditedAccessFailureLogAdmin),
+):
+    # django-axes registers its models only when AXES_ENABLE_ADMIN is on.
+    if admin.site.is_registered(_model):
+        admin.site.unregister(_model)
+        admin.site.register(_model, _model_admin)

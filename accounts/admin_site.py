@@ -7,13 +7,14 @@ from typing import Any
 
 from django import forms
 from django.http import HttpRequest
-from django_otp import devices_for_user, user_has_device
+from django_otp import user_has_device
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 
 
 class RelayAdminAuthenticationForm(OTPAdminAuthenticationForm):
     """Asks for the one-time code (TOTP or a backup code) only of accounts with a confirmed
-    2FA device; the code is checked against each of them, so no device must be picked."""
+    2FA device; the code is checked as at the API's sign-in (same replay lock, backup codes
+    by digest), so no device must be picked."""
 
     def clean_otp(self, user: Any) -> None:
         if user is None or not user_has_device(user, confirmed=True):
@@ -24,10 +25,13 @@ class RelayAdminAuthenticationForm(OTPAdminAuthenticationForm):
                 "This account uses two-factor sign-in: enter the code from your authenticator app.",
                 code="token_required",
             )
-        for device in devices_for_user(user, confirmed=True):
-            if device.verify_token(code.lower()):  # backup codes are lower case
-                user.otp_device = device
-                return
+        # Imported here: this module is loaded with the admin site, before the models.
+        from .services.twofactor import twofactor_device_for_code
+
+        device = twofactor_device_for_code(user=user, code=code)
+        if device is not None:
+            user.otp_device = device
+            return
         raise forms.ValidationError(
             "The one-time code is not correct or was already used; enter the current code.",
             code="invalid_token",

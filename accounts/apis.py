@@ -251,14 +251,15 @@ class RegisterApi(APIView):
         operation_id="auth_register",
         summary="Create an account; a confirmation link is emailed",
         request=RegisterInputSerializer,
+        description="The answer is the same when the username or the email address is "
+        "already taken, so it does not tell who has an account: the address then receives an "
+        "email saying what happened (sign in or reset the password; or choose another username).",
         responses={
             201: RegisterOutputSerializer,
             **error_responses(
                 400,
-                409,
                 429,
                 s400="invalid_request / weak_password (problems lists each rule) / role_not_allowed.",
-                s409="username_taken / email_taken.",
                 s429="rate_limited: too many registrations from this address.",
             ),
         },
@@ -266,8 +267,8 @@ class RegisterApi(APIView):
     def post(self, request: Request) -> Response:
         data = self.RegisterInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        user = services.user_register(**data.validated_data, client=client_info(request))
-        return Response(self.RegisterOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+        receipt = services.user_register(**data.validated_data, client=client_info(request))
+        return Response(self.RegisterOutputSerializer(receipt).data, status=status.HTTP_201_CREATED)
 
 
 _Verified = inline_serializer(
@@ -451,21 +452,49 @@ class TwoFactorApi(SignedInApi):
         )
 
 
+_REAUTH_ERRORS = "current_password_required / invalid_current_password"
+
+
 class TwoFactorSetupApi(SignedInApi):
+    # Guessing the password here must be as slow as at sign-in.
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth_login"
+
+    class TwoFactorSetupInputSerializer(serializers.Serializer):
+        password = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            trim_whitespace=False,
+            max_length=1024,
+            help_text="The account's current password (needed to set up two-step sign-in).",
+        )
+
     @extend_schema(
         operation_id="auth_2fa_setup",
         summary="Start two-step sign-in: scan the QR code with an authenticator app",
-        request=None,
+        request=TwoFactorSetupInputSerializer,
         responses={
             200: inline_serializer(
                 "TwoFactorSetup",
                 {"otpauth_uri": serializers.CharField(), "qr_svg": serializers.CharField()},
             ),
-            **error_responses(401, 409, s409="twofactor_already_enabled."),
+            **error_responses(
+                400,
+                401,
+                409,
+                429,
+                s400=f"invalid_request / {_REAUTH_ERRORS}.",
+                s409="twofactor_already_enabled.",
+                s429="rate_limited: too many password tries from this address.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
-        enrolment = services.twofactor_setup(user=_user(request))
+        data = self.TwoFactorSetupInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        enrolment = services.twofactor_setup(
+            user=_user(request), password=data.validated_data.get("password") or None
+        )
         return Response({"otpauth_uri": enrolment.otpauth_uri, "qr_svg": enrolment.qr_svg})
 
 
@@ -581,9 +610,22 @@ class MeProfileOutputSerializer(serializers.Serializer):
 
 
 class MeApi(SignedInApi):
+    throttle_scope = "auth_login"
+
     class MeInputSerializer(serializers.Serializer):
         email = serializers.EmailField(required=False, max_length=254)
         full_name = serializers.CharField(required=False, max_length=200)
+        current_password = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            trim_whitespace=False,
+            max_length=1024,
+            help_text="The account's current password: needed when the email changes.",
+        )
+
+    def get_throttles(self) -> list[Any]:
+        # Only the change may test passwords; reading the profile is not limited.
+        return [ScopedRateThrottle()] if self.request.method == "PATCH" else []
 
     @extend_schema(
         operation_id="me_profile",
@@ -595,11 +637,20 @@ class MeApi(SignedInApi):
 
     @extend_schema(
         operation_id="me_profile_update",
-        summary="Change your full name or email (a new email is used once confirmed)",
+        summary="Change your full name or email (a new email needs current_password and is "
+        "used once confirmed)",
         request=MeInputSerializer,
         responses={
             200: MeProfileOutputSerializer,
-            **error_responses(400, 401, 409, s409="email_taken."),
+            **error_responses(
+                400,
+                401,
+                409,
+                429,
+                s400=f"invalid_request / {_REAUTH_ERRORS} (a new email needs the password).",
+                s409="email_taken.",
+                s429="rate_limited: too many password tries from this address.",
+            ),
         },
     )
     def patch(self, request: Request) -> Response:
@@ -609,6 +660,7 @@ class MeApi(SignedInApi):
             user=_user(request),
             full_name=data.validated_data.get("full_name"),
             email=data.validated_data.get("email"),
+            current_password=data.validated_data.get("current_password") or None,
             client=client_info(request),
         )
         return Response(MeProfileOutputSerializer(user).data)

@@ -1,10 +1,11 @@
 """Writes on accounts. A package: sessions, registration, passwords, 2FA, audit, profile."""
 
 from .audit import AUDIT_VOCABULARY, audit_export_record, audit_record
+from .mail import email_verification_link
 from .passwords import password_change, password_reset_confirm, password_reset_request
 from .profile import preferences_update, profile_update, user_data_export
 from .registration import (
-    email_verification_link,
+    RegistrationReceipt,
     email_verification_resend,
     email_verify,
     password_check,
@@ -31,6 +32,7 @@ from .twofactor import (
 
 __all__ = [
     "AUDIT_VOCABULARY",
+    "RegistrationReceipt",
     "TwoFactorEnrolment",
     "audit_export_record",
     "audit_record",

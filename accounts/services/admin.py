@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from axes.utils import reset as axes_reset
 from django.db import transaction
 
@@ -70,3 +72,78 @@ def user_admin_changed(
     if set(changed) - {"email_verified"}:
         auth_sessions_revoke_all(user=user, client=client, reason="role_changed", keep=None)
     return changed
+
+
+@transaction.atomic
+def user_admin_created(*, user: User, by: User | None, client: ClientInfo) -> None:
+    """Audit an account an administrator created (``user`` is saved)."""
+    audit_record(
+        action="user_created",
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail={
+            "username": user.username,
+            **{f: getattr(user, f) for f in SECURITY_FIELDS},
+        },
+    )
+
+
+@transaction.atomic
+def user_admin_delete(*, user: User, by: User | None, client: ClientInfo) -> None:
+    """Delete an account from the admin, audited. Its sessions go with it; its audit
+    events stay (they keep the username as text)."""
+    audit_record(
+        action="user_deleted",
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail={"username": user.username, "role": user.role},
+    )
+    user.delete()
+
+
+@transaction.atomic
+def user_admin_password_set(*, user: User, by: User | None, client: ClientInfo) -> int:
+    """Audit a password an administrator set (or removed) for ``user``, and sign the user
+    out everywhere: whoever held the old password must not stay signed in. Returns how
+    many sessions ended."""
+    audit_record(
+        action="password_set_by_admin",
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail={"usable_password": user.has_usable_password()},
+    )
+    return auth_sessions_revoke_all(
+        user=user, client=client, reason="password_set_by_admin", keep=None
+    )
+
+
+def admin_record_changed(
+    *,
+    action: str,
+    object_type: str,
+    object_id: str,
+    change: str,
+    by: User | None,
+    client: ClientInfo,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Audit an administrator's edit of a security record (a 2FA device, a lockout record):
+    ``change`` is added, changed or deleted."""
+    audit_record(
+        action=action,
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type=object_type,
+        object_id=object_id,
+        detail={"change": change, **(detail or {})},
+    )

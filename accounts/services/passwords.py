@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import uuid
-from functools import partial
 
-from django.conf import settings
 from django.contrib.auth.tokens import default_token_generator
-from django.core.mail import send_mail
 from django.db import transaction
-from django.utils.encoding import force_bytes, force_str
-from django.utils.http import urlsafe_base64_decode, urlsafe_base64_encode
+from django.utils.encoding import force_str
+from django.utils.http import urlsafe_base64_decode
 
 from relaypacs.errors import ApplicationError
 
 from ..clientinfo import ClientInfo
 from ..models import User
 from .audit import audit_record
+from .mail import password_reset_email_queue
+from .reauth import current_password_confirm
 from .registration import password_check
 from .sessions import auth_sessions_revoke_all
 
@@ -34,12 +33,7 @@ def password_change(
 
     Raises ``invalid_current_password`` (400) or ``weak_password`` (400).
     """
-    if not user.check_password(current_password):
-        raise ApplicationError(
-            "invalid_current_password",
-            "The current password is not correct.",
-            "Type the password you signed in with; if you forgot it, use 'Forgot password'.",
-        )
+    current_password_confirm(user=user, password=current_password)
     password_check(password=new_password, user=user)
     user.set_password(new_password)
     user.save(update_fields=["password"])
@@ -54,27 +48,6 @@ def password_change(
     )
 
 
-def password_reset_link(*, user: User) -> str:
-    uid = urlsafe_base64_encode(force_bytes(user.pk))
-    token = default_token_generator.make_token(user)
-    return f"{settings.PUBLIC_BASE_URL}/reset-password?uid={uid}&token={token}"
-
-
-def _send_reset(*, user: User) -> None:
-    minutes = int(settings.PASSWORD_RESET_TIMEOUT // 60)
-    send_mail(
-        subject="Reset your RelayPACS password",
-        message=(
-            f"Hello {user.full_name or user.username},\n\n"
-            f"To choose a new RelayPACS password, open this link within {minutes} minutes:\n\n"
-            f"{password_reset_link(user=user)}\n\n"
-            "If you did not ask for this, ignore this email: your password stays as it is.\n"
-        ),
-        from_email=None,
-        recipient_list=[user.email],
-    )
-
-
 def password_reset_request(*, email: str, client: ClientInfo) -> None:
     """Email a reset link to the active account with this address, if there is one.
 
@@ -82,7 +55,7 @@ def password_reset_request(*, email: str, client: ClientInfo) -> None:
     """
     for user in User.objects.filter(email__iexact=email, is_active=True):
         if user.has_usable_password():
-            transaction.on_commit(partial(_send_reset, user=user))
+            password_reset_email_queue(user=user)
 
 
 @transaction.atomic

@@ -12,17 +12,29 @@ from relaypacs.errors import ApplicationError
 from ..clientinfo import ClientInfo
 from ..models import AuditEvent, AuthSession, User
 from .audit import audit_record
-from .registration import send_verification_email
+from .mail import verification_email_queue
+from .reauth import current_password_confirm
 
 SERVICE_LEVELS = ("routine", "urgent", "emergency", "stat")
 
 
 @transaction.atomic
 def profile_update(
-    *, user: User, full_name: str | None, email: str | None, client: ClientInfo
+    *,
+    user: User,
+    full_name: str | None,
+    email: str | None,
+    current_password: str | None = None,
+    client: ClientInfo,
 ) -> User:
     """Change the full name at once; a new email address is used once the link sent to it
-    is followed (until then it waits in ``pending_email``). Raises ``email_taken`` (409)."""
+    is followed (until then it waits in ``pending_email``).
+
+    A new email address needs the account's password: the address is where password
+    reset links go, so changing it takes the account over. Raises
+    ``current_password_required`` / ``invalid_current_password`` (400) and ``email_taken``
+    (409). Nothing is saved when one is raised.
+    """
     changed: list[str] = []
     if full_name is not None and full_name != user.full_name:
         user.full_name = full_name
@@ -30,6 +42,7 @@ def profile_update(
     if email is not None:
         email = User.objects.normalize_email(email)
         if email.lower() != user.email.lower():
+            current_password_confirm(user=user, password=current_password)
             if User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
                 raise ApplicationError(
                     "email_taken",
@@ -39,7 +52,7 @@ def profile_update(
                 )
             user.pending_email = email
             changed.append("pending_email")
-            transaction.on_commit(lambda: send_verification_email(user=user, email=email))
+            verification_email_queue(user=user, email=email)
     if changed:
         user.save(update_fields=changed)
         audit_record(

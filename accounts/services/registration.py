@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from relaypacs.errors import ApplicationError
 
 from ..clientinfo import ClientInfo
 from ..models import Role, User
 from .audit import audit_record
+from .mail import (
+    VERIFY_SALT,
+    registration_attempt_notice_queue,
+    username_taken_notice_queue,
+    verification_email_queue,
+)
 
-_VERIFY_SALT = "relaypacs.verify-email.v1"
 # Roles a person may choose when registering; an administrator grants any other.
 SELF_REGISTRATION_ROLES = (Role.CLINICIAN, Role.RADIOGRAPHER)
 
@@ -35,30 +40,16 @@ def password_check(*, password: str, user: User) -> None:
         ) from exc
 
 
-def email_verification_token(*, user: User, email: str | None = None) -> str:
-    address = email or user.email
-    return signing.dumps({"u": user.pk, "e": address}, salt=_VERIFY_SALT, compress=True)
+@dataclass(frozen=True)
+class RegistrationReceipt:
+    """The answer to a registration: the same whether an account was made or the username
+    or address was taken, so it does not tell who has an account."""
 
-
-def email_verification_link(*, user: User, email: str | None = None) -> str:
-    token = email_verification_token(user=user, email=email)
-    return f"{settings.PUBLIC_BASE_URL}/api/v1/auth/verify-email?token={token}"
-
-
-def send_verification_email(*, user: User, email: str | None = None) -> None:
-    link = email_verification_link(user=user, email=email)
-    hours = int(settings.AUTH_EMAIL_LINK_MAX_AGE.total_seconds() // 3600)
-    send_mail(
-        subject="Confirm your RelayPACS email address",
-        message=(
-            f"Hello {user.full_name or user.username},\n\n"
-            "Please confirm your email address to finish creating your RelayPACS account by "
-            f"opening this link within {hours} hours:\n\n{link}\n\n"
-            "If you did not register, ignore this email; no account will be usable.\n"
-        ),
-        from_email=None,
-        recipient_list=[email or user.email],
-    )
+    username: str
+    email: str
+    full_name: str
+    role: str
+    email_verified: bool = False
 
 
 @transaction.atomic
@@ -70,11 +61,14 @@ def user_register(
     full_name: str,
     role: str = Role.CLINICIAN,
     client: ClientInfo,
-) -> User:
-    """Create an unverified account and email its verification link (after commit).
+) -> RegistrationReceipt:
+    """Create an unverified account and email its verification link (a task, after commit).
 
-    Raises ``username_taken`` or ``email_taken`` (409), ``role_not_allowed`` (400) for a
-    role above radiographer, ``weak_password`` (400).
+    When the address is taken, its owner is emailed that someone tried to register with
+    it; when only the username is taken, the new address is emailed to choose another. The
+    answer, and the work done before it (the password is hashed in every case), are the
+    same in all three cases. Raises ``role_not_allowed`` (400) for a role above
+    radiographer and ``weak_password`` (400), which depend on the request only.
     """
     if role not in SELF_REGISTRATION_ROLES:
         raise ApplicationError(
@@ -82,21 +76,7 @@ def user_register(
             "You can register as a clinician or a radiographer only.",
             "Register, then ask your RelayPACS administrator for the role you need.",
         )
-    if User.objects.filter(username__iexact=username).exists():
-        raise ApplicationError(
-            "username_taken",
-            "This username is already taken.",
-            "Choose another username, or sign in if this is your account.",
-            status_code=409,
-        )
     email = User.objects.normalize_email(email)
-    if User.objects.filter(email__iexact=email).exists():
-        raise ApplicationError(
-            "email_taken",
-            "An account with this email address already exists.",
-            "Sign in, or reset your password if you forgot it.",
-            status_code=409,
-        )
     user = User(
         username=username,
         email=email,
@@ -106,7 +86,21 @@ def user_register(
     )
     password_check(password=password, user=user)
     user.set_password(password)
-    user.save()
+    receipt = RegistrationReceipt(username=username, email=email, full_name=full_name, role=role)
+    owner = User.objects.filter(email__iexact=email).order_by("pk").first()
+    if owner is not None:
+        registration_attempt_notice_queue(owner=owner)
+        return receipt
+    if User.objects.filter(username__iexact=username).exists():
+        username_taken_notice_queue(email=email, username=username)
+        return receipt
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        # A registration running at the same moment took the username.
+        username_taken_notice_queue(email=email, username=username)
+        return receipt
     audit_record(
         action="user_registered",
         user=user,
@@ -114,8 +108,8 @@ def user_register(
         user_agent=client.user_agent,
         detail={"role": role},
     )
-    transaction.on_commit(lambda: send_verification_email(user=user))
-    return user
+    verification_email_queue(user=user)
+    return receipt
 
 
 def email_verify(*, token: str) -> User:
@@ -132,7 +126,7 @@ def email_verify(*, token: str) -> User:
     )
     try:
         data: dict[str, Any] = signing.loads(
-            token, salt=_VERIFY_SALT, max_age=settings.AUTH_EMAIL_LINK_MAX_AGE
+            token, salt=VERIFY_SALT, max_age=settings.AUTH_EMAIL_LINK_MAX_AGE
         )
     except signing.BadSignature as exc:
         raise invalid from exc
@@ -158,4 +152,4 @@ def email_verification_resend(*, email: str) -> None:
     so the answer does not tell who has an account."""
     user = User.objects.filter(email__iexact=email, email_verified=False, is_active=True).first()
     if user is not None:
-        transaction.on_commit(lambda: send_verification_email(user=user))
+        verification_email_queue(user=user)

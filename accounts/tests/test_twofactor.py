@@ -30,9 +30,14 @@ def signed_in(client, user):
     return bearer(login(client, user.username).json()["access"])
 
 
+def setup(client, auth, password=PASSWORD):
+    body = {} if password is None else {"password": password}
+    return client.post("/api/v1/auth/2fa/setup", body, content_type="application/json", **auth)
+
+
 def enable(client, user):
     auth = signed_in(client, user)
-    client.post("/api/v1/auth/2fa/setup", **auth)
+    assert setup(client, auth).status_code == 200
     device = TOTPDevice.objects.get(user=user)
     response = client.post(
         "/api/v1/auth/2fa/confirm", {"otp": code(device)}, content_type="application/json", **auth
@@ -43,7 +48,7 @@ def enable(client, user):
 
 def test_setup_returns_an_otpauth_uri_and_a_qr_svg(client):
     user = UserFactory()
-    response = client.post("/api/v1/auth/2fa/setup", **signed_in(client, user))
+    response = setup(client, signed_in(client, user))
     assert response.status_code == 200
     body = response.json()
     uri = urlparse(body["otpauth_uri"])
@@ -55,7 +60,7 @@ def test_setup_returns_an_otpauth_uri_and_a_qr_svg(client):
 def test_2fa_is_off_until_confirmed_with_a_first_code(client):
     user = UserFactory()
     auth = signed_in(client, user)
-    client.post("/api/v1/auth/2fa/setup", **auth)
+    setup(client, auth)
     wrong = client.post(
         "/api/v1/auth/2fa/confirm", {"otp": "000000"}, content_type="application/json", **auth
     )
@@ -123,7 +128,7 @@ def test_disabling_needs_a_current_code(client):
 def test_setting_up_twice_while_on_is_409(client):
     user = UserFactory()
     auth, _, _ = enable(client, user)
-    response = client.post("/api/v1/auth/2fa/setup", **auth)
+    response = setup(client, auth)
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "twofactor_already_enabled"
 
@@ -134,3 +139,54 @@ def test_wrong_codes_are_slowed_down(client):
     login(client, user.username, otp="000000" if code(device, 1) != "000000" else "111111")
     # Right after a wrong code even the right one waits out django-otp's delay.
     assert login(client, user.username, otp=code(device, 1)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("password", "error"),
+    [
+        (None, "current_password_required"),
+        ("", "current_password_required"),
+        ("nope", "invalid_current_password"),
+    ],
+)
+def test_setup_needs_the_current_password(client, password, error):
+    user = UserFactory()
+    response = setup(client, signed_in(client, user), password=password)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == error
+    assert response.json()["error"]["message"] and response.json()["error"]["hint"]
+    assert not TOTPDevice.objects.filter(user=user).exists()
+
+
+def test_backup_codes_are_stored_as_keyed_digests_not_in_clear(client, settings):
+    from django_otp.plugins.otp_static.models import StaticToken
+
+    from accounts.services.twofactor import backup_code_digest
+
+    user = UserFactory()
+    _, _, backup_codes = enable(client, user)
+    stored = set(StaticToken.objects.filter(device__user=user).values_list("token", flat=True))
+    assert len(stored) == 10
+    assert stored.isdisjoint(backup_codes)
+    assert stored == {backup_code_digest(c) for c in backup_codes}
+    assert all(len(t) == 16 for t in stored)
+    # The digest is keyed: the same code under another SECRET_KEY gives another digest.
+    settings.SECRET_KEY = "another-secret-key-" + "x" * 40
+    assert backup_code_digest(backup_codes[0]) not in stored
+
+
+def test_a_backup_code_is_accepted_with_capitals_and_spaces_once(client):
+    user = UserFactory()
+    _, _, backup_codes = enable(client, user)
+    typed = " ".join([backup_codes[0][:5].upper(), backup_codes[0][5:]])
+    assert login(client, user.username, otp=typed).status_code == 200
+    assert login(client, user.username, otp=backup_codes[0]).status_code == 401
+
+
+def test_a_digest_itself_is_not_a_backup_code(client):
+    from django_otp.plugins.otp_static.models import StaticToken
+
+    user = UserFactory()
+    enable(client, user)
+    digest = StaticToken.objects.filter(device__user=user).values_list("token", flat=True)[0]
+    assert login(client, user.username, otp=digest).status_code == 401

@@ -4,7 +4,7 @@ import pytest
 
 from accounts.models import AuditEvent, Role
 from accounts.tests.factories import UserFactory
-from accounts.tests.helpers import bearer, login
+from accounts.tests.helpers import PASSWORD, bearer, login
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,10 @@ def test_a_new_email_is_used_once_its_link_is_followed(
     old = user.email
     with django_capture_on_commit_callbacks(execute=True):
         response = client.patch(
-            "/api/v1/auth/me", {"email": "ann@new.example"}, content_type="application/json", **auth
+            "/api/v1/auth/me",
+            {"email": "ann@new.example", "current_password": PASSWORD},
+            content_type="application/json",
+            **auth,
         )
     assert response.json()["email"] == old
     assert response.json()["pending_email"] == "ann@new.example"
@@ -141,3 +144,57 @@ def test_the_upload_pipeline_reads_the_saved_preferences(client, me):
     assert user_upload_preferences(user=user) == UploadPreferences(
         service_level="stat", chunk_size=None, duplicate_detection=False
     )
+
+
+@pytest.mark.parametrize(
+    ("password", "error"),
+    [
+        (None, "current_password_required"),
+        ("", "current_password_required"),
+        ("nope", "invalid_current_password"),
+    ],
+)
+def test_changing_the_email_needs_the_current_password(
+    client, me, mailoutbox, django_capture_on_commit_callbacks, password, error
+):
+    user, auth = me
+    body = {"email": "thief@evil.example", "full_name": "Someone Else"}
+    if password is not None:
+        body["current_password"] = password
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.patch("/api/v1/auth/me", body, content_type="application/json", **auth)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == error
+    user.refresh_from_db()
+    assert (user.pending_email, user.full_name) == ("", "Ann Smith")  # nothing saved
+    assert mailoutbox == []
+
+
+def test_the_full_name_or_the_same_email_needs_no_password(client, me):
+    user, auth = me
+    response = client.patch(
+        "/api/v1/auth/me",
+        {"full_name": "Ann Jones", "email": user.email.upper()},
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 200, response.json()
+    assert response.json()["full_name"] == "Ann Jones"
+    assert response.json()["pending_email"] == ""
+
+
+def test_a_new_email_link_opens_the_pwa_page_and_arrives_over_smtp(
+    client, me, smtp_server, django_capture_on_commit_callbacks, settings
+):
+    settings.PUBLIC_BASE_URL = "https://relay.example.org"
+    _, auth = me
+    with django_capture_on_commit_callbacks(execute=True):
+        client.patch(
+            "/api/v1/auth/me",
+            {"email": "ann@new.example", "current_password": PASSWORD},
+            content_type="application/json",
+            **auth,
+        )
+    (message,) = smtp_server.wait_for(1)
+    assert message["To"] == "ann@new.example"
+    assert "https://relay.example.org/verify-email?token=" in smtp_server.text(message)

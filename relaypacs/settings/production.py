@@ -10,7 +10,12 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-REQUIRED = ("SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL")
+# TRUSTED_PROXY_COUNT: how many reverse proxies append to X-Forwarded-For; guessing wrong
+# either lets clients choose the address their failed sign-ins count against, or counts a
+# whole clinic as the proxy's address (0 is a valid answer: no proxy). PUBLIC_BASE_URL:
+# where the links in emails point; the development default (localhost) would send users
+# links that cannot work.
+REQUIRED = ("SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "TRUSTED_PROXY_COUNT", "PUBLIC_BASE_URL")
 
 for _name in REQUIRED:
     _file = os.environ.get(f"{_name}_FILE")
