@@ -1,4 +1,8 @@
-"""ASGI entry point: HTTP to Django, WebSockets to Channels (routes arrive with notifications)."""
+"""ASGI entry point: HTTP to Django, WebSockets to Channels (routes arrive with notifications).
+
+Chunk PUTs sent with an upload token, the upload's hot path, are served by a lean endpoint
+in front of Django (uploads.chunk_endpoint); every other request reaches Django unchanged.
+"""
 
 import os
 
@@ -11,11 +15,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from uploads.chunk_endpoint import ChunkEndpoint  # noqa: E402
+
 websocket_urlpatterns: list = []  # filled by the notifications app
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": ChunkEndpoint(fallback=django_asgi_app),
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

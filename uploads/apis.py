@@ -18,14 +18,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from pacs import selectors as pacs_selectors
-from relaypacs.errors import ApplicationError
 from relaypacs.openapi import error_responses
 
 from . import services, storage
 from .models import UploadSession, UploadState
-from .permissions import AccessTokenOnly
+from .permissions import AccessTokenOnly, AccessTokenToControl
 from .selectors import upload_expires_at, upload_get_for, upload_status, uploads_list
-from .tokens import upload_token_issue
 
 
 class _ManifestFileSerializer(serializers.Serializer):
@@ -111,6 +109,12 @@ def _upload(request: Request, upload_id: uuid.UUID) -> UploadSession:
     return upload_get_for(upload_id=upload_id, user=request.user, auth=request.auth)  # type: ignore[arg-type]
 
 
+def _sign_in_session(request: Request) -> str | None:
+    """The sign-in session (``sid``) of the access token, which upload tokens end with."""
+    sid = request.auth.get("sid") if request.auth is not None else None  # type: ignore[union-attr]
+    return str(sid) if sid is not None else None
+
+
 class UploadInitApi(APIView):
     permission_classes = [IsAuthenticated, AccessTokenOnly]
 
@@ -136,7 +140,11 @@ class UploadInitApi(APIView):
         return Response(
             {
                 "upload_id": str(session.id),
-                "upload_token": upload_token_issue(upload_id=session.id, owner_id=session.owner_id),
+                "upload_token": services.upload_token_refresh(
+                    session=session,
+                    user=request.user,  # type: ignore[arg-type]
+                    session_id=_sign_in_session(request),
+                ),
                 "chunk_size": session.chunk_size,
                 "total_size": session.total_size,
                 "total_chunks": session.total_chunks,
@@ -176,15 +184,7 @@ class ChunkApi(APIView):
     )
     def put(self, request: Request, upload_id: uuid.UUID) -> Response:
         session = _upload(request, upload_id)
-        try:
-            index = int(request.query_params.get("index", ""))
-        except ValueError:
-            raise ApplicationError(
-                "chunk_out_of_range",
-                "The chunk number (index) is missing or not a whole number.",
-                "Send the chunk as PUT .../chunk?index=N.",
-                status_code=422,
-            ) from None
+        index = services.chunk_index_parse(request.query_params.get("index"))
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -229,10 +229,17 @@ class UploadCompleteApi(APIView):
 
 
 class UploadConfirmApi(APIView):
+    permission_classes = [IsAuthenticated, AccessTokenToControl]
+
     @extend_schema(
         operation_id="upload_confirm",
         request=None,
-        responses={202: StateResponse, **error_responses(401, 404, 409, s409="nothing_to_confirm")},
+        responses={
+            202: StateResponse,
+            **error_responses(
+                401, 403, 404, 409, s403="upload_token_not_accepted", s409="nothing_to_confirm"
+            ),
+        },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
         session = services.upload_confirm(session=_upload(request, upload_id))
@@ -240,10 +247,17 @@ class UploadConfirmApi(APIView):
 
 
 class UploadRetryApi(APIView):
+    permission_classes = [IsAuthenticated, AccessTokenToControl]
+
     @extend_schema(
         operation_id="upload_retry",
         request=None,
-        responses={202: StateResponse, **error_responses(401, 404, 409, s409="nothing_to_retry")},
+        responses={
+            202: StateResponse,
+            **error_responses(
+                401, 403, 404, 409, s403="upload_token_not_accepted", s409="nothing_to_retry"
+            ),
+        },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
         session = services.upload_retry(session=_upload(request, upload_id))
@@ -263,16 +277,31 @@ class UploadTokenApi(APIView):
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
         session = _upload(request, upload_id)
-        return Response({"upload_token": services.upload_token_refresh(session=session)})
+        token = services.upload_token_refresh(
+            session=session,
+            user=request.user,  # type: ignore[arg-type]
+            session_id=_sign_in_session(request),
+        )
+        return Response({"upload_token": token})
 
 
 class UploadCancelApi(APIView):
+    permission_classes = [IsAuthenticated, AccessTokenToControl]
+
     @extend_schema(
         operation_id="upload_cancel",
-        responses={204: None, **error_responses(401, 404, 409, s409="upload_completed")},
+        responses={
+            204: None,
+            **error_responses(
+                401, 403, 404, 409, s403="upload_token_not_accepted", s409="upload_completed"
+            ),
+        },
     )
     def delete(self, request: Request, upload_id: uuid.UUID) -> Response:
-        services.upload_cancel(session=_upload(request, upload_id))
+        services.upload_cancel(
+            session=_upload(request, upload_id),
+            actor=request.user,  # type: ignore[arg-type]
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -15,7 +15,8 @@ class UploadTokenAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer upl_...``: the upload token of one upload.
 
     ``request.auth`` becomes an UploadTokenClaim; views that serve one upload compare its
-    id, and every other view refuses it (see ``uploads.permissions``).
+    id, and every other view refuses it (see ``uploads.permissions``). The token ends with
+    the sign-in session it was issued in and with its user's account.
     """
 
     def authenticate(self, request: Request) -> tuple[User, UploadTokenClaim] | None:
@@ -23,11 +24,12 @@ class UploadTokenAuthentication(authentication.BaseAuthentication):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.startswith(PREFIX):
             return None
+        # Imported here: DRF loads this class while the services' imports are still loading.
+        from .services import upload_token_user
+
         claim = upload_token_read(token.strip())
-        if claim is None:
-            raise exceptions.AuthenticationFailed("Upload token is not valid or has expired.")
-        user = User.objects.filter(pk=claim.owner_id, is_active=True).first()
-        if user is None:
+        user = upload_token_user(claim=claim) if claim is not None else None
+        if claim is None or user is None:
             raise exceptions.AuthenticationFailed("Upload token is not valid or has expired.")
         return user, claim
 

@@ -76,6 +76,11 @@ class UploadSession(models.Model):
     warnings = models.JSONField(default=list, blank=True)
     error = models.JSONField(null=True, blank=True)
     files_deleted = models.BooleanField(default=False)
+    # Kept with every stored chunk, so a chunk request never aggregates over the upload's
+    # chunks (that cost grew with the upload): bytes of the stored chunks, and when the
+    # last one was stored (the resume window slides from it).
+    bytes_received = models.BigIntegerField(default=0)
+    last_chunk_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from django.conf import settings
-from django.db.models import Max, Q, QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.models import User
 
@@ -43,12 +43,9 @@ def upload_get_for(*, upload_id: uuid.UUID, user: User, auth: object) -> UploadS
     """
     from django.http import Http404
 
-    if isinstance(auth, UploadTokenClaim):
-        if auth.upload_id != upload_id:
-            raise Http404
-        session = UploadSession.objects.filter(pk=upload_id, owner=user).first()
-    else:
-        session = uploads_visible_to(user=user).filter(pk=upload_id).first()
+    if isinstance(auth, UploadTokenClaim) and auth.upload_id != upload_id:
+        raise Http404
+    session = uploads_visible_to(user=user).filter(pk=upload_id).first()
     if session is None:
         raise Http404
     return session
@@ -72,9 +69,16 @@ def upload_missing_chunks(*, session: UploadSession) -> list[int]:
     return [i for i in range(session.total_chunks) if i not in stored]
 
 
-def upload_expires_at(*, session: UploadSession) -> datetime:
+class _ResumeWindowed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def last_chunk_at(self) -> datetime | None: ...
+
+
+def upload_expires_at(*, session: _ResumeWindowed) -> datetime:
     """Resumable until the resume window after the last chunk (sliding) or after init."""
-    last = UploadChunk.objects.filter(session=session).aggregate(last=Max("received_at"))["last"]
+    last = session.last_chunk_at
     start = max(session.created_at, last) if last else session.created_at
     return start + settings.UPLOAD_RESUME_WINDOW
 

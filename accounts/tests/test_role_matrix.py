@@ -133,7 +133,7 @@ def test_upload_token_opens_its_own_upload_only(db):
     first, second = make_upload(user), make_upload(user)
     client = APIClient()
     client.credentials(
-        HTTP_AUTHORIZATION=f"Bearer {upload_token_issue(upload_id=first.id, owner_id=user.id)}"
+        HTTP_AUTHORIZATION=f"Bearer {upload_token_issue(upload_id=first.id, user_id=user.id)}"
     )
     assert client.get(f"/api/v1/upload/{first.id}/status").status_code == 200
     assert client.get(f"/api/v1/upload/{second.id}/status").status_code == 404
@@ -154,7 +154,7 @@ def test_an_expired_or_tampered_upload_token_is_refused(db, settings):
 
     user = UserFactory(role=Role.CLINICIAN)
     upload = make_upload(user)
-    token = upload_token_issue(upload_id=upload.id, owner_id=user.id)
+    token = upload_token_issue(upload_id=upload.id, user_id=user.id)
     client = APIClient()
     tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {tampered}")

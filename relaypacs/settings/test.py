@@ -10,5 +10,10 @@ from .base import env  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=False)
+# Connections of the lean chunk endpoint close after each request, so that no thread keeps
+# the test database open when it is dropped.
+CHUNK_DB_CONN_MAX_AGE = 0
+# Upload tokens are checked against their session on every request (tests revoke them).
+UPLOAD_TOKEN_RECHECK_SECONDS = 0
 # Each test process keeps its own rate-limit counters (tests clear them).
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

@@ -1,10 +1,10 @@
 """Every write and side effect of the upload pipeline."""
 
+from .chunks import ChunkReceipt, chunk_index_parse, chunk_receive, chunk_store, upload_token_user
 from .forwarding import upload_forward
 from .ingest import (
     ManifestFile,
     UploadInit,
-    chunk_store,
     manifest_parse,
     upload_cancel,
     upload_complete,
@@ -17,8 +17,11 @@ from .maintenance import uploads_cleanup, uploads_redispatch
 from .processing import upload_process
 
 __all__ = [
+    "ChunkReceipt",
     "ManifestFile",
     "UploadInit",
+    "chunk_index_parse",
+    "chunk_receive",
     "chunk_store",
     "manifest_parse",
     "upload_cancel",
@@ -29,6 +32,7 @@ __all__ = [
     "upload_process",
     "upload_retry",
     "upload_token_refresh",
+    "upload_token_user",
     "uploads_cleanup",
     "uploads_redispatch",
 ]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
@@ -27,13 +25,13 @@ from ..models import (
     FileKind,
     PacsStatus,
     ServiceLevel,
-    UploadChunk,
     UploadFile,
     UploadSession,
     UploadState,
 )
-from ..selectors import upload_expires_at, upload_missing_chunks, uploads_visible_to
+from ..selectors import upload_missing_chunks, uploads_visible_to
 from ..tokens import upload_token_issue
+from .chunks import upload_ensure_receiving
 from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
 
 METADATA_FIELDS = (
@@ -274,129 +272,10 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
     return session
 
 
-def upload_token_refresh(*, session: UploadSession) -> str:
-    return upload_token_issue(upload_id=session.id, owner_id=session.owner_id)
-
-
-class Readable(Protocol):
-    def read(self, size: int = ..., /) -> bytes: ...
-
-
-@dataclass(frozen=True)
-class ChunkReceipt:
-    index: int
-    bytes_received: int
-
-
-def _decode_md5(content_md5: str | None) -> str:
-    if not content_md5:
-        raise ApplicationError(
-            "checksum_required",
-            "The chunk was sent without its Content-MD5 checksum.",
-            "Send each chunk with a Content-MD5 header (base64 of the MD5 of the body).",
-        )
-    try:
-        raw = base64.b64decode(content_md5.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != 16:
-        raise ApplicationError(
-            "checksum_required",
-            "The Content-MD5 header is not a base64-encoded MD5 digest.",
-            "Send base64 of the 16-byte MD5 of the chunk body.",
-        )
-    return raw.hex()
-
-
-def _ensure_receiving(session: UploadSession) -> None:
-    if session.state != UploadState.RECEIVING:
-        raise ApplicationError(
-            "upload_not_receiving",
-            f"This upload is no longer receiving data (it is {session.get_state_display().lower()}).",
-            "Check its status; start a new upload if you need to send the files again.",
-            status_code=409,
-            extra={"state": session.state},
-        )
-    if upload_expires_at(session=session) < timezone.now():
-        raise ApplicationError(
-            "upload_expired",
-            "This upload waited too long without data and has expired.",
-            "Start the upload again; the app can do this from the files it kept.",
-            status_code=410,
-        )
-
-
-def chunk_store(
-    *, session: UploadSession, index: int, body: Readable, length: int, content_md5: str | None
-) -> ChunkReceipt:
-    """Check, claim and write chunk ``index``.
-
-    The MD5 is verified and the chunk claimed (a unique row) before a byte is written, so a
-    conflicting retry can never overwrite an acknowledged chunk. Idempotent for the same
-    bytes; safe beside concurrent writers of other chunks (positional writes).
-    Raises 422 ``chunk_out_of_range``/``chunk_size_mismatch``/``checksum_mismatch``,
-    409 ``chunk_conflict``/``upload_not_receiving``, 410 ``upload_expired``.
-    """
-    _ensure_receiving(session)
-    if index < 0 or index >= session.total_chunks:
-        raise ApplicationError(
-            "chunk_out_of_range",
-            f"Chunk {index} does not exist: this upload has chunks 0 to {session.total_chunks - 1}.",
-            "Ask the upload status for missing_chunks and send only those.",
-            status_code=422,
-        )
-    expected = min(session.chunk_size, session.total_size - index * session.chunk_size)
-    if length != expected:
-        raise ApplicationError(
-            "chunk_size_mismatch",
-            f"Chunk {index} must be {expected} bytes but {length} bytes arrived.",
-            "The connection may have cut the chunk short; send it again.",
-            status_code=422,
-        )
-    expected_md5 = _decode_md5(content_md5)
-    data = body.read(length + 1)
-    if len(data) != expected:
-        raise ApplicationError(
-            "chunk_size_mismatch",
-            f"Chunk {index} must be {expected} bytes but {len(data)} bytes arrived.",
-            "The connection may have cut the chunk short; send it again.",
-            status_code=422,
-        )
-    actual_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if actual_md5 != expected_md5:
-        raise ApplicationError(
-            "checksum_mismatch",
-            f"Chunk {index} was damaged on the way: its checksum does not match.",
-            "Send the chunk again; nothing of it was stored.",
-            status_code=422,
-        )
-
-    try:
-        with transaction.atomic():
-            chunk = UploadChunk.objects.create(
-                session=session, index=index, size=expected, md5=actual_md5
-            )
-    except IntegrityError:
-        chunk = UploadChunk.objects.get(session=session, index=index)
-        UploadChunk.objects.filter(pk=chunk.pk).update(times_received=F("times_received") + 1)
-        if chunk.md5 != actual_md5:
-            raise ApplicationError(
-                "chunk_conflict",
-                f"Chunk {index} was already received with different content.",
-                "The file may have changed since the upload started; start a new upload.",
-                status_code=409,
-            ) from None
-    if not chunk.stored:
-        # Same bytes as the claim: writing them again (a racing retry) is harmless.
-        storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
-        UploadChunk.objects.filter(pk=chunk.pk).update(stored=True, received_at=timezone.now())
-    received = (
-        UploadChunk.objects.filter(session=session, stored=True).aggregate(total=Sum("size"))[
-            "total"
-        ]
-        or 0
-    )
-    return ChunkReceipt(index=index, bytes_received=int(received))
+def upload_token_refresh(*, session: UploadSession, user: User, session_id: str | None) -> str:
+    """A new upload token for ``user`` (who may act on the upload), tied to their sign-in
+    session ``session_id``."""
+    return upload_token_issue(upload_id=session.id, user_id=user.pk, session_id=session_id)
 
 
 def upload_complete(*, session: UploadSession) -> UploadSession:
@@ -405,7 +284,7 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
     Raises 409 ``upload_incomplete`` (with ``missing_chunks``) or ``upload_not_receiving``.
     """
     if session.state in (UploadState.CANCELLED, UploadState.FAILED):
-        _ensure_receiving(session)
+        upload_ensure_receiving(session)
     if session.state != UploadState.RECEIVING:
         return session
     missing = upload_missing_chunks(session=session)
@@ -425,14 +304,18 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
         if moved:
             dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
             transaction.on_commit(
-                lambda: events.emit(events.UPLOAD_RECEIVED, upload_id=str(session.id))
+                lambda: events.emit(
+                    events.UPLOAD_RECEIVED, upload_id=str(session.id), owner_id=session.owner_id
+                )
             )
     session.refresh_from_db()
     return session
 
 
-def upload_cancel(*, session: UploadSession) -> None:
-    """Stop all work on the upload and delete its files. 409 once completed; idempotent."""
+def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:
+    """Stop all work on the upload and delete its files. 409 once completed; idempotent.
+
+    ``actor`` is who cancelled (the owner, a colleague or an administrator)."""
     if session.state == UploadState.COMPLETED:
         raise ApplicationError(
             "upload_completed",
@@ -454,14 +337,20 @@ def upload_cancel(*, session: UploadSession) -> None:
         if not moved:
             session.refresh_from_db()
             if session.state == UploadState.COMPLETED:
-                upload_cancel(session=session)
+                upload_cancel(session=session, actor=actor)
             return
-        upload_id = session.id
+        upload_id, owner_id = session.id, session.owner_id
+        actor_id = actor.pk if actor is not None else None
 
         def remove() -> None:
             storage.stream_delete(upload_id=upload_id)
             UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
-            events.emit(events.UPLOAD_CANCELLED, upload_id=str(upload_id))
+            events.emit(
+                events.UPLOAD_CANCELLED,
+                upload_id=str(upload_id),
+                owner_id=owner_id,
+                actor_id=actor_id,
+            )
 
         transaction.on_commit(remove)
 
@@ -536,10 +425,8 @@ def upload_retry(*, session: UploadSession) -> UploadSession:
 
 
 __all__ = [
-    "ChunkReceipt",
     "ManifestFile",
     "UploadInit",
-    "chunk_store",
     "manifest_parse",
     "upload_cancel",
     "upload_complete",

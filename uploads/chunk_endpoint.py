@@ -1,0 +1,247 @@
+"""The chunk PUT of upload-token requests as a lean ASGI endpoint, routed before Django.
+
+Sending chunks is the hot path of the product: a 1 GB study is a thousand requests. Through
+Django's request path each cost about 10 ms of CPU (eleven middleware, DRF, a new executor
+thread and a new database connection per request; see bench/RESULTS.md), three times what
+the work itself needs. This endpoint serves ``PUT /api/v1/upload/<id>/chunk`` sent with an
+upload token (what the PWA sends) through the same service as the DRF view
+(``services.chunk_receive`` -> ``chunk_store``), with the same checks, statuses and error
+bodies, and keeps the database connections of its own small thread pool open.
+
+Everything else goes to Django unchanged: other paths and methods, chunks sent with an
+access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIRECT is on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+from urllib.parse import parse_qs
+
+from django.conf import settings
+from django.db import connections
+from django.http.request import split_domain_port, validate_host
+
+from relaypacs.errors import ApplicationError, error_body
+
+from . import services
+from .tokens import PREFIX
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The path of the DRF route ``upload/<uuid:upload_id>/chunk`` (Django's uuid converter).
+CHUNK_PATH = re.compile(
+    r"^/api/v1/upload/(?P<upload_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"/chunk$"
+)
+# Threads (each with its own database connection) per web process: the PWA keeps up to
+# four chunks in flight per study, and a clinic sends a few studies at once.
+CHUNK_THREADS = 2
+_AUTH_PREFIX = b"bearer " + PREFIX.encode()
+
+_executor = ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="chunk")
+_opened = threading.local()
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """Request headers by lower-case name; repeated ones joined with commas, as Django does."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        name = name.lower()
+        headers[name] = headers[name] + b"," + value if name in headers else value
+    return headers
+
+
+def _is_secure(scope: Scope, headers: dict[bytes, bytes]) -> bool:
+    """As Django's ``request.is_secure()``: the scheme, or the trusted proxy's header."""
+    if scope.get("scheme") == "https":
+        return True
+    proxy = settings.SECURE_PROXY_SSL_HEADER
+    if not proxy:
+        return False
+    name, value = proxy
+    header = name.removeprefix("HTTP_").replace("_", "-").lower().encode()
+    return headers.get(header, b"").decode("latin-1").split(",")[0].strip() == value
+
+
+def _host_allowed(headers: dict[bytes, bytes]) -> bool:
+    host = headers.get(b"host", b"").decode("latin-1")
+    domain, _port = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
+def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[bytes, bytes]]:
+    """JSON headers plus the security headers Django's SecurityMiddleware would add."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"vary", b"Authorization"),
+    ]
+    if settings.SECURE_REFERRER_POLICY:
+        headers.append((b"referrer-policy", str(settings.SECURE_REFERRER_POLICY).encode()))
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append(
+            (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode())
+        )
+    if secure and settings.SECURE_HSTS_SECONDS:
+        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            hsts += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            hsts += "; preload"
+        headers.append((b"strict-transport-security", hsts.encode()))
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="api"'))
+    return headers
+
+
+async def _answer(send: Send, status: int, payload: dict[str, Any], *, secure: bool) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _response_headers(body, secure=secure, status=status),
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytearray | None:
+    """The request body, at most ``limit`` bytes; None when the client went away."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) >= limit or not message.get("more_body", False):
+            return body
+
+
+def _release_connections() -> None:
+    """Keep this thread's connections open for the next chunk, unless they failed or are
+    older than CHUNK_DB_CONN_MAX_AGE (0 closes them after every request, as tests do)."""
+    max_age = settings.CHUNK_DB_CONN_MAX_AGE
+    now = time.monotonic()
+    opened: dict[str, tuple[int, float]] = _opened.__dict__.setdefault("at", {})
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        raw_id, since = opened.get(conn.alias, (0, now))
+        if raw_id != id(conn.connection):
+            since = now
+        if conn.errors_occurred:
+            if not conn.is_usable():
+                conn.close()
+                continue
+            conn.errors_occurred = False
+        if max_age <= 0 or now - since > max_age:
+            conn.close()
+            continue
+        opened[conn.alias] = (id(conn.connection), since)
+
+
+def _receive_in_thread(**kwargs: Any) -> services.ChunkReceipt:
+    try:
+        return services.chunk_receive(**kwargs)
+    finally:
+        _release_connections()
+
+
+class ChunkEndpoint:
+    """ASGI app: upload-token chunk PUTs here, every other request to ``fallback``."""
+
+    def __init__(self, fallback: AsgiApp) -> None:
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = (
+            CHUNK_PATH.match(scope["path"])
+            if scope["type"] == "http" and scope["method"] == "PUT"
+            else None
+        )
+        if match is None:
+            return await self.fallback(scope, receive, send)
+        headers = _headers(scope)
+        authorization = headers.get(b"authorization", b"")
+        secure = _is_secure(scope, headers)
+        if (
+            not authorization.lower().startswith(_AUTH_PREFIX)
+            or not _host_allowed(headers)
+            or (settings.SECURE_SSL_REDIRECT and not secure)
+        ):
+            return await self.fallback(scope, receive, send)
+        await self._serve(scope, receive, send, match["upload_id"], headers, secure=secure)
+        return None
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        raw_upload_id: str,
+        headers: dict[bytes, bytes],
+        *,
+        secure: bool,
+    ) -> None:
+        upload_id = uuid.UUID(raw_upload_id)
+        try:
+            length = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            length = 0
+        # A chunk is at most UPLOAD_MAX_CHUNK_SIZE; one byte more tells that it is too long.
+        body = await _read_body(receive, settings.UPLOAD_MAX_CHUNK_SIZE + 1)
+        if body is None:
+            return
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        md5 = headers.get(b"content-md5")
+        call = partial(
+            _receive_in_thread,
+            upload_id=upload_id,
+            upload_token=headers[b"authorization"].decode("latin-1").partition(" ")[2].strip(),
+            index=(query.get("index") or [None])[0],
+            data=body,
+            length=length,
+            content_md5=md5.decode("latin-1") if md5 is not None else None,
+        )
+        try:
+            receipt = await asyncio.get_running_loop().run_in_executor(_executor, call)
+        except ApplicationError as error:
+            await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
+            return
+        except Exception:
+            logger.exception("A chunk could not be stored (upload %s).", upload_id)
+            await _answer(send, 500, error_body(**_SERVER_ERROR), secure=secure)
+            return
+        await _answer(
+            send,
+            200,
+            {"index": receipt.index, "received": True, "bytes_received": receipt.bytes_received},
+            secure=secure,
+        )
+
+
+_SERVER_ERROR = {
+    "code": "server_error",
+    "message": "The server could not store this chunk.",
+    "hint": "Send it again in a moment; tell your administrator if this keeps happening.",
+}

@@ -1,0 +1,391 @@
+"""Storing chunks: the hot path of an upload, about a thousand requests per GB.
+
+Each chunk is checked (state, range, size, MD5), claimed by a unique row before a byte is
+written, written at its offset, then marked stored while the upload's ``bytes_received``
+grows. Measured on the 2-core reference machine (bench/RESULTS.md), one ORM query cost
+0.4-0.8 ms of CPU, more than the MD5 of the 1 MiB chunk, and a chunk needed ten of them.
+So the per-chunk statements are plain SQL through Django's connection (0.04 ms each;
+portable: SQLite 3.35+ and PostgreSQL both have ON CONFLICT and RETURNING), four in the
+common case, and a verified upload token is trusted for UPLOAD_TOKEN_RECHECK_SECONDS.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from accounts.models import User
+from relaypacs.errors import ApplicationError
+
+from .. import storage
+from ..models import UploadChunk, UploadSession, UploadState
+from ..selectors import upload_expires_at, uploads_visible_to
+from ..tokens import UploadTokenClaim, upload_token_read
+
+# Verified upload tokens remembered per process, dropped all at once beyond this many
+# (a web process sees a few hundred uploads a day; this bounds its memory).
+_VERIFIED_MAX = 10_000
+_verified: dict[str, tuple[float, int]] = {}
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes | memoryview: ...
+
+
+class ChunkTarget(Protocol):
+    """What storing a chunk needs of its upload: an UploadSession, or the row the chunk
+    endpoint reads (``chunk_target_get``)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def total_size(self) -> int: ...
+    @property
+    def total_chunks(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def last_chunk_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class UploadRow:
+    id: uuid.UUID
+    owner_id: int
+    state: str
+    chunk_size: int
+    total_size: int
+    total_chunks: int
+    created_at: datetime
+    last_chunk_at: datetime | None
+
+
+@dataclass(frozen=True)
+class ChunkReceipt:
+    index: int
+    bytes_received: int
+
+
+def _table(model: type[Any]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _col(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _upload_pk(upload_id: uuid.UUID) -> Any:
+    return UploadSession._meta.pk.get_db_prep_value(upload_id, connection)  # type: ignore[union-attr]
+
+
+def _moment(value: Any) -> datetime | None:
+    """A datetime column read by plain SQL: aware, whatever the database returned."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
+
+
+def upload_ensure_receiving(session: ChunkTarget) -> None:
+    """Raises 409 ``upload_not_receiving`` or 410 ``upload_expired``."""
+    if session.state != UploadState.RECEIVING:
+        label = UploadState(session.state).label.lower()
+        raise ApplicationError(
+            "upload_not_receiving",
+            f"This upload is no longer receiving data (it is {label}).",
+            "Check its status; start a new upload if you need to send the files again.",
+            status_code=409,
+            extra={"state": session.state},
+        )
+    if upload_expires_at(session=session) < timezone.now():
+        raise ApplicationError(
+            "upload_expired",
+            "This upload waited too long without data and has expired.",
+            "Start the upload again; the app can do this from the files it kept.",
+            status_code=410,
+        )
+
+
+def _decode_md5(content_md5: str | None) -> str:
+    if not content_md5:
+        raise ApplicationError(
+            "checksum_required",
+            "The chunk was sent without its Content-MD5 checksum.",
+            "Send each chunk with a Content-MD5 header (base64 of the MD5 of the body).",
+        )
+    try:
+        raw = base64.b64decode(content_md5.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 16:
+        raise ApplicationError(
+            "checksum_required",
+            "The Content-MD5 header is not a base64-encoded MD5 digest.",
+            "Send base64 of the 16-byte MD5 of the chunk body.",
+        )
+    return raw.hex()
+
+
+def chunk_index_parse(raw: str | None) -> int:
+    """The ``index`` query parameter of a chunk PUT. Raises 422 ``chunk_out_of_range``."""
+    try:
+        return int(raw or "")
+    except ValueError:
+        raise ApplicationError(
+            "chunk_out_of_range",
+            "The chunk number (index) is missing or not a whole number.",
+            "Send the chunk as PUT .../chunk?index=N.",
+            status_code=422,
+        ) from None
+
+
+def _claim(*, upload_pk: Any, index: int, size: int, md5: str) -> tuple[str, bool]:
+    """Claim chunk ``index`` for ``md5``; the claimed MD5 and whether it is stored.
+
+    A chunk claimed before (a retry, or a racing request) keeps its first claim and
+    counts one more arrival.
+    """
+    chunk = _table(UploadChunk)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {chunk} (session_id, {_col('index')}, size, md5, stored,"  # noqa: S608
+            f" times_received, received_at) VALUES (%s, %s, %s, %s, %s, 1, %s)"
+            f" ON CONFLICT (session_id, {_col('index')}) DO NOTHING",
+            [upload_pk, index, size, md5, False, now],
+        )
+        if cursor.rowcount == 1:
+            return md5, False
+        cursor.execute(
+            f"UPDATE {chunk} SET times_received = times_received + 1"  # noqa: S608
+            f" WHERE session_id = %s AND {_col('index')} = %s RETURNING md5, stored",
+            [upload_pk, index],
+        )
+        claimed_md5, stored = cursor.fetchone()
+    return claimed_md5, bool(stored)
+
+
+def _mark_stored(*, upload_pk: Any, index: int, size: int) -> int:
+    """Mark the chunk stored and count its bytes once; the upload's bytes_received."""
+    chunk, upload = _table(UploadChunk), _table(UploadSession)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {chunk} SET stored = %s, received_at = %s"  # noqa: S608
+            f" WHERE session_id = %s AND {_col('index')} = %s AND stored = %s",
+            [True, now, upload_pk, index, False],
+        )
+        if cursor.rowcount == 1:
+            cursor.execute(
+                f"UPDATE {upload} SET bytes_received = bytes_received + %s,"  # noqa: S608
+                " last_chunk_at = %s WHERE id = %s RETURNING bytes_received",
+                [size, now, upload_pk],
+            )
+        else:
+            cursor.execute(f"SELECT bytes_received FROM {upload} WHERE id = %s", [upload_pk])  # noqa: S608
+        return int(cursor.fetchone()[0])
+
+
+def _bytes_received(*, upload_pk: Any) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT bytes_received FROM {_table(UploadSession)} WHERE id = %s",  # noqa: S608
+            [upload_pk],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def chunk_store(
+    *, session: ChunkTarget, index: int, body: Readable, length: int, content_md5: str | None
+) -> ChunkReceipt:
+    """Check, claim and write chunk ``index`` of ``session``.
+
+    The MD5 is verified and the chunk claimed (a unique row) before a byte is written, so a
+    conflicting retry can never overwrite an acknowledged chunk. Idempotent for the same
+    bytes; safe beside concurrent writers of other chunks (positional writes). The upload's
+    ``bytes_received`` grows once per stored chunk, whatever retries race.
+    Raises 422 ``chunk_out_of_range``/``chunk_size_mismatch``/``checksum_mismatch``,
+    409 ``chunk_conflict``/``upload_not_receiving``, 410 ``upload_expired``.
+    """
+    upload_ensure_receiving(session)
+    if index < 0 or index >= session.total_chunks:
+        raise ApplicationError(
+            "chunk_out_of_range",
+            f"Chunk {index} does not exist: this upload has chunks 0 to {session.total_chunks - 1}.",
+            "Ask the upload status for missing_chunks and send only those.",
+            status_code=422,
+        )
+    expected = min(session.chunk_size, session.total_size - index * session.chunk_size)
+    if length != expected:
+        raise ApplicationError(
+            "chunk_size_mismatch",
+            f"Chunk {index} must be {expected} bytes but {length} bytes arrived.",
+            "The connection may have cut the chunk short; send it again.",
+            status_code=422,
+        )
+    expected_md5 = _decode_md5(content_md5)
+    data = body.read(length + 1)
+    if len(data) != expected:
+        raise ApplicationError(
+            "chunk_size_mismatch",
+            f"Chunk {index} must be {expected} bytes but {len(data)} bytes arrived.",
+            "The connection may have cut the chunk short; send it again.",
+            status_code=422,
+        )
+    actual_md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    if actual_md5 != expected_md5:
+        raise ApplicationError(
+            "checksum_mismatch",
+            f"Chunk {index} was damaged on the way: its checksum does not match.",
+            "Send the chunk again; nothing of it was stored.",
+            status_code=422,
+        )
+    upload_pk = _upload_pk(session.id)
+    claimed_md5, stored = _claim(upload_pk=upload_pk, index=index, size=expected, md5=actual_md5)
+    if claimed_md5 != actual_md5:
+        raise ApplicationError(
+            "chunk_conflict",
+            f"Chunk {index} was already received with different content.",
+            "The file may have changed since the upload started; start a new upload.",
+            status_code=409,
+        )
+    if stored:
+        return ChunkReceipt(index=index, bytes_received=_bytes_received(upload_pk=upload_pk))
+    # Same bytes as the claim: writing them again (a racing retry) is harmless.
+    storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
+    received = _mark_stored(upload_pk=upload_pk, index=index, size=expected)
+    return ChunkReceipt(index=index, bytes_received=received)
+
+
+def upload_token_user(*, claim: UploadTokenClaim) -> User | None:
+    """The active user an upload token acts for, while its sign-in session is on (the
+    session is marked as seen, as an access token's use does)."""
+    from accounts.services import auth_session_touch
+
+    user = User.objects.filter(pk=claim.user_id, is_active=True).first()
+    if user is None:
+        return None
+    if claim.session_id is not None and not auth_session_touch(
+        session_id=claim.session_id, user_id=user.pk
+    ):
+        return None
+    return user
+
+
+def _token_user_id(token: str) -> tuple[UploadTokenClaim, int] | None:
+    """The claim and user id of a valid upload token; checked against the database at most
+    every UPLOAD_TOKEN_RECHECK_SECONDS (so signing out ends chunk uploads within that)."""
+    claim = upload_token_read(token)
+    if claim is None:
+        return None
+    now = time.monotonic()
+    known = _verified.get(token)
+    if known is not None and known[0] > now:
+        return claim, known[1]
+    user = upload_token_user(claim=claim)
+    if user is None:
+        _verified.pop(token, None)
+        return None
+    if settings.UPLOAD_TOKEN_RECHECK_SECONDS > 0:
+        if len(_verified) >= _VERIFIED_MAX:
+            _verified.clear()
+        _verified[token] = (now + settings.UPLOAD_TOKEN_RECHECK_SECONDS, user.pk)
+    return claim, user.pk
+
+
+def chunk_target_get(*, upload_id: uuid.UUID) -> UploadRow | None:
+    """The fields of the upload that storing a chunk needs, in one plain query."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT owner_id, state, chunk_size, total_size, total_chunks, created_at,"  # noqa: S608
+            f" last_chunk_at FROM {_table(UploadSession)} WHERE id = %s",
+            [_upload_pk(upload_id)],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    owner_id, state, chunk_size, total_size, total_chunks, created_at, last_chunk_at = row
+    return UploadRow(
+        id=upload_id,
+        owner_id=int(owner_id),
+        state=str(state),
+        chunk_size=int(chunk_size),
+        total_size=int(total_size),
+        total_chunks=int(total_chunks),
+        created_at=_moment(created_at),  # type: ignore[arg-type]
+        last_chunk_at=_moment(last_chunk_at),
+    )
+
+
+class _Received:
+    """A body already read, as the readable ``chunk_store`` takes (no copy)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data)
+
+    def read(self, size: int = -1, /) -> memoryview:
+        return self._view if size < 0 else self._view[:size]
+
+
+def chunk_receive(
+    *,
+    upload_id: uuid.UUID,
+    upload_token: str,
+    index: str | None,
+    data: bytes | bytearray | memoryview,
+    length: int,
+    content_md5: str | None,
+) -> ChunkReceipt:
+    """A chunk PUT sent with an upload token, from the token to the stored chunk.
+
+    The lean chunk endpoint (``uploads.chunk_endpoint``) calls this with the body it read;
+    it checks what the DRF view and its authentication check, in the same order, with the
+    same errors: 401 ``authentication_failed`` for a token that is not valid, expired, or
+    whose session or account has ended; 404 ``not_found`` for another upload or one the
+    token's user may not reach; then ``chunk_index_parse`` and ``chunk_store``.
+    """
+    verified = _token_user_id(upload_token)
+    if verified is None:
+        raise ApplicationError(
+            "authentication_failed",
+            "Your sign-in could not be checked or has expired.",
+            "Sign in again, then repeat what you were doing.",
+            status_code=401,
+        )
+    claim, user_id = verified
+    target = chunk_target_get(upload_id=upload_id) if claim.upload_id == upload_id else None
+    if target is not None and target.owner_id != user_id:
+        # A colleague's or an administrator's token: as far as their role reaches today.
+        user = User.objects.filter(pk=user_id).first()
+        if user is None or not uploads_visible_to(user=user).filter(pk=upload_id).exists():
+            target = None
+    if target is None:
+        raise ApplicationError(
+            "not_found",
+            "Nothing was found here.",
+            "Check the link or the upload id; it may have been cancelled or removed.",
+            status_code=404,
+        )
+    return chunk_store(
+        session=target,
+        index=chunk_index_parse(index),
+        body=_Received(data),
+        length=length,
+        content_md5=content_md5,
+    )

@@ -1,0 +1,310 @@
+"""The lean ASGI chunk endpoint answers exactly as the DRF chunk view, and upload tokens
+end with their sign-in session and act only for the user who asked for them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+from django.db import connections
+from rest_framework.test import APIClient
+
+from accounts.models import Role
+from accounts.tests.factories import FacilityFactory, UserFactory
+from accounts.tests.helpers import PASSWORD
+from relaypacs.asgi import application
+from uploads.models import UploadChunk, UploadSession
+from uploads.tests.helpers import content_md5
+from uploads.tokens import upload_token_issue
+
+# The endpoint's threads use their own connections: the data must be committed.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHUNK = 256 * 1024
+SIZE = CHUNK * 2 + 1000
+
+
+def asgi_put(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    """One request through the ASGI application as uvicorn hands it over (body in pieces)."""
+    import json
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": path.partition("?")[0],
+        "raw_path": path.partition("?")[0].encode(),
+        "query_string": path.partition("?")[2].encode(),
+        "root_path": "",
+        "headers": [
+            (k.lower().encode(), v.encode())
+            for k, v in {"Host": "testserver", "Content-Length": str(len(body)), **headers}.items()
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    pieces = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
+    messages = [
+        {"type": "http.request", "body": piece, "more_body": i < len(pieces) - 1}
+        for i, piece in enumerate(pieces)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.Future()  # the client stays connected until the response is sent
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(application(scope, receive, send))
+    start = sent[0]
+    response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
+    content = b"".join(m.get("body", b"") for m in sent[1:])
+    is_json = response_headers.get("content-type", "").startswith("application/json")
+    return start["status"], response_headers, json.loads(content) if is_json else content
+
+
+def signed_in(user: Any) -> APIClient:
+    """A client signed in through the login API, so that its access token has a session."""
+    client = APIClient()
+    tokens = client.post(
+        "/api/v1/auth/login", {"username": user.username, "password": PASSWORD}, format="json"
+    ).json()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    return client
+
+
+def init(client: APIClient) -> dict[str, Any]:
+    body = {
+        "files": [
+            {"name": "a.dcm", "size": CHUNK + 10},
+            {"name": "b.dcm", "size": SIZE - CHUNK - 10},
+        ],
+        "chunk_size": CHUNK,
+    }
+    response = client.post("/api/v1/upload/init", body, format="json")
+    assert response.status_code == 201, response.json()
+    return response.json()
+
+
+@pytest.fixture
+def uploader() -> Any:
+    return UserFactory(role=Role.CLINICIAN)
+
+
+def drf_put(upload: dict[str, Any], query: str, body: bytes, headers: dict[str, str]) -> Any:
+    client = APIClient()
+    meta = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+    response = client.put(
+        f"/api/v1/upload/{upload['upload_id']}/chunk{query}",
+        data=body,
+        content_type="application/octet-stream",
+        **meta,
+    )
+    return response.status_code, response.json()
+
+
+def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader):
+    client = signed_in(uploader)
+    via_drf, via_asgi = init(client), init(client)
+    payload = os.urandom(SIZE)
+    first, last = payload[:CHUNK], payload[2 * CHUNK :]
+
+    def both(query: str, body: bytes, headers: dict[str, str], token_of: str = "self") -> Any:
+        def token(upload: dict[str, Any]) -> str:
+            if token_of == "other":  # the other upload's token
+                return (via_asgi if upload is via_drf else via_drf)["upload_token"]
+            if token_of == "tampered":
+                return upload["upload_token"][:-2] + "xx"
+            return upload["upload_token"]
+
+        drf = drf_put(
+            via_drf, query, body, {"Authorization": f"Bearer {token(via_drf)}", **headers}
+        )
+        status, response_headers, asgi = asgi_put(
+            f"/api/v1/upload/{via_asgi['upload_id']}/chunk{query}",
+            body,
+            {"Authorization": f"Bearer {token(via_asgi)}", **headers},
+        )
+        assert (status, asgi) == drf, query
+        assert response_headers["x-content-type-options"] == "nosniff"
+        return status, asgi, response_headers
+
+    md5 = {"Content-MD5": content_md5(first)}
+    status, body, _ = both("?index=0", first, md5)
+    assert (status, body) == (200, {"index": 0, "received": True, "bytes_received": CHUNK})
+    assert both("?index=0", first, md5)[:2] == (200, body)  # a retry is harmless
+    assert both("?index=2", last, {"Content-MD5": content_md5(last)})[1]["bytes_received"] == (
+        CHUNK + len(last)
+    )
+    wrong = {"Content-MD5": content_md5(b"other bytes")}
+    assert both("?index=1", payload[CHUNK : 2 * CHUNK], wrong)[1]["error"]["code"] == (
+        "checksum_mismatch"
+    )
+    assert both("?index=1", payload[CHUNK : 2 * CHUNK], {})[1]["error"]["code"] == (
+        "checksum_required"
+    )
+    assert both("", first, md5)[:2][0] == 422
+    assert both("?index=9", first, md5)[1]["error"]["code"] == "chunk_out_of_range"
+    assert both("?index=1", first[:100], {"Content-MD5": content_md5(first[:100])})[1]["error"][
+        "code"
+    ] == ("chunk_size_mismatch")
+    changed = os.urandom(CHUNK)
+    assert both("?index=0", changed, {"Content-MD5": content_md5(changed)})[1]["error"]["code"] == (
+        "chunk_conflict"
+    )
+    assert both("?index=1", first, md5, token_of="other")[0] == 404
+    status, body, headers = both("?index=1", first, md5, token_of="tampered")
+    assert status == 401 and body["error"]["code"] == "authentication_failed"
+    assert headers["www-authenticate"].startswith("Bearer")
+    # Each upload counted each stored chunk once, whatever arrived twice.
+    for upload in (via_drf, via_asgi):
+        session = UploadSession.objects.get(pk=upload["upload_id"])
+        assert session.bytes_received == CHUNK + len(last)
+        assert UploadChunk.objects.get(session=session, index=0).times_received == 3
+
+
+def test_requests_the_endpoint_does_not_serve_reach_django(uploader, settings):
+    settings.ALLOWED_HOSTS = ["testserver"]
+    client = signed_in(uploader)
+    upload = init(client)
+    data = os.urandom(CHUNK)
+    access = client._credentials["HTTP_AUTHORIZATION"]  # noqa: SLF001
+    # A chunk sent with the access token is served by the DRF view, with the same answer.
+    status, _, body = asgi_put(
+        f"/api/v1/upload/{upload['upload_id']}/chunk?index=0",
+        data,
+        {"Authorization": access, "Content-MD5": content_md5(data)},
+    )
+    assert (status, body) == (200, {"index": 0, "received": True, "bytes_received": CHUNK})
+    # A host that is not allowed gets Django's refusal, not a stored chunk.
+    status, _, _ = asgi_put(
+        f"/api/v1/upload/{upload['upload_id']}/chunk?index=1",
+        data,
+        {
+            "Authorization": f"Bearer {upload['upload_token']}",
+            "Content-MD5": content_md5(data),
+            "Host": "evil.example",
+        },
+    )
+    assert status == 400
+    assert not UploadChunk.objects.filter(session_id=upload["upload_id"], index=1).exists()
+
+
+def test_the_endpoint_keeps_no_connection_open_in_tests_and_reuses_one_in_production(
+    uploader, settings
+):
+    from uploads import chunk_endpoint
+
+    client = signed_in(uploader)
+    upload = init(client)
+    data = os.urandom(CHUNK)
+    headers = {
+        "Authorization": f"Bearer {upload['upload_token']}",
+        "Content-MD5": content_md5(data),
+    }
+    settings.CHUNK_DB_CONN_MAX_AGE = 300
+
+    def connection_of_worker() -> Any:
+        return chunk_endpoint._executor.submit(  # noqa: SLF001
+            lambda: connections["default"].connection
+        ).result()
+
+    try:
+        chunk_endpoint._executor._max_workers = 1  # noqa: SLF001 - one thread: one connection
+        assert (
+            asgi_put(f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers)[0] == 200
+        )
+        kept = connection_of_worker()
+        assert kept is not None
+        assert (
+            asgi_put(f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers)[0] == 200
+        )
+        assert connection_of_worker() is kept
+    finally:
+        chunk_endpoint._executor._max_workers = chunk_endpoint.CHUNK_THREADS  # noqa: SLF001
+        settings.CHUNK_DB_CONN_MAX_AGE = 0
+        chunk_endpoint._executor.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
+
+
+def test_an_upload_token_ends_with_the_session_it_was_issued_in(uploader):
+    client = signed_in(uploader)
+    upload = init(client)
+    data = os.urandom(CHUNK)
+    headers = {
+        "Authorization": f"Bearer {upload['upload_token']}",
+        "Content-MD5": content_md5(data),
+    }
+    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index=0"
+    assert asgi_put(path, data, headers)[0] == 200
+    assert client.post("/api/v1/auth/sessions/revoke-all", {}, format="json").status_code in (
+        200,
+        204,
+    )
+    assert asgi_put(path, data, headers)[0] == 401
+    token_client = APIClient()
+    token_client.credentials(HTTP_AUTHORIZATION=headers["Authorization"])
+    assert token_client.get(f"/api/v1/upload/{upload['upload_id']}/status").status_code == 401
+
+
+def test_an_upload_token_only_sends_checks_and_completes_its_upload(uploader):
+    client = signed_in(uploader)
+    upload = init(client)
+    token_client = APIClient()
+    token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {upload['upload_token']}")
+    base = f"/api/v1/upload/{upload['upload_id']}"
+    assert token_client.get(f"{base}/status").status_code == 200
+    assert token_client.post(f"{base}/complete").status_code == 409  # chunks missing
+    for method, path in (
+        ("post", f"{base}/confirm"),
+        ("post", f"{base}/retry"),
+        ("delete", base),
+        ("post", f"{base}/token"),
+        ("get", "/api/v1/uploads"),
+    ):
+        response = getattr(token_client, method)(path)
+        assert response.status_code == 403, path
+        assert response.json()["error"]["code"] == "upload_token_not_accepted", path
+    assert UploadSession.objects.get(pk=upload["upload_id"]).state == "receiving"
+
+
+def test_an_upload_token_acts_for_whoever_asked_for_it_not_for_the_owner(uploader):
+    """A colleague's token opens the upload only while the colleague may reach it."""
+    facility = FacilityFactory()
+    uploader.role, uploader.facility = Role.RADIOGRAPHER, facility
+    uploader.save(update_fields=["role", "facility"])
+    colleague = UserFactory(role=Role.RADIOGRAPHER, facility=facility)
+    upload = init(signed_in(uploader))
+    colleague_client = signed_in(colleague)
+    token = colleague_client.post(f"/api/v1/upload/{upload['upload_id']}/token").json()[
+        "upload_token"
+    ]
+    token_client = APIClient()
+    token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    status_path = f"/api/v1/upload/{upload['upload_id']}/status"
+    assert token_client.get(status_path).status_code == 200
+    # Moved to another facility, the colleague's token no longer reaches the upload.
+    colleague.facility = FacilityFactory()
+    colleague.save(update_fields=["facility"])
+    assert token_client.get(status_path).status_code == 404
+    data = os.urandom(CHUNK)
+    status, _, body = asgi_put(
+        f"/api/v1/upload/{upload['upload_id']}/chunk?index=0",
+        data,
+        {"Authorization": f"Bearer {token}", "Content-MD5": content_md5(data)},
+    )
+    assert status == 404 and body["error"]["code"] == "not_found"
+    # A token minted for a user who is not the owner never reached it by the owner's rights.
+    stranger = UserFactory(role=Role.CLINICIAN)
+    forged_for_stranger = upload_token_issue(
+        upload_id=upload["upload_id"], user_id=stranger.pk, session_id=None
+    )
+    token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {forged_for_stranger}")
+    assert token_client.get(status_path).status_code == 404
