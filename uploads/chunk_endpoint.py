@@ -48,9 +48,10 @@ CHUNK_PATH = re.compile(
     r"^/api/v1/upload/(?P<upload_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"/chunk$"
 )
-# Threads (each with its own database connection) per web process: the PWA keeps up to
-# four chunks in flight per study, and a clinic sends a few studies at once.
-CHUNK_THREADS = 2
+# Threads (each with its own database connection) per web process: enough to overlap the
+# fdatasync of the chunks in flight (the PWA sends up to four at once, spread over the web
+# processes); more threads only contend for the GIL.
+CHUNK_THREADS = 4
 _AUTH_PREFIX = b"bearer " + PREFIX.encode()
 
 _executor = ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="chunk")
