@@ -6,7 +6,7 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
@@ -64,7 +64,7 @@ def _fail_poisoned(*, now: datetime) -> None:
         attempts__gte=MAX_PROCESSING_ATTEMPTS,
         lease_until__lt=now,
     )
-    for upload_id in list(poisoned.values_list("pk", flat=True)[:REDISPATCH_BATCH]):
+    for upload_id, owner_id in list(poisoned.values_list("pk", "owner_id")[:REDISPATCH_BATCH]):
         moved = UploadSession.objects.filter(
             pk=upload_id, state=UploadState.PROCESSING, lease_until__lt=now
         ).update(
@@ -83,7 +83,12 @@ def _fail_poisoned(*, now: datetime) -> None:
         )
         if moved:
             logger.error("upload %s failed: processing crashed repeatedly", upload_id)
-            events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code="processing_failed")
+            events.emit(
+                events.UPLOAD_FAILED,
+                upload_id=str(upload_id),
+                owner_id=owner_id,
+                code="processing_failed",
+            )
 
 
 def uploads_cleanup() -> int:
@@ -96,11 +101,11 @@ def uploads_cleanup() -> int:
     window = settings.UPLOAD_RESUME_WINDOW
     expired = (
         UploadSession.objects.filter(state=UploadState.RECEIVING)
-        .annotate(last=Greatest("created_at", Coalesce(Max("chunks__received_at"), "created_at")))
+        .annotate(last=Greatest("created_at", Coalesce("last_chunk_at", "created_at")))
         .filter(last__lt=now - window)
-        .values_list("pk", flat=True)
+        .values_list("pk", "owner_id")
     )
-    for upload_id in list(expired[:REDISPATCH_BATCH]):
+    for upload_id, owner_id in list(expired[:REDISPATCH_BATCH]):
         moved = UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).update(
             state=UploadState.FAILED,
             failed_at=now,
@@ -112,7 +117,12 @@ def uploads_cleanup() -> int:
             },
         )
         if moved:
-            events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code="upload_expired")
+            events.emit(
+                events.UPLOAD_FAILED,
+                upload_id=str(upload_id),
+                owner_id=owner_id,
+                code="upload_expired",
+            )
     removable = UploadSession.objects.filter(files_deleted=False).filter(
         Q(state__in=[UploadState.CANCELLED, UploadState.COMPLETED])
         | Q(state=UploadState.FAILED, failed_at__lt=now - settings.PACS_RETRY_WINDOW)

@@ -1,5 +1,7 @@
 """Beat's jobs: re-dispatch stranded work, expire and clean up old uploads."""
 
+import io
+import os
 from datetime import timedelta
 from unittest import mock
 
@@ -7,10 +9,11 @@ import pytest
 from django.utils import timezone
 
 from uploads import storage
-from uploads.models import UploadChunk, UploadSession, UploadState
-from uploads.services import uploads_cleanup, uploads_redispatch
+from uploads.models import UploadSession, UploadState
+from uploads.services import chunk_store, uploads_cleanup, uploads_redispatch
 from uploads.services.ingest import ManifestFile, UploadInit, upload_init
 from uploads.services.leases import lease_claim, lease_renew
+from uploads.tests.helpers import content_md5
 
 pytestmark = pytest.mark.django_db
 
@@ -87,9 +90,12 @@ def test_cleanup_expires_idle_receiving_uploads_and_deletes_their_bytes(user, se
 
 def test_a_recent_chunk_keeps_an_old_upload_resumable(user, settings):
     session = new_upload(user)
+    data = os.urandom(1000)
+    chunk_store(
+        session=session, index=0, body=io.BytesIO(data), length=1000, content_md5=content_md5(data)
+    )
     old = timezone.now() - settings.UPLOAD_RESUME_WINDOW - timedelta(minutes=1)
     UploadSession.objects.filter(pk=session.pk).update(created_at=old)
-    UploadChunk.objects.create(session=session, index=0, size=1000, md5="0" * 32, stored=True)
     uploads_cleanup()
     session.refresh_from_db()
     assert session.state == UploadState.RECEIVING
