@@ -126,16 +126,21 @@ async def _answer(send: Send, status: int, payload: dict[str, Any], *, secure: b
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive, limit: int) -> bytearray | None:
-    """The request body, at most ``limit`` bytes; None when the client went away."""
-    body = bytearray()
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, at most ``limit`` bytes; None when the client went away.
+
+    The pieces are joined once at the end (one copy of the chunk, not one per piece)."""
+    pieces: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        body += message.get("body", b"")
-        if len(body) >= limit or not message.get("more_body", False):
-            return body
+        piece = message.get("body", b"")
+        pieces.append(piece)
+        size += len(piece)
+        if size >= limit or not message.get("more_body", False):
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _release_connections() -> None:
