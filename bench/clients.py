@@ -347,10 +347,10 @@ class RelayClient:
         raise RuntimeError(f"upload not completed within {FORWARD_TIMEOUT_SECONDS}s")
 
     def cancel(self, upload: Mapping[str, Any]) -> None:
-        """Cancel the upload, which deletes its stored bytes."""
+        """Cancel the upload, which deletes its stored bytes (needs the access token)."""
         response = self.http.delete(
             f"{self.base}/api/v1/upload/{upload['upload_id']}",
-            headers=self._upload_auth(upload),
+            headers={"Authorization": f"Bearer {self.access}"},
             timeout=60,
         )
         self._check(response, 204, "upload cancel")
