@@ -20,6 +20,9 @@ def app_shell(request: HttpRequest) -> HttpResponseBase:
 
 urlpatterns = [
     path("", app_shell, name="app"),
+    # The PWA's pages that emailed links open (email confirmation, password reset).
+    path("verify-email", app_shell, name="app-verify-email"),
+    path("reset-password", app_shell, name="app-reset-password"),
     path("admin/", admin.site.urls),
     path("api/v1/auth/", include("accounts.urls")),
     path("api/v1/", include("uploads.urls")),

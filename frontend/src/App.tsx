@@ -1,5 +1,7 @@
 import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState, type FormEvent } from "react";
+import { getPreferences, SERVICE_LEVELS } from "./account";
+import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmail } from "./AccountScreens";
 import { ApiError } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
 import { db, type ServiceLevel, type Study, type StudyFields, type UserError } from "./db";
@@ -21,6 +23,9 @@ import {
 } from "./studies";
 import { toUserError } from "./uploader";
 import { History } from "./History";
+import { navigate, useRoute } from "./router";
+import { Settings } from "./Settings";
+import { ErrorBox } from "./ui";
 import { VirtualList } from "./VirtualList";
 
 function useOnline(): boolean {
@@ -35,16 +40,6 @@ function useOnline(): boolean {
     };
   }, []);
   return online;
-}
-
-function ErrorBox({ error }: { error: UserError | null }) {
-  if (!error) return null;
-  return (
-    <div className="error" role="alert">
-      <strong>{error.message}</strong>
-      {error.hint && <span> {error.hint}</span>}
-    </div>
-  );
 }
 
 function SignIn({ expiredUser }: { expiredUser?: string }) {
@@ -94,6 +89,11 @@ function SignIn({ expiredUser }: { expiredUser?: string }) {
           {busy ? "Signing in…" : "Sign in"}
         </button>
       </form>
+      <div className="links">
+        <a href="/#/forgot-password">Forgot your password?</a>
+        <a href="/#/register">Create an account</a>
+      </div>
+      {error?.code === "email_not_verified" && <ResendVerification />}
     </main>
   );
 }
@@ -141,13 +141,6 @@ function UploadButton({ onPick }: { onPick: (files: File[], kind: Picked["kind"]
   );
 }
 
-const SERVICE_LEVELS: { value: ServiceLevel; label: string }[] = [
-  { value: "routine", label: "Routine" },
-  { value: "urgent", label: "Urgent" },
-  { value: "emergency", label: "Emergency" },
-  { value: "stat", label: "STAT" },
-];
-
 function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onDone: () => void }) {
   const summary: StudySummary | null = picked.headers ? summarise(picked.headers) : null;
   const totalSize = picked.files.reduce((s, f) => s + f.size, 0);
@@ -156,9 +149,22 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
   const [studyName, setStudyName] = useState<string | null>(null);
   const [notes, setNotes] = useState("");
   const [level, setLevel] = useState<ServiceLevel>("routine");
+  const [levelChosen, setLevelChosen] = useState(false);
   const [error, setError] = useState<UserError | null>(null);
   const [busy, setBusy] = useState(false);
   const defaultName = summary?.studyDescription || (isPhotos ? "Photos" : "");
+  useEffect(() => {
+    // The user's default service level (Settings) when the network can tell it; routine otherwise.
+    if (!navigator.onLine || levelChosen) return;
+    let live = true;
+    getPreferences().then(
+      (p) => live && setLevel((current) => (current === "routine" ? p.default_service_level : current)),
+      () => undefined,
+    );
+    return () => {
+      live = false;
+    };
+  }, [levelChosen]);
   const name = studyName ?? defaultName;
 
   async function submit(event: FormEvent) {
@@ -252,7 +258,16 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
           <legend>Service level</legend>
           {SERVICE_LEVELS.map((l) => (
             <label key={l.value} className={level === l.value ? "level selected" : "level"}>
-              <input type="radio" name="level" value={l.value} checked={level === l.value} onChange={() => setLevel(l.value)} />
+              <input
+                type="radio"
+                name="level"
+                value={l.value}
+                checked={level === l.value}
+                onChange={() => {
+                  setLevelChosen(true);
+                  setLevel(l.value);
+                }}
+              />
               {l.label}
             </label>
           ))}
@@ -402,7 +417,10 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
     <main className="screen">
       <div className="toolbar">
         <span className="user">{owner}</span>
-        <button onClick={() => void askSignOut()}>Sign out</button>
+        <div className="actions">
+          <button onClick={() => navigate({ screen: "settings" })}>Settings</button>
+          <button onClick={() => void askSignOut()}>Sign out</button>
+        </div>
       </div>
       {signingOut !== null && (
         <div className="dialog" role="alertdialog" aria-label="Sign out">
@@ -439,6 +457,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
 export function App() {
   const session = useLiveQuery(() => currentSession().then((s) => s ?? null), []);
   const online = useOnline();
+  const route = useRoute();
   // Restart the uploader only when the user or the session's validity changes, not on every
   // token refresh.
   const activeUser = session && !session.expired ? session.username : null;
@@ -459,7 +478,17 @@ export function App() {
           You are offline. Studies you add are kept on this device and sent when the network is back.
         </div>
       )}
-      {session && !session.expired ? <Queue owner={session.username} online={online} /> : <SignIn expiredUser={session?.expired ? session.username : undefined} />}
+      <Screen route={route} user={activeUser} expiredUser={session?.expired ? session.username : undefined} online={online} />
     </>
   );
+}
+
+function Screen({ route, user, expiredUser, online }: { route: ReturnType<typeof useRoute>; user: string | null; expiredUser?: string; online: boolean }) {
+  // The pages an email links to open whether or not someone is signed in on this device.
+  if (route.screen === "verify") return <VerifyEmail token={route.token} />;
+  if (route.screen === "reset") return <ResetPassword uid={route.uid} token={route.token} />;
+  if (user) return route.screen === "settings" ? <Settings key={user} username={user} online={online} /> : <Queue owner={user} online={online} />;
+  if (route.screen === "register") return <Register />;
+  if (route.screen === "forgot") return <ForgotPassword />;
+  return <SignIn expiredUser={expiredUser} />;
 }

@@ -10,6 +10,9 @@ declare const self: ServiceWorkerGlobalScope & { __WB_MANIFEST: Array<{ url: str
 
 precacheAndRoute(self.__WB_MANIFEST);
 cleanupOutdatedCaches();
+// Every navigation outside the server's own paths gets the app shell, among them the pages
+// emailed links open (/verify-email, /reset-password): they load offline too, and say the
+// network is needed for what they send.
 registerRoute(
   new NavigationRoute(createHandlerBoundToURL("/index.html"), {
     denylist: [/^\/api\//, /^\/admin/, /^\/static\//],

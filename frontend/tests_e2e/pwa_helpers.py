@@ -5,14 +5,19 @@ that name in one pytest run.)"""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
+from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
 USERNAME = "tech"
@@ -134,3 +139,82 @@ class CuttableLink:
         self.closed = True
         self.cut()
         self.listener.close()
+
+
+# The product's Celery worker sends each mail once the request has committed: a second or
+# two here, more on a busy CI machine.
+MAIL_DEADLINE_SECONDS = 20
+
+
+class MailSink:
+    """A real SMTP server (aiosmtpd) on this machine that keeps what the product sends:
+    point the product at it with ``env`` and read the links in the mails."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.handlers import Message
+
+        sink = self
+
+        class Inbox(Message):
+            def handle_message(self, message: EmailMessage) -> None:
+                with sink.lock:
+                    sink.messages.append(message)
+
+        self.lock = threading.Lock()
+        self.messages: list[EmailMessage] = []
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.controller = Controller(Inbox(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "EMAIL_HOST": "127.0.0.1",
+            "EMAIL_PORT": str(self.port),
+            "EMAIL_USE_TLS": "false",
+        }
+
+    def wait_for(self, to: str, subject: str) -> str:
+        """The text of the first mail to ``to`` with ``subject``; fails after the deadline."""
+        deadline = time.monotonic() + MAIL_DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            with self.lock:
+                for message in self.messages:
+                    if message["To"] == to and message["Subject"] == subject:
+                        payload = message.get_payload(decode=True)
+                        assert isinstance(payload, bytes), message
+                        return payload.decode()
+            time.sleep(0.05)
+        with self.lock:
+            seen = [(m["To"], m["Subject"]) for m in self.messages]
+        raise AssertionError(f"no mail {subject!r} to {to}; received {seen}")
+
+    def close(self) -> None:
+        self.controller.stop()
+
+
+def link_in(text: str) -> tuple[str, dict[str, str]]:
+    """The path and query values of the first http(s) link in a mail's text."""
+    match = re.search(r"https?://\S+", text)
+    assert match, text
+    url = urlsplit(match.group(0))
+    return url.path, {k: v[0] for k, v in parse_qs(url.query).items()}
+
+
+def totp_code(otpauth_uri: str, steps_ahead: int = 0) -> str:
+    """The code an authenticator app shows for ``otpauth_uri``, ``steps_ahead`` time steps
+    from now (the server takes each step's code once, so a second sign-in uses the next)."""
+    from django_otp.oath import TOTP
+
+    query = {k: v[0] for k, v in parse_qs(urlsplit(otpauth_uri).query).items()}
+    secret = query["secret"].upper()
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    step = int(query.get("period", "30"))
+    digits = int(query.get("digits", "6"))
+    totp = TOTP(key, step=step, digits=digits)
+    totp.time = time.time() + steps_ahead * step
+    return f"{totp.token():0{digits}d}"

@@ -1,0 +1,85 @@
+import "fake-indexeddb/auto";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { backupCodesText, chunkSizeLabel, deviceName, otpauthSecret, profileChanges, signedInFetch, type Profile } from "./account";
+import { db } from "./db";
+
+const profile: Profile = {
+  username: "tech",
+  role: "clinician",
+  facility: null,
+  email: "Tech@Clinic.example",
+  pending_email: "",
+  full_name: "Tess Tech",
+  email_verified: true,
+  twofactor_enabled: false,
+};
+
+describe("account helpers", () => {
+  it("sends only what changed in the profile", () => {
+    expect(profileChanges(profile, { fullName: " Tess Tech ", email: "tech@clinic.example" })).toEqual({});
+    expect(profileChanges(profile, { fullName: "Tess T. Tech", email: "Tech@Clinic.example" })).toEqual({ full_name: "Tess T. Tech" });
+    expect(profileChanges(profile, { fullName: "Tess Tech", email: " new@clinic.example " })).toEqual({ email: "new@clinic.example" });
+  });
+
+  it("labels chunk sizes in KiB and MiB", () => {
+    expect(chunkSizeLabel(null)).toBe("Server default");
+    expect(chunkSizeLabel(256 * 1024)).toBe("256 KiB");
+    expect(chunkSizeLabel(4 * 1024 * 1024)).toBe("4 MiB");
+  });
+
+  it("reads the secret of an otpauth URI", () => {
+    expect(otpauthSecret("otpauth://totp/RelayPACS:tech?secret=JBSWY3DPEHPK3PXP&algorithm=SHA1&digits=6&period=30")).toBe("JBSWY3DPEHPK3PXP");
+    expect(otpauthSecret("not a uri")).toBe("");
+  });
+
+  it("names devices from their user agent", () => {
+    expect(deviceName("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Mobile Safari/537.36")).toBe("Chrome on Android");
+    expect(deviceName("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1")).toBe("Safari on iOS");
+    expect(deviceName("python-requests/2.32")).toBe("python-requests/2.32");
+    expect(deviceName("")).toBe("Unknown device");
+  });
+
+  it("writes the backup codes one a line under a title", () => {
+    const text = backupCodesText(["aa11", "bb22"], "tech");
+    expect(text.split("\n")).toContain("aa11");
+    expect(text).toContain("tech");
+  });
+});
+
+function jwt(expSecondsFromNow: number): string {
+  const payload = btoa(JSON.stringify({ exp: Math.floor(Date.now() / 1000) + expSecondsFromNow }));
+  return `h.${payload.replace(/=+$/, "")}.s`;
+}
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json" } });
+}
+
+describe("signed-in calls", () => {
+  beforeEach(async () => {
+    await db.auth.clear();
+  });
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  it("refreshes a refused access token once and repeats the call", async () => {
+    const stale = jwt(3600);
+    const fresh = jwt(3600) + "x";
+    await db.auth.put({ key: "current", username: "tech", access: stale, refresh: "r1", expired: false });
+    const fetch = vi
+      .fn()
+      .mockResolvedValueOnce(json(401, { error: { code: "authentication_failed", message: "Your sign-in could not be checked.", hint: "" } }))
+      .mockResolvedValueOnce(json(200, { access: fresh, refresh: "r2" }))
+      .mockResolvedValueOnce(json(200, { enabled: false, backup_codes_left: 0 }));
+    vi.stubGlobal("fetch", fetch);
+    expect(await signedInFetch("/auth/2fa")).toEqual({ enabled: false, backup_codes_left: 0 });
+    expect(fetch.mock.calls[2]![1].headers.Authorization).toBe(`Bearer ${fresh}`);
+  });
+
+  it("passes the server's refusal on when it is not about the token", async () => {
+    await db.auth.put({ key: "current", username: "tech", access: jwt(3600), refresh: "r1", expired: false });
+    vi.stubGlobal("fetch", vi.fn().mockResolvedValue(json(400, { error: { code: "invalid_otp", message: "The code is not correct.", hint: "Check the time." } })));
+    await expect(signedInFetch("/auth/2fa/confirm", { method: "POST", json: { otp: "1" } })).rejects.toMatchObject({ code: "invalid_otp", status: 400 });
+  });
+});
