@@ -22,7 +22,7 @@ from relaypacs.openapi import error_responses
 
 from . import services, storage
 from .models import UploadSession, UploadState
-from .permissions import AccessTokenOnly, AccessTokenToControl
+from .permissions import AccessTokenOnly
 from .selectors import upload_expires_at, upload_get_for, upload_status, uploads_list
 
 
@@ -229,16 +229,12 @@ class UploadCompleteApi(APIView):
 
 
 class UploadConfirmApi(APIView):
-    permission_classes = [IsAuthenticated, AccessTokenToControl]
-
     @extend_schema(
         operation_id="upload_confirm",
         request=None,
         responses={
             202: StateResponse,
-            **error_responses(
-                401, 403, 404, 409, s403="upload_token_not_accepted", s409="nothing_to_confirm"
-            ),
+            **error_responses(401, 404, 409, s409="nothing_to_confirm"),
         },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
@@ -247,16 +243,12 @@ class UploadConfirmApi(APIView):
 
 
 class UploadRetryApi(APIView):
-    permission_classes = [IsAuthenticated, AccessTokenToControl]
-
     @extend_schema(
         operation_id="upload_retry",
         request=None,
         responses={
             202: StateResponse,
-            **error_responses(
-                401, 403, 404, 409, s403="upload_token_not_accepted", s409="nothing_to_retry"
-            ),
+            **error_responses(401, 404, 409, s409="nothing_to_retry"),
         },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
@@ -286,15 +278,11 @@ class UploadTokenApi(APIView):
 
 
 class UploadCancelApi(APIView):
-    permission_classes = [IsAuthenticated, AccessTokenToControl]
-
     @extend_schema(
         operation_id="upload_cancel",
         responses={
             204: None,
-            **error_responses(
-                401, 403, 404, 409, s403="upload_token_not_accepted", s409="upload_completed"
-            ),
+            **error_responses(401, 404, 409, s409="upload_completed"),
         },
     )
     def delete(self, request: Request, upload_id: uuid.UUID) -> Response:

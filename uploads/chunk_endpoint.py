@@ -46,7 +46,7 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The path of the DRF route ``upload/<uuid:upload_id>/chunk`` (Django's uuid converter).
 CHUNK_PATH = re.compile(
     r"^/api/v1/upload/(?P<upload_id>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
-    r"/chunk$"
+    r"/chunk"
 )
 # Threads (each with its own database connection) per web process: enough to overlap the
 # fdatasync of the chunks in flight (the PWA sends up to four at once, spread over the web
@@ -68,19 +68,21 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
 
 
 def _is_secure(scope: Scope, headers: dict[bytes, bytes]) -> bool:
-    """As Django's ``request.is_secure()``: the scheme, or the trusted proxy's header."""
-    if scope.get("scheme") == "https":
-        return True
+    """As Django's ``request.is_secure()``: the trusted proxy's header when it is present
+    (its first value decides), else the connection's scheme."""
     proxy = settings.SECURE_PROXY_SSL_HEADER
-    if not proxy:
-        return False
-    name, value = proxy
-    header = name.removeprefix("HTTP_").replace("_", "-").lower().encode()
-    return headers.get(header, b"").decode("latin-1").split(",")[0].strip() == value
+    if proxy:
+        name, value = proxy
+        header = headers.get(name.removeprefix("HTTP_").replace("_", "-").lower().encode())
+        if header is not None:
+            return header.decode("latin-1").split(",", 1)[0].strip() == value
+    return scope.get("scheme") == "https"
 
 
 def _host_allowed(headers: dict[bytes, bytes]) -> bool:
-    host = headers.get(b"host", b"").decode("latin-1")
+    """As Django's ``request.get_host()``: the host checked against ALLOWED_HOSTS."""
+    forwarded = headers.get(b"x-forwarded-host") if settings.USE_X_FORWARDED_HOST else None
+    host = (forwarded if forwarded is not None else headers.get(b"host", b"")).decode("latin-1")
     domain, _port = split_domain_port(host)
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
@@ -181,7 +183,7 @@ class ChunkEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = (
-            CHUNK_PATH.match(scope["path"])
+            CHUNK_PATH.fullmatch(scope["path"])
             if scope["type"] == "http" and scope["method"] == "PUT"
             else None
         )
@@ -218,13 +220,14 @@ class ChunkEndpoint:
         body = await _read_body(receive, settings.UPLOAD_MAX_CHUNK_SIZE + 1)
         if body is None:
             return
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        # As Django's QueryDict.get: the last value of a repeated parameter.
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         md5 = headers.get(b"content-md5")
         call = partial(
             _receive_in_thread,
             upload_id=upload_id,
             upload_token=headers[b"authorization"].decode("latin-1").partition(" ")[2].strip(),
-            index=(query.get("index") or [None])[0],
+            index=(query.get("index") or [None])[-1],
             data=body,
             length=length,
             content_md5=md5.decode("latin-1") if md5 is not None else None,

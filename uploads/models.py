@@ -76,10 +76,9 @@ class UploadSession(models.Model):
     warnings = models.JSONField(default=list, blank=True)
     error = models.JSONField(null=True, blank=True)
     files_deleted = models.BooleanField(default=False)
-    # Kept with every stored chunk, so a chunk request never aggregates over the upload's
-    # chunks (that cost grew with the upload): bytes of the stored chunks, and when the
-    # last one was stored (the resume window slides from it).
-    bytes_received = models.BigIntegerField(default=0)
+    # When a chunk was last stored, to the minute (the resume window slides from it): kept
+    # on the upload so that no request aggregates over its chunks for the expiry, and
+    # written at most once a minute, so that chunks do not all update this row.
     last_chunk_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -5,22 +5,11 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.models import Role
-from relaypacs.errors import ApplicationError
 
 from .tokens import UploadTokenClaim
 
 # Roles that send studies; radiologists and auditors read, they do not upload.
 UPLOADER_ROLES = frozenset({Role.CLINICIAN, Role.RADIOGRAPHER, Role.ADMIN})
-
-
-def _upload_token_not_accepted() -> ApplicationError:
-    return ApplicationError(
-        "upload_token_not_accepted",
-        "This request needs your sign-in, not an upload token.",
-        "Send it with your access token. An upload token only sends the chunks of its own "
-        "upload, reads its status and completes it.",
-        status_code=403,
-    )
 
 
 class AccessTokenOnly(BasePermission):
@@ -34,20 +23,8 @@ class AccessTokenOnly(BasePermission):
 
     def has_permission(self, request: Request, view: APIView) -> bool:
         user = request.user
-        if not user:
+        if not user or isinstance(request.auth, UploadTokenClaim):
             return False
-        if isinstance(request.auth, UploadTokenClaim):
-            raise _upload_token_not_accepted()
         if request.method in SAFE_METHODS or "upload_id" in view.kwargs:
             return True
         return getattr(user, "role", None) in UPLOADER_ROLES
-
-
-class AccessTokenToControl(BasePermission):
-    """An upload token sends chunks, reads the status and completes its upload; cancelling,
-    retrying, confirming and new upload tokens need the signed-in user's access token."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        if isinstance(request.auth, UploadTokenClaim):
-            raise _upload_token_not_accepted()
-        return True

@@ -9,10 +9,13 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.db.models import Q, QuerySet
 
-from accounts.models import User
+from accounts.models import Role, User
 
 from .models import FileKind, PacsStatus, UploadChunk, UploadFile, UploadSession, UploadState
 from .tokens import UploadTokenClaim
+
+# The roles that reach at least their own uploads in uploads_visible_to.
+ROLES_WITH_OWN_UPLOADS = frozenset({Role.CLINICIAN, Role.RADIOGRAPHER, Role.ADMIN})
 
 
 def uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
@@ -21,8 +24,6 @@ def uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
     clinician: their own; radiographer: their facility's (their own without a facility);
     admin: all; radiologist and auditor: none (they work on reports and the audit log).
     """
-    from accounts.models import Role
-
     queryset = UploadSession.objects.all()
     if not user.is_active:
         return queryset.none()

@@ -1,12 +1,14 @@
 """Storing chunks: the hot path of an upload, about a thousand requests per GB.
 
 Each chunk is checked (state, range, size, MD5), claimed by a unique row before a byte is
-written, written at its offset, then marked stored while the upload's ``bytes_received``
-grows. Measured on the 2-core reference machine (bench/RESULTS.md), one ORM query cost
-0.4-0.8 ms of CPU, more than the MD5 of the 1 MiB chunk, and a chunk needed ten of them.
-So the per-chunk statements are plain SQL through Django's connection (0.04 ms each;
-portable: SQLite 3.35+ and PostgreSQL both have ON CONFLICT and RETURNING), four in the
-common case, and a verified upload token is trusted for UPLOAD_TOKEN_RECHECK_SECONDS.
+written, written at its offset, then marked stored. Measured on the 2-core reference
+machine (bench/RESULTS.md), one ORM query cost 0.4-0.8 ms of CPU, more than the MD5 of
+the 1 MiB chunk, and a chunk needed ten of them. So the per-chunk statements are plain SQL
+through Django's connection (0.04 ms each; portable: SQLite 3.35+ and PostgreSQL both
+have ON CONFLICT and RETURNING): read the upload, claim, mark stored, sum the stored
+bytes. No row is updated by every chunk (concurrent chunks of one upload never queue on a
+lock): the upload's ``last_chunk_at`` is written at most once a minute. A verified upload
+token is trusted for UPLOAD_TOKEN_RECHECK_SECONDS.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import hashlib
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -30,13 +32,15 @@ from relaypacs.errors import ApplicationError
 
 from .. import storage
 from ..models import UploadChunk, UploadSession, UploadState
-from ..selectors import upload_expires_at, uploads_visible_to
+from ..selectors import ROLES_WITH_OWN_UPLOADS, upload_expires_at, uploads_visible_to
 from ..tokens import UploadTokenClaim, upload_token_read
 
+# How stale the upload's last_chunk_at may be: the resume window (hours) slides from it.
+LAST_CHUNK_AT_RESOLUTION = timedelta(minutes=1)
 # Verified upload tokens remembered per process, dropped all at once beyond this many
 # (a web process sees a few hundred uploads a day; this bounds its memory).
 _VERIFIED_MAX = 10_000
-_verified: dict[str, tuple[float, int]] = {}
+_verified: dict[str, tuple[float, int, str]] = {}  # token -> (trusted until, user id, role)
 
 
 class Readable(Protocol):
@@ -181,32 +185,32 @@ def _claim(*, upload_pk: Any, index: int, size: int, md5: str) -> tuple[str, boo
     return claimed_md5, bool(stored)
 
 
-def _mark_stored(*, upload_pk: Any, index: int, size: int) -> int:
-    """Mark the chunk stored and count its bytes once; the upload's bytes_received."""
-    chunk, upload = _table(UploadChunk), _table(UploadSession)
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with transaction.atomic(), connection.cursor() as cursor:
+def _mark_stored(*, upload: ChunkTarget, upload_pk: Any, index: int) -> None:
+    """Mark the chunk stored; move the upload's ``last_chunk_at`` when it is a minute old."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {chunk} SET stored = %s, received_at = %s"  # noqa: S608
-            f" WHERE session_id = %s AND {_col('index')} = %s AND stored = %s",
-            [True, now, upload_pk, index, False],
+            f"UPDATE {_table(UploadChunk)} SET stored = %s, received_at = %s"  # noqa: S608
+            f" WHERE session_id = %s AND {_col('index')} = %s",
+            [True, connection.ops.adapt_datetimefield_value(now), upload_pk, index],
         )
-        if cursor.rowcount == 1:
+        last = upload.last_chunk_at
+        if last is None or now - last >= LAST_CHUNK_AT_RESOLUTION:
+            cutoff = connection.ops.adapt_datetimefield_value(now - LAST_CHUNK_AT_RESOLUTION)
             cursor.execute(
-                f"UPDATE {upload} SET bytes_received = bytes_received + %s,"  # noqa: S608
-                " last_chunk_at = %s WHERE id = %s RETURNING bytes_received",
-                [size, now, upload_pk],
+                f"UPDATE {_table(UploadSession)} SET last_chunk_at = %s"  # noqa: S608
+                " WHERE id = %s AND (last_chunk_at IS NULL OR last_chunk_at < %s)",
+                [connection.ops.adapt_datetimefield_value(now), upload_pk, cutoff],
             )
-        else:
-            cursor.execute(f"SELECT bytes_received FROM {upload} WHERE id = %s", [upload_pk])  # noqa: S608
-        return int(cursor.fetchone()[0])
 
 
 def _bytes_received(*, upload_pk: Any) -> int:
+    """The bytes of the upload's stored chunks (an index range scan of its chunk rows)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT bytes_received FROM {_table(UploadSession)} WHERE id = %s",  # noqa: S608
-            [upload_pk],
+            f"SELECT COALESCE(SUM(size), 0) FROM {_table(UploadChunk)}"  # noqa: S608
+            " WHERE session_id = %s AND stored = %s",
+            [upload_pk, True],
         )
         return int(cursor.fetchone()[0])
 
@@ -218,8 +222,7 @@ def chunk_store(
 
     The MD5 is verified and the chunk claimed (a unique row) before a byte is written, so a
     conflicting retry can never overwrite an acknowledged chunk. Idempotent for the same
-    bytes; safe beside concurrent writers of other chunks (positional writes). The upload's
-    ``bytes_received`` grows once per stored chunk, whatever retries race.
+    bytes; safe beside concurrent writers of other chunks (positional writes).
     Raises 422 ``chunk_out_of_range``/``chunk_size_mismatch``/``checksum_mismatch``,
     409 ``chunk_conflict``/``upload_not_receiving``, 410 ``upload_expired``.
     """
@@ -265,12 +268,11 @@ def chunk_store(
             "The file may have changed since the upload started; start a new upload.",
             status_code=409,
         )
-    if stored:
-        return ChunkReceipt(index=index, bytes_received=_bytes_received(upload_pk=upload_pk))
-    # Same bytes as the claim: writing them again (a racing retry) is harmless.
-    storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
-    received = _mark_stored(upload_pk=upload_pk, index=index, size=expected)
-    return ChunkReceipt(index=index, bytes_received=received)
+    if not stored:
+        # Same bytes as the claim: writing them again (a racing retry) is harmless.
+        storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
+        _mark_stored(upload=session, upload_pk=upload_pk, index=index)
+    return ChunkReceipt(index=index, bytes_received=_bytes_received(upload_pk=upload_pk))
 
 
 def upload_token_user(*, claim: UploadTokenClaim) -> User | None:
@@ -288,8 +290,15 @@ def upload_token_user(*, claim: UploadTokenClaim) -> User | None:
     return user
 
 
-def _token_user_id(token: str) -> tuple[UploadTokenClaim, int] | None:
-    """The claim and user id of a valid upload token; checked against the database at most
+@dataclass(frozen=True)
+class _TokenUser:
+    claim: UploadTokenClaim
+    user_id: int
+    role: str
+
+
+def _token_user(token: str) -> _TokenUser | None:
+    """The claim and user of a valid upload token; checked against the database at most
     every UPLOAD_TOKEN_RECHECK_SECONDS (so signing out ends chunk uploads within that)."""
     claim = upload_token_read(token)
     if claim is None:
@@ -297,7 +306,7 @@ def _token_user_id(token: str) -> tuple[UploadTokenClaim, int] | None:
     now = time.monotonic()
     known = _verified.get(token)
     if known is not None and known[0] > now:
-        return claim, known[1]
+        return _TokenUser(claim=claim, user_id=known[1], role=known[2])
     user = upload_token_user(claim=claim)
     if user is None:
         _verified.pop(token, None)
@@ -305,8 +314,8 @@ def _token_user_id(token: str) -> tuple[UploadTokenClaim, int] | None:
     if settings.UPLOAD_TOKEN_RECHECK_SECONDS > 0:
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
-        _verified[token] = (now + settings.UPLOAD_TOKEN_RECHECK_SECONDS, user.pk)
-    return claim, user.pk
+        _verified[token] = (now + settings.UPLOAD_TOKEN_RECHECK_SECONDS, user.pk, user.role)
+    return _TokenUser(claim=claim, user_id=user.pk, role=user.role)
 
 
 def chunk_target_get(*, upload_id: uuid.UUID) -> UploadRow | None:
@@ -360,7 +369,7 @@ def chunk_receive(
     whose session or account has ended; 404 ``not_found`` for another upload or one the
     token's user may not reach; then ``chunk_index_parse`` and ``chunk_store``.
     """
-    verified = _token_user_id(upload_token)
+    verified = _token_user(upload_token)
     if verified is None:
         raise ApplicationError(
             "authentication_failed",
@@ -368,11 +377,18 @@ def chunk_receive(
             "Sign in again, then repeat what you were doing.",
             status_code=401,
         )
-    claim, user_id = verified
-    target = chunk_target_get(upload_id=upload_id) if claim.upload_id == upload_id else None
-    if target is not None and target.owner_id != user_id:
-        # A colleague's or an administrator's token: as far as their role reaches today.
-        user = User.objects.filter(pk=user_id).first()
+    target = (
+        chunk_target_get(upload_id=upload_id) if verified.claim.upload_id == upload_id else None
+    )
+    owner_reaches_it = (
+        target is not None
+        and target.owner_id == verified.user_id
+        and verified.role in ROLES_WITH_OWN_UPLOADS
+    )
+    if target is not None and not owner_reaches_it:
+        # A colleague's or an administrator's token, or a changed role: as far as the
+        # user's role reaches today (uploads_visible_to, as the DRF views ask).
+        user = User.objects.filter(pk=verified.user_id).first()
         if user is None or not uploads_visible_to(user=user).filter(pk=upload_id).exists():
             target = None
     if target is None:

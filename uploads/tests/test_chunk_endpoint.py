@@ -164,11 +164,22 @@ def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader):
     status, body, headers = both("?index=1", first, md5, token_of="tampered")
     assert status == 401 and body["error"]["code"] == "authentication_failed"
     assert headers["www-authenticate"].startswith("Bearer")
+    # A repeated index: the last one counts, as in Django's QueryDict.
+    middle = payload[CHUNK : 2 * CHUNK]
+    status, body, _ = both("?index=0&index=1", middle, {"Content-MD5": content_md5(middle)})
+    assert (status, body["index"], body["bytes_received"]) == (200, 1, SIZE)
     # Each upload counted each stored chunk once, whatever arrived twice.
     for upload in (via_drf, via_asgi):
         session = UploadSession.objects.get(pk=upload["upload_id"])
-        assert session.bytes_received == CHUNK + len(last)
         assert UploadChunk.objects.get(session=session, index=0).times_received == 3
+        assert session.last_chunk_at is not None
+    # A path the DRF route does not match is not served by the endpoint either.
+    status, _, _ = asgi_put(
+        f"/api/v1/upload/{via_asgi['upload_id']}/chunk\n?index=0",
+        first,
+        {"Authorization": f"Bearer {via_asgi['upload_token']}", **md5},
+    )
+    assert status == 404
 
 
 def test_requests_the_endpoint_does_not_serve_reach_django(uploader, settings):
@@ -198,9 +209,11 @@ def test_requests_the_endpoint_does_not_serve_reach_django(uploader, settings):
     assert not UploadChunk.objects.filter(session_id=upload["upload_id"], index=1).exists()
 
 
-def test_the_endpoint_keeps_no_connection_open_in_tests_and_reuses_one_in_production(
-    uploader, settings
+def test_the_endpoint_closes_its_connection_in_tests_and_keeps_it_in_production(
+    uploader, settings, monkeypatch
 ):
+    from concurrent.futures import ThreadPoolExecutor
+
     from uploads import chunk_endpoint
 
     client = signed_in(uploader)
@@ -210,28 +223,27 @@ def test_the_endpoint_keeps_no_connection_open_in_tests_and_reuses_one_in_produc
         "Authorization": f"Bearer {upload['upload_token']}",
         "Content-MD5": content_md5(data),
     }
-    settings.CHUNK_DB_CONN_MAX_AGE = 300
+    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index=0"
+    single = ThreadPoolExecutor(max_workers=1)  # one thread: its connection is the one used
+    monkeypatch.setattr(chunk_endpoint, "_executor", single)
 
     def connection_of_worker() -> Any:
-        return chunk_endpoint._executor.submit(  # noqa: SLF001
-            lambda: connections["default"].connection
-        ).result()
+        return single.submit(lambda: connections["default"].connection).result()
 
     try:
-        chunk_endpoint._executor._max_workers = 1  # noqa: SLF001 - one thread: one connection
-        assert (
-            asgi_put(f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers)[0] == 200
-        )
+        settings.CHUNK_DB_CONN_MAX_AGE = 0
+        assert asgi_put(path, data, headers)[0] == 200
+        assert connection_of_worker() is None
+        settings.CHUNK_DB_CONN_MAX_AGE = 300
+        assert asgi_put(path, data, headers)[0] == 200
         kept = connection_of_worker()
         assert kept is not None
-        assert (
-            asgi_put(f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers)[0] == 200
-        )
+        assert asgi_put(path, data, headers)[0] == 200
         assert connection_of_worker() is kept
     finally:
-        chunk_endpoint._executor._max_workers = chunk_endpoint.CHUNK_THREADS  # noqa: SLF001
         settings.CHUNK_DB_CONN_MAX_AGE = 0
-        chunk_endpoint._executor.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
+        single.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
+        single.shutdown()
 
 
 def test_an_upload_token_ends_with_the_session_it_was_issued_in(uploader):
@@ -254,7 +266,7 @@ def test_an_upload_token_ends_with_the_session_it_was_issued_in(uploader):
     assert token_client.get(f"/api/v1/upload/{upload['upload_id']}/status").status_code == 401
 
 
-def test_an_upload_token_only_sends_checks_and_completes_its_upload(uploader):
+def test_an_upload_token_works_on_its_upload_endpoints_only(uploader):
     client = signed_in(uploader)
     upload = init(client)
     token_client = APIClient()
@@ -262,17 +274,52 @@ def test_an_upload_token_only_sends_checks_and_completes_its_upload(uploader):
     base = f"/api/v1/upload/{upload['upload_id']}"
     assert token_client.get(f"{base}/status").status_code == 200
     assert token_client.post(f"{base}/complete").status_code == 409  # chunks missing
-    for method, path in (
-        ("post", f"{base}/confirm"),
-        ("post", f"{base}/retry"),
-        ("delete", base),
-        ("post", f"{base}/token"),
-        ("get", "/api/v1/uploads"),
-    ):
+    assert token_client.post(f"{base}/confirm").json()["error"]["code"] == "nothing_to_confirm"
+    assert token_client.post(f"{base}/retry").json()["error"]["code"] == "nothing_to_retry"
+    for method, path in (("post", f"{base}/token"), ("get", "/api/v1/uploads")):
         response = getattr(token_client, method)(path)
         assert response.status_code == 403, path
-        assert response.json()["error"]["code"] == "upload_token_not_accepted", path
-    assert UploadSession.objects.get(pk=upload["upload_id"]).state == "receiving"
+        assert response.json()["error"]["code"] == "permission_denied", path
+    assert token_client.delete(base).status_code == 204
+    assert UploadSession.objects.get(pk=upload["upload_id"]).state == "cancelled"
+
+
+def test_a_verified_token_is_trusted_for_the_recheck_time_then_checked_again(
+    uploader, settings, monkeypatch
+):
+    from uploads.services import chunks
+
+    settings.UPLOAD_TOKEN_RECHECK_SECONDS = 10
+    monkeypatch.setattr(chunks, "_verified", {})
+    clock = [1000.0]
+    monkeypatch.setattr(chunks.time, "monotonic", lambda: clock[0])
+    client = signed_in(uploader)
+    upload = init(client)
+    data = os.urandom(CHUNK)
+    headers = {
+        "Authorization": f"Bearer {upload['upload_token']}",
+        "Content-MD5": content_md5(data),
+    }
+    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index=0"
+    assert asgi_put(path, data, headers)[0] == 200
+    client.post("/api/v1/auth/sessions/revoke-all", {}, format="json")
+    clock[0] += 9  # within the recheck time: the token is still trusted
+    assert asgi_put(path, data, headers)[0] == 200
+    clock[0] += 2  # past it: the revoked session ends the token
+    assert asgi_put(path, data, headers)[0] == 401
+
+
+def test_an_owner_whose_role_no_longer_uploads_is_refused_as_by_the_drf_view(uploader):
+    upload = init(signed_in(uploader))
+    token = upload["upload_token"]
+    uploader.role = Role.AUDITOR
+    uploader.save(update_fields=["role"])
+    data = os.urandom(CHUNK)
+    headers = {"Authorization": f"Bearer {token}", "Content-MD5": content_md5(data)}
+    assert drf_put(upload, "?index=0", data, headers)[0] == 404
+    status, _, body = asgi_put(f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
 
 
 def test_an_upload_token_acts_for_whoever_asked_for_it_not_for_the_owner(uploader):
@@ -308,3 +355,25 @@ def test_an_upload_token_acts_for_whoever_asked_for_it_not_for_the_owner(uploade
     )
     token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {forged_for_stranger}")
     assert token_client.get(status_path).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("scheme", "forwarded", "secure"),
+    [
+        ("https", None, True),
+        ("http", None, False),
+        ("https", "http", False),
+        ("http", "https", True),
+    ],
+)
+def test_https_is_decided_as_django_decides_it(settings, scheme, forwarded, secure):
+    from django.test import RequestFactory
+
+    from uploads.chunk_endpoint import _is_secure
+
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    headers = {b"x-forwarded-proto": forwarded.encode()} if forwarded else {}
+    extra = {"HTTP_X_FORWARDED_PROTO": forwarded} if forwarded else {}
+    request = RequestFactory().get("/", secure=scheme == "https", **extra)
+    assert request.is_secure() is secure
+    assert _is_secure({"scheme": scheme}, headers) is secure

@@ -1,20 +1,18 @@
 from django.db import migrations, models
-from django.db.models import Max, Sum
+from django.db.models import Max
 
 
 def fill_from_chunks(apps, schema_editor):
-    """Uploads that were receiving before this migration get their sums from their chunks."""
+    """Uploads that were receiving before this migration take their last chunk's time."""
     UploadSession = apps.get_model("uploads", "UploadSession")
     UploadChunk = apps.get_model("uploads", "UploadChunk")
-    sums = (
+    lasts = (
         UploadChunk.objects.filter(stored=True)
         .values("session_id")
-        .annotate(total=Sum("size"), last=Max("received_at"))
+        .annotate(last=Max("received_at"))
     )
-    for row in sums.iterator(chunk_size=1000):
-        UploadSession.objects.filter(pk=row["session_id"]).update(
-            bytes_received=row["total"], last_chunk_at=row["last"]
-        )
+    for row in lasts.iterator(chunk_size=1000):
+        UploadSession.objects.filter(pk=row["session_id"]).update(last_chunk_at=row["last"])
 
 
 class Migration(migrations.Migration):
@@ -23,11 +21,6 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
-            model_name="uploadsession",
-            name="bytes_received",
-            field=models.BigIntegerField(default=0),
-        ),
         migrations.AddField(
             model_name="uploadsession",
             name="last_chunk_at",
