@@ -77,13 +77,20 @@ class LoginApi(APIView):
     @extend_schema(
         operation_id="auth_login",
         request=LoginInputSerializer,
+        description="A wrong username or password, an inactive account and an account whose "
+        "email address is not confirmed yet all get the same invalid_credentials answer, so "
+        "sign-in does not tell whether a registration made an account. With the right "
+        "password, an unconfirmed account is sent its confirmation email again (at most every "
+        "15 minutes); the client may offer POST /api/v1/auth/verify-email/resend too.",
         responses={
             200: _TokenPair,
             **error_responses(
                 400,
                 401,
                 429,
-                s401="invalid_credentials / email_not_verified / otp_required / invalid_otp.",
+                s401="invalid_credentials (wrong username or password, or email not confirmed "
+                "yet) / otp_required / invalid_otp / otp_throttled (wait, the code was not "
+                "checked).",
                 s429="sign_in_locked (too many failed sign-ins from this address) or rate_limited.",
             ),
         },
@@ -290,7 +297,15 @@ class VerifyEmailApi(APIView):
         operation_id="auth_verify_email_link",
         summary="Confirm an email address (the emailed link)",
         parameters=[OpenApiParameter("token", str, required=True)],
-        responses={200: _Verified, **error_responses(400, s400="invalid_verification_link.")},
+        responses={
+            200: _Verified,
+            **error_responses(
+                400,
+                409,
+                s400="invalid_verification_link.",
+                s409="email_taken: another account has confirmed this address meanwhile.",
+            ),
+        },
     )
     def get(self, request: Request) -> Response:
         return self._verify(request.query_params)
@@ -299,7 +314,15 @@ class VerifyEmailApi(APIView):
         operation_id="auth_verify_email",
         summary="Confirm an email address",
         request=VerifyEmailInputSerializer,
-        responses={200: _Verified, **error_responses(400, s400="invalid_verification_link.")},
+        responses={
+            200: _Verified,
+            **error_responses(
+                400,
+                409,
+                s400="invalid_verification_link.",
+                s409="email_taken: another account has confirmed this address meanwhile.",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         return self._verify(request.data)
@@ -499,6 +522,10 @@ class TwoFactorSetupApi(SignedInApi):
 
 
 class TwoFactorConfirmApi(SignedInApi):
+    # Guessing codes here must be as slow as at sign-in (django-otp slows each device too).
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth_login"
+
     @extend_schema(
         operation_id="auth_2fa_confirm",
         summary="Turn two-step sign-in on with a first code; returns 10 backup codes, once",
@@ -508,7 +535,15 @@ class TwoFactorConfirmApi(SignedInApi):
                 "TwoFactorBackupCodes",
                 {"backup_codes": serializers.ListField(child=serializers.CharField())},
             ),
-            **error_responses(400, 401, 409, s400="invalid_otp.", s409="twofactor_not_started."),
+            **error_responses(
+                400,
+                401,
+                409,
+                429,
+                s400="invalid_otp / otp_throttled (too many wrong codes: wait, then retry).",
+                s409="twofactor_not_started.",
+                s429="rate_limited: too many tries from this address.",
+            ),
         },
     )
     def post(self, request: Request) -> Response:
@@ -521,11 +556,24 @@ class TwoFactorConfirmApi(SignedInApi):
 
 
 class TwoFactorDisableApi(SignedInApi):
+    # Guessing codes here must be as slow as at sign-in (django-otp slows each device too).
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth_login"
+
     @extend_schema(
         operation_id="auth_2fa_disable",
         summary="Turn two-step sign-in off (needs a current code)",
         request=_OtpInput,
-        responses={204: None, **error_responses(400, 401, s400="invalid_otp.")},
+        responses={
+            204: None,
+            **error_responses(
+                400,
+                401,
+                429,
+                s400="invalid_otp / otp_throttled (too many wrong codes: wait, then retry).",
+                s429="rate_limited: too many tries from this address.",
+            ),
+        },
     )
     def post(self, request: Request) -> Response:
         data = _OtpInput(data=request.data)
@@ -639,16 +687,18 @@ class MeApi(SignedInApi):
         operation_id="me_profile_update",
         summary="Change your full name or email (a new email needs current_password and is "
         "used once confirmed)",
+        description="A new address is shown as pending_email whether or not another account "
+        "uses it, so the answer does not tell who has an account: a free address is sent a "
+        "confirmation link, a taken one is sent a notice to its owner instead (and can never "
+        "be confirmed for this account).",
         request=MeInputSerializer,
         responses={
             200: MeProfileOutputSerializer,
             **error_responses(
                 400,
                 401,
-                409,
                 429,
                 s400=f"invalid_request / {_REAUTH_ERRORS} (a new email needs the password).",
-                s409="email_taken.",
                 s429="rate_limited: too many password tries from this address.",
             ),
         },

@@ -42,6 +42,13 @@ def registration_attempt_notice_task(user_id: int) -> bool:
 
 
 @shared_task(**_MAIL_RETRY)
+def email_change_attempt_notice_task(user_id: int) -> bool:
+    from .services.mail import email_change_attempt_notice_send
+
+    return email_change_attempt_notice_send(user_id=user_id)
+
+
+@shared_task(**_MAIL_RETRY)
 def username_taken_notice_task(email: str, username: str) -> bool:
     from .services.mail import username_taken_notice_send
 

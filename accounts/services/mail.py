@@ -71,6 +71,10 @@ def registration_attempt_notice_queue(*, owner: User) -> None:
     _queue_on_commit(tasks.registration_attempt_notice_task, user_id=owner.pk)
 
 
+def email_change_attempt_notice_queue(*, owner: User) -> None:
+    _queue_on_commit(tasks.email_change_attempt_notice_task, user_id=owner.pk)
+
+
 def username_taken_notice_queue(*, email: str, username: str) -> None:
     _queue_on_commit(tasks.username_taken_notice_task, email=email, username=username)
 
@@ -144,6 +148,27 @@ def registration_attempt_notice_send(*, user_id: int) -> bool:
             f"which already belongs to your account (username: {user.username}).\n\n"
             f"If it was you, sign in instead at {settings.PUBLIC_BASE_URL}/ , or reset your "
             "password with 'Forgot password' on the sign-in screen if you forgot it.\n\n"
+            "If it was not you, ignore this email: your account has not changed.\n",
+        )
+        return True
+
+    return _with_user(send, user_id=user_id)
+
+
+def email_change_attempt_notice_send(*, user_id: int) -> bool:
+    """Tell the owner of an address that someone asked to move it to another account."""
+
+    def send(user: User) -> bool:
+        _send(
+            to=user.email,
+            subject="Someone tried to use your email address for another account",
+            body=_greeting(user)
+            + "Someone tried to use this email address for another RelayPACS account. It "
+            f"already belongs to your account (username: {user.username}), so it was not "
+            "added to the other one and no confirmation link was sent.\n\n"
+            "If it was you, sign in to your account instead at "
+            f"{settings.PUBLIC_BASE_URL}/ ; if you forgot its password, use 'Forgot your "
+            "password?' on the sign-in screen.\n\n"
             "If it was not you, ignore this email: your account has not changed.\n",
         )
         return True

@@ -12,7 +12,7 @@ from relaypacs.errors import ApplicationError
 from ..clientinfo import ClientInfo
 from ..models import AuditEvent, AuthSession, User
 from .audit import audit_record
-from .mail import verification_email_queue
+from .mail import email_change_attempt_notice_queue, verification_email_queue
 from .reauth import current_password_confirm
 
 SERVICE_LEVELS = ("routine", "urgent", "emergency", "stat")
@@ -32,8 +32,11 @@ def profile_update(
 
     A new email address needs the account's password: the address is where password
     reset links go, so changing it takes the account over. Raises
-    ``current_password_required`` / ``invalid_current_password`` (400) and ``email_taken``
-    (409). Nothing is saved when one is raised.
+    ``current_password_required`` / ``invalid_current_password`` (400); nothing is saved
+    when one is raised. An address another account already uses is accepted and shown as
+    pending like any other, so the answer does not tell who has an account; its owner is
+    emailed a notice instead of a link, and no link can confirm it (email_verify checks
+    again).
     """
     changed: list[str] = []
     if full_name is not None and full_name != user.full_name:
@@ -43,16 +46,15 @@ def profile_update(
         email = User.objects.normalize_email(email)
         if email.lower() != user.email.lower():
             current_password_confirm(user=user, password=current_password)
-            if User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
-                raise ApplicationError(
-                    "email_taken",
-                    "Another account already uses this email address.",
-                    "Use a different address, or ask your administrator.",
-                    status_code=409,
-                )
+            owner = (
+                User.objects.filter(email__iexact=email).exclude(pk=user.pk).order_by("pk").first()
+            )
             user.pending_email = email
             changed.append("pending_email")
-            verification_email_queue(user=user, email=email)
+            if owner is not None:
+                email_change_attempt_notice_queue(owner=owner)
+            else:
+                verification_email_queue(user=user, email=email)
     if changed:
         user.save(update_fields=changed)
         audit_record(

@@ -66,9 +66,10 @@ def user_register(
 
     When the address is taken, its owner is emailed that someone tried to register with
     it; when only the username is taken, the new address is emailed to choose another. The
-    answer, and the work done before it (the password is hashed in every case), are the
-    same in all three cases. Raises ``role_not_allowed`` (400) for a role above
-    radiographer and ``weak_password`` (400), which depend on the request only.
+    answer, and the work done before it, are the same in all three cases: the password is
+    hashed, both lookups run, and the account and its audit event are inserted, then rolled
+    back to a savepoint when taken (see _user_insert). Raises ``role_not_allowed`` (400) for
+    a role above radiographer and ``weak_password`` (400), which depend on the request only.
     """
     if role not in SELF_REGISTRATION_ROLES:
         raise ApplicationError(
@@ -88,36 +89,51 @@ def user_register(
     user.set_password(password)
     receipt = RegistrationReceipt(username=username, email=email, full_name=full_name, role=role)
     owner = User.objects.filter(email__iexact=email).order_by("pk").first()
+    username_taken = User.objects.filter(username__iexact=username).exists()
+    kept = _user_insert(
+        user=user, role=role, client=client, keep=owner is None and not username_taken
+    )
     if owner is not None:
         registration_attempt_notice_queue(owner=owner)
-        return receipt
-    if User.objects.filter(username__iexact=username).exists():
+    elif not kept:
+        # Taken, or taken by a registration running at the same moment (unique index).
         username_taken_notice_queue(email=email, username=username)
-        return receipt
-    try:
-        with transaction.atomic():
-            user.save()
-    except IntegrityError:
-        # A registration running at the same moment took the username.
-        username_taken_notice_queue(email=email, username=username)
-        return receipt
-    audit_record(
-        action="user_registered",
-        user=user,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        detail={"role": role},
-    )
-    verification_email_queue(user=user)
+    else:
+        verification_email_queue(user=user)
     return receipt
 
 
+def _user_insert(*, user: User, role: str, client: ClientInfo, keep: bool) -> bool:
+    """Insert the account and its ``user_registered`` event in a savepoint, and keep them
+    only when ``keep``: a taken username or address does the same database work as a new
+    account, so the time of the answer does not tell them apart. Returns whether the
+    account was kept (False as well when the username's unique index refused it)."""
+    try:
+        with transaction.atomic():
+            user.save()
+            audit_record(
+                action="user_registered",
+                user=user,
+                ip_address=client.ip_address,
+                user_agent=client.user_agent,
+                detail={"role": role},
+            )
+            if not keep:
+                transaction.set_rollback(True)
+    except IntegrityError:
+        return False
+    return keep
+
+
+@transaction.atomic
 def email_verify(*, token: str) -> User:
     """Mark the account's email verified, or switch to the pending new address the link
     was sent to. Idempotent for the same link.
 
     Raises ``invalid_verification_link`` (400) for a forged, expired or outdated link
-    (the address changed since it was sent).
+    (the address changed since it was sent), and ``email_taken`` (409) when another account
+    has confirmed this address meanwhile: a confirmed address belongs to one account only.
+    (The one who opens the link reads that address's mail, so telling them is no leak.)
     """
     invalid = ApplicationError(
         "invalid_verification_link",
@@ -133,9 +149,20 @@ def email_verify(*, token: str) -> User:
     if not isinstance(data, dict) or not isinstance(data.get("u"), int):
         raise invalid
     address = str(data.get("e", ""))
-    user = User.objects.filter(pk=data["u"]).first()
+    user = User.objects.select_for_update().filter(pk=data["u"]).first()
     if user is None or address not in (user.email, user.pending_email) or not address:
         raise invalid
+    changes_state = (address == user.pending_email and address != user.email) or (
+        not user.email_verified
+    )
+    if changes_state and _confirmed_elsewhere(user=user, address=address):
+        raise ApplicationError(
+            "email_taken",
+            "This email address already belongs to another RelayPACS account, so it cannot "
+            "be confirmed for this one.",
+            "Sign in to the account that uses this address, or choose another address.",
+            status_code=409,
+        )
     if address == user.pending_email and address != user.email:
         user.email, user.pending_email, user.email_verified = address, "", True
         user.save(update_fields=["email", "pending_email", "email_verified"])
@@ -145,6 +172,12 @@ def email_verify(*, token: str) -> User:
         user.save(update_fields=["email_verified"])
         audit_record(action="email_verified", user=user)
     return user
+
+
+def _confirmed_elsewhere(*, user: User, address: str) -> bool:
+    return (
+        User.objects.filter(email__iexact=address, email_verified=True).exclude(pk=user.pk).exists()
+    )
 
 
 def email_verification_resend(*, email: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import authenticate, user_logged_in, user_login_failed
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenBackendError, TokenError
@@ -25,10 +26,16 @@ from relaypacs.errors import ApplicationError
 from ..clientinfo import ClientInfo
 from ..models import AuditOutcome, AuthSession, User
 from .audit import audit_record
-from .twofactor import twofactor_enabled, twofactor_verify
+from .mail import verification_email_queue
+from .twofactor import otp_throttled_error, twofactor_code_check, twofactor_enabled
 
 # last_seen_at is written at most this often per session, not on every API call.
 TOUCH_INTERVAL = timedelta(minutes=1)
+# A sign-in with the right password to an account whose address is not confirmed sends the
+# confirmation email again, at most this often per account: often enough that a person
+# who lost the first email gets one while trying, rarely enough that sign-in attempts
+# cannot flood the address (the counter lives in the shared cache).
+VERIFICATION_RESEND_INTERVAL = timedelta(minutes=15)
 
 
 def _invalid_refresh() -> ApplicationError:
@@ -43,8 +50,11 @@ def _invalid_refresh() -> ApplicationError:
 def _invalid_credentials() -> ApplicationError:
     return ApplicationError(
         "invalid_credentials",
-        "The username or password is not correct.",
-        "Check both and try again; ask your administrator if you forgot your password.",
+        "The username or password is not correct, or the account's email address is not "
+        "confirmed yet.",
+        "Check both and try again. A new account signs in once the link in its confirmation "
+        "email is opened; you can ask for that email again. If you forgot your password, use "
+        "'Forgot your password?'.",
         status_code=401,
     )
 
@@ -61,11 +71,16 @@ def session_login(
     """Check the credentials (and the 2FA code when enrolled); start a session.
 
     Returns ``{access, refresh}``. Raises ApplicationError: ``sign_in_locked`` (429) after
-    too many consecutive failures from this address, ``invalid_credentials`` (401) for a
-    wrong username or password or an inactive account (without saying which),
-    ``email_not_verified`` (401), ``otp_required`` (401) when 2FA is on and no code came,
-    ``invalid_otp`` (401) for a wrong or replayed code. ``request`` is handed to
-    django-axes, which counts failures per username and address.
+    too many consecutive failures from this address; ``invalid_credentials`` (401) for a
+    wrong username or password, an inactive account, or an account whose email address is
+    not confirmed yet, all with the same body, so an attacker who registered a username
+    or address cannot tell from sign-in whether the registration made an account; for the
+    unconfirmed account with the right password the confirmation email is sent again
+    (at most once per VERIFICATION_RESEND_INTERVAL, by the Celery mail task after commit);
+    ``otp_required`` (401) when 2FA is on and no code came, ``invalid_otp`` (401) for a
+    wrong or replayed code, ``otp_throttled`` (401) while django-otp makes the user wait
+    after wrong codes (the code is not checked). Every failure counts for django-axes,
+    which gets ``request`` and counts failures per username and address.
     """
     user = authenticate(request=request, username=username, password=password)
     if getattr(request, "axes_locked_out", False):
@@ -94,12 +109,18 @@ def session_login(
         )
         raise _invalid_credentials()
     if not user.email_verified:
-        raise ApplicationError(
-            "email_not_verified",
-            "This account's email address has not been confirmed yet.",
-            "Open the link in the email we sent when you registered, then sign in.",
-            status_code=401,
+        # Answered exactly as a wrong password (and counted as one by django-axes).
+        user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
+        audit_record(
+            action="login_failed",
+            user=user,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            ip_address=client.ip_address,
+            user_agent=client.user_agent,
+            detail={"reason": "email_not_verified"},
         )
+        _verification_email_resend_limited(user=user)
+        raise _invalid_credentials()
     if twofactor_enabled(user=user):
         if not otp:
             raise ApplicationError(
@@ -108,7 +129,8 @@ def session_login(
                 "Send the 6-digit code from your authenticator app (or a backup code) as 'otp'.",
                 status_code=401,
             )
-        if not twofactor_verify(user=user, code=otp):
+        check = twofactor_code_check(user=user, code=otp)
+        if check.device is None:
             # Counts as a failed sign-in, so codes cannot be guessed without a lockout.
             user_login_failed.send(
                 sender=__name__, credentials={"username": username}, request=request
@@ -119,8 +141,10 @@ def session_login(
                 outcome=AuditOutcome.MINOR_FAILURE,
                 ip_address=client.ip_address,
                 user_agent=client.user_agent,
-                detail={"reason": "invalid_otp"},
+                detail={"reason": "otp_throttled" if check.locked_until else "invalid_otp"},
             )
+            if check.locked_until is not None:
+                raise otp_throttled_error(locked_until=check.locked_until, status_code=401)
             raise ApplicationError(
                 "invalid_otp",
                 "The two-step sign-in code is not correct or was already used.",
@@ -140,6 +164,14 @@ def session_login(
         object_id=str(session.id),
     )
     return _tokens_for(session=session)
+
+
+def _verification_email_resend_limited(*, user: User) -> None:
+    """Queue the confirmation email again unless one was queued for this account within
+    VERIFICATION_RESEND_INTERVAL (``cache.add`` is atomic, so parallel sign-ins queue one)."""
+    key = f"accounts:sign-in-verification-resend:{user.pk}"
+    if cache.add(key, 1, timeout=int(VERIFICATION_RESEND_INTERVAL.total_seconds())):
+        verification_email_queue(user=user)
 
 
 def _decode_refresh(refresh: str) -> dict[str, Any]:

@@ -59,7 +59,8 @@ def test_unverified_account_cannot_sign_in_until_the_link_is_followed(
         register(client)
     refused = login(client, "jdoe", STRONG)
     assert refused.status_code == 401
-    assert refused.json()["error"]["code"] == "email_not_verified"
+    # The same answer as a wrong password (see test_sign_in_privacy.py).
+    assert refused.json()["error"]["code"] == "invalid_credentials"
     verified = client.post(
         "/api/v1/auth/verify-email",
         {"token": token_in(mailoutbox[0])},

@@ -92,6 +92,7 @@ def test_mail_tasks_retry_a_failing_mail_server_and_are_acked_late():
         tasks.password_reset_email_task,
         tasks.registration_attempt_notice_task,
         tasks.username_taken_notice_task,
+        tasks.email_change_attempt_notice_task,
     ):
         assert task.acks_late is True
         assert OSError in task.autoretry_for and task.max_retries

@@ -1,3 +1,4 @@
+import re
 import time
 from urllib.parse import parse_qs, urlparse
 
@@ -7,6 +8,7 @@ from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from accounts.models import AuditEvent
+from accounts.services import twofactor_backup_codes_left
 from accounts.tests.factories import UserFactory
 from accounts.tests.helpers import PASSWORD, bearer, login
 
@@ -190,3 +192,120 @@ def test_a_digest_itself_is_not_a_backup_code(client):
     enable(client, user)
     digest = StaticToken.objects.filter(device__user=user).values_list("token", flat=True)[0]
     assert login(client, user.username, otp=digest).status_code == 401
+
+
+def wrong_code(device):
+    return "000000" if code(device, 1) != "000000" else "111111"
+
+
+def failures(device):
+    device.refresh_from_db()
+    return device.throttling_failure_count
+
+
+def test_wrong_codes_to_turn_2fa_off_are_counted_and_then_even_the_right_code_waits(client):
+    user = UserFactory()
+    auth, device, _ = enable(client, user)
+    refused = client.post(
+        "/api/v1/auth/2fa/disable",
+        {"otp": wrong_code(device)},
+        content_type="application/json",
+        **auth,
+    )
+    assert refused.json()["error"]["code"] == "invalid_otp"
+    # The failure django-otp wrote survived the error (it used to be rolled back with it).
+    assert failures(device) == 1
+    waiting = client.post(
+        "/api/v1/auth/2fa/disable",
+        {"otp": code(device, 1)},
+        content_type="application/json",
+        **auth,
+    )
+    assert waiting.status_code == 400
+    error = waiting.json()["error"]
+    assert error["code"] == "otp_throttled"
+    assert "paused" in error["message"] and "was not checked" in error["message"]
+    assert re.search(r"Wait \d+ seconds", error["hint"])
+    assert TOTPDevice.objects.filter(user=user, confirmed=True).exists()  # still on
+    forgive_failures(user)
+    done = client.post(
+        "/api/v1/auth/2fa/disable",
+        {"otp": code(device, 1)},
+        content_type="application/json",
+        **auth,
+    )
+    assert done.status_code == 204
+
+
+def test_wrong_backup_codes_to_turn_2fa_off_are_counted(client):
+    user = UserFactory()
+    auth, _, backup_codes = enable(client, user)
+    client.post(
+        "/api/v1/auth/2fa/disable", {"otp": "ffffffffff"}, content_type="application/json", **auth
+    )
+    assert StaticDevice.objects.get(user=user).throttling_failure_count == 1
+    waiting = client.post(
+        "/api/v1/auth/2fa/disable",
+        {"otp": backup_codes[0]},
+        content_type="application/json",
+        **auth,
+    )
+    assert waiting.json()["error"]["code"] == "otp_throttled"
+    assert twofactor_backup_codes_left(user=user) == 10  # the code was not spent
+
+
+def test_wrong_first_codes_are_counted_and_then_even_the_right_code_waits(client):
+    user = UserFactory()
+    auth = signed_in(client, user)
+    setup(client, auth)
+    device = TOTPDevice.objects.get(user=user)
+    wrong = client.post(
+        "/api/v1/auth/2fa/confirm",
+        {"otp": wrong_code(device)},
+        content_type="application/json",
+        **auth,
+    )
+    assert wrong.json()["error"]["code"] == "invalid_otp"
+    assert failures(device) == 1
+    waiting = client.post(
+        "/api/v1/auth/2fa/confirm",
+        {"otp": code(device)},
+        content_type="application/json",
+        **auth,
+    )
+    assert waiting.status_code == 400
+    assert waiting.json()["error"]["code"] == "otp_throttled"
+    device.refresh_from_db()
+    assert not device.confirmed
+    forgive_failures(user)
+    assert (
+        client.post(
+            "/api/v1/auth/2fa/confirm",
+            {"otp": code(device)},
+            content_type="application/json",
+            **auth,
+        ).status_code
+        == 200
+    )
+
+
+def test_a_right_sign_in_code_during_the_delay_is_refused_with_words_for_it(client):
+    user = UserFactory()
+    _, device, _ = enable(client, user)
+    login(client, user.username, otp=wrong_code(device))
+    waiting = login(client, user.username, otp=code(device, 1))
+    assert waiting.status_code == 401
+    assert waiting.json()["error"]["code"] == "otp_throttled"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/auth/2fa/confirm", "/api/v1/auth/2fa/disable"])
+def test_code_checks_are_rate_limited_like_sign_in(client, monkeypatch, path):
+    from rest_framework.throttling import ScopedRateThrottle
+
+    auth = signed_in(client, UserFactory())
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"auth_login": "3/hour"})
+    for _ in range(3):
+        client.post(path, {"otp": "123456"}, content_type="application/json", **auth)
+    response = client.post(path, {"otp": "123456"}, content_type="application/json", **auth)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"

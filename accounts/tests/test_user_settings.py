@@ -2,7 +2,7 @@ import re
 
 import pytest
 
-from accounts.models import AuditEvent, Role
+from accounts.models import AuditEvent, Role, User
 from accounts.tests.factories import UserFactory
 from accounts.tests.helpers import PASSWORD, bearer, login
 
@@ -198,3 +198,82 @@ def test_a_new_email_link_opens_the_pwa_page_and_arrives_over_smtp(
     (message,) = smtp_server.wait_for(1)
     assert message["To"] == "ann@new.example"
     assert "https://relay.example.org/verify-email?token=" in smtp_server.text(message)
+
+
+def test_an_address_of_another_account_is_accepted_as_pending_and_its_owner_is_told(
+    client, me, smtp_server, django_capture_on_commit_callbacks
+):
+    user, auth = me
+    owner = UserFactory(username="owner", email="owner@clinic.example")
+    with django_capture_on_commit_callbacks(execute=True):
+        taken = client.patch(
+            "/api/v1/auth/me",
+            {"email": "OWNER@clinic.example", "current_password": PASSWORD},
+            content_type="application/json",
+            **auth,
+        )
+        free = client.patch(
+            "/api/v1/auth/me",
+            {"email": "free@clinic.example", "current_password": PASSWORD},
+            content_type="application/json",
+            **auth,
+        )
+    # The same answer as for a free address: it does not tell who has an account.
+    assert taken.status_code == free.status_code == 200
+    assert taken.json()["pending_email"] == "OWNER@clinic.example"
+    assert set(taken.json()) == set(free.json())
+    assert taken.json()["email"] == free.json()["email"] == user.email
+    by_recipient = {m["To"]: m for m in smtp_server.wait_for(2)}
+    assert set(by_recipient) == {owner.email, "free@clinic.example"}
+    notice = by_recipient[owner.email]
+    assert notice["Subject"] == "Someone tried to use your email address for another account"
+    text = smtp_server.text(notice)
+    assert "verify-email" not in text and "token=" not in text  # a notice, not a link
+    assert "owner" in text and "Forgot your password?" in text
+    owner.refresh_from_db()
+    assert owner.email == "owner@clinic.example" and owner.pending_email == ""
+
+
+def test_a_link_cannot_confirm_an_address_another_account_confirmed_meanwhile(
+    client, me, mailoutbox, django_capture_on_commit_callbacks
+):
+    user, auth = me
+    with django_capture_on_commit_callbacks(execute=True):
+        client.patch(
+            "/api/v1/auth/me",
+            {"email": "shared@clinic.example", "current_password": PASSWORD},
+            content_type="application/json",
+            **auth,
+        )
+    token = re.search(r"token=(\S+)", mailoutbox[0].body).group(1)
+    # Meanwhile another account registered with the address and confirmed it.
+    UserFactory(username="quick", email="Shared@clinic.example", email_verified=True)
+    response = client.post(
+        "/api/v1/auth/verify-email", {"token": token}, content_type="application/json"
+    )
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["code"] == "email_taken" and error["message"] and error["hint"]
+    user.refresh_from_db()
+    assert user.email != "shared@clinic.example"
+    assert User.objects.filter(email__iexact="shared@clinic.example").count() == 1
+
+
+def test_a_registration_cannot_confirm_an_address_another_account_confirmed_meanwhile(
+    client, mailoutbox, django_capture_on_commit_callbacks
+):
+    body = {
+        "username": "late",
+        "email": "race@clinic.example",
+        "password": "Blue-Harbour-Lantern-42",
+        "full_name": "Late Comer",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/api/v1/auth/register", body, content_type="application/json")
+    token = re.search(r"token=(\S+)", mailoutbox[0].body).group(1)
+    UserFactory(username="early", email="race@clinic.example", email_verified=True)
+    response = client.post(
+        "/api/v1/auth/verify-email", {"token": token}, content_type="application/json"
+    )
+    assert response.status_code == 409
+    assert not User.objects.get(username="late").email_verified

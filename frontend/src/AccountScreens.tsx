@@ -162,8 +162,8 @@ export function VerifyEmail({ token }: { token: string }) {
 }
 
 /** Ask for the confirmation email again (the answer does not tell whether the address has
- * an account). */
-export function ResendVerification() {
+ * an account); `intro` says when it is needed. */
+export function ResendVerification({ intro }: { intro?: string } = {}) {
   const [email, setEmail] = useState("");
   const [error, setError] = useState<FormError | null>(null);
   const [done, setDone] = useState("");
@@ -183,6 +183,7 @@ export function ResendVerification() {
   return (
     <form onSubmit={submit} className="form section" aria-labelledby="resend-heading">
       <h2 id="resend-heading">Send the confirmation email again</h2>
+      {intro && <p className="note">{intro}</p>}
       <Field label="Email" name="email" type="email" autoComplete="email" error={error} value={email} onChange={(e) => setEmail(e.target.value)} required />
       <ErrorBox error={error} />
       <Notice>{done}</Notice>

@@ -1,6 +1,6 @@
 import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState, type FormEvent } from "react";
-import { getPreferences, SERVICE_LEVELS } from "./account";
+import { getPreferences, offersConfirmationResend, SERVICE_LEVELS } from "./account";
 import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmail } from "./AccountScreens";
 import { ApiError } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
@@ -93,7 +93,7 @@ function SignIn({ expiredUser }: { expiredUser?: string }) {
         <a href="/#/forgot-password">Forgot your password?</a>
         <a href="/#/register">Create an account</a>
       </div>
-      {error?.code === "email_not_verified" && <ResendVerification />}
+      {offersConfirmationResend(error?.code) && <ResendVerification intro="A new account signs in once its email address is confirmed. No confirmation email, or its link expired?" />}
     </main>
   );
 }

@@ -14,6 +14,7 @@ import {
   listSessions,
   otpauthSecret,
   profileChanges,
+  profileSavedMessage,
   revokeOtherSessions,
   revokeSession,
   saveFile,
@@ -123,9 +124,7 @@ function ProfileSection() {
       const saved: Profile = await updateProfile(emailChanges ? { ...changes, current_password: currentPassword } : changes);
       setData(saved);
       setCurrentPassword("");
-      return emailChanges && saved.pending_email
-        ? `Saved. A confirmation link is on its way to ${saved.pending_email}; your address changes once you open it.`
-        : "Saved.";
+      return profileSavedMessage(saved, emailChanges);
     });
   }
 

@@ -1,6 +1,17 @@
 import "fake-indexeddb/auto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { backupCodesText, chunkSizeLabel, deviceName, otpauthSecret, profileChanges, signedInFetch, type Profile } from "./account";
+import {
+  backupCodesText,
+  chunkSizeLabel,
+  deviceName,
+  offersConfirmationResend,
+  otpauthSecret,
+  profileChanges,
+  profileSavedMessage,
+  resendVerification,
+  signedInFetch,
+  type Profile,
+} from "./account";
 import { db } from "./db";
 
 const profile: Profile = {
@@ -81,5 +92,42 @@ describe("signed-in calls", () => {
     await db.auth.put({ key: "current", username: "tech", access: jwt(3600), refresh: "r1", expired: false });
     vi.stubGlobal("fetch", vi.fn().mockResolvedValue(json(400, { error: { code: "invalid_otp", message: "The code is not correct.", hint: "Check the time." } })));
     await expect(signedInFetch("/auth/2fa/confirm", { method: "POST", json: { otp: "1" } })).rejects.toMatchObject({ code: "invalid_otp", status: 400 });
+  });
+});
+
+describe("signing in to an account whose email is not confirmed", () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  it("offers the confirmation email again under a refused sign-in, which the server words the same", () => {
+    expect(offersConfirmationResend("invalid_credentials")).toBe(true);
+    // The server no longer answers email_not_verified; other refusals need no new email.
+    expect(offersConfirmationResend("email_not_verified")).toBe(false);
+    expect(offersConfirmationResend("invalid_otp")).toBe(false);
+    expect(offersConfirmationResend("sign_in_locked")).toBe(false);
+    expect(offersConfirmationResend(undefined)).toBe(false);
+  });
+
+  it("asks for the email again with the address alone, as the API expects", async () => {
+    const fetch = vi.fn().mockResolvedValue(json(202, { detail: "If an unconfirmed account uses this address, an email is on its way." }));
+    vi.stubGlobal("fetch", fetch);
+    expect(await resendVerification("ada@clinic.example")).toEqual({ detail: "If an unconfirmed account uses this address, an email is on its way." });
+    const [url, init] = fetch.mock.calls[0]!;
+    expect(url).toBe("/api/v1/auth/verify-email/resend");
+    expect(init.method).toBe("POST");
+    expect(init.headers["Content-Type"]).toBe("application/json");
+    expect(JSON.parse(init.body)).toEqual({ email: "ada@clinic.example" });
+    expect(init.headers.Authorization).toBeUndefined();
+  });
+});
+
+describe("saving the profile", () => {
+  it("promises an email to a new address, not a confirmation link the server may not send", () => {
+    const saved = { ...profile, pending_email: "new@clinic.example" };
+    const message = profileSavedMessage(saved, true);
+    expect(message).toContain("An email is on its way to new@clinic.example");
+    expect(message).not.toContain("A confirmation link is on its way");
+    expect(profileSavedMessage(profile, false)).toBe("Saved.");
   });
 });

@@ -31,6 +31,13 @@ export function verifyEmail(token: string): Promise<{ username: string; email_ve
   return apiFetch("/auth/verify-email", { method: "POST", json: { token } });
 }
 
+/** Whether the sign-in screen offers the confirmation email again under its error. The
+ * server answers an account whose address is not confirmed yet exactly like a wrong
+ * password (`invalid_credentials`), so it cannot say which; the offer covers both. */
+export function offersConfirmationResend(code: string | undefined): boolean {
+  return code === "invalid_credentials";
+}
+
 export function resendVerification(email: string): Promise<Accepted> {
   return apiFetch("/auth/verify-email/resend", { method: "POST", json: { email } });
 }
@@ -165,6 +172,15 @@ export function profileChanges(profile: Profile, form: { fullName: string; email
   if (form.fullName.trim() !== profile.full_name) changes.full_name = form.fullName.trim();
   if (form.email.trim().toLowerCase() !== profile.email.toLowerCase()) changes.email = form.email.trim();
   return changes;
+}
+
+/** What the profile form says once saved. A new address gets an email either way (a
+ * confirmation link, or its owner a notice when another account uses it), so the words
+ * promise no more than that. */
+export function profileSavedMessage(saved: Profile, emailChanged: boolean): string {
+  return emailChanged && saved.pending_email
+    ? `Saved. An email is on its way to ${saved.pending_email}; your address changes once you open the confirmation link in it.`
+    : "Saved.";
 }
 
 /** The backup codes as a text file a person can print or keep. */
