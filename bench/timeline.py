@@ -17,6 +17,7 @@ FORWARD_TASK = "uploads.tasks.upload_forward_task"
 _STAMP = re.compile(r"^\[?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})")
 _TASK = re.compile(r"Task (?P<task>[\w.]+)\[[^\]]+\] (?P<what>received|succeeded)")
 _BATCH = re.compile(r"batch (?P<number>\d+)/(?P<of>\d+) via STOW-RS")
+_PROCESSED = re.compile(r"upload \S+ processed: ")
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,18 @@ def forward_steps(log: Path, *, completed_posted: float, completed_seen: float) 
     for when, line in _events(log, completed_posted - 0.01, completed_seen + 0.01):
         if task := _TASK.search(line):
             marks.setdefault(f"{task['task']} {task['what']}", when)
+        elif _PROCESSED.search(line):
+            marks.setdefault("processed", when)
         elif _BATCH.search(line):
             batches.append(when)
     try:
         process_in = marks[f"{PROCESS_TASK} received"]
-        process_out = marks[f"{PROCESS_TASK} succeeded"]
-        forward_in = marks[f"{FORWARD_TASK} received"]
+        process_out = marks.get("processed") or marks[f"{PROCESS_TASK} succeeded"]
     except KeyError:
         return []
+    # Since forwarding follows processing in the same task, no forwarding task is queued:
+    # the broker step is then zero.
+    forward_in = marks.get(f"{FORWARD_TASK} received", process_out)
     last_batch = batches[-1] if batches else forward_in
     # The worker logs "succeeded" only after deleting the upload's files, which can be
     # after the client saw "completed": the last step ends at the client's time.

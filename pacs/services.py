@@ -8,9 +8,12 @@ their source to the PACS unchanged and never held whole in memory.
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,6 +48,10 @@ logger = logging.getLogger(__name__)
 # JSON item per instance and processes the request as a whole, so a CD of 5,000 tiny
 # images is split into requests that each finish (and renew the caller's lease) quickly.
 STOW_BATCH_MAX_INSTANCES = 500
+# STOW-RS batches on the wire at once: while the PACS stores one batch, the next one is
+# already arriving (Orthanc here took 3.8 s per GB with two against 6.3 s with one). Two
+# keep it busy; each more costs a connection and one read block, never a batch in memory.
+STOW_IN_FLIGHT = 2
 # Rows per INSERT of receipts: one round trip for a typical study, bounded for a huge one.
 DELIVERY_RECORD_BATCH = 500
 
@@ -110,13 +117,17 @@ def instances_store(
     target: PacsTarget,
     instances: Sequence[InstanceSource],
     on_batch: Callable[[list[InstanceOutcome]], None] | None = None,
+    in_flight: int = STOW_IN_FLIGHT,
 ) -> list[InstanceOutcome]:
     """Send ``instances`` to ``target`` and return one outcome per instance, in order.
 
     Instances go in STOW-RS batches bounded by settings.PACS_STOW_BATCH_BYTES (and
-    STOW_BATCH_MAX_INSTANCES), each streamed from its source in 1 MiB blocks. After each
-    batch ``on_batch`` gets that batch's outcomes (the place to renew a lease and record
-    progress); an exception it raises stops the delivery and propagates.
+    STOW_BATCH_MAX_INSTANCES), each streamed from its source in 1 MiB blocks, with up to
+    ``in_flight`` batches on the wire at once (each on its own connection, from a worker
+    thread). ``on_batch`` is called in the caller's thread, batch by batch in order, with
+    that batch's outcomes (the place to renew a lease and record progress); an exception
+    it raises stops the delivery (no further batch is started, one already on the wire
+    is finished) and propagates.
 
     Targets without a DICOMweb URL, and targets whose STOW-RS answers 404/405/501 while
     they have an Orthanc URL, get each file by Orthanc REST instead (POST /instances).
@@ -134,46 +145,109 @@ def instances_store(
         raise PacsRejected(pacs=target.name, detail="no DICOMweb or Orthanc URL configured")
     batches = stow_batches(instances, max_bytes=settings.PACS_STOW_BATCH_BYTES)
     outcomes: list[InstanceOutcome] = []
-    use_rest = not target.dicomweb_url
-    with ExitStack() as clients:
-        dicomweb = clients.enter_context(DicomwebClient(target)) if target.dicomweb_url else None
-        orthanc = clients.enter_context(OrthancClient(target)) if target.orthanc_url else None
-        for number, batch in enumerate(batches, start=1):
-            started = time.monotonic()
-            batch_outcomes: list[InstanceOutcome] | None = None
-            if not use_rest and dicomweb is not None:
+    slots = max(1, min(in_flight, len(batches)))
+    with _Sender(target, slots=slots) as sender:
+        pending: deque[tuple[int, list[InstanceSource], Future[_Sent]]] = deque()
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="stow") as pool:
+            try:
+                for number, batch in enumerate(batches, start=1):
+                    pending.append((number, batch, pool.submit(sender.send, batch)))
+                    if len(pending) >= slots:
+                        outcomes.extend(_collect(sender, pending.popleft(), len(batches), on_batch))
+                while pending:
+                    outcomes.extend(_collect(sender, pending.popleft(), len(batches), on_batch))
+            except BaseException:
+                # Start nothing more; a batch already on the wire is finished (and its
+                # stream closed) before this returns, its outcome left unreported.
+                for _, _, future in pending:
+                    future.cancel()
+                raise
+    return outcomes
+
+
+@dataclass(frozen=True)
+class _Sent:
+    outcomes: list[InstanceOutcome]
+    via_rest: bool
+    seconds: float
+
+
+class _Sender:
+    """Sends one batch at a time per slot: each slot has its own DICOMweb and Orthanc
+    client (an HTTP session is not shared between threads). Remembers that the target
+    has no STOW-RS once it said so, and sends every later batch by REST."""
+
+    def __init__(self, target: PacsTarget, *, slots: int) -> None:
+        self.target = target
+        self.use_rest = not target.dicomweb_url
+        self._free: queue.SimpleQueue[tuple[DicomwebClient | None, OrthancClient | None]]
+        self._free = queue.SimpleQueue()
+        with ExitStack() as clients:
+            for _ in range(slots):
+                dicomweb = DicomwebClient(target) if target.dicomweb_url else None
+                orthanc = OrthancClient(target) if target.orthanc_url else None
+                for client in (dicomweb, orthanc):
+                    if client is not None:
+                        clients.enter_context(client)
+                self._free.put((dicomweb, orthanc))
+            self._clients = clients.pop_all()
+
+    def __enter__(self) -> _Sender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._clients.close()
+
+    def send(self, batch: list[InstanceSource]) -> _Sent:
+        """One batch by STOW-RS, or by REST when the target has no STOW-RS (thread-safe)."""
+        started = time.monotonic()
+        dicomweb, orthanc = self._free.get()
+        try:
+            if not self.use_rest and dicomweb is not None:
                 try:
-                    batch_outcomes = _batch_stow(dicomweb, batch)
+                    return _Sent(_batch_stow(dicomweb, batch), False, time.monotonic() - started)
                 except StowNotAvailable as exc:
                     if orthanc is None:
                         raise PacsRejected(
-                            pacs=target.name, detail=str(exc), http_status=exc.status_code
+                            pacs=self.target.name, detail=str(exc), http_status=exc.status_code
                         ) from exc
-                    logger.warning(
-                        "STOW-RS not available on PACS %s (HTTP %s); using Orthanc REST",
-                        target.name,
-                        exc.status_code,
-                    )
-                    use_rest = True
-            if batch_outcomes is None:
-                batch_outcomes = _batch_rest(_required(orthanc), batch)
-            stored = sum(outcome.stored for outcome in batch_outcomes)
-            logger.info(
-                "PACS %s batch %d/%d via %s: %d sent, %d stored, %d failed, %d bytes, %.1fs",
-                target.name,
-                number,
-                len(batches),
-                "REST" if use_rest else "STOW-RS",
-                len(batch),
-                stored,
-                len(batch) - stored,
-                sum(instance.size for instance in batch),
-                time.monotonic() - started,
-            )
-            outcomes.extend(batch_outcomes)
-            if on_batch is not None:
-                on_batch(batch_outcomes)
-    return outcomes
+                    if not self.use_rest:
+                        logger.warning(
+                            "STOW-RS not available on PACS %s (HTTP %s); using Orthanc REST",
+                            self.target.name,
+                            exc.status_code,
+                        )
+                    self.use_rest = True
+            return _Sent(_batch_rest(_required(orthanc), batch), True, time.monotonic() - started)
+        finally:
+            self._free.put((dicomweb, orthanc))
+
+
+def _collect(
+    sender: _Sender,
+    item: tuple[int, list[InstanceSource], Future[_Sent]],
+    total: int,
+    on_batch: Callable[[list[InstanceOutcome]], None] | None,
+) -> list[InstanceOutcome]:
+    """Wait for one batch, log it and hand its outcomes to ``on_batch``."""
+    number, batch, future = item
+    sent = future.result()
+    stored = sum(outcome.stored for outcome in sent.outcomes)
+    logger.info(
+        "PACS %s batch %d/%d via %s: %d sent, %d stored, %d failed, %d bytes, %.1fs",
+        sender.target.name,
+        number,
+        total,
+        "REST" if sent.via_rest else "STOW-RS",
+        len(batch),
+        stored,
+        len(batch) - stored,
+        sum(instance.size for instance in batch),
+        sent.seconds,
+    )
+    if on_batch is not None:
+        on_batch(sent.outcomes)
+    return sent.outcomes
 
 
 def _required(client: OrthancClient | None) -> OrthancClient:

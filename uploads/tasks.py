@@ -21,9 +21,13 @@ _RETRY = {
 
 @shared_task(**_RETRY)
 def upload_process_task(upload_id: str) -> None:
-    from .services import upload_process
+    from .services import upload_forward, upload_process
 
-    upload_process(upload_id=uuid.UUID(upload_id))
+    pk = uuid.UUID(upload_id)
+    # Forwarding follows in this task rather than in a second message, which would first
+    # wait for the broker; forwarding claims its own lease, so beat can still take it over.
+    if upload_process(upload_id=pk):
+        upload_forward(upload_id=pk)
 
 
 @shared_task(**_RETRY)

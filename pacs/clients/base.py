@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import requests
@@ -89,6 +89,30 @@ def iter_part_bytes(part: DicomPart) -> Generator[bytes, None, None]:
             )
     finally:
         stream.close()
+
+
+class SizedBody:
+    """A request body of known ``length``, streamed from ``blocks`` as they come.
+
+    requests sends a bare generator with ``Transfer-Encoding: chunked``, for which urllib3
+    copies every block once more to frame it; given the length, it sends each block as it
+    is. ``blocks`` must yield exactly ``length`` bytes (``iter_part_bytes`` raises before
+    a part could be shorter or longer). ``close()`` closes the generator, and with it the
+    instance stream being read.
+    """
+
+    def __init__(self, blocks: Generator[bytes, None, None], length: int) -> None:
+        self.blocks = blocks
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.blocks
+
+    def close(self) -> None:
+        self.blocks.close()
 
 
 class PacsHttpClient:

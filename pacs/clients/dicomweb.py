@@ -16,7 +16,13 @@ from urllib.parse import quote
 
 import requests
 
-from pacs.clients.base import DicomPart, PacsHttpClient, is_retryable_status, iter_part_bytes
+from pacs.clients.base import (
+    DicomPart,
+    PacsHttpClient,
+    SizedBody,
+    is_retryable_status,
+    iter_part_bytes,
+)
 from pacs.errors import PacsRejected, PacsUnavailable
 
 logger = logging.getLogger(__name__)
@@ -178,10 +184,11 @@ class DicomwebClient(PacsHttpClient):
         return self.target.dicomweb_url.rstrip("/")
 
     def instances_stow(self, *, parts: Sequence[DicomPart]) -> StowResponse:
-        """POST ``parts`` as one STOW-RS request, streaming them as a chunked body.
+        """POST ``parts`` as one STOW-RS request, streaming them as the body.
 
         Each part's bytes are read in 1 MiB blocks while sending, so memory does not grow
-        with the batch, and are sent unchanged. Returns the per-instance answer for any
+        with the batch, and are sent unchanged; the body's length is declared up front
+        (Content-Length, from the parts' sizes). Returns the per-instance answer for any
         status that carries one (200, 202, 400, 409, ...); a 2xx without one comes back
         with nothing stored or failed.
 
@@ -228,12 +235,19 @@ class DicomwebClient(PacsHttpClient):
         )
 
     @staticmethod
-    def _multipart_body(parts: Sequence[DicomPart], boundary: str) -> Generator[bytes, None, None]:
-        for part in parts:
-            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-            yield from iter_part_bytes(part)
-            yield b"\r\n"
-        yield f"--{boundary}--\r\n".encode("ascii")
+    def _multipart_body(parts: Sequence[DicomPart], boundary: str) -> SizedBody:
+        head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+        tail = f"--{boundary}--\r\n".encode("ascii")
+
+        def blocks() -> Generator[bytes, None, None]:
+            for part in parts:
+                yield head
+                yield from iter_part_bytes(part)
+                yield b"\r\n"
+            yield tail
+
+        length = sum(len(head) + part.size + 2 for part in parts) + len(tail)
+        return SizedBody(blocks(), length)
 
     def study_sop_instance_uids(
         self, *, study_instance_uid: str, page_size: int = QIDO_PAGE_SIZE

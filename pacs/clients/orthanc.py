@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import requests
 
-from pacs.clients.base import DicomPart, PacsHttpClient, iter_part_bytes
+from pacs.clients.base import DicomPart, PacsHttpClient, SizedBody, iter_part_bytes
 from pacs.errors import PacsRejected
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class OrthancClient(PacsHttpClient):
         harmless. A file Orthanc cannot read comes back with stored=False and its reason.
         Raises PacsUnavailable, PacsRejected (auth, wrong URL, ...), InstanceSourceError.
         """
-        body = iter_part_bytes(part)
+        body = SizedBody(iter_part_bytes(part), part.size)
         try:
             response = self.request(
                 "POST",
