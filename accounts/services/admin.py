@@ -13,19 +13,32 @@ from .audit import audit_record
 from .sessions import auth_sessions_revoke_all
 
 
+def _audit_on_user(
+    *, action: str, user: User, by: User | None, client: ClientInfo, detail: dict[str, Any]
+) -> None:
+    """An administrator's action on ``user``, in the audit trail."""
+    audit_record(
+        action=action,
+        user=by,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        object_type="user",
+        object_id=str(user.pk),
+        detail=detail,
+    )
+
+
 def user_unlock(*, user: User, by: User | None, client: ClientInfo) -> int:
     """Clear the failed sign-ins that lock ``user`` out (from every address).
 
     Returns how many records were removed; unlocking an account that is not locked is harmless.
     """
     removed = int(axes_reset(username=user.get_username()))
-    audit_record(
+    _audit_on_user(
         action="account_unlocked",
-        user=by,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        object_type="user",
-        object_id=str(user.pk),
+        user=user,
+        by=by,
+        client=client,
         detail={"attempts_cleared": removed},
     )
     return removed
@@ -57,13 +70,11 @@ def user_admin_changed(
     changed = [f for f in SECURITY_FIELDS if before[f] != getattr(user, f)]
     if not changed:
         return []
-    audit_record(
+    _audit_on_user(
         action="role_changed",
-        user=by,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        object_type="user",
-        object_id=str(user.pk),
+        user=user,
+        by=by,
+        client=client,
         detail={
             **{f"old_{f}": before[f] for f in changed},
             **{f"new_{f}": getattr(user, f) for f in changed},
@@ -77,13 +88,11 @@ def user_admin_changed(
 @transaction.atomic
 def user_admin_created(*, user: User, by: User | None, client: ClientInfo) -> None:
     """Audit an account an administrator created (``user`` is saved)."""
-    audit_record(
+    _audit_on_user(
         action="user_created",
-        user=by,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        object_type="user",
-        object_id=str(user.pk),
+        user=user,
+        by=by,
+        client=client,
         detail={
             "username": user.username,
             **{f: getattr(user, f) for f in SECURITY_FIELDS},
@@ -95,13 +104,11 @@ def user_admin_created(*, user: User, by: User | None, client: ClientInfo) -> No
 def user_admin_delete(*, user: User, by: User | None, client: ClientInfo) -> None:
     """Delete an account from the admin, audited. Its sessions go with it; its audit
     events stay (they keep the username as text)."""
-    audit_record(
+    _audit_on_user(
         action="user_deleted",
-        user=by,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        object_type="user",
-        object_id=str(user.pk),
+        user=user,
+        by=by,
+        client=client,
         detail={"username": user.username, "role": user.role},
     )
     user.delete()
@@ -112,13 +119,11 @@ def user_admin_password_set(*, user: User, by: User | None, client: ClientInfo) 
     """Audit a password an administrator set (or removed) for ``user``, and sign the user
     out everywhere: whoever held the old password must not stay signed in. Returns how
     many sessions ended."""
-    audit_record(
+    _audit_on_user(
         action="password_set_by_admin",
-        user=by,
-        ip_address=client.ip_address,
-        user_agent=client.user_agent,
-        object_type="user",
-        object_id=str(user.pk),
+        user=user,
+        by=by,
+        client=client,
         detail={"usable_password": user.has_usable_password()},
     )
     return auth_sessions_revoke_all(

@@ -23,7 +23,10 @@ def root(client):
 
 
 def event(action, obj):
-    return AuditEvent.objects.get(action=action, object_id=str(obj.pk))
+    """The audit event of ``action`` on ``obj`` (ids of different models may be equal)."""
+    return AuditEvent.objects.get(
+        action=action, object_type=obj._meta.model_name, object_id=str(obj.pk)
+    )
 
 
 def test_a_password_set_by_an_admin_is_audited_and_signs_the_user_out(client, root):
