@@ -65,6 +65,23 @@ def _tokens_for(*, session: AuthSession) -> dict[str, str]:
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 
 
+def _login_failed(
+    *, username: str, user: User | None, reason: str, client: ClientInfo, request: Any = None
+) -> None:
+    """Audit a failed sign-in; with ``request``, also count it for django-axes' lockout."""
+    if request is not None:
+        user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
+    audit_record(
+        action="login_failed",
+        user=user,
+        username=username,
+        outcome=AuditOutcome.MINOR_FAILURE,
+        ip_address=client.ip_address,
+        user_agent=client.user_agent,
+        detail={"reason": reason},
+    )
+
+
 def session_login(
     *, username: str, password: str, otp: str | None, client: ClientInfo, request: Any
 ) -> dict[str, str]:
@@ -99,25 +116,17 @@ def session_login(
             status_code=429,
         )
     if not isinstance(user, User):
-        audit_record(
-            action="login_failed",
-            username=username,
-            outcome=AuditOutcome.MINOR_FAILURE,
-            ip_address=client.ip_address,
-            user_agent=client.user_agent,
-            detail={"reason": "invalid_credentials"},
-        )
+        # django-axes counted this failure itself (authenticate() signalled it).
+        _login_failed(username=username, user=None, reason="invalid_credentials", client=client)
         raise _invalid_credentials()
     if not user.email_verified:
         # Answered exactly as a wrong password (and counted as one by django-axes).
-        user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
-        audit_record(
-            action="login_failed",
+        _login_failed(
+            username=username,
             user=user,
-            outcome=AuditOutcome.MINOR_FAILURE,
-            ip_address=client.ip_address,
-            user_agent=client.user_agent,
-            detail={"reason": "email_not_verified"},
+            reason="email_not_verified",
+            client=client,
+            request=request,
         )
         _verification_email_resend_limited(user=user)
         raise _invalid_credentials()
@@ -132,16 +141,12 @@ def session_login(
         check = twofactor_code_check(user=user, code=otp)
         if check.device is None:
             # Counts as a failed sign-in, so codes cannot be guessed without a lockout.
-            user_login_failed.send(
-                sender=__name__, credentials={"username": username}, request=request
-            )
-            audit_record(
-                action="login_failed",
+            _login_failed(
+                username=username,
                 user=user,
-                outcome=AuditOutcome.MINOR_FAILURE,
-                ip_address=client.ip_address,
-                user_agent=client.user_agent,
-                detail={"reason": "otp_throttled" if check.locked_until else "invalid_otp"},
+                reason="otp_throttled" if check.locked_until else "invalid_otp",
+                client=client,
+                request=request,
             )
             if check.locked_until is not None:
                 raise otp_throttled_error(locked_until=check.locked_until, status_code=401)
