@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,6 +53,10 @@ STOW_BATCH_MAX_INSTANCES = 500
 # already arriving (Orthanc here took 3.8 s per GB with two against 6.3 s with one). Two
 # keep it busy; each more costs a connection and one read block, never a batch in memory.
 STOW_IN_FLIGHT = 2
+# While a batch is on the wire the caller's ``heartbeat`` runs this often: on a slow link
+# one 50 MB batch takes minutes (two share the link), longer than a caller's lease would
+# last if it were renewed per batch only.
+HEARTBEAT_SECONDS = 30.0
 # Rows per INSERT of receipts: one round trip for a typical study, bounded for a huge one.
 DELIVERY_RECORD_BATCH = 500
 
@@ -118,6 +123,7 @@ def instances_store(
     instances: Sequence[InstanceSource],
     on_batch: Callable[[list[InstanceOutcome]], None] | None = None,
     in_flight: int = STOW_IN_FLIGHT,
+    heartbeat: Callable[[], None] | None = None,
 ) -> list[InstanceOutcome]:
     """Send ``instances`` to ``target`` and return one outcome per instance, in order.
 
@@ -127,7 +133,9 @@ def instances_store(
     thread). ``on_batch`` is called in the caller's thread, batch by batch in order, with
     that batch's outcomes (the place to renew a lease and record progress); an exception
     it raises stops the delivery (no further batch is started, one already on the wire
-    is finished) and propagates.
+    is finished) and propagates. ``heartbeat`` runs in the caller's thread before each
+    batch is started and every HEARTBEAT_SECONDS while batches are on the wire (the place
+    to renew a lease on a slow link); an exception it raises stops the delivery the same way.
 
     Targets without a DICOMweb URL, and targets whose STOW-RS answers 404/405/501 while
     they have an Orthanc URL, get each file by Orthanc REST instead (POST /instances).
@@ -151,11 +159,17 @@ def instances_store(
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="stow") as pool:
             try:
                 for number, batch in enumerate(batches, start=1):
+                    if heartbeat is not None:
+                        heartbeat()
                     pending.append((number, batch, pool.submit(sender.send, batch)))
                     if len(pending) >= slots:
-                        outcomes.extend(_collect(sender, pending.popleft(), len(batches), on_batch))
+                        outcomes.extend(
+                            _collect(sender, pending.popleft(), len(batches), on_batch, heartbeat)
+                        )
                 while pending:
-                    outcomes.extend(_collect(sender, pending.popleft(), len(batches), on_batch))
+                    outcomes.extend(
+                        _collect(sender, pending.popleft(), len(batches), on_batch, heartbeat)
+                    )
             except BaseException:
                 # Start nothing more; a batch already on the wire is finished (and its
                 # stream closed) before this returns, its outcome left unreported.
@@ -228,10 +242,18 @@ def _collect(
     item: tuple[int, list[InstanceSource], Future[_Sent]],
     total: int,
     on_batch: Callable[[list[InstanceOutcome]], None] | None,
+    heartbeat: Callable[[], None] | None,
 ) -> list[InstanceOutcome]:
-    """Wait for one batch, log it and hand its outcomes to ``on_batch``."""
+    """Wait for one batch (beating ``heartbeat`` meanwhile), log it and hand its outcomes
+    to ``on_batch``."""
     number, batch, future = item
-    sent = future.result()
+    while True:
+        try:
+            sent = future.result(timeout=HEARTBEAT_SECONDS if heartbeat is not None else None)
+            break
+        except FutureTimeout:
+            if heartbeat is not None:
+                heartbeat()
     stored = sum(outcome.stored for outcome in sent.outcomes)
     logger.info(
         "PACS %s batch %d/%d via %s: %d sent, %d stored, %d failed, %d bytes, %.1fs",

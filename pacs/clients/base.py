@@ -171,8 +171,11 @@ class PacsHttpClient:
         HTTP statuses are not interpreted here.
         """
         name = self.target.name
+        streamed = isinstance(kwargs.get("data"), SizedBody)
+        # A streamed body cannot be sent twice: a redirect would resend it used up.
+        kwargs.setdefault("allow_redirects", not streamed)
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
         except InstanceSourceError:
             raise
         except requests.Timeout as exc:
@@ -193,6 +196,17 @@ class PacsHttpClient:
         except OSError as exc:
             # requests raises plain OSError for a missing CA bundle or client certificate.
             raise PacsRejected(pacs=name, detail=short_detail(str(exc))) from exc
+        if streamed and response.is_redirect:
+            location = response.headers.get("Location", "")
+            raise PacsRejected(
+                pacs=name,
+                detail=short_detail(
+                    f"HTTP {response.status_code}: the PACS redirects {url} to {location}; "
+                    "configure the address it redirects to"
+                ),
+                http_status=response.status_code,
+            )
+        return response
 
     def raise_for_status(self, response: requests.Response, *, what: str) -> None:
         """Raise PacsUnavailable on a retryable status, PacsRejected on any other non-2xx."""

@@ -181,3 +181,87 @@ def test_a_stow_body_declares_exactly_the_bytes_it_streams(dicom_test_files, to_
     body = DicomwebClient._multipart_body(sources, "boundary")
 
     assert len(body) == sum(len(block) for block in body)
+
+
+def test_the_heartbeat_beats_while_a_slow_batch_is_on_the_wire(
+    orthanc_clean, dicom_test_files, settings, monkeypatch
+):
+    """A lease renewed only per batch would lapse on a slow link: the caller's heartbeat
+    runs before each batch and every HEARTBEAT_SECONDS while batches are on the wire."""
+    import time
+
+    from pacs import services
+
+    monkeypatch.setattr(services, "HEARTBEAT_SECONDS", 0.05)
+    files = dicom_test_files[:3]
+    one_per_batch(settings)
+    watched = Watched()
+    slow = watched.source(files[0], before_open=lambda: time.sleep(0.5))
+    beats: list[float] = []
+
+    instances_store(
+        target=orthanc_clean.target(),
+        instances=[slow, *(watched.source(f) for f in files[1:])],
+        heartbeat=lambda: beats.append(time.monotonic()),
+    )
+
+    assert len(beats) >= 5  # 3 before the batches, several during the slow one
+    assert max(b - a for a, b in zip(beats, beats[1:], strict=False)) < 0.45
+
+
+def test_a_failing_heartbeat_stops_the_delivery(orthanc_clean, dicom_test_files, settings):
+    files = dicom_test_files[:5]
+    one_per_batch(settings)
+    watched = Watched()
+    calls = []
+
+    class LeaseLost(Exception):
+        pass
+
+    def heartbeat() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise LeaseLost
+
+    with pytest.raises(LeaseLost):
+        instances_store(
+            target=orthanc_clean.target(),
+            instances=[watched.source(f) for f in files],
+            heartbeat=heartbeat,
+            in_flight=1,
+        )
+    assert len(watched.opened) == 1  # nothing started after the lease was lost
+    assert all(stream.closed for stream in watched.streams)
+
+
+def test_a_redirect_on_a_streamed_body_is_refused_with_the_address(orthanc_clean, dicom_test_files):
+    """requests would resend the used-up body to the new address and hang: refuse it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pacs.errors import PacsRejected
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(308)
+            self.send_header("Location", orthanc_clean.dicomweb_url + "/studies")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        target = orthanc_clean.target(
+            dicomweb_url=f"http://127.0.0.1:{server.server_address[1]}/dicom-web", orthanc_url=""
+        )
+        watched = Watched()
+        with pytest.raises(PacsRejected) as refused:
+            instances_store(target=target, instances=[watched.source(dicom_test_files[0])])
+        assert "redirects" in refused.value.detail and "/dicom-web/studies" in refused.value.detail
+        assert orthanc_clean.sop_instance_uids() == set()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -107,6 +107,10 @@ class _Delivery:
                 f.pacs_status, f.pacs_reason = PacsStatus.FAILED, reason[:500]
             changed.append(f)
         self._save(changed)
+        self._renew()
+
+    def _renew(self) -> None:
+        """Keep the lease; raises _LeaseLost when another worker took the upload over."""
         if not lease_renew(
             upload_id=self.session.id, token=self.token, state=UploadState.FORWARDING
         ):
@@ -153,6 +157,7 @@ class _Delivery:
             target=self.target,
             instances=[_source(self.session.id, f) for f in files],
             on_batch=self._on_batch,
+            heartbeat=self._renew,
         )
 
     def _unlisted(self) -> set[str]:
