@@ -18,6 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import BinaryIO
 
 from django.conf import settings
@@ -49,10 +50,6 @@ logger = logging.getLogger(__name__)
 # JSON item per instance and processes the request as a whole, so a CD of 5,000 tiny
 # images is split into requests that each finish (and renew the caller's lease) quickly.
 STOW_BATCH_MAX_INSTANCES = 500
-# STOW-RS batches on the wire at once: while the PACS stores one batch, the next one is
-# already arriving (Orthanc here took 3.8 s per GB with two against 6.3 s with one). Two
-# keep it busy; each more costs a connection and one read block, never a batch in memory.
-STOW_IN_FLIGHT = 2
 # While a batch is on the wire the caller's ``heartbeat`` runs this often: on a slow link
 # one 50 MB batch takes minutes (two share the link), longer than a caller's lease would
 # last if it were renewed per batch only.
@@ -122,14 +119,14 @@ def instances_store(
     target: PacsTarget,
     instances: Sequence[InstanceSource],
     on_batch: Callable[[list[InstanceOutcome]], None] | None = None,
-    in_flight: int = STOW_IN_FLIGHT,
+    in_flight: int | None = None,
     heartbeat: Callable[[], None] | None = None,
 ) -> list[InstanceOutcome]:
     """Send ``instances`` to ``target`` and return one outcome per instance, in order.
 
     Instances go in STOW-RS batches bounded by settings.PACS_STOW_BATCH_BYTES (and
     STOW_BATCH_MAX_INSTANCES), each streamed from its source in 1 MiB blocks, with up to
-    ``in_flight`` batches on the wire at once (each on its own connection, from a worker
+    ``in_flight`` (default settings.PACS_STOW_IN_FLIGHT) batches on the wire at once (each on its own connection, from a worker
     thread). ``on_batch`` is called in the caller's thread, batch by batch in order, with
     that batch's outcomes (the place to renew a lease and record progress); an exception
     it raises stops the delivery (no further batch is started, one already on the wire
@@ -153,7 +150,8 @@ def instances_store(
         raise PacsRejected(pacs=target.name, detail="no DICOMweb or Orthanc URL configured")
     batches = stow_batches(instances, max_bytes=settings.PACS_STOW_BATCH_BYTES)
     outcomes: list[InstanceOutcome] = []
-    slots = max(1, min(in_flight, len(batches)))
+    wanted = settings.PACS_STOW_IN_FLIGHT if in_flight is None else in_flight
+    slots = max(1, min(wanted, len(batches)))
     with _Sender(target, slots=slots) as sender:
         pending: deque[tuple[int, list[InstanceSource], Future[_Sent]]] = deque()
         with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="stow") as pool:
@@ -172,11 +170,23 @@ def instances_store(
                     )
             except BaseException:
                 # Start nothing more; a batch already on the wire is finished (and its
-                # stream closed) before this returns, its outcome left unreported.
-                for _, _, future in pending:
-                    future.cancel()
+                # stream closed) before this returns, its outcome left unreported: the next
+                # delivery sends it again and the PACS keeps one copy.
+                for number, _, future in pending:
+                    if not future.cancel():
+                        future.add_done_callback(partial(_log_dropped, target.name, number))
                 raise
     return outcomes
+
+
+def _log_dropped(pacs: str, number: int, future: Future[_Sent]) -> None:
+    error = future.exception()
+    logger.info(
+        "PACS %s batch %d finished after the delivery stopped: %s (sent again next time)",
+        pacs,
+        number,
+        type(error).__name__ if error is not None else "stored",
+    )
 
 
 @dataclass(frozen=True)

@@ -354,6 +354,10 @@ PACS_MODE = env.str("PACS_MODE", default="failover")
 # STOW-RS batches bounded in bytes: big enough to amortise a request, small enough that a
 # batch on a slow link finishes well inside the per-request timeout.
 PACS_STOW_BATCH_BYTES = env.int("PACS_STOW_BATCH_BYTES", default=50 * 1024 * 1024)
+# STOW-RS batches on the wire at once: while the PACS stores one batch, the next one is
+# already arriving (Orthanc here took 3.8 s per GB with two against 6.3 s with one). Two
+# keep it busy; each more costs a connection and one read block, never a batch in memory.
+PACS_STOW_IN_FLIGHT = env.int("PACS_STOW_IN_FLIGHT", default=2)
 PACS_RETRY_WINDOW = timedelta(days=env.float("PACS_RETRY_WINDOW_DAYS", default=7))
 PACS_RETRY_BASE_SECONDS = env.float("PACS_RETRY_BASE_SECONDS", default=30)
 PACS_RETRY_MAX_SECONDS = env.float("PACS_RETRY_MAX_SECONDS", default=3600)
