@@ -45,6 +45,13 @@ def _current_session_id(request: Request) -> uuid.UUID | None:
         return None
 
 
+class PublicApi(APIView):
+    """Open without a token (sign-in, registration, email links, password reset)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+
 class SignedInApi(APIView):
     """Needs a signed-in user with an access token (not an upload token)."""
 
@@ -57,9 +64,7 @@ _TokenPair = inline_serializer(
 )
 
 
-class LoginApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class LoginApi(PublicApi):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "auth_login"
 
@@ -109,10 +114,7 @@ class LoginApi(APIView):
         )
 
 
-class RefreshApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
-
+class RefreshApi(PublicApi):
     class RefreshInputSerializer(serializers.Serializer):
         refresh = serializers.CharField()
 
@@ -131,10 +133,7 @@ class RefreshApi(APIView):
         )
 
 
-class LogoutApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
-
+class LogoutApi(PublicApi):
     class LogoutInputSerializer(serializers.Serializer):
         refresh = serializers.CharField()
 
@@ -230,9 +229,7 @@ _Accepted = OpenApiResponse(
 )
 
 
-class RegisterApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class RegisterApi(PublicApi):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "auth_register"
 
@@ -284,11 +281,8 @@ _Verified = inline_serializer(
 )
 
 
-class VerifyEmailApi(APIView):
+class VerifyEmailApi(PublicApi):
     """The link in the confirmation email opens GET; the PWA may POST the token."""
-
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
 
     class VerifyEmailInputSerializer(serializers.Serializer):
         token = serializers.CharField(max_length=1000)
@@ -334,9 +328,7 @@ class VerifyEmailApi(APIView):
         return Response({"username": user.username, "email_verified": user.email_verified})
 
 
-class VerifyEmailResendApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class VerifyEmailResendApi(PublicApi):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "auth_password_reset"
 
@@ -390,9 +382,7 @@ class PasswordChangeApi(SignedInApi):
         return Response({"revoked": revoked})
 
 
-class PasswordResetApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class PasswordResetApi(PublicApi):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "auth_password_reset"
 
@@ -417,9 +407,7 @@ class PasswordResetApi(APIView):
         )
 
 
-class PasswordResetConfirmApi(APIView):
-    permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+class PasswordResetConfirmApi(PublicApi):
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "auth_password_reset"
 

@@ -4,7 +4,7 @@ import { useEffect, useRef, useState, type FormEvent } from "react";
 import { confirmPasswordReset, register, requestPasswordReset, resendVerification, verifyEmail } from "./account";
 import { formError, type FormError } from "./formErrors";
 import { navigate } from "./router";
-import { ErrorBox, Field, Notice, useHeadingFocus } from "./ui";
+import { ErrorBox, Field, Notice, useFormAction, useHeadingFocus } from "./ui";
 
 export const PASSWORD_HELP = "At least 12 characters with three of: small letters, capitals, digits, other signs; not like your name or email.";
 
@@ -29,22 +29,16 @@ export function Register() {
   const heading = useHeadingFocus<HTMLHeadingElement>();
   const [form, setForm] = useState({ username: "", email: "", fullName: "", password: "" });
   const [showPassword, setShowPassword] = useState(false);
-  const [error, setError] = useState<FormError | null>(null);
-  const [busy, setBusy] = useState(false);
+  const { busy, error, run } = useFormAction("Creating an account needs the network, and the server cannot be reached.");
   const [sentTo, setSentTo] = useState<string | null>(null);
 
-  async function submit(event: FormEvent) {
+  function submit(event: FormEvent) {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
+    void run(async () => {
       await register({ username: form.username.trim(), email: form.email.trim(), fullName: form.fullName.trim(), password: form.password });
       setSentTo(form.email.trim());
-    } catch (e) {
-      setError(formError(e, "Creating an account needs the network, and the server cannot be reached."));
-    } finally {
-      setBusy(false);
-    }
+      return "";
+    });
   }
 
   if (sentTo) return <CheckEmail address={sentTo} />;
@@ -165,20 +159,10 @@ export function VerifyEmail({ token }: { token: string }) {
  * an account); `intro` says when it is needed. */
 export function ResendVerification({ intro }: { intro?: string } = {}) {
   const [email, setEmail] = useState("");
-  const [error, setError] = useState<FormError | null>(null);
-  const [done, setDone] = useState("");
-  const [busy, setBusy] = useState(false);
-  async function submit(event: FormEvent) {
+  const { busy, error, done, run } = useFormAction();
+  function submit(event: FormEvent) {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      setDone((await resendVerification(email.trim())).detail);
-    } catch (e) {
-      setError(formError(e));
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => (await resendVerification(email.trim())).detail);
   }
   return (
     <form onSubmit={submit} className="form section" aria-labelledby="resend-heading">
@@ -197,20 +181,10 @@ export function ResendVerification({ intro }: { intro?: string } = {}) {
 export function ForgotPassword() {
   const heading = useHeadingFocus<HTMLHeadingElement>();
   const [email, setEmail] = useState("");
-  const [error, setError] = useState<FormError | null>(null);
-  const [done, setDone] = useState("");
-  const [busy, setBusy] = useState(false);
-  async function submit(event: FormEvent) {
+  const { busy, error, done, run } = useFormAction("Resetting a password needs the network, and the server cannot be reached.");
+  function submit(event: FormEvent) {
     event.preventDefault();
-    setBusy(true);
-    setError(null);
-    try {
-      setDone((await requestPasswordReset(email.trim())).detail);
-    } catch (e) {
-      setError(formError(e, "Resetting a password needs the network, and the server cannot be reached."));
-    } finally {
-      setBusy(false);
-    }
+    void run(async () => (await requestPasswordReset(email.trim())).detail);
   }
   return (
     <main className="screen narrow">
@@ -243,26 +217,20 @@ export function ResetPassword({ uid, token }: { uid: string; token: string }) {
   const [password, setPassword] = useState("");
   const [repeat, setRepeat] = useState("");
   const [showPassword, setShowPassword] = useState(false);
-  const [error, setError] = useState<FormError | null>(null);
+  const { busy, error, run, setError } = useFormAction("Choosing a new password needs the network, and the server cannot be reached.");
   const [done, setDone] = useState(false);
-  const [busy, setBusy] = useState(false);
 
-  async function submit(event: FormEvent) {
+  function submit(event: FormEvent) {
     event.preventDefault();
     if (password !== repeat) {
       setError({ code: "passwords_differ", message: "The two passwords are not the same.", hint: "Type the new password twice, exactly alike.", problems: [], fields: {} });
       return;
     }
-    setBusy(true);
-    setError(null);
-    try {
+    void run(async () => {
       await confirmPasswordReset({ uid, token, newPassword: password });
       setDone(true);
-    } catch (e) {
-      setError(formError(e, "Choosing a new password needs the network, and the server cannot be reached."));
-    } finally {
-      setBusy(false);
-    }
+      return "";
+    });
   }
 
   return (

@@ -34,7 +34,7 @@ import {
 import { formError, type FormError } from "./formErrors";
 import { navigate } from "./router";
 import { PASSWORD_HELP } from "./AccountScreens";
-import { ErrorBox, Field, Notice, useHeadingFocus } from "./ui";
+import { ErrorBox, Field, Notice, useFormAction, useHeadingFocus } from "./ui";
 
 const OFFLINE = "Settings need the network, and the server cannot be reached.";
 
@@ -62,25 +62,6 @@ function useLoad<T>(load: () => Promise<T>) {
 }
 
 /** Runs a form's action with busy, error and success message handled. */
-function useAction() {
-  const [busy, setBusy] = useState(false);
-  const [error, setError] = useState<FormError | null>(null);
-  const [done, setDone] = useState("");
-  const run = async (action: () => Promise<string>) => {
-    setBusy(true);
-    setError(null);
-    setDone("");
-    try {
-      setDone(await action());
-    } catch (e) {
-      setError(formError(e, OFFLINE));
-    } finally {
-      setBusy(false);
-    }
-  };
-  return { busy, error, done, run, setError };
-}
-
 function Section({ id, title, children }: { id: string; title: string; children: ReactNode }) {
   return (
     <section className="section" aria-labelledby={`${id}-heading`} data-testid={id}>
@@ -107,7 +88,7 @@ function ProfileSection() {
   const { data: profile, setData, error: loadError, reload } = useLoad(getProfile);
   const [form, setForm] = useState<{ fullName: string; email: string } | null>(null);
   const [currentPassword, setCurrentPassword] = useState("");
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
   useEffect(() => {
     if (profile) setForm({ fullName: profile.full_name, email: profile.email });
   }, [profile]);
@@ -182,7 +163,7 @@ function PasswordSection({ onOthersSignedOut }: { onOthersSignedOut: () => void 
   const [current, setCurrent] = useState("");
   const [next, setNext] = useState("");
   const [repeat, setRepeat] = useState("");
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
   function submit(event: FormEvent) {
     event.preventDefault();
     if (next !== repeat) {
@@ -221,7 +202,7 @@ function TwoFactorSection({ username }: { username: string }) {
   const [codes, setCodes] = useState<string[] | null>(null);
   const [password, setPassword] = useState("");
   const [otp, setOtp] = useState("");
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
 
   if (loadError && !status) return <LoadFailed error={loadError} onRetry={reload} />;
   if (!status) return <p className="note">Loading…</p>;
@@ -379,7 +360,7 @@ function when(iso: string): string {
 
 function SessionsSection({ refreshKey }: { refreshKey: number }) {
   const { data: sessions, setData, error: loadError, reload } = useLoad<DeviceSession[]>(listSessions);
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
   useEffect(() => {
     if (refreshKey) reload();
   }, [refreshKey, reload]);
@@ -455,7 +436,7 @@ function SessionsSection({ refreshKey }: { refreshKey: number }) {
 function PreferencesSection() {
   const { data: saved, setData, error: loadError, reload } = useLoad<Preferences>(getPreferences);
   const [form, setForm] = useState<Preferences | null>(null);
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
   useEffect(() => {
     if (saved) setForm(saved);
   }, [saved]);
@@ -518,7 +499,7 @@ function PreferencesSection() {
 }
 
 function DataSection() {
-  const action = useAction();
+  const action = useFormAction(OFFLINE);
   return (
     <div className="form">
       <p className="note">A JSON file with your profile, preferences, signed-in devices and the record of what your account did.</p>

@@ -1,7 +1,7 @@
 /** Small pieces the screens share. */
-import { useEffect, useId, useRef, type InputHTMLAttributes, type ReactNode } from "react";
+import { useEffect, useId, useRef, useState, type InputHTMLAttributes, type ReactNode } from "react";
 import type { UserError } from "./db";
-import { fieldProblem, messageBeforeProblems, type FormError } from "./formErrors";
+import { fieldProblem, formError, messageBeforeProblems, type FormError } from "./formErrors";
 
 export function ErrorBox({ error }: { error: UserError | FormError | null }) {
   if (!error) return null;
@@ -79,4 +79,25 @@ export function Field({ label, name, error = null, help, ...input }: FieldProps)
       <FieldProblem id={`${id}-problem`} text={problem} />
     </div>
   );
+}
+
+/** A form's request: `run` shows it busy, then the notice its action returns or the
+ * server's error (`offline` is the message when the server cannot be reached). */
+export function useFormAction(offline?: string) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<FormError | null>(null);
+  const [done, setDone] = useState("");
+  const run = async (action: () => Promise<string>) => {
+    setBusy(true);
+    setError(null);
+    setDone("");
+    try {
+      setDone(await action());
+    } catch (e) {
+      setError(formError(e, offline));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return { busy, error, done, run, setError };
 }
