@@ -11,9 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pwa_helpers import PASSWORD, USERNAME, CuttableLink, Product
-
-from uploads.tests.product import running_product
+from pwa_helpers import CuttableLink, Product, product_with_technician
 
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
@@ -49,17 +47,7 @@ def frontend_dist() -> Path:
 
 @pytest.fixture
 def product(tmp_path: Path, orthanc: Any, frontend_dist: Path) -> Iterator[Product]:
-    with running_product(tmp_path, orthanc) as running:
-        product = Product(running.base, running.env, running.process, running.log)
-        product.manage(
-            "createsuperuser",
-            "--noinput",
-            extra_env={
-                "DJANGO_SUPERUSER_USERNAME": USERNAME,
-                "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
-                "DJANGO_SUPERUSER_EMAIL": "tech@example.org",
-            },
-        )
+    with product_with_technician(tmp_path, orthanc) as product:
         yield product
 
 

@@ -14,10 +14,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from email.message import Message as EmailMessage
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from uploads.tests.product import running_product
 
 REPO = Path(__file__).resolve().parents[2]
 USERNAME = "tech"
@@ -218,3 +222,20 @@ def totp_code(otpauth_uri: str, steps_ahead: int = 0) -> str:
     totp = TOTP(key, step=step, digits=digits)
     totp.time = time.time() + steps_ahead * step
     return f"{totp.token():0{digits}d}"
+
+
+@contextmanager
+def product_with_technician(tmp_path: Path, orthanc: Any, **env: str) -> Iterator[Product]:
+    """The product as `make run` starts it (with ``env``), and the technician's account."""
+    with running_product(tmp_path, orthanc, **env) as running:
+        product = Product(running.base, running.env, running.process, running.log)
+        product.manage(
+            "createsuperuser",
+            "--noinput",
+            extra_env={
+                "DJANGO_SUPERUSER_USERNAME": USERNAME,
+                "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+                "DJANGO_SUPERUSER_EMAIL": "tech@example.org",
+            },
+        )
+        yield product

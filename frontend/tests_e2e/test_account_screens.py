@@ -12,9 +12,16 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from playwright.sync_api import BrowserContext, Page, expect
-from pwa_helpers import PASSWORD, USERNAME, MailSink, Product, link_in, totp_code
+from pwa_helpers import (
+    PASSWORD,
+    USERNAME,
+    MailSink,
+    Product,
+    link_in,
+    product_with_technician,
+    totp_code,
+)
 
-from uploads.tests.product import running_product
 from uploads.tests.synthetic import write_study
 
 pytestmark = pytest.mark.e2e
@@ -38,17 +45,7 @@ def mail() -> Iterator[MailSink]:
 @pytest.fixture
 def product(tmp_path: Path, orthanc: Any, frontend_dist: Path, mail: MailSink) -> Iterator[Product]:
     """The product sending its emails to ``mail``, with the technician account."""
-    with running_product(tmp_path, orthanc, **mail.env) as running:
-        product = Product(running.base, running.env, running.process, running.log)
-        product.manage(
-            "createsuperuser",
-            "--noinput",
-            extra_env={
-                "DJANGO_SUPERUSER_USERNAME": USERNAME,
-                "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
-                "DJANGO_SUPERUSER_EMAIL": "tech@example.org",
-            },
-        )
+    with product_with_technician(tmp_path, orthanc, **mail.env) as product:
         yield product
 
 
