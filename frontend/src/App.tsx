@@ -1,6 +1,6 @@
 import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState, type FormEvent } from "react";
-import { getPreferences, offersConfirmationResend, SERVICE_LEVELS } from "./account";
+import { getPreferences, getProfile, notSendingNotice, offersConfirmationResend, SERVICE_LEVELS } from "./account";
 import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmail } from "./AccountScreens";
 import { ApiError } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
@@ -387,11 +387,30 @@ function StorageUse() {
   return text ? <p className="storage">{text}</p> : null;
 }
 
+/** The notice for a role that does not send studies, once the server told the role
+ * (offline the upload button stays: the server has the last word). */
+function useRoleNotice(owner: string, online: boolean): string | null {
+  const [notice, setNotice] = useState<string | null>(null);
+  useEffect(() => {
+    if (!online) return;
+    let live = true;
+    getProfile().then(
+      (profile) => live && setNotice(notSendingNotice(profile.role)),
+      () => undefined,
+    );
+    return () => {
+      live = false;
+    };
+  }, [owner, online]);
+  return notice;
+}
+
 function Queue({ owner, online }: { owner: string; online: boolean }) {
   const studies = useLiveQuery(() => db.studies.where("owner").equals(owner).reverse().sortBy("createdAt"), [owner]);
   const [picked, setPicked] = useState<Picked | null>(null);
   const [signingOut, setSigningOut] = useState<number | null>(null);
   const install = useInstallPrompt((studies?.length ?? 0) > 0);
+  const roleNotice = useRoleNotice(owner, online);
 
   async function onPick(files: File[], kind: Picked["kind"]) {
     const entry: Picked = { files, kind, headers: null, parsed: 0 };
@@ -435,7 +454,13 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
           </div>
         </div>
       )}
-      <UploadButton onPick={(f, k) => void onPick(f, k)} />
+      {roleNotice ? (
+        <p className="notice" role="status" data-testid="role-notice">
+          {roleNotice}
+        </p>
+      ) : (
+        <UploadButton onPick={(f, k) => void onPick(f, k)} />
+      )}
       {install && (
         <button className="install" onClick={install}>
           Add RelayPACS to the home screen

@@ -4,6 +4,7 @@ import {
   backupCodesText,
   chunkSizeLabel,
   deviceName,
+  notSendingNotice,
   offersConfirmationResend,
   otpauthSecret,
   profileChanges,
@@ -129,5 +130,13 @@ describe("saving the profile", () => {
     expect(message).toContain("An email is on its way to new@clinic.example");
     expect(message).not.toContain("A confirmation link is on its way");
     expect(profileSavedMessage(profile, false)).toBe("Saved.");
+  });
+});
+
+describe("notSendingNotice", () => {
+  it("tells radiologists and auditors why there is no upload, and nobody else", () => {
+    expect(notSendingNotice("radiologist")).toContain("radiologist account");
+    expect(notSendingNotice("auditor")).toContain("auditor account");
+    for (const role of ["clinician", "radiographer", "admin"]) expect(notSendingNotice(role)).toBeNull();
   });
 });

@@ -68,6 +68,18 @@ export function getProfile(): Promise<Profile> {
   return signedInFetch("/auth/me");
 }
 
+/** What the main screen says instead of the upload button to a role that does not send
+ * studies (the server refuses them too); null for the roles that send. */
+export function notSendingNotice(role: string): string | null {
+  if (role === "radiologist") {
+    return "This is a radiologist account: it reviews studies and does not send them, so there is no upload here. To send studies, ask your administrator for a clinician or radiographer account.";
+  }
+  if (role === "auditor") {
+    return "This is an auditor account: it reads the audit trail and does not send studies, so there is no upload here. Ask your administrator if you need to send studies.";
+  }
+  return null;
+}
+
 /** Send only what changed; a new email address needs the current password. */
 export function updateProfile(changes: { full_name?: string; email?: string; current_password?: string }): Promise<Profile> {
   return signedInFetch("/auth/me", { method: "PATCH", json: changes });

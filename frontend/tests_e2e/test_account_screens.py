@@ -341,3 +341,17 @@ def test_changing_the_email_and_setting_up_two_step_sign_in_need_the_password(
     twofactor.get_by_role("button", name="Set up two-step sign-in").click()
     expect(twofactor.get_by_role("alert")).to_contain_text("current password is not correct")
     expect(twofactor.get_by_role("img", name="QR code")).to_have_count(0)
+
+
+def test_a_radiologist_is_told_why_there_is_no_upload(product: Product, phone: BrowserContext):
+    product.shell_json(
+        "import json; from accounts.models import User; "
+        "User.objects.create_user(username='rad', email='rad@example.org', "
+        f"password={PASSWORD!r}, role='radiologist', email_verified=True); print(json.dumps(1))"
+    )
+    page = phone.new_page()
+    page.goto("/")
+    sign_in(page, "rad", PASSWORD)
+    expect(page.get_by_test_id("role-notice")).to_contain_text("radiologist account")
+    expect(page.get_by_test_id("pick-files")).to_have_count(0)
+    page.close()
