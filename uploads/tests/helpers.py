@@ -176,3 +176,20 @@ class HttpUploader:
             time.sleep(0.3)
             status = self.status(upload)
         return status
+
+
+# The real RAR archives of the project's shared fixtures (read their README): beside the
+# checkout as ../shared, as on the build machines, or where RELAYPACS_SHARED_DIR says.
+SHARED_DIR = Path(
+    os.environ.get("RELAYPACS_SHARED_DIR") or Path(__file__).resolve().parents[3] / "shared"
+)
+
+
+def rar_fixture(name: str) -> Path:
+    """The shared RAR fixture ``name``; the test is skipped, saying why, without them."""
+    import pytest
+
+    path = SHARED_DIR / "fixtures" / "rar" / name
+    if not path.is_file():
+        pytest.skip(f"the shared RAR fixtures are not at {path.parent} (set RELAYPACS_SHARED_DIR)")
+    return path

@@ -16,8 +16,8 @@ from uploads.archives import (
     expand_zip,
     safe_relative_path,
 )
+from uploads.tests.helpers import rar_fixture
 
-RAR_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "rar"
 LIMITS = ArchiveLimits(max_total_bytes=10**9, max_ratio=100, max_entries=1000)
 
 
@@ -152,7 +152,7 @@ def test_zip64_archive_is_read(tmp_path):
 
 
 def rar(name: str, dest: Path):
-    path = RAR_FIXTURES / name
+    path = rar_fixture(name)
     with open(path, "rb") as stream:
         kind = archive_kind(stream.read(16))
         stream.seek(0)

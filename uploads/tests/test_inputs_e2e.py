@@ -15,14 +15,12 @@ import pytest
 from PIL import Image
 
 from uploads.models import FileKind, PacsStatus, UploadFile
-from uploads.tests.helpers import PYDICOM_DATA, content_md5, sample_paths, sop_uid
+from uploads.tests.helpers import PYDICOM_DATA, content_md5, rar_fixture, sample_paths, sop_uid
 from uploads.tests.rar5 import rar5_stored
 from uploads.tests.synthetic import write_study
 from uploads.tests.test_pipeline_e2e import FINAL, send_upload, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-RAR_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "rar"
 
 
 def make_zip(
@@ -84,7 +82,7 @@ def test_zip_of_a_cd_with_dicomdir_nested_zip_and_junk_reaches_the_pacs(
 def test_rar_fixtures_fail_cleanly_with_their_own_code(
     api, celery_worker, orthanc_clean, fixture, code
 ):
-    upload = send_upload(api, [RAR_FIXTURES / fixture])
+    upload = send_upload(api, [rar_fixture(fixture)])
     status = wait_for(api, upload["upload_id"], FINAL)
     assert status["state"] == "failed"
     assert status["error"]["code"] == code
@@ -92,7 +90,7 @@ def test_rar_fixtures_fail_cleanly_with_their_own_code(
 
 
 def test_rar_symlinks_are_listed_as_skipped(api, celery_worker, orthanc_clean):
-    upload = send_upload(api, [RAR_FIXTURES / "rar5-symlink-unix.rar"])
+    upload = send_upload(api, [rar_fixture("rar5-symlink-unix.rar")])
     status = wait_for(api, upload["upload_id"], FINAL)
     skipped = {f["name"]: f["reason"] for f in status["skipped_files"]}
     assert "link" in skipped["rar5-symlink-unix.rar/data_link"]
