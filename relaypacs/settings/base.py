@@ -57,6 +57,9 @@ INSTALLED_APPS = [
     "rest_framework_simplejwt",
     "rest_framework_simplejwt.token_blacklist",
     "drf_spectacular",
+    # Swagger UI served from the product, pinned: the API docs work offline and on a
+    # closed hospital network (no CDN).
+    "drf_spectacular_sidecar",
     "django_otp",
     "django_otp.plugins.otp_totp",
     "django_otp.plugins.otp_static",
@@ -249,6 +252,9 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # One name per choice set, so the schema (and `check --deploy`) has no enum collisions.
     "ENUM_NAME_OVERRIDES": {
         "ServiceLevelEnum": ["routine", "urgent", "emergency", "stat"],

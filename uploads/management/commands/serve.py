@@ -9,12 +9,13 @@ stops the whole relay, and Ctrl-C (or SIGTERM) stops everything it started.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,33 @@ def lan_certificate(directory: Path) -> tuple[Path, Path]:
     )
     key.chmod(0o600)
     return cert, key
+
+
+# Hosts that mean "every interface" or this machine: a browser on this machine should use
+# localhost, the one plain-HTTP address browsers treat as a secure context (service worker,
+# offline queue); 0.0.0.0 is not one.
+_LOCAL_HOSTS = {"0.0.0.0", "127.0.0.1", "::", "::1", "localhost", ""}  # noqa: S104
+# What `make run`'s environment may have set that manage.py needs to find the same data.
+_ENVIRONMENT_FOR_MANAGE = ("DJANGO_SETTINGS_MODULE", "DATA_DIR", "DATABASE_URL")
+
+
+def browser_url(*, host: str, port: int) -> str:
+    """The address to open in a browser on this machine for a server bound to ``host``."""
+    return f"http://{'localhost' if host in _LOCAL_HOSTS else host}:{port}/"
+
+
+def createsuperuser_command(*, environ: Mapping[str, str], data_dir: Path) -> str:
+    """The exact createsuperuser command for this environment, ready to paste."""
+    names = {"DATA_DIR": str(data_dir)}
+    for name in _ENVIRONMENT_FOR_MANAGE:
+        if name in environ and name != "DATA_DIR":
+            names[name] = environ[name]
+    if names.get("DJANGO_SETTINGS_MODULE") == "relaypacs.settings.dev":
+        names.pop("DJANGO_SETTINGS_MODULE")  # manage.py's own default
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in names.items())
+    python = shlex.quote(str(Path(sys.executable)))
+    manage = shlex.quote(str(Path(settings.BASE_DIR) / "manage.py"))
+    return f"{prefix} {python} {manage} createsuperuser"
 
 
 class Command(BaseCommand):
@@ -208,7 +236,7 @@ class Command(BaseCommand):
         ]
         self._spawn("web", [*web, "--port", str(settings.PORT)], env)
         self.stdout.write(
-            f"RelayPACS is starting on http://{options['host']}:{settings.PORT}/ "
+            f"RelayPACS is starting on {browser_url(host=options['host'], port=settings.PORT)} "
             f"(API docs at /api/v1/docs/). Press Ctrl-C to stop."
         )
         if settings.HTTPS_PORT:
@@ -222,15 +250,19 @@ class Command(BaseCommand):
                 str(key),
             ]
             self._spawn("web-https", [*web, *tls], env)
+            lan = _lan_addresses()
+            where = ", ".join(f"https://{a}:{settings.HTTPS_PORT}/" for a in lan) or (
+                f"https://<this machine>:{settings.HTTPS_PORT}/"
+            )
             self.stdout.write(
-                f"HTTPS for phones on the clinic network: https://<this machine>:{settings.HTTPS_PORT}/ "
+                f"HTTPS for phones on the clinic network: {where} "
                 f"with a self-signed certificate ({cert}). Install that file as a trusted "
                 "certificate on each phone once, so the app can work offline."
             )
         if not get_user_model().objects.filter(is_superuser=True).exists():
             self.stdout.write(
                 "No administrator exists yet. Create the first one in another terminal with:\n"
-                "  .venv/bin/python manage.py createsuperuser\n"
+                f"  {createsuperuser_command(environ=os.environ, data_dir=data_dir)}\n"
                 "(a superuser can sign in, upload and manage users at /admin/)."
             )
 
