@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from pacs.local_orthanc import LocalOrthanc
     from pacs.selectors import PacsTarget
 
+# The upload storage folder and the session's one Celery worker, for every app's tests.
+pytest_plugins = ["uploads.tests.fixtures"]
+
 ORTHANC_USERNAME = "relaypacs-test"
 ORTHANC_PASSWORD = "test-password"  # a throwaway local test server
 # A freshly picked port can be taken by someone else before Orthanc binds it.

@@ -1,26 +1,37 @@
-"""The admin: users, facilities, sessions (read-only) and the audit trail (read-only).
+"""The admin: users, facilities, invitation codes, sessions (read-only) and the audit
+trail (read-only).
+
+Self-registered accounts wait for approval: *Users* filtered by *Approval: Waiting for
+approval* lists them, and the action *Approve selected accounts* sets their role and
+facility (audited as ``account_approved``).
 
 Every change of a security record made here is audited: accounts (created, rights
 changed, password set, deleted) and the 2FA devices and lockout records that django-otp
 and django-axes register, which are re-registered below with auditing.
 """
 
+from datetime import timedelta
 from typing import Any
 
 from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.utils import timezone
 from django_otp.plugins.otp_static.admin import StaticDeviceAdmin
 from django_otp.plugins.otp_static.models import StaticDevice
 from django_otp.plugins.otp_totp.admin import TOTPDeviceAdmin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from .clientinfo import client_info
-from .models import AuditEvent, AuthSession, Facility, User
+from .models import Approval, AuditEvent, AuthSession, Facility, FacilityInvitation, Role, User
+from .selectors import audit_events_visible_to
 from .services.admin import (
     admin_record_changed,
     user_admin_changed,
@@ -30,7 +41,11 @@ from .services.admin import (
     user_security_snapshot,
     user_unlock,
 )
+from .services.approval import invitation_create, user_approve
 from .services.twofactor import twofactor_reset
+
+# How long a new invitation code is valid unless the administrator picks another expiry.
+INVITATION_DEFAULT_LIFETIME = timedelta(days=7)
 
 
 def _by(request: HttpRequest) -> User | None:
@@ -43,20 +58,42 @@ class FacilityAdmin(admin.ModelAdmin):
     search_fields = ["name", "code"]
 
 
+class ApprovalForm(forms.Form):
+    """What the *Approve selected accounts* action asks for."""
+
+    role = forms.ChoiceField(choices=Role.choices)
+    facility = forms.ModelChoiceField(
+        queryset=Facility.objects.all(), required=False, empty_label="(no facility)"
+    )
+
+
 @admin.register(User)
 class RelayUserAdmin(UserAdmin):
-    list_display = ["username", "email", "role", "facility", "is_active", "email_verified"]
-    list_filter = ["role", "facility", "is_active", "email_verified"]
+    list_display = [
+        "username",
+        "email",
+        "role",
+        "facility",
+        "approval",
+        "is_active",
+        "email_verified",
+    ]
+    list_filter = ["approval", "role", "facility", "is_active", "email_verified"]
     list_select_related = ["facility"]
     fieldsets = (
         *(UserAdmin.fieldsets or ()),
-        ("RelayPACS", {"fields": ("full_name", "role", "facility", "email_verified")}),
+        (
+            "RelayPACS",
+            {"fields": ("full_name", "role", "facility", "approval", "email_verified")},
+        ),
     )
+    # Approval changes only through the audited action (one conditional update).
+    readonly_fields = ["approval"]
     add_fieldsets = (
         *UserAdmin.add_fieldsets,
         ("RelayPACS", {"fields": ("role", "facility")}),
     )
-    actions = ["unlock_sign_in", "reset_two_factor", "mark_email_verified"]
+    actions = ["approve_accounts", "unlock_sign_in", "reset_two_factor", "mark_email_verified"]
 
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         before = user_security_snapshot(user_id=obj.pk)
@@ -86,6 +123,50 @@ class RelayUserAdmin(UserAdmin):
             user = User.objects.get(pk=unquote(id))
             user_admin_password_set(user=user, by=_by(request), client=client_info(request))
         return response
+
+    @admin.action(description="Approve selected accounts (choose their role and facility)")
+    def approve_accounts(
+        self, request: HttpRequest, queryset: QuerySet[User]
+    ) -> TemplateResponse | None:
+        """A page that asks for the role and facility, then approves each selected account
+        that is waiting (each audited); accounts approved already are left as they are."""
+        pending = list(queryset.filter(approval=Approval.PENDING).order_by("pk"))
+        if not pending:
+            self.message_user(
+                request, "None of the selected accounts is waiting for approval.", messages.INFO
+            )
+            return None
+        if "apply" in request.POST:
+            form = ApprovalForm(request.POST)
+            if form.is_valid():
+                approved = sum(
+                    user_approve(
+                        user=user,
+                        role=form.cleaned_data["role"],
+                        facility=form.cleaned_data["facility"],
+                        by=_by(request),
+                        client=client_info(request),
+                    )
+                    for user in pending
+                )
+                self.message_user(
+                    request,
+                    f"Approved {approved} account(s); they can send studies now.",
+                    messages.SUCCESS,
+                )
+                return None
+        else:
+            form = ApprovalForm(initial={"role": pending[0].role, "facility": pending[0].facility})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Approve accounts",
+            "opts": self.model._meta,
+            "accounts": pending,
+            "form": form,
+            "selected": queryset.values_list("pk", flat=True),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/accounts/user/approve_accounts.html", context)
 
     @admin.action(description="Unlock sign-in after too many failed attempts")
     def unlock_sign_in(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
@@ -125,12 +206,20 @@ class AuthSessionAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    """Read-only: the audit trail is append-only."""
+    """Read-only: the audit trail is append-only. An auditor sees what the export gives
+    them (``audit_events_visible_to``)."""
 
     list_display = ["occurred_at", "action", "event_id", "outcome", "username", "ip_address"]
     list_filter = ["action", "outcome", "facility"]
     search_fields = ["username", "object_id"]
     date_hierarchy = "occurred_at"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[AuditEvent]:
+        queryset = super().get_queryset(request)
+        user = request.user
+        if isinstance(user, User) and not user.is_superuser:
+            queryset = queryset & audit_events_visible_to(user=user)
+        return queryset
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -174,6 +263,37 @@ class AuditedAdmin(admin.ModelAdmin):
         for obj in queryset.order_by("pk"):
             self._audit(request, obj, "deleted")
         super().delete_queryset(request, queryset)
+
+
+@admin.register(FacilityInvitation)
+class FacilityInvitationAdmin(AuditedAdmin):
+    """Invitation codes: the code is shown once, when the invitation is saved first; only
+    its digest is kept. To withdraw a code, set its expiry to now or delete it."""
+
+    audit_action = "invitation_changed"
+    list_display = ["facility", "role", "label", "uses", "max_uses", "expires_at", "created_by"]
+    list_filter = ["facility"]
+    list_select_related = ["facility", "created_by"]
+    fields = ["facility", "role", "label", "max_uses", "expires_at", "uses", "created_by"]
+    readonly_fields = ["uses", "created_by"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"expires_at": timezone.now() + INVITATION_DEFAULT_LIFETIME, "max_uses": 1}
+
+    def audit_detail(self, obj: Any) -> dict[str, Any]:
+        return {"facility_id": obj.facility_id, "max_uses": obj.max_uses, "uses": obj.uses}
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        code = invitation_create(invitation=obj, by=_by(request), client=client_info(request))
+        self.message_user(
+            request,
+            f"The invitation code is {code} . Copy it now: it is not stored and cannot be "
+            "shown again.",
+            messages.WARNING,
+        )
 
 
 class AuditedDeviceAdmin(AuditedAdmin):

@@ -243,6 +243,13 @@ class RegisterApi(PublicApi):
         role = serializers.ChoiceField(
             choices=["clinician", "radiographer"], default="clinician", required=False
         )
+        invitation_code = serializers.CharField(
+            required=False,
+            allow_blank=True,
+            max_length=64,
+            help_text="A facility invitation code from an administrator: the account is "
+            "approved at once, in that facility. Without one it waits for approval.",
+        )
 
     class RegisterOutputSerializer(serializers.Serializer):
         username = serializers.CharField()
@@ -250,6 +257,11 @@ class RegisterApi(PublicApi):
         full_name = serializers.CharField()
         role = serializers.CharField()
         email_verified = serializers.BooleanField()
+        approval = serializers.ChoiceField(
+            choices=["pending", "approved"],
+            help_text="pending: an administrator must approve the account before it can send "
+            "studies; approved: by the invitation code.",
+        )
 
     @extend_schema(
         operation_id="auth_register",
@@ -257,13 +269,16 @@ class RegisterApi(PublicApi):
         request=RegisterInputSerializer,
         description="The answer is the same when the username or the email address is "
         "already taken, so it does not tell who has an account: the address then receives an "
-        "email saying what happened (sign in or reset the password; or choose another username).",
+        "email saying what happened (sign in or reset the password; or choose another username). "
+        "A self-registered account waits for an administrator's approval before it can send "
+        "studies (approval: pending), unless a valid invitation_code approves it at once.",
         responses={
             201: RegisterOutputSerializer,
             **error_responses(
                 400,
                 429,
-                s400="invalid_request / weak_password (problems lists each rule) / role_not_allowed.",
+                s400="invalid_request / weak_password (problems lists each rule) / role_not_allowed "
+                "/ invalid_invitation_code (unknown, expired or used up).",
                 s429="rate_limited: too many registrations from this address.",
             ),
         },
@@ -271,7 +286,11 @@ class RegisterApi(PublicApi):
     def post(self, request: Request) -> Response:
         data = self.RegisterInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        receipt = services.user_register(**data.validated_data, client=client_info(request))
+        values = dict(data.validated_data)
+        code = values.pop("invitation_code", "")
+        receipt = services.user_register(
+            **values, invitation_code=code, client=client_info(request)
+        )
         return Response(self.RegisterOutputSerializer(receipt).data, status=status.HTTP_201_CREATED)
 
 
@@ -587,6 +606,8 @@ class AuditExportApi(SignedInApi):
     @extend_schema(
         operation_id="audit_export_csv",
         summary="Download the audit trail as CSV (auditors and administrators)",
+        description="An auditor with a facility gets the events filed under that facility "
+        "only; an auditor without one, and an administrator, get every event.",
         parameters=[AuditExportFilterSerializer],
         responses={
             (200, "text/csv"): OpenApiResponse(
@@ -602,6 +623,7 @@ class AuditExportApi(SignedInApi):
         since = _day_start(filters.get("date_from"))
         until = _day_start(filters["date_to"] + timedelta(days=1)) if "date_to" in filters else None
         events = selectors.audit_events(
+            viewer=_user(request),
             since=since,
             until=until,
             username=filters.get("user"),
@@ -636,6 +658,13 @@ class MeProfileOutputSerializer(serializers.Serializer):
     )
     full_name = serializers.CharField()
     email_verified = serializers.BooleanField(read_only=True)
+    approval = serializers.ChoiceField(
+        choices=["pending", "approved"],
+        read_only=True,
+        help_text="pending: waiting for an administrator's approval; until then the account "
+        "signs in and edits its profile but cannot send studies (upload/init answers 403 "
+        "account_pending_approval).",
+    )
     twofactor_enabled = serializers.SerializerMethodField()
 
     def get_facility(self, user: User) -> dict[str, str] | None:

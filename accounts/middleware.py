@@ -15,7 +15,8 @@ from django.http import HttpRequest, HttpResponse
 
 from .clientinfo import client_info
 from .models import User
-from .services.audit import audit_record
+from .selectors import audit_upload_origin
+from .services.audit import FACILITY_OF_USER, audit_record
 
 # URL name -> (audit action, object type, URL keyword holding the object id)
 AUDITED_READS = {
@@ -42,9 +43,12 @@ class PatientDataAccessAuditMiddleware:
         object_id = str(match.kwargs.get(key, ""))
         if cache.add(f"audit-access:{user.pk}:{object_type}:{object_id}", 1, ACCESS_AUDIT_WINDOW):
             client = client_info(request)
+            # Filed under the upload's facility, like the upload's own events.
+            origin = audit_upload_origin(upload_id=object_id) if object_type == "upload" else None
             audit_record(
                 action=action,
                 user=user,
+                facility_id=origin.facility_id if origin is not None else FACILITY_OF_USER,
                 ip_address=client.ip_address,
                 user_agent=client.user_agent,
                 object_type=object_type,

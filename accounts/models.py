@@ -4,6 +4,7 @@ import uuid
 from typing import Any, ClassVar, NoReturn
 
 from django.contrib.auth.models import AbstractUser, UserManager
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -35,6 +36,18 @@ class Role(models.TextChoices):
     AUDITOR = "auditor", "Auditor"
 
 
+class Approval(models.TextChoices):
+    """Whether an administrator has let the account send studies.
+
+    Only self-registration without an invitation code makes an account pending; every
+    account made by an administrator (admin site, ``createsuperuser``, ``create_user``)
+    is approved from the start.
+    """
+
+    PENDING = "pending", "Waiting for approval"
+    APPROVED = "approved", "Approved"
+
+
 class RelayUserManager(UserManager["User"]):
     def create_superuser(
         self, username: str, email: str | None = None, password: str | None = None, **extra: Any
@@ -59,11 +72,76 @@ class User(AbstractUser):
     default_service_level = models.CharField(max_length=16, blank=True, default="routine")
     default_chunk_size = models.IntegerField(null=True, blank=True)
     duplicate_detection = models.BooleanField(default=True)
+    # A pending account signs in and edits its profile but sends no study until an
+    # administrator approves it (and sets its facility and role).
+    approval = models.CharField(
+        max_length=16, choices=Approval.choices, default=Approval.APPROVED, db_index=True
+    )
 
     objects: ClassVar[RelayUserManager] = RelayUserManager()  # type: ignore[assignment]
 
     def __str__(self) -> str:
         return self.username
+
+    @property
+    def is_approved(self) -> bool:
+        return self.approval == Approval.APPROVED
+
+
+class FacilityInvitation(models.Model):
+    """A code an administrator hands out: registering with it approves the account at once,
+    in ``facility`` and with ``role`` (the registrant's choice when blank).
+
+    Only a SHA-256 digest of the code is stored (the code is random, 80 bits, so a
+    digest without a key suffices); the admin shows the code once, when it is made.
+    ``uses`` is raised by one conditional UPDATE per registration, so concurrent
+    registrations never use a code more than ``max_uses`` times.
+    """
+
+    facility = models.ForeignKey(Facility, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(
+        max_length=20,
+        blank=True,
+        choices=[(Role.CLINICIAN, "Clinician"), (Role.RADIOGRAPHER, "Radiographer")],
+        help_text="The role of accounts registered with this code; blank: their choice.",
+    )
+    label = models.CharField(
+        max_length=200, blank=True, help_text="For whom or what the code was made."
+    )
+    code_digest = models.CharField(max_length=64, unique=True, editable=False)
+    max_uses = models.PositiveIntegerField(
+        default=1, help_text="How many registrations the code approves (1: single use)."
+    )
+    uses = models.PositiveIntegerField(default=0, editable=False)
+    expires_at = models.DateTimeField(help_text="The code approves nothing after this time.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    created_by = models.ForeignKey(
+        "User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(max_uses__gte=1), name="invitation_max_uses_positive"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(uses__lte=models.F("max_uses")),
+                name="invitation_uses_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation {self.pk} to {self.facility_id}"
+
+    def clean(self) -> None:
+        if self.max_uses is not None and self.max_uses < self.uses:
+            raise ValidationError(
+                {
+                    "max_uses": f"The code has been used {self.uses} times already: allow at "
+                    "least that many, or set the expiry to now to withdraw it."
+                }
+            )
 
 
 class AuthSession(models.Model):

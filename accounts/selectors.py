@@ -9,7 +9,10 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from .models import AuditEvent, AuthSession, User
+from .models import AuditEvent, AuthSession, Role, User
+
+# The audit actions of the upload pipeline's events (accounts.subscribers).
+UPLOAD_AUDIT_ACTIONS = ("data_import", "instances_transferred")
 
 
 def auth_sessions_active(*, user: User) -> QuerySet[AuthSession]:
@@ -20,17 +23,40 @@ def auth_sessions_active(*, user: User) -> QuerySet[AuthSession]:
     ).order_by("-last_seen_at")
 
 
+def audit_events_visible_to(*, user: User) -> QuerySet[AuditEvent]:
+    """The audit events a user may read (see docs/security.md, *Audit trail*).
+
+    admin: all; auditor with a facility: the events filed under that facility; auditor
+    without a facility: all; every other role: none.
+    """
+    queryset = AuditEvent.objects.all()
+    if not user.is_active:
+        return queryset.none()
+    if user.role == Role.ADMIN:
+        return queryset
+    if user.role == Role.AUDITOR:
+        if user.facility_id is not None:
+            return queryset.filter(facility_id=user.facility_id)
+        return queryset
+    return queryset.none()
+
+
 def audit_events(
     *,
+    viewer: User,
     since: datetime | None = None,
     until: datetime | None = None,
     username: str | None = None,
     facility_code: str | None = None,
     action: str | None = None,
 ) -> QuerySet[AuditEvent]:
-    """Audit events, oldest first, filtered by time (``since`` <= t < ``until``), user,
-    facility and action."""
-    queryset = AuditEvent.objects.select_related("facility").order_by("occurred_at", "id")
+    """The audit events ``viewer`` may read (``audit_events_visible_to``), oldest first,
+    filtered by time (``since`` <= t < ``until``), user, facility and action."""
+    queryset = (
+        audit_events_visible_to(user=viewer)
+        .select_related("facility")
+        .order_by("occurred_at", "id")
+    )
     if since is not None:
         queryset = queryset.filter(occurred_at__gte=since)
     if until is not None:
@@ -42,6 +68,42 @@ def audit_events(
     if action:
         queryset = queryset.filter(action=action)
     return queryset
+
+
+@dataclass(frozen=True)
+class UploadOrigin:
+    """Whose upload it is and the facility its events are filed under, as the trail
+    recorded them with the upload's first event."""
+
+    owner_id: int | None
+    facility_id: int | None
+
+
+def audit_upload_origin(*, upload_id: str) -> UploadOrigin | None:
+    """The owner and facility of the first audit event of the upload, if any: later
+    events and reads of the upload are filed under the same facility, so the trail needs
+    nothing of the uploads app."""
+    if not upload_id:
+        return None
+    row = (
+        AuditEvent.objects.filter(
+            object_type="upload",
+            object_id=upload_id,
+            action__in=UPLOAD_AUDIT_ACTIONS,
+            detail__owner_id__isnull=False,
+        )
+        .order_by("occurred_at", "id")
+        .values_list("detail__owner_id", "facility_id")
+        .first()
+    )
+    if row is None:
+        return None
+    owner, facility_id = row
+    try:
+        owner_id = int(owner) if owner is not None else None
+    except (TypeError, ValueError):
+        owner_id = None
+    return UploadOrigin(owner_id=owner_id, facility_id=facility_id)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ Each event is recorded with the person it concerns (``user``: ``actor_id`` when 
 names who acted, else the upload's owner ``owner_id``) and the upload as its object.
 Events that do not carry ``owner_id`` get it from the upload's earlier audit events (the
 ``upload.started`` event carries it), so the trail never needs to read the uploads app.
+
+Each is filed under the upload's facility (where it was made, ``facility_id`` of the
+``upload.started`` event; later events take it from that first event), not under the
+facility its owner or the actor belongs to today, so auditors of a clinic see the trail of
+the clinic's uploads even after their owner moved.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Any
 
 from relaypacs import events
 
-from .models import AuditEvent, AuditOutcome, User
-from .services.audit import audit_record
+from .models import AuditOutcome, User
+from .selectors import audit_upload_origin
+from .services.audit import FACILITY_OF_USER, FacilityChoice, audit_record
 
 # event name -> (audit action, outcome, phase)
 _AUDITED = {
@@ -26,7 +32,6 @@ _AUDITED = {
     events.PACS_RECEIPT: ("instances_transferred", AuditOutcome.SUCCESS, "acknowledged"),
     events.UPLOAD_COMPLETED: ("instances_transferred", AuditOutcome.SUCCESS, "confirmed"),
 }
-_UPLOAD_ACTIONS = ("data_import", "instances_transferred")
 # Ids and codes copied into the event's detail when the payload has them.
 _DETAIL_KEYS = (
     "code",
@@ -38,28 +43,11 @@ _DETAIL_KEYS = (
 )
 
 
-def _as_user_id(value: Any) -> int | None:
+def _as_id(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
-
-
-def _owner_from_trail(upload_id: str) -> int | None:
-    """The owner recorded by an earlier event of the same upload, if any."""
-    if not upload_id:
-        return None
-    return (
-        AuditEvent.objects.filter(
-            object_type="upload",
-            object_id=upload_id,
-            action__in=_UPLOAD_ACTIONS,
-            detail__owner_id__isnull=False,
-        )
-        .order_by("occurred_at", "id")
-        .values_list("detail__owner_id", flat=True)
-        .first()
-    )
 
 
 def audit_domain_event(sender: Any, name: str = "", **payload: Any) -> None:
@@ -68,12 +56,21 @@ def audit_domain_event(sender: Any, name: str = "", **payload: Any) -> None:
         return
     action, outcome, phase = audited
     upload_id = str(payload.get("upload_id") or "")
-    owner_id = _as_user_id(payload.get("owner_id"))
+    owner_id = _as_id(payload.get("owner_id"))
+    first = (
+        None
+        if owner_id is not None and "facility_id" in payload
+        else audit_upload_origin(upload_id=upload_id)
+    )
     owner_source = "event"
     if owner_id is None:
-        owner_id = _as_user_id(_owner_from_trail(upload_id))
+        owner_id = first.owner_id if first is not None else None
         owner_source = "audit_trail" if owner_id is not None else "unknown"
-    actor_id = _as_user_id(payload.get("actor_id")) or owner_id
+    if "facility_id" in payload:
+        facility_id: FacilityChoice = _as_id(payload["facility_id"])
+    else:
+        facility_id = first.facility_id if first is not None else FACILITY_OF_USER
+    actor_id = _as_id(payload.get("actor_id")) or owner_id
     user = User.objects.filter(pk=actor_id).first() if actor_id is not None else None
     detail: dict[str, Any] = {"event": name, "phase": phase}
     if owner_id is not None:
@@ -87,6 +84,7 @@ def audit_domain_event(sender: Any, name: str = "", **payload: Any) -> None:
         action=action,
         user=user,
         outcome=outcome,
+        facility_id=facility_id,
         object_type="upload",
         object_id=upload_id,
         detail=detail,

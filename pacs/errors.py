@@ -43,6 +43,27 @@ class PacsUnavailable(ApplicationError):
         )
 
 
+class PacsNotListing(PacsUnavailable):
+    """The PACS took a STOW-RS request (2xx) without saying per instance what it stored,
+    and QIDO-RS does not list all of it yet: send those again later (the PACS keeps one
+    copy), as for any PacsUnavailable.
+    """
+
+    def __init__(self, *, pacs: str, detail: str, http_status: int | None = None) -> None:
+        ApplicationError.__init__(
+            self,
+            "pacs_not_listing",
+            "The hospital PACS took the images but does not list all of them yet.",
+            "RelayPACS sends the missing images again and checks once more automatically. "
+            "If this lasts, ask your PACS administrator to check the PACS.",
+            status_code=503,
+            extra={"pacs": pacs, "detail": detail, "http_status": http_status},
+        )
+        self.pacs = pacs
+        self.detail = detail
+        self.http_status = http_status
+
+
 _REJECTED_HINTS = {
     401: "Check the PACS username, password or token configured in RelayPACS.",
     403: "Check the PACS username, password or token configured in RelayPACS, and that "

@@ -85,3 +85,24 @@ class DeliveredInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sop_instance_uid} → {self.target_key}"
+
+
+class PacsHealthProbe(models.Model):
+    """The last health probe of one PACS target, shared by every process.
+
+    The process that moves ``next_probe_at`` forward (a conditional UPDATE) probes; every
+    other request meanwhile reads ``state`` and ``detail`` (empty until the first probe
+    finished), so a PACS is probed at most once per interval however many callers ask.
+    """
+
+    target_key = models.CharField(max_length=120, unique=True)
+    state = models.CharField(max_length=16, blank=True)
+    detail = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    next_probe_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name = "PACS health probe"
+
+    def __str__(self) -> str:
+        return f"{self.target_key}: {self.state or 'not checked yet'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,6 +15,8 @@ from pacs.clients.dicomweb import DicomwebClient
 from pacs.clients.orthanc import OrthancClient
 from pacs.errors import PacsRejected, PacsUnavailable
 from pacs.models import DeliveredInstance, PacsDestination
+
+logger = logging.getLogger(__name__)
 
 PACS_MODES = ("failover", "all")
 # UIDs per query of delivered_recently: well below SQLite's bound-parameter limit.
@@ -144,6 +147,8 @@ def pacs_health(*, target: PacsTarget, timeout: float = 3.0) -> PacsHealth:
     DICOMweb targets get a QIDO-RS query for a study that does not exist (no patient data
     travels); when DICOMweb is missing there (404/405/501) or the target is REST-only,
     Orthanc's /system is asked instead. "ok" means the PACS answered with success.
+    ``detail`` is a sentence that names no host, address or software version (it is shown
+    to administrators); the technical reason of a failure goes to the log.
     """
 
     def health(state: Literal["ok", "degraded"], detail: str) -> PacsHealth:
@@ -155,19 +160,24 @@ def pacs_health(*, target: PacsTarget, timeout: float = 3.0) -> PacsHealth:
             with DicomwebClient(target, timeout=timeout) as dicomweb:
                 status = dicomweb.probe()
             if 200 <= status < 300:
-                return health("ok", f"QIDO-RS answered HTTP {status}.")
+                return health("ok", "The PACS answered a DICOMweb query.")
             if status in (401, 403):
-                return health("degraded", f"The PACS refused the credentials (HTTP {status}).")
+                return health(
+                    "degraded", f"The PACS refused the configured credentials (HTTP {status})."
+                )
             if status not in (404, 405, 501) or not target.orthanc_url:
-                return health("degraded", f"QIDO-RS answered HTTP {status}.")
-            dicomweb_detail = f"QIDO-RS answered HTTP {status}; "
+                return health(
+                    "degraded", f"The PACS answered a DICOMweb query with an error (HTTP {status})."
+                )
+            dicomweb_detail = f" (its DICOMweb address answered HTTP {status})"
         if target.orthanc_url:
             with OrthancClient(target, timeout=timeout) as orthanc:
-                system = orthanc.system()
-            version = system.get("Version", "?")
-            return health("ok", f"{dicomweb_detail}Orthanc {version} answered.")
+                orthanc.system()
+            return health("ok", f"The PACS answered through its Orthanc REST API{dicomweb_detail}.")
         return health("degraded", "No DICOMweb or Orthanc URL is configured.")
     except (PacsUnavailable, PacsRejected) as exc:
-        return health("degraded", f"{exc.message} {exc.detail}")
-    except Exception as exc:  # a health probe must never break the page that shows it
-        return health("degraded", f"Unexpected error: {type(exc).__name__}")
+        logger.warning("health probe of PACS %s failed: %s", target.name, exc.detail)
+        return health("degraded", exc.message)
+    except Exception:  # a health probe must never break the page that shows it
+        logger.exception("health probe of PACS %s failed unexpectedly", target.name)
+        return health("degraded", "The PACS could not be checked because of an unexpected error.")

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import BinaryIO
 
@@ -27,19 +27,21 @@ from django.utils import timezone
 
 from pacs.clients.dicomweb import DicomwebClient, QidoNotAvailable, StowNotAvailable
 from pacs.clients.orthanc import OrthancClient
-from pacs.errors import InstanceSourceError, PacsRejected, PacsUnavailable
-from pacs.models import DeliveredInstance
-from pacs.selectors import PacsTarget
+from pacs.errors import InstanceSourceError, PacsNotListing, PacsRejected, PacsUnavailable
+from pacs.models import DeliveredInstance, PacsHealthProbe
+from pacs.selectors import PacsHealth, PacsTarget, pacs_health
 
 __all__ = [
     "InstanceOutcome",
     "InstanceSource",
     "InstanceSourceError",
+    "PacsNotListing",
     "PacsRejected",
     "PacsUnavailable",
     "deliveries_record",
     "instances_confirm",
     "instances_store",
+    "pacs_health_probes",
     "retry_delay_seconds",
     "stow_batches",
 ]
@@ -56,6 +58,14 @@ STOW_BATCH_MAX_INSTANCES = 500
 HEARTBEAT_SECONDS = 30.0
 # Rows per INSERT of receipts: one round trip for a typical study, bounded for a huge one.
 DELIVERY_RECORD_BATCH = 500
+
+# The health endpoint is anonymous (load balancers, monitors, anyone on the network): each
+# PACS is probed at most once in this time, whatever the request rate or the number of
+# web processes, so the endpoint cannot be used to flood a PACS with logins.
+HEALTH_PROBE_INTERVAL_SECONDS = 30
+# Probes of several PACS run side by side: one answer takes at most the probe timeout.
+HEALTH_PROBE_MAX_PARALLEL = 8
+HEALTH_DETAIL_MAX_CHARS = 300
 
 NOT_ACKNOWLEDGED = "Not acknowledged by the PACS (STOW-RS answered HTTP {status})."
 _jitter = random.SystemRandom()
@@ -138,11 +148,15 @@ def instances_store(
     they have an Orthanc URL, get each file by Orthanc REST instead (POST /instances).
 
     Idempotent: re-sending instances the PACS already holds is harmless (they come back
-    stored). A per-instance refusal is an outcome with stored=False, never an exception;
+    stored). A per-instance refusal is an outcome with stored=False, never an exception.
+    STOW-RS answers are read as DICOM JSON or DICOM XML; when a 2xx answer does not name
+    an instance (no body, one that cannot be read, the instance left out), QIDO-RS is
+    asked: listed means stored, not listed raises PacsNotListing. After any other status
     an instance the PACS neither stored nor refused counts as failed.
 
-    Raises PacsUnavailable (retryable: network, timeout, 5xx, 408, 429; outcomes of the
-    batches before it were already given to ``on_batch``), PacsRejected (the PACS refuses
+    Raises PacsUnavailable (retryable: network, timeout, 5xx, 408, 429, and its subclass
+    PacsNotListing; outcomes of the batches before it were already given to
+    ``on_batch``), PacsRejected (the PACS refuses
     every request, e.g. wrong credentials or URL), InstanceSourceError (a source stream
     that cannot be read or has the wrong size).
     """
@@ -229,7 +243,9 @@ class _Sender:
         try:
             if not self.use_rest and dicomweb is not None:
                 try:
-                    return _Sent(_batch_stow(dicomweb, batch), False, time.monotonic() - started)
+                    return _Sent(
+                        _batch_stow(dicomweb, orthanc, batch), False, time.monotonic() - started
+                    )
                 except StowNotAvailable as exc:
                     if orthanc is None:
                         raise PacsRejected(
@@ -289,7 +305,9 @@ def _required(client: OrthancClient | None) -> OrthancClient:
     return client
 
 
-def _batch_stow(client: DicomwebClient, batch: list[InstanceSource]) -> list[InstanceOutcome]:
+def _batch_stow(
+    client: DicomwebClient, orthanc: OrthancClient | None, batch: list[InstanceSource]
+) -> list[InstanceOutcome]:
     response = client.instances_stow(parts=batch)
     sent = {instance.sop_instance_uid for instance in batch}
     unexpected = (response.stored.keys() | response.failed.keys()) - sent
@@ -303,6 +321,15 @@ def _batch_stow(client: DicomwebClient, batch: list[InstanceSource]) -> list[Ins
         logger.info(
             "PACS %s stored %d instances with warnings", client.target.name, len(response.warnings)
         )
+    unanswered = [
+        instance
+        for instance in batch
+        if instance.sop_instance_uid not in response.stored
+        and instance.sop_instance_uid not in response.failed
+    ]
+    listed: set[str] = set()
+    if unanswered and 200 <= response.status_code < 300:
+        listed = _listed_after_success(client, orthanc, response.status_code, unanswered)
     outcomes = []
     for instance in batch:
         uid = instance.sop_instance_uid
@@ -318,6 +345,8 @@ def _batch_stow(client: DicomwebClient, batch: list[InstanceSource]) -> list[Ins
                     sop_instance_uid=uid, stored=False, failure_reason=response.failed[uid]
                 )
             )
+        elif uid in listed:
+            outcomes.append(InstanceOutcome(sop_instance_uid=uid, stored=True))
         else:
             outcomes.append(
                 InstanceOutcome(
@@ -327,6 +356,44 @@ def _batch_stow(client: DicomwebClient, batch: list[InstanceSource]) -> list[Ins
                 )
             )
     return outcomes
+
+
+def _listed_after_success(
+    client: DicomwebClient,
+    orthanc: OrthancClient | None,
+    status: int,
+    unanswered: list[InstanceSource],
+) -> set[str]:
+    """The ``unanswered`` instances of a 2xx STOW-RS answer that the PACS lists.
+
+    A 2xx says the PACS took the request; when its answer does not name an instance (no
+    body, a body neither DICOM JSON nor XML, an instance left out) only a query can tell
+    whether it was stored. Raises PacsNotListing when some are not listed (the caller
+    sends them again later; the PACS keeps one copy), and what listing raises.
+    """
+    name = client.target.name
+    logger.info(
+        "PACS %s answered STOW-RS with HTTP %d without naming %d instances; asking QIDO-RS",
+        name,
+        status,
+        len(unanswered),
+    )
+    by_study: dict[str, set[str]] = {}
+    for instance in unanswered:
+        by_study.setdefault(instance.study_instance_uid, set()).add(instance.sop_instance_uid)
+    lister = _Lister(client.target, dicomweb=client, orthanc=orthanc)
+    listed: set[str] = set()
+    for study_uid, expected in by_study.items():
+        listed |= lister.listed(study_instance_uid=study_uid, expected=expected) & expected
+    not_listed = len(unanswered) - len(listed)
+    if not_listed:
+        raise PacsNotListing(
+            pacs=name,
+            detail=f"STOW-RS answered HTTP {status} without naming {len(unanswered)} "
+            f"instances; QIDO-RS does not list {not_listed} of them",
+            http_status=status,
+        )
+    return listed
 
 
 def _batch_rest(client: OrthancClient, batch: list[InstanceSource]) -> list[InstanceOutcome]:
@@ -362,6 +429,45 @@ def _batch_rest(client: OrthancClient, batch: list[InstanceSource]) -> list[Inst
     return outcomes
 
 
+class _Lister:
+    """Lists a study's instances on one target: QIDO-RS, or Orthanc's tools/find for
+    REST-only targets and once QIDO-RS answered 404/405/501 where an Orthanc URL is set.
+    A QIDO-RS 404 without an Orthanc URL means the study is unknown there."""
+
+    def __init__(
+        self,
+        target: PacsTarget,
+        *,
+        dicomweb: DicomwebClient | None,
+        orthanc: OrthancClient | None,
+    ) -> None:
+        self.target = target
+        self.dicomweb = dicomweb
+        self.orthanc = orthanc
+        self.use_rest = dicomweb is None
+
+    def listed(self, *, study_instance_uid: str, expected: Collection[str]) -> set[str]:
+        """The SOP Instance UIDs listed for the study (paging stops once all of
+        ``expected`` were seen). Raises PacsUnavailable, PacsRejected."""
+        if not self.use_rest and self.dicomweb is not None:
+            try:
+                return self.dicomweb.study_sop_instance_uids(
+                    study_instance_uid=study_instance_uid, expected=expected
+                )
+            except QidoNotAvailable as exc:
+                if self.orthanc is not None:
+                    self.use_rest = True
+                elif exc.status_code == 404:
+                    return set()
+                else:
+                    raise PacsRejected(
+                        pacs=self.target.name, detail=str(exc), http_status=exc.status_code
+                    ) from exc
+        return _required(self.orthanc).study_sop_instance_uids(
+            study_instance_uid=study_instance_uid, expected=expected
+        )
+
+
 def instances_confirm(
     *, target: PacsTarget, sop_instance_uids_by_study: Mapping[str, Collection[str]]
 ) -> set[str]:
@@ -377,30 +483,15 @@ def instances_confirm(
     if not target.dicomweb_url and not target.orthanc_url:
         raise PacsRejected(pacs=target.name, detail="no DICOMweb or Orthanc URL configured")
     missing: set[str] = set()
-    use_rest = not target.dicomweb_url
     with ExitStack() as clients:
         dicomweb = clients.enter_context(DicomwebClient(target)) if target.dicomweb_url else None
         orthanc = clients.enter_context(OrthancClient(target)) if target.orthanc_url else None
+        lister = _Lister(target, dicomweb=dicomweb, orthanc=orthanc)
         for study_uid, sop_uids in sop_instance_uids_by_study.items():
             expected = set(sop_uids)
             if not expected:
                 continue
-            present: set[str] | None = None
-            if not use_rest and dicomweb is not None:
-                try:
-                    present = dicomweb.study_sop_instance_uids(study_instance_uid=study_uid)
-                except QidoNotAvailable as exc:
-                    if orthanc is not None:
-                        use_rest = True
-                    elif exc.status_code == 404:
-                        present = set()
-                    else:
-                        raise PacsRejected(
-                            pacs=target.name, detail=str(exc), http_status=exc.status_code
-                        ) from exc
-            if present is None:
-                present = _required(orthanc).study_sop_instance_uids(study_instance_uid=study_uid)
-            missing |= expected - present
+            missing |= expected - lister.listed(study_instance_uid=study_uid, expected=expected)
     logger.info(
         "PACS %s confirm: %d studies, %d instances not listed",
         target.name,
@@ -457,3 +548,68 @@ def retry_delay_seconds(*, attempt: int) -> float:
     # Past 2**62 the product only overflows; the cap has long been reached.
     ceiling = cap if exponent > 62 else min(cap, base * 2**exponent)
     return _jitter.uniform(0, ceiling)
+
+
+def pacs_health_probes(
+    *, targets: Sequence[PacsTarget], now: datetime | None = None
+) -> list[PacsHealth]:
+    """The health of each of ``targets``, in order, from a probe at most
+    HEALTH_PROBE_INTERVAL_SECONDS old.
+
+    A target whose probe is due is claimed by a conditional UPDATE of its PacsHealthProbe
+    row (the row count tells which process won), probed, and the result stored; any other
+    caller in any process gets the stored result meanwhile ("degraded" with a sentence
+    until the first probe finished). So each PACS sees at most one probe per interval.
+    Claimed targets are probed in parallel. Never raises for a PACS failure; raises
+    DatabaseError when the database fails.
+    """
+    now = now or timezone.now()
+    due: list[PacsTarget] = []
+    stored: dict[str, PacsHealthProbe] = {}
+    for target in targets:
+        row, _ = PacsHealthProbe.objects.get_or_create(
+            target_key=target.key, defaults={"next_probe_at": now}
+        )
+        claimed = PacsHealthProbe.objects.filter(pk=row.pk, next_probe_at__lte=now).update(
+            next_probe_at=now + timedelta(seconds=HEALTH_PROBE_INTERVAL_SECONDS)
+        )
+        if claimed == 1:
+            due.append(target)
+        else:
+            stored[target.key] = row
+    fresh: dict[str, PacsHealth] = {}
+    if due:
+        workers = min(len(due), HEALTH_PROBE_MAX_PARALLEL)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="health") as pool:
+            results = list(pool.map(lambda target: pacs_health(target=target), due))
+        checked_at = timezone.now()
+        for target, health in zip(due, results, strict=True):
+            PacsHealthProbe.objects.filter(target_key=target.key).update(
+                state=health["state"],
+                detail=health["detail"][:HEALTH_DETAIL_MAX_CHARS],
+                checked_at=checked_at,
+            )
+            fresh[target.key] = health
+    answers: list[PacsHealth] = []
+    for target in targets:
+        if target.key in fresh:
+            answers.append(fresh[target.key])
+            continue
+        row = stored[target.key]
+        if not row.state:
+            answers.append(
+                {
+                    "name": target.name,
+                    "state": "degraded",
+                    "detail": "The first check of this PACS has not finished yet.",
+                }
+            )
+        else:
+            answers.append(
+                {
+                    "name": target.name,
+                    "state": "ok" if row.state == "ok" else "degraded",
+                    "detail": row.detail,
+                }
+            )
+    return answers

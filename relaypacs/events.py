@@ -25,6 +25,12 @@ UPLOAD_FAILED = "upload.failed"
 UPLOAD_CANCELLED = "upload.cancelled"
 PACS_RECEIPT = "pacs.receipt"  # a PACS acknowledged (part of) an upload
 PACS_UNREACHABLE = "pacs.unreachable"
+REPORT_ASSIGNED = "report.assigned"  # on a worklist (a radiologist's or the pool)
+REPORT_PENDING = "report.pending"  # being read, or a preliminary result exists
+REPORT_READY = "report.ready"  # final, signed, and its PDF is stored
+REPORT_ADDITIONAL_DATA_REQUIRED = "report.additional_data_required"
+REPORT_AMENDED = "report.amended"  # a new signed version superseded the earlier one
+REPORT_CANCELLED = "report.cancelled"
 
 
 def emit(name: str, **payload: Any) -> None:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13 chromium"
+APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13 chromium libpango-1.0-0 libpangoft2-1.0-0 poppler-utils"
 if [ "${1:-}" = "--bench" ]; then APT_PACKAGES="$APT_PACKAGES nginx-core"; fi
 
 missing=""

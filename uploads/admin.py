@@ -1,6 +1,16 @@
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.clientinfo import client_info
+from accounts.models import User
 
 from .models import Study, UploadFile, UploadSession
+from .services.removal import upload_admin_delete
+
+
+def _by(request: HttpRequest) -> User | None:
+    return request.user if isinstance(request.user, User) else None
 
 
 class StudyInline(admin.TabularInline):
@@ -27,6 +37,15 @@ class UploadSessionAdmin(admin.ModelAdmin):
     search_fields = ["id", "owner__username"]
     readonly_fields = [f.name for f in UploadSession._meta.fields]
     inlines = [StudyInline]
+
+    # Deleting here (one upload or "delete selected") goes through the service, so the
+    # upload's bytes go with its row and the deletion is audited.
+    def delete_model(self, request: HttpRequest, obj: UploadSession) -> None:
+        upload_admin_delete(session=obj, by=_by(request), client=client_info(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[UploadSession]) -> None:
+        for session in queryset.order_by("pk"):
+            upload_admin_delete(session=session, by=_by(request), client=client_info(request))
 
 
 @admin.register(UploadFile)

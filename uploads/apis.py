@@ -6,10 +6,10 @@ import uuid
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from kombu import Connection
-from rest_framework import serializers, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import BaseParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -17,7 +17,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.authentication import SessionJWTAuthentication
+from accounts.models import Role
 from pacs import selectors as pacs_selectors
+from pacs import services as pacs_services
 from relaypacs.openapi import error_responses
 
 from . import services, storage
@@ -126,9 +129,12 @@ class UploadInitApi(APIView):
             **error_responses(
                 400,
                 401,
+                403,
                 409,
                 413,
                 507,
+                s403="permission_denied: a role that does not send studies, or an upload "
+                "token; account_pending_approval: the account waits for an administrator.",
                 s409="possible_duplicate: a study with the same patient name, date and modality "
                 "was uploaded in the last 30 days (duplicate_of names it); resend with force_upload.",
             ),
@@ -175,15 +181,18 @@ class ChunkApi(APIView):
             **error_responses(
                 400,
                 401,
+                403,
                 404,
                 409,
                 422,
+                s403="permission_denied: only the upload's owner sends its chunks.",
                 s409="chunk_conflict (different bytes for a stored chunk) or upload_not_receiving.",
             ),
         },
     )
     def put(self, request: Request, upload_id: uuid.UUID) -> Response:
         session = _upload(request, upload_id)
+        services.chunk_sender_ensure_owner(session=session, user_id=request.user.pk)
         index = services.chunk_index_parse(request.query_params.get("index"))
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
@@ -264,7 +273,12 @@ class UploadTokenApi(APIView):
         request=None,
         responses={
             200: inline_serializer("UploadToken", {"upload_token": serializers.CharField()}),
-            **error_responses(401, 404),
+            **error_responses(
+                401,
+                403,
+                404,
+                s403="permission_denied: upload tokens go to the upload's owner only.",
+            ),
         },
     )
     def post(self, request: Request, upload_id: uuid.UUID) -> Response:
@@ -345,19 +359,62 @@ def _check_broker() -> tuple[str, str]:
         return "failing", f"broker unreachable ({type(exc).__name__})"
 
 
+def _check_pacs() -> list[pacs_selectors.PacsHealth]:
+    """Each PACS target's health from the shared, rate-limited probe (pacs.services)."""
+    try:
+        return pacs_services.pacs_health_probes(targets=pacs_selectors.pacs_targets())
+    except DatabaseError:
+        # The targets and the stored probes live in the database, which the database
+        # check reports as failing already.
+        return []
+
+
+def _is_admin(request: Request) -> bool:
+    return getattr(request.user, "role", None) == Role.ADMIN
+
+
+_HEALTH_CHECKS = inline_serializer(
+    "HealthChecks",
+    {
+        "database": serializers.DictField(),
+        "broker": serializers.DictField(),
+        "storage": serializers.DictField(),
+        "pacs": serializers.ListField(child=serializers.DictField()),
+    },
+)
+
+
 class HealthApi(APIView):
+    """Anonymous callers get the overall status and the HTTP code only; signed-in
+    administrators also get each part's state and a sentence about it."""
+
     permission_classes = [AllowAny]
-    authentication_classes: list[type] = []
+    authentication_classes = [SessionJWTAuthentication]
+
+    def perform_authentication(self, request: Request) -> None:
+        # No token is needed here: a missing, expired or revoked one only means the
+        # anonymous answer, never a 401 that a load balancer would read as "down".
+        try:
+            request.user  # noqa: B018 - authenticates
+        except exceptions.APIException:
+            pass
 
     @extend_schema(
         operation_id="health",
+        description=(
+            "200 while the database, the broker and the upload storage work (`degraded` "
+            "when a PACS is not reachable: uploads are kept and delivered later), 503 when "
+            "one of those three fails. `checks` is given to administrators only. Each PACS "
+            "is probed at most once every 30 seconds, whoever asks."
+        ),
         responses={
             200: inline_serializer(
-                "Health", {"status": serializers.CharField(), "checks": serializers.DictField()}
+                "Health",
+                {"status": serializers.CharField(), "checks": _HEALTH_CHECKS},
             ),
             503: inline_serializer(
                 "HealthFailing",
-                {"status": serializers.CharField(), "checks": serializers.DictField()},
+                {"status": serializers.CharField(), "checks": _HEALTH_CHECKS},
             ),
         },
     )
@@ -370,13 +427,14 @@ class HealthApi(APIView):
         ):
             state, detail = check()
             checks[name] = {"state": state, "detail": detail}
-        checks["pacs"] = [
-            pacs_selectors.pacs_health(target=t) for t in pacs_selectors.pacs_targets()
-        ]
+        checks["pacs"] = _check_pacs() if checks["database"]["state"] == "ok" else []
         failing = any(checks[n]["state"] == "failing" for n in ("database", "broker", "storage"))
         degraded = any(p["state"] != "ok" for p in checks["pacs"]) or not checks["pacs"]
         overall = "failing" if failing else ("degraded" if degraded else "ok")
+        body: dict[str, Any] = {"status": overall}
+        if _is_admin(request):
+            body["checks"] = checks
         return Response(
-            {"status": overall, "checks": checks},
+            body,
             status=status.HTTP_503_SERVICE_UNAVAILABLE if failing else status.HTTP_200_OK,
         )

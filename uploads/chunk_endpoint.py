@@ -8,6 +8,13 @@ upload token (what the PWA sends) through the same service as the DRF view
 (``services.chunk_receive`` -> ``chunk_store``), with the same checks, statuses and error
 bodies, and keeps the database connections of its own small thread pool open.
 
+The token's signature, expiry and upload are checked before the body is read: a bad or
+expired token is refused (401), another upload's token too (404), without waiting for the
+body. Its session, its user and the upload's owner are checked after it, with the upload's
+row (read after the body, so that a cancel while the body arrives is seen). The one
+answer that differs from the DRF view's: another upload's token whose session has ended
+is 404 here, 401 there (both refuse it).
+
 Everything else goes to Django unchanged: other paths and methods, chunks sent with an
 access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIRECT is on.
 """
@@ -212,6 +219,16 @@ class ChunkEndpoint:
         secure: bool,
     ) -> None:
         upload_id = uuid.UUID(raw_upload_id)
+        token = headers[b"authorization"].decode("latin-1").partition(" ")[2].strip()
+        # Signature, expiry and upload first, without the database and before a byte of the
+        # body is read: any "Bearer upl_..." header routes here, and a refused one must not
+        # make this process wait for (and hold) up to 16 MiB of body. The server discards
+        # whatever of the body still arrives.
+        try:
+            services.chunk_token_read(upload_id=upload_id, upload_token=token)
+        except ApplicationError as error:
+            await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
+            return
         try:
             length = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
@@ -226,7 +243,7 @@ class ChunkEndpoint:
         call = partial(
             _receive_in_thread,
             upload_id=upload_id,
-            upload_token=headers[b"authorization"].decode("latin-1").partition(" ")[2].strip(),
+            upload_token=token,
             index=(query.get("index") or [None])[-1],
             data=body,
             length=length,

@@ -193,6 +193,13 @@ def wrap_without_meta(*, stream: BinaryIO, size: int, dest: str) -> bool:
     )
 
     stream.seek(0)
+    first_group = stream.read(2)
+    # A dataset with the SOP UIDs this needs starts in group 0002 (a file meta group
+    # without its preamble) or 0008, in either byte order. Anything else is not parsed:
+    # forced parsing reads, say, 6 MiB of zeros as 800,000 empty elements for seconds.
+    if first_group not in (b"\x02\x00", b"\x00\x02", b"\x08\x00", b"\x00\x08"):
+        return False
+    stream.seek(0)
     try:
         ds = dcmread(stream, force=True, defer_size=DEFER_SIZE)
         sop_class = _text(ds, "SOPClassUID")

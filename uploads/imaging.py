@@ -1,8 +1,10 @@
 """Photos (JPEG, PNG) to DICOM Secondary Capture, one series per upload.
 
 An upright baseline JPEG keeps its original bytes, encapsulated (JPEG Baseline transfer
-syntax); a JPEG rotated by EXIF, or any other JPEG, is re-encoded upright; a PNG becomes
-uncompressed pixels (alpha dropped). Every object passes dciodvfy (tested).
+syntax), once a full decode showed they are sound; a JPEG rotated by EXIF, or any other
+JPEG, is re-encoded upright; a PNG becomes uncompressed pixels (alpha dropped). Every
+object passes dciodvfy (tested). A damaged photo (cut short, corrupt data) raises
+ImageConversionError with a reason for the technician, never a decoder's exception.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.utils import timezone
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
@@ -34,6 +36,8 @@ MAX_PIXELS = 100_000_000
 
 
 class ImageConversionError(Exception):
+    """The photo cannot become DICOM; ``reason`` says why, in words for the technician."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -141,8 +145,22 @@ class _Pixels:
     bits: int = 8
 
 
+def _verify_jpeg(stream: BinaryIO) -> None:
+    """Decode the whole JPEG once, so bytes that are kept as they are were checked.
+
+    Decoded at one eighth of its size (JPEG's DCT scaling): every byte of the compressed
+    data is still read and decoded, with 1/64 of the memory. Raises what Pillow raises
+    for a damaged file (an OSError for data cut short or corrupt).
+    """
+    stream.seek(0)
+    with Image.open(stream) as probe:
+        probe.draft(probe.mode, (max(1, probe.width // 8), max(1, probe.height // 8)))
+        probe.load()
+
+
 def _jpeg_pixels(stream: BinaryIO, image: Image.Image) -> _Pixels:
-    """An upright baseline JPEG keeps its bytes; anything else is re-encoded upright."""
+    """An upright baseline JPEG keeps its bytes (once decoded to verify them); anything
+    else is re-encoded upright."""
     orientation = image.getexif().get(0x0112, 1)
     keep = (
         orientation in (0, 1)
@@ -151,6 +169,7 @@ def _jpeg_pixels(stream: BinaryIO, image: Image.Image) -> _Pixels:
         and not image.info.get("progression")
     )
     if keep:
+        _verify_jpeg(stream)
         stream.seek(0)
         subsampled = image.mode == "RGB" and JpegImagePlugin.get_sampling(image) != 0
         photometric = "YBR_FULL_422" if subsampled else "YBR_FULL"
@@ -225,22 +244,34 @@ def convert_image(
 ) -> str:
     """Write one Secondary Capture object for the photo to ``dest``; returns its SOP UID.
 
-    Raises ImageConversionError with a reason a technician understands.
+    Raises ImageConversionError with a reason a technician understands, for a damaged
+    photo (truncated, corrupt: found while decoding it) or one too large to convert. The
+    decoder's own exception is not chained: its message may name the file.
     """
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # A damaged photo must fail to decode. Pillow's global switch to decode what it can of
+    # a truncated file is turned on by libraries that share the worker process (WeasyPrint
+    # sets it when the reports app renders a PDF): with it on, half a JPEG passed as whole.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     sop_instance_uid = sop_instance_uid or generate_uid(prefix=series.uid_root)
     now = timezone.localtime()
+    label = kind.upper()
     try:
         stream.seek(0)
         image = Image.open(stream)
         if kind == "png":
             image.load()
-    except (OSError, Image.DecompressionBombError, ValueError) as exc:
+        pixels = _jpeg_pixels(stream, image) if kind == "jpeg" else _png_pixels(image)
+    except Image.DecompressionBombError:
         raise ImageConversionError(
-            f"the {kind.upper()} image could not be read ({type(exc).__name__})"
-        ) from exc
-
-    pixels = _jpeg_pixels(stream, image) if kind == "jpeg" else _png_pixels(image)
+            f"the {label} photo has more than {MAX_PIXELS // 1_000_000} million pixels, more "
+            "than RelayPACS converts; send a smaller copy of it"
+        ) from None
+    except Exception:  # Pillow raises many kinds on damaged bytes (OSError, SyntaxError, ...)
+        raise ImageConversionError(
+            f"the {label} photo is damaged and could not be read (it is cut short or its "
+            "data is corrupt); copy it again from the camera or phone it was taken with"
+        ) from None
     ds = _base_dataset(
         dest,
         patient=patient,

@@ -42,6 +42,15 @@ class UploadSession(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads"
     )
+    # The owner's facility when the upload was opened: visibility is scoped by it, so moving
+    # a user to another clinic does not move their upload history.
+    facility = models.ForeignKey(
+        "accounts.Facility",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="uploads",
+    )
     state = models.CharField(
         max_length=24, choices=UploadState.choices, default=UploadState.RECEIVING, db_index=True
     )
@@ -70,6 +79,12 @@ class UploadSession(models.Model):
     attempts = models.IntegerField(default=0)
     next_retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
     first_pacs_failure_at = models.DateTimeField(null=True, blank=True)
+    # When a task message for this upload was queued and no worker has claimed it since
+    # (a claim clears it): beat does not queue the same work again while one is waiting.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Leases that ran out in a row without the work finishing (a worker killed or hung
+    # while holding the upload): past a limit the upload is poison and ends failed.
+    lease_expiries = models.IntegerField(default=0)
 
     destination = models.CharField(max_length=200, blank=True)
     receipt = models.JSONField(null=True, blank=True)
@@ -110,6 +125,21 @@ class UploadChunk(models.Model):
 
     def __str__(self) -> str:
         return f"chunk {self.index} of {self.session_id}"
+
+
+class UploadChunkCounter(models.Model):
+    """The bytes of an upload's stored chunks, added by the request that stores each chunk
+    (in the same transaction that marks it stored), so that a chunk's answer reads one row
+    instead of summing every chunk row of the upload. A narrow row of its own, so that the
+    upload's row is not written by chunks."""
+
+    session = models.OneToOneField(
+        UploadSession, on_delete=models.CASCADE, primary_key=True, related_name="chunk_counter"
+    )
+    bytes_received = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.bytes_received} bytes of {self.session_id}"
 
 
 class FileKind(models.TextChoices):

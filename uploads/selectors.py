@@ -21,16 +21,22 @@ ROLES_WITH_OWN_UPLOADS = frozenset({Role.CLINICIAN, Role.RADIOGRAPHER, Role.ADMI
 def uploads_visible_to(*, user: User) -> QuerySet[UploadSession]:
     """The uploads a user's role lets them see and act on (see docs/security.md).
 
-    clinician: their own; radiographer: their facility's (their own without a facility);
-    admin: all; radiologist and auditor: none (they work on reports and the audit log).
+    clinician: their own; radiographer: their own and those made at their facility (the
+    upload's ``facility``, recorded at init, not its owner's facility of today); admin:
+    all; radiologist and auditor: none (they work on reports and the audit log). An
+    account waiting for approval reaches its own uploads at most, whatever its role.
     """
     queryset = UploadSession.objects.all()
     if not user.is_active:
         return queryset.none()
+    if not user.is_approved:
+        return (
+            queryset.filter(owner=user) if user.role in ROLES_WITH_OWN_UPLOADS else queryset.none()
+        )
     if user.role == Role.ADMIN:
         return queryset
     if user.role == Role.RADIOGRAPHER and user.facility_id is not None:
-        return queryset.filter(Q(owner=user) | Q(owner__facility_id=user.facility_id))
+        return queryset.filter(Q(owner=user) | Q(facility_id=user.facility_id))
     if user.role in (Role.CLINICIAN, Role.RADIOGRAPHER):
         return queryset.filter(owner=user)
     return queryset.none()

@@ -8,14 +8,21 @@ replace this module's functions in its own issue.
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 # Copy granularity for chunk writes and range reads: large enough for few syscalls,
 # small enough that memory stays flat whatever the file size.
@@ -146,9 +153,62 @@ def open_member(*, upload_id: uuid.UUID, offset: int, size: int, path: str = "")
     return open_range(upload_id=upload_id, offset=offset, size=size)
 
 
-def stream_delete(*, upload_id: uuid.UUID) -> None:
-    """Remove everything stored for the upload. Idempotent."""
-    shutil.rmtree(_upload_dir(upload_id), ignore_errors=True)
+def stream_delete(*, upload_id: uuid.UUID) -> bool:
+    """Remove everything stored for the upload; True once nothing of it is left.
+
+    Idempotent (an upload with no folder is deleted). Never raises an ``OSError``: a
+    failure is logged with the upload id and the error number only (paths in the work
+    folder come from archive entry names, which can name the patient) and returns False,
+    so that the caller keeps the upload marked as still holding bytes and retries.
+    """
+    directory = _upload_dir(upload_id)
+    try:
+        shutil.rmtree(directory)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if directory.exists():
+            logger.error(
+                "could not delete the files of upload %s (%s); deletion will be retried",
+                upload_id,
+                errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+            )
+            return False
+    return True
+
+
+@contextmanager
+def stream_removed_on_error(*, upload_id: uuid.UUID) -> Iterator[None]:
+    """Remove the upload's folder when the block raises, then let the exception go on.
+
+    Around the transaction that creates an upload's row and its stream: should it roll
+    back (or its commit fail) after the stream was created, no folder stays behind
+    without an upload. An outer transaction rolled back later is not seen here; the orphan
+    sweep removes that folder.
+    """
+    try:
+        yield
+    except BaseException:
+        stream_delete(upload_id=upload_id)
+        raise
+
+
+def stored_uploads() -> Iterator[tuple[uuid.UUID, datetime]]:
+    """Each upload folder under the storage root, with when the folder last changed.
+
+    Entries whose name is not an upload id (a probe file of ``storage_check``, anything an
+    operator put there) are not upload folders and are left out.
+    """
+    with os.scandir(storage_root()) as entries:
+        for entry in entries:
+            try:
+                upload_id = uuid.UUID(entry.name)
+                if str(upload_id) != entry.name or not entry.is_dir(follow_symlinks=False):
+                    continue
+                changed = entry.stat(follow_symlinks=False).st_mtime
+            except (ValueError, OSError):  # not an id, or removed meanwhile
+                continue
+            yield upload_id, datetime.fromtimestamp(changed, tz=UTC)
 
 
 def storage_check() -> tuple[str, str]:

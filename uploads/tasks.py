@@ -49,3 +49,10 @@ def uploads_cleanup() -> int:
     from .services import uploads_cleanup as cleanup
 
     return cleanup()
+
+
+@shared_task(acks_late=True)
+def upload_folders_sweep() -> int:
+    from .services.maintenance import upload_folders_sweep as sweep
+
+    return sweep()

@@ -21,8 +21,9 @@ _SALT = "relaypacs.upload-token.v1"
 @dataclass(frozen=True)
 class UploadTokenClaim:
     upload_id: uuid.UUID
-    # The user the token acts for: whoever asked for it (the owner, or a colleague or an
-    # administrator who may act on the upload), never more than that user may do.
+    # The user the token acts for, never with more than that user may do now. Tokens are
+    # issued to the upload's owner only (``upload_token_refresh``); a token minted for
+    # anyone else opens only what that user may reach and never sends chunks.
     user_id: int
     # The sign-in session the token was issued in; None for tokens issued to an access
     # token without one (scripts and tests that mint tokens with RefreshToken.for_user).

@@ -1,5 +1,7 @@
-"""Writes on accounts. A package: sessions, registration, passwords, 2FA, audit, profile."""
+"""Writes on accounts. A package: sessions, registration, approval, passwords, 2FA, audit,
+profile."""
 
+from .approval import invitation_create, invitation_redeem, user_approve
 from .audit import AUDIT_VOCABULARY, audit_export_record, audit_record
 from .mail import email_verification_link
 from .passwords import password_change, password_reset_confirm, password_reset_request
@@ -39,6 +41,8 @@ __all__ = [
     "email_verification_link",
     "email_verification_resend",
     "email_verify",
+    "invitation_create",
+    "invitation_redeem",
     "password_change",
     "password_check",
     "password_reset_confirm",
@@ -46,6 +50,7 @@ __all__ = [
     "preferences_update",
     "profile_update",
     "user_data_export",
+    "user_approve",
     "user_register",
     "auth_session_revoke",
     "auth_session_touch",

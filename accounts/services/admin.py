@@ -45,7 +45,17 @@ def user_unlock(*, user: User, by: User | None, client: ClientInfo) -> int:
 
 
 # Fields whose change alters what an account may do or whether it may sign in.
-SECURITY_FIELDS = ("role", "facility_id", "is_active", "is_staff", "is_superuser", "email_verified")
+SECURITY_FIELDS = (
+    "role",
+    "facility_id",
+    "is_active",
+    "is_staff",
+    "is_superuser",
+    "email_verified",
+    "approval",
+)
+# Changes that grant or confirm rather than take away: the user's sessions may stay.
+_KEEPS_SESSIONS = {"email_verified", "approval"}
 
 
 def user_security_snapshot(*, user_id: int | None) -> dict[str, object] | None:
@@ -80,7 +90,7 @@ def user_admin_changed(
             **{f"new_{f}": getattr(user, f) for f in changed},
         },
     )
-    if set(changed) - {"email_verified"}:
+    if set(changed) - _KEEPS_SESSIONS:
         auth_sessions_revoke_all(user=user, client=client, reason="role_changed", keep=None)
     return changed
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Any, Final, Literal
 
 from ..clientinfo import ClientInfo
 from ..models import AuditEvent, AuditOutcome, User
@@ -25,6 +26,8 @@ AUDIT_VOCABULARY: dict[str, tuple[str, str]] = {
     "twofactor_disabled": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "twofactor_reset": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "role_changed": ("110113 Security Alert", "110136 Security Roles Changed"),
+    "account_approved": ("110113 Security Alert", "110136 Security Roles Changed"),
+    "invitation_changed": ("110113 Security Alert", "110129 Security Configuration"),
     "user_created": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "user_deleted": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "password_set_by_admin": ("110113 Security Alert", "110137 User Security Attributes Changed"),
@@ -41,10 +44,21 @@ AUDIT_VOCABULARY: dict[str, tuple[str, str]] = {
 }
 
 
+class _Facility(Enum):
+    OF_USER = "of_user"
+
+
+# The default of audit_record's ``facility_id``: the facility the acting user belongs to now.
+FACILITY_OF_USER: Final = _Facility.OF_USER
+# A facility id, None (no facility), or FACILITY_OF_USER.
+FacilityChoice = int | None | Literal[_Facility.OF_USER]
+
+
 def audit_record(
     *,
     action: str,
     user: User | None = None,
+    facility_id: FacilityChoice = FACILITY_OF_USER,
     username: str = "",
     outcome: str = AuditOutcome.SUCCESS,
     ip_address: str | None = None,
@@ -54,6 +68,9 @@ def audit_record(
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event. ``detail`` holds ids, counts and codes only, never patient data.
+
+    The event is filed under ``facility_id`` (what auditors of a facility see): by default
+    the acting user's facility at this moment; an upload's events pass the upload's.
 
     Raises KeyError for an action missing from AUDIT_VOCABULARY (a programming error).
     """
@@ -65,7 +82,11 @@ def audit_record(
         outcome=outcome,
         user=user,
         username=user.username if user is not None else username[:150],
-        facility_id=user.facility_id if user is not None else None,
+        facility_id=(
+            (user.facility_id if user is not None else None)
+            if facility_id is FACILITY_OF_USER
+            else facility_id
+        ),
         ip_address=ip_address or None,
         user_agent=user_agent[:300],
         object_type=object_type,

@@ -136,6 +136,7 @@ def user_data_export(*, user: User, client: ClientInfo) -> dict[str, Any]:
             "role": user.role,
             "facility": user.facility.code if user.facility else None,
             "email_verified": user.email_verified,
+            "approval": user.approval,
             "date_joined": user.date_joined.isoformat(),
             "last_login": user.last_login.isoformat() if user.last_login else None,
         },

@@ -14,7 +14,8 @@ from django.db import IntegrityError, transaction
 from relaypacs.errors import ApplicationError
 
 from ..clientinfo import ClientInfo
-from ..models import Role, User
+from ..models import Approval, Role, User
+from .approval import invitation_redeem
 from .audit import audit_record
 from .mail import (
     VERIFY_SALT,
@@ -49,6 +50,9 @@ class RegistrationReceipt:
     email: str
     full_name: str
     role: str
+    # "pending" (an administrator approves the account) or "approved" (by an invitation
+    # code); it depends on the request only, like the rest of the receipt.
+    approval: str = Approval.PENDING
     email_verified: bool = False
 
 
@@ -60,16 +64,24 @@ def user_register(
     password: str,
     full_name: str,
     role: str = Role.CLINICIAN,
+    invitation_code: str = "",
     client: ClientInfo,
 ) -> RegistrationReceipt:
     """Create an unverified account and email its verification link (a task, after commit).
+
+    The account waits for an administrator's approval (``approval`` pending: it signs in
+    and edits its profile but sends no study), unless ``invitation_code`` is a valid
+    facility invitation: then it is approved in the invitation's facility, with the
+    invitation's role when it names one. A valid code counts one use whether or not an
+    account is made, so neither its count nor a second try tells who has an account.
 
     When the address is taken, its owner is emailed that someone tried to register with
     it; when only the username is taken, the new address is emailed to choose another. The
     answer, and the work done before it, are the same in all three cases: the password is
     hashed, both lookups run, and the account and its audit event are inserted, then rolled
     back to a savepoint when taken (see _user_insert). Raises ``role_not_allowed`` (400) for
-    a role above radiographer and ``weak_password`` (400), which depend on the request only.
+    a role above radiographer, ``weak_password`` (400) and ``invalid_invitation_code``
+    (400, unknown, expired or used up), which depend on the request only.
     """
     if role not in SELF_REGISTRATION_ROLES:
         raise ApplicationError(
@@ -84,14 +96,26 @@ def user_register(
         full_name=full_name,
         role=role,
         email_verified=False,
+        approval=Approval.PENDING,
     )
     password_check(password=password, user=user)
     user.set_password(password)
-    receipt = RegistrationReceipt(username=username, email=email, full_name=full_name, role=role)
+    if invitation_code.strip():
+        invitation = invitation_redeem(code=invitation_code)
+        user.facility_id = invitation.facility_id
+        user.role = invitation.role or role
+        user.approval = Approval.APPROVED
+    receipt = RegistrationReceipt(
+        username=username,
+        email=email,
+        full_name=full_name,
+        role=user.role,
+        approval=user.approval,
+    )
     owner = User.objects.filter(email__iexact=email).order_by("pk").first()
     username_taken = User.objects.filter(username__iexact=username).exists()
     kept = _user_insert(
-        user=user, role=role, client=client, keep=owner is None and not username_taken
+        user=user, role=user.role, client=client, keep=owner is None and not username_taken
     )
     if owner is not None:
         registration_attempt_notice_queue(owner=owner)
@@ -116,7 +140,7 @@ def _user_insert(*, user: User, role: str, client: ClientInfo, keep: bool) -> bo
                 user=user,
                 ip_address=client.ip_address,
                 user_agent=client.user_agent,
-                detail={"role": role},
+                detail={"role": role, "approval": user.approval},
             )
             if not keep:
                 transaction.set_rollback(True)

@@ -3,6 +3,7 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.utils import timezone
 
@@ -76,7 +77,7 @@ def test_auditor_exports_csv_filtered_by_user_facility_action_and_date(client):
     here, there = FacilityFactory(), FacilityFactory()
     alice = UserFactory(facility=here)
     bob = UserFactory(facility=there)
-    auditor = UserFactory(role=Role.AUDITOR)
+    auditor = UserFactory(role=Role.AUDITOR, facility=None)  # sees every facility's events
     audit_record(action="password_changed", user=alice)
     audit_record(action="password_changed", user=bob)
     audit_record(action="twofactor_enabled", user=alice)
@@ -161,3 +162,80 @@ def test_deactivating_a_user_in_the_admin_is_audited_and_signs_them_out(client):
         ).status_code
         == 401
     )
+
+
+def test_an_auditor_with_a_facility_reads_that_facilitys_trail_only(client):
+    here, there = FacilityFactory(), FacilityFactory()
+    alice, bob = UserFactory(facility=here), UserFactory(facility=there)
+    for user in (alice, bob):
+        audit_record(action="password_changed", user=user)
+    audit_record(action="login_failed", username="nobody")  # filed under no facility
+    local = UserFactory(role=Role.AUDITOR, facility=here)
+    assert {r["username"] for r in rows(export(client, local, action="password_changed"))} == {
+        alice.username
+    }
+    assert rows(export(client, local, action="login_failed")) == []
+    # Asking for another facility gives nothing rather than that facility's events.
+    assert rows(export(client, local, facility=there.code)) == []
+    everywhere = UserFactory(role=Role.AUDITOR, facility=None)
+    assert {r["username"] for r in rows(export(client, everywhere, action="password_changed"))} == {
+        alice.username,
+        bob.username,
+    }
+    assert len(rows(export(client, everywhere, action="login_failed"))) == 1
+    admin = UserFactory(role=Role.ADMIN, facility=here)  # administrators see everything
+    assert len(rows(export(client, admin, action="password_changed"))) == 2
+
+
+def test_an_auditor_in_the_admin_sees_the_same_events_as_in_the_export(client):
+    here, there = FacilityFactory(), FacilityFactory()
+    audit_record(action="password_changed", user=UserFactory(username="alice", facility=here))
+    audit_record(action="password_changed", user=UserFactory(username="bob", facility=there))
+    auditor = UserFactory(role=Role.AUDITOR, facility=here, is_staff=True)
+    auditor.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+    client.force_login(auditor)
+    page = client.get("/admin/accounts/auditevent/", {"action__exact": "password_changed"})
+    assert page.status_code == 200
+    assert ">alice<" in page.content.decode() and ">bob<" not in page.content.decode()
+
+
+def test_an_uploads_events_are_filed_under_its_facility_after_its_owner_moved(client):
+    here, there = FacilityFactory(), FacilityFactory()
+    owner = UserFactory(role=Role.RADIOGRAPHER, facility=here)
+    events.emit(events.UPLOAD_STARTED, upload_id="u-9", owner_id=owner.pk, facility_id=here.pk)
+    owner.facility = there
+    owner.save(update_fields=["facility"])
+    events.emit(events.UPLOAD_RECEIVED, upload_id="u-9", owner_id=owner.pk)
+    events.emit(events.UPLOAD_COMPLETED, upload_id="u-9")
+    trail = AuditEvent.objects.filter(object_id="u-9")
+    assert trail.count() == 3
+    assert set(trail.values_list("facility_id", flat=True)) == {here.pk}
+    assert {
+        r["object_id"] for r in rows(export(client, UserFactory(role=Role.AUDITOR, facility=here)))
+    } >= {"u-9"}
+    assert "u-9" not in {
+        r["object_id"] for r in rows(export(client, UserFactory(role=Role.AUDITOR, facility=there)))
+    }
+
+
+def test_reading_an_upload_is_filed_under_the_uploads_facility(
+    client, django_capture_on_commit_callbacks
+):
+    clinic = FacilityFactory()
+    owner = UserFactory(role=Role.RADIOGRAPHER, facility=clinic)
+    owner_access = login(client, owner.username).json()["access"]
+    with django_capture_on_commit_callbacks(execute=True):
+        made = client.post(
+            "/api/v1/upload/init",
+            {"files": [{"name": "a.dcm", "size": 10}]},
+            content_type="application/json",
+            **bearer(owner_access),
+        )
+    upload_id = made.json()["upload_id"]
+    started = AuditEvent.objects.get(action="data_import", object_id=upload_id)
+    assert started.facility == clinic
+    admin = UserFactory(role=Role.ADMIN, facility=None)
+    access = login(client, admin.username).json()["access"]
+    assert client.get(f"/api/v1/upload/{upload_id}/status", **bearer(access)).status_code == 200
+    read = AuditEvent.objects.get(action="instances_accessed", object_id=upload_id)
+    assert read.user == admin and read.facility == clinic

@@ -46,6 +46,7 @@ def test_registration_creates_an_unverified_clinician_and_emails_a_link(
         "full_name": "Jane Doe",
         "role": "clinician",
         "email_verified": False,
+        "approval": "pending",
     }
     assert len(mailoutbox) == 1
     assert mailoutbox[0].to == ["jdoe@clinic.example"]

@@ -30,6 +30,7 @@ def expected_body(**changes):
         "full_name": "Jane Doe",
         "role": "clinician",
         "email_verified": False,
+        "approval": "pending",
         **changes,
     }
 

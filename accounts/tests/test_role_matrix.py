@@ -1,7 +1,8 @@
 """Role × endpoint × whose upload: who may see and act on an upload.
 
-clinician: own; radiographer: own facility's; admin: all; radiologist and auditor: none.
-Anything the requester may not see is 404 (never 403), so ids leak nothing.
+clinician: own; radiographer: own facility's (the facility the upload was made at); admin:
+all; radiologist and auditor: none. Anything the requester may not see is 404 (never 403),
+so ids leak nothing; what they see but do not own, they may not write bytes into (403).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ OBJECT_ENDPOINTS = [
     ("post", "/token"),
     ("put", "/chunk"),
 ]
+# Endpoints that write an upload's bytes (or issue the token that does): owner only.
+OWNER_ONLY = {"/token", "/chunk"}
 
 
 def client_for(user: Any) -> APIClient:
@@ -49,8 +52,13 @@ def client_for(user: Any) -> APIClient:
 
 
 def make_upload(owner: Any) -> UploadSession:
+    """An upload as upload_init makes it: made at the owner's facility of now."""
     return UploadSession.objects.create(
-        owner=owner, total_size=10, chunk_size=256 * 1024, total_chunks=1
+        owner=owner,
+        facility=owner.facility,
+        total_size=10,
+        chunk_size=256 * 1024,
+        total_chunks=1,
     )
 
 
@@ -79,7 +87,11 @@ def test_role_matrix_on_one_upload(world, role, owner, method, suffix):
     upload = upload_of(world, role, owner)
     client = client_for(world["requesters"][role])
     response = getattr(client, method)(f"/api/v1/upload/{upload.id}{suffix}")
-    if owner in VISIBLE[role]:
+    if owner in VISIBLE[role] and owner != "own" and suffix in OWNER_ONLY:
+        # Seen but not the owner's: bytes and the tokens that send them are the owner's only.
+        assert response.status_code == 403, response.content
+        assert response.json()["error"]["code"] == "permission_denied"
+    elif owner in VISIBLE[role]:
         # Allowed: whatever the state machine says (200, 202, 204, 409, 422), never 401/403/404.
         assert response.status_code not in (401, 403, 404), response.content
     else:
@@ -174,3 +186,37 @@ def test_the_upload_list_costs_the_same_queries_for_many_uploads(
     with django_assert_max_num_queries(4):
         response = client.get("/api/v1/uploads")
     assert response.json()["count"] == 20
+
+
+def test_moving_people_between_clinics_does_not_move_their_upload_history(db):
+    """Uploads stay with the clinic they were made at: the owner's move takes them
+    neither away from that clinic's radiographers nor to the new clinic's."""
+    here, there = FacilityFactory(), FacilityFactory()
+    mover = UserFactory(role=Role.RADIOGRAPHER, facility=here)
+    stays = UserFactory(role=Role.RADIOGRAPHER, facility=here)
+    newcomer_colleague = UserFactory(role=Role.RADIOGRAPHER, facility=there)
+    made_here = make_upload(mover)
+    mover.facility = there
+    mover.save(update_fields=["facility"])
+    made_there = make_upload(mover)
+
+    def status(user: Any, upload: UploadSession) -> int:
+        return client_for(user).get(f"/api/v1/upload/{upload.id}/status").status_code
+
+    assert status(stays, made_here) == 200
+    assert status(newcomer_colleague, made_here) == 404
+    assert status(newcomer_colleague, made_there) == 200
+    assert status(stays, made_there) == 404
+    assert status(mover, made_here) == 200 and status(mover, made_there) == 200  # their own
+    listed = {r["upload_id"] for r in client_for(stays).get("/api/v1/uploads").json()["results"]}
+    assert str(made_here.id) in listed and str(made_there.id) not in listed
+
+
+def test_an_account_waiting_for_approval_reaches_no_colleagues_uploads(db):
+    here = FacilityFactory()
+    colleague_upload = make_upload(UserFactory(role=Role.RADIOGRAPHER, facility=here))
+    waiting = UserFactory(role=Role.RADIOGRAPHER, facility=here, approval="pending")
+    own = make_upload(waiting)
+    client = client_for(waiting)
+    assert client.get(f"/api/v1/upload/{colleague_upload.id}/status").status_code == 404
+    assert client.get(f"/api/v1/upload/{own.id}/status").status_code == 200

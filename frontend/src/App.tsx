@@ -307,6 +307,8 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
   const uploading = study.state === "uploading" && online;
   const left = uploading && study.rate > 0 ? duration((study.totalSize - study.bytesAcked) / study.rate) : "";
   const [confirmCancel, setConfirmCancel] = useState(false);
+  const cancelling = study.state === "cancelling";
+  const over = study.state === "completed" || study.state === "cancelled";
   return (
     <li className={`study state-${study.state}`} data-testid="study" data-state={study.state}>
       <div className="study-head">
@@ -315,7 +317,14 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
           {stateLabel(study.state, online)}
         </span>
       </div>
-      {study.state !== "completed" && study.state !== "cancelled" && (
+      {cancelling && (
+        <p className="note" data-testid="cancel-note">
+          {online
+            ? "Asking the server to cancel this study. It stays on this device until the server confirms."
+            : "The cancel is sent as soon as the network is back. Until the server confirms it, the study stays on this device."}
+        </p>
+      )}
+      {!over && !cancelling && (
         <>
           <progress max={100} value={percent} aria-label="progress" />
           <div className="numbers">
@@ -329,7 +338,7 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
           {study.fileCount} files · {formatBytes(study.totalSize)}
         </div>
       )}
-      {study.state === "needs_attention" && <ErrorBox error={study.error} />}
+      {(study.state === "needs_attention" || ((study.state === "completed" || cancelling) && study.error)) && <ErrorBox error={study.error} />}
       <div className="actions">
         {(study.state === "uploading" || study.state === "queued") && <button onClick={() => void pauseStudy(study.id!)}>Pause</button>}
         {study.state === "paused" && <button onClick={() => void resumeStudy(study.id!)}>Resume</button>}
@@ -340,11 +349,11 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
         {study.state === "needs_attention" && study.serverState !== "needs_confirmation" && study.error?.code !== "possible_duplicate" && (
           <button onClick={() => void retryStudy(study)}>Retry</button>
         )}
-        {study.state !== "completed" && study.state !== "cancelled" && !confirmCancel && <button onClick={() => setConfirmCancel(true)}>Cancel</button>}
-        {confirmCancel && (
+        {!over && !cancelling && !confirmCancel && <button onClick={() => setConfirmCancel(true)}>Cancel</button>}
+        {confirmCancel && !over && !cancelling && (
           <>
             <span>Cancel this study and delete it from this device?</span>
-            <button className="danger" onClick={() => void cancelStudy(study)}>
+            <button className="danger" onClick={() => void cancelStudy(study.id!)}>
               Yes, cancel it
             </button>
             <button onClick={() => setConfirmCancel(false)}>No</button>

@@ -47,8 +47,9 @@ export interface Study {
   uploadToken: string | null;
   chunkSize: number | null;
   totalChunks: number | null;
-  /** Chunks the server acknowledged. */
-  acked: number[];
+  /** Bytes the server acknowledged; which chunks it acknowledged is in `ackPages`. Written at
+   * most once a second while uploading (the record carries the file list, so a write per
+   * chunk would cost the whole list every chunk). */
   bytesAcked: number;
   /** Recent speed, bytes per second, while uploading. */
   rate: number;
@@ -63,6 +64,42 @@ export interface StoredBlob {
   blob: Blob;
 }
 
+/** Which chunks of a study the server acknowledged: a bitmap in fixed-size pages, so that
+ * recording a chunk writes one small row whatever the chunk's index (a growing array of
+ * indexes was rewritten whole for every chunk: quadratic in the number of chunks). */
+export interface AckPage {
+  studyId: number;
+  page: number;
+  /** Bit `i % ACK_PAGE_CHUNKS` of byte `⌊i / 8⌋ % ACK_PAGE_BYTES` is chunk `i`. */
+  bits: Uint8Array;
+}
+
+export const ACK_PAGE_BYTES = 128;
+export const ACK_PAGE_CHUNKS = ACK_PAGE_BYTES * 8;
+
+export function ackPageOf(index: number): { page: number; byte: number; mask: number } {
+  const bit = index % ACK_PAGE_CHUNKS;
+  return { page: Math.floor(index / ACK_PAGE_CHUNKS), byte: bit >> 3, mask: 1 << (bit & 7) };
+}
+
+/** The pages that say "every chunk of `totalChunks` but `missing` is acknowledged". */
+export function ackPagesFor(studyId: number, totalChunks: number, missing: Iterable<number>): AckPage[] {
+  const pages: AckPage[] = [];
+  for (let page = 0; page * ACK_PAGE_CHUNKS < totalChunks; page++) {
+    const bits = new Uint8Array(ACK_PAGE_BYTES);
+    const first = page * ACK_PAGE_CHUNKS;
+    const last = Math.min(totalChunks, first + ACK_PAGE_CHUNKS);
+    for (let i = first; i < last; i++) bits[(i - first) >> 3]! |= 1 << ((i - first) & 7);
+    pages.push({ studyId, page, bits });
+  }
+  for (const index of missing) {
+    if (index < 0 || index >= totalChunks) continue;
+    const { page, byte, mask } = ackPageOf(index);
+    pages[page]!.bits[byte]! &= ~mask;
+  }
+  return pages;
+}
+
 export interface AuthSession {
   key: "current";
   username: string;
@@ -75,6 +112,7 @@ export interface AuthSession {
 export class RelayDb extends Dexie {
   studies!: EntityTable<Study, "id">;
   blobs!: Dexie.Table<StoredBlob, [number, number]>;
+  ackPages!: Dexie.Table<AckPage, [number, number]>;
   auth!: EntityTable<AuthSession, "key">;
 
   constructor(name = "relaypacs") {
@@ -84,6 +122,24 @@ export class RelayDb extends Dexie {
       blobs: "[studyId+index], studyId",
       auth: "key",
     });
+    // Version 2: acknowledged chunks move from the study record (`acked`, an array of
+    // indexes) to bitmap pages. A study queued before the update keeps what it had.
+    this.version(2)
+      .stores({ ackPages: "[studyId+page], studyId" })
+      .upgrade(async (tx) => {
+        const studies = tx.table<Study & { acked?: number[] }, number>("studies");
+        const pages = tx.table<AckPage, [number, number]>("ackPages");
+        for (const study of await studies.toArray()) {
+          const acked = new Set(study.acked ?? []);
+          if (!acked.size || !study.totalChunks || study.id === undefined) continue;
+          const missing: number[] = [];
+          for (let i = 0; i < study.totalChunks; i++) if (!acked.has(i)) missing.push(i);
+          await pages.bulkPut(ackPagesFor(study.id, study.totalChunks, missing));
+        }
+        await studies.toCollection().modify((study) => {
+          delete study.acked;
+        });
+      });
   }
 }
 
@@ -98,8 +154,9 @@ export async function studyBlobs(studyId: number): Promise<Blob[]> {
  * the PACS has the study or it was cancelled; what stays is a non-identifying history line:
  * date, size, number of files and state. */
 export async function studyScrub(studyId: number, patch: Partial<Study>): Promise<void> {
-  await db.transaction("rw", db.studies, db.blobs, async () => {
+  await db.transaction("rw", db.studies, db.blobs, db.ackPages, async () => {
     await db.blobs.where("studyId").equals(studyId).delete();
+    await db.ackPages.where("studyId").equals(studyId).delete();
     await db.studies.update(studyId, {
       ...patch,
       fields: null,
@@ -107,7 +164,6 @@ export async function studyScrub(studyId: number, patch: Partial<Study>): Promis
       clinicalNotes: "",
       files: [],
       uploadToken: null,
-      acked: [],
     });
   });
 }

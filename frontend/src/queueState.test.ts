@@ -38,7 +38,28 @@ describe("the queue's state machine", () => {
       expect(transition("completed", event)).toBe("completed");
       expect(transition("cancelled", event)).toBe("cancelled");
     }
-    expect(transition("uploading", { type: "cancel" })).toBe("cancelled");
+    expect(transition("uploading", { type: "cancel" })).toBe("cancelling");
+  });
+
+  it("keeps a cancel until the engine ends it: nothing turns it back into an upload", () => {
+    for (const state of ["preparing", "queued", "uploading", "paused", "processing", "forwarding", "needs_attention"] as const) {
+      expect(transition(state, { type: "cancel" })).toBe("cancelling");
+    }
+    const events = [
+      { type: "prepared" },
+      { type: "start" },
+      { type: "offline" },
+      { type: "resume" },
+      { type: "sent" },
+      { type: "retry" },
+      { type: "fail" },
+      { type: "cancel" },
+      { type: "server", state: "forwarding" },
+      { type: "server", state: "failed" },
+    ] as const;
+    for (const event of events) expect(transition("cancelling", event)).toBe("cancelling");
+    expect(isActive("cancelling")).toBe(true);
+    expect(stateLabel("cancelling", false)).toBe("Cancelling…");
   });
 
   it("maps every server state and says each state in words", () => {

@@ -9,6 +9,7 @@ export type StudyState =
   | "forwarding" // the server is sending it to the PACS (or waiting for it)
   | "completed" // the PACS confirmed every instance
   | "needs_attention" // the technician must act: see `error`
+  | "cancelling" // cancel asked for: kept on the device until the server confirms it
   | "cancelled";
 
 export type StudyEvent =
@@ -47,9 +48,12 @@ export function fromServerState(state: string): StudyState | null {
   }
 }
 
-/** The next state, or the same state when the event does not apply to it. */
+/** The next state, or the same state when the event does not apply to it. A cancel is only
+ * asked for here ("cancelling"): the engine ends it in "cancelled" once the server confirmed
+ * (or in "completed" when the server had already delivered it), and nothing else leaves it,
+ * so a cancel tapped offline cannot turn back into an upload. */
 export function transition(state: StudyState, event: StudyEvent): StudyState {
-  if (event.type === "cancel") return FINAL_STATES.includes(state) ? state : "cancelled";
+  if (event.type === "cancel") return FINAL_STATES.includes(state) ? state : "cancelling";
   switch (state) {
     case "preparing":
       if (event.type === "prepared") return "queued";
@@ -80,6 +84,7 @@ export function transition(state: StudyState, event: StudyEvent): StudyState {
       if (event.type === "retry") return "queued";
       if (event.type === "server") return fromServerState(event.state) ?? state;
       return state;
+    case "cancelling":
     case "completed":
     case "cancelled":
       return state;
@@ -88,7 +93,7 @@ export function transition(state: StudyState, event: StudyEvent): StudyState {
 
 /** Whether the uploader should work on a study in this state. */
 export function isActive(state: StudyState): boolean {
-  return state === "queued" || state === "uploading" || state === "processing" || state === "forwarding";
+  return state === "queued" || state === "uploading" || state === "processing" || state === "forwarding" || state === "cancelling";
 }
 
 export function stateLabel(state: StudyState, online: boolean): string {
@@ -109,6 +114,8 @@ export function stateLabel(state: StudyState, online: boolean): string {
       return "Received by PACS";
     case "needs_attention":
       return "Needs attention";
+    case "cancelling":
+      return "Cancelling…";
     case "cancelled":
       return "Cancelled";
   }

@@ -1,10 +1,10 @@
 /** Putting a study in the queue and acting on it: the page's side of the queue. */
 import { ApiError, apiFetch } from "./api";
 import { accessToken } from "./auth";
-import { db, studyBlobs, studyScrub, type ServiceLevel, type Study, type StudyFields } from "./db";
+import { db, studyBlobs, type ServiceLevel, type Study, type StudyFields } from "./db";
 import { hashFiles } from "./fileWork";
 import { requestBackgroundSync, wakeUploads } from "./runtime";
-import { studyEvent, toUserError, wakeUploaders } from "./uploader";
+import { studyCancelSend, studyEvent, toUserError, wakeUploaders } from "./uploader";
 
 // Room kept free beyond the study itself, for the browser's own bookkeeping.
 const QUOTA_MARGIN_BYTES = 50 * 1024 * 1024;
@@ -71,7 +71,6 @@ export async function queueStudy(input: NewStudy): Promise<number> {
     uploadToken: null,
     chunkSize: null,
     totalChunks: null,
-    acked: [],
     bytesAcked: 0,
     rate: 0,
     serverState: null,
@@ -166,16 +165,19 @@ export async function retryStudy(study: Study, options: { force?: boolean } = {}
   wakeAll();
 }
 
-export async function cancelStudy(study: Study): Promise<void> {
-  if (study.uploadId && study.state !== "completed") {
-    try {
-      await apiFetch(`/upload/${study.uploadId}`, { method: "DELETE", token: await accessToken() });
-    } catch (error) {
-      // Offline or already gone: the server's cleanup forgets an abandoned upload by itself.
-      if (!(error instanceof ApiError)) throw error;
-    }
+/** Cancel: queued on the device like an upload ("cancelling") and sent now if the server can
+ * be reached, otherwise as soon as it can (the uploader's turn: start, back online, page
+ * visible, Background Sync). The study and its files stay on the device until the server
+ * confirmed, so a cancel tapped offline cannot be lost while the server goes on to deliver. */
+export async function cancelStudy(id: number): Promise<void> {
+  const study = await studyEvent(id, { type: "cancel" }, { error: null });
+  if (study?.state !== "cancelling") return;
+  wakeAll();
+  try {
+    await studyCancelSend(id);
+  } catch {
+    // Not confirmed yet (offline, server down, signed out): it stays queued.
   }
-  await studyScrub(study.id!, { state: "cancelled" });
 }
 
 /** Studies of this user that still hold data on the device. */
@@ -184,6 +186,8 @@ export async function unfinishedStudies(owner: string): Promise<Study[]> {
   return studies.filter((s) => s.state !== "completed" && s.state !== "cancelled");
 }
 
+/** Cancel every unfinished study of this user (before signing out). Cancels the server cannot
+ * confirm now stay queued and are sent when this user next signs in on this device. */
 export async function discardAll(owner: string): Promise<void> {
-  for (const study of await unfinishedStudies(owner)) await cancelStudy(study);
+  for (const study of await unfinishedStudies(owner)) await cancelStudy(study.id!);
 }

@@ -33,9 +33,9 @@ async function uploadInBackground(): Promise<void> {
   await navigator.locks.request(UPLOADER_LOCK, { ifAvailable: true }, async (lock) => {
     if (!lock) return;
     await new Uploader(session.username, new AbortController().signal).run({ untilSent: true });
-    const left = await db.studies.where("owner").equals(session.username).filter((s) => s.state === "queued" || s.state === "uploading").count();
+    const left = await db.studies.where("owner").equals(session.username).filter((s) => s.state === "queued" || s.state === "uploading" || s.state === "cancelling").count();
     // Failing the sync event makes the browser try again later (with its own backoff).
-    if (left > 0) throw new Error(`${left} studies still to send`);
+    if (left > 0) throw new Error(`${left} studies (or cancels) still to send`);
   });
 }
 

@@ -6,9 +6,9 @@ import { ApiError, apiFetch, networkError, type InitResponse, type UploadStatus 
 import { accessToken, currentSession } from "./auth";
 import { backoffDelay, sleep } from "./backoff";
 import { chunkBlob, chunkRange } from "./chunks";
-import { db, studyBlobs, studyScrub, type Study, type StudyFields, type UserError } from "./db";
+import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type Study, type StudyFields, type UserError } from "./db";
 import { browserLinkEstimate, chunkSizeFor, MAX_IN_FLIGHT, nextInFlight } from "./linkTuning";
-import { fromServerState, isActive, transition, type StudyEvent } from "./queueState";
+import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
 
 export const UPLOADER_LOCK = "relaypacs-uploader";
 export const SYNC_TAG = "relaypacs-upload";
@@ -19,8 +19,17 @@ export const POLL_MS = 1500;
 const CHUNK_ATTEMPTS = 4;
 // Speed is measured over this window.
 const RATE_WINDOW_MS = 10_000;
+// The study record (with its file list) gets the progress at most this often, not per chunk:
+// the progress bar needs no more, and a write per chunk would cost the whole record.
+export const PROGRESS_WRITE_MS = 1000;
 
 class ExpiredUpload extends Error {}
+
+const ALREADY_DELIVERED: UserError = {
+  code: "upload_completed",
+  message: "This study was already delivered to the PACS and could not be cancelled.",
+  hint: "Ask the PACS administrator if the study must be removed there.",
+};
 
 function hexToBase64(hex: string): string {
   let binary = "";
@@ -70,11 +79,63 @@ function isOnline(): boolean {
   return typeof navigator === "undefined" || navigator.onLine !== false;
 }
 
+/** Send a queued cancel ("cancelling") to the server and, once it confirmed, delete the
+ * study from this device. The server confirms with 204 (or 200), or says the upload is gone
+ * (404, 410); a 409 `upload_completed` means the PACS already has the study, which the
+ * study then says.
+ * Any other failure (offline, server down, signed out) leaves the cancel queued: it is sent
+ * again when the uploader next runs (start, back online, page visible, Background Sync).
+ * Safe to run twice, from the page and the uploader at once. */
+export async function studyCancelSend(id: number): Promise<void> {
+  const study = await db.studies.get(id);
+  if (!study || study.state !== "cancelling") return;
+  if (!study.uploadId) {
+    // The server never heard of it (an `init` still on its way is caught in `init`).
+    await studyScrub(id, { state: "cancelled", error: null });
+    return;
+  }
+  const path = `/upload/${study.uploadId}`;
+  try {
+    try {
+      await apiFetch(path, { method: "DELETE", token: await accessToken() });
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 401) throw error;
+      await apiFetch(path, { method: "DELETE", token: await accessToken(true) });
+    }
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 404 || error.status === 410)) {
+      // Gone already (cancelled, expired or cleaned up): it will never be delivered.
+    } else if (error instanceof ApiError && error.status === 409 && error.code === "upload_completed") {
+      await studyScrub(id, {
+        state: "completed",
+        serverState: "completed",
+        completedAt: Date.now(),
+        error: { code: error.code, message: error.message, hint: error.hint },
+      });
+      return;
+    } else {
+      if (error instanceof ApiError && !error.transient && error.code !== "sign_in_required") {
+        await db.studies.update(id, { error: toUserError(error) });
+      }
+      throw error;
+    }
+  }
+  await studyScrub(id, { state: "cancelled", serverState: "cancelled", error: null });
+}
+
+interface Progress {
+  id: number;
+  bytesAcked: number;
+  rate: number;
+  writtenAt: number;
+}
+
 export class Uploader {
   private wakeUp: (() => void) | null = null;
   private inFlight = MAX_IN_FLIGHT;
   private samples: [number, number][] = [];
   private failures = 0;
+  private progress: Progress | null = null;
 
   constructor(private readonly owner: string, private readonly signal: AbortSignal) {}
 
@@ -109,11 +170,15 @@ export class Uploader {
         await this.wait(60_000);
         continue;
       }
-      const studies = (await db.studies.where("owner").equals(this.owner).sortBy("createdAt")).filter((s) => isActive(s.state));
-      const sending = studies.filter((s) => s.state === "queued" || s.state === "uploading");
+      const active = (await db.studies.where("owner").equals(this.owner).sortBy("createdAt")).filter((s) => isActive(s.state));
+      // Cancels first: a wrong-patient study must not wait for another study's upload.
+      const studies = [...active.filter((s) => s.state === "cancelling"), ...active.filter((s) => s.state !== "cancelling")];
+      const sending = studies.filter((s) => s.state === "queued" || s.state === "uploading" || s.state === "cancelling");
       if (untilSent && sending.length === 0) return;
       let delay = studies.length ? POLL_MS : 60_000;
       if (!isOnline()) {
+        // A cancel the server never needs to hear of is done at once, offline too.
+        for (const s of studies) if (s.state === "cancelling" && !s.uploadId) await studyCancelSend(s.id!);
         for (const s of sending) await studyEvent(s.id!, { type: "offline" });
         if (untilSent) return;
         await this.wait(60_000);
@@ -144,13 +209,30 @@ export class Uploader {
   private async step(id: number): Promise<void> {
     const study = await db.studies.get(id);
     if (!study || !isActive(study.state)) return;
+    if (study.state === "cancelling") {
+      try {
+        await studyCancelSend(id);
+      } catch (error) {
+        // Only what passes with time stops the round; anything else is on the study already.
+        if (error instanceof ApiError && (error.transient || error.code === "sign_in_required")) throw error;
+        if ((error as Error).name === "AbortError") throw error;
+        if (!(error instanceof ApiError)) console.error(error);
+      }
+      return;
+    }
     try {
       if (study.state === "queued" || study.state === "uploading") await this.send(study);
       else await this.follow(study);
     } catch (error) {
+      // Cancelled meanwhile: what the server says of the old work is the cancel's business now.
+      const now = await db.studies.get(id);
+      if (!now || now.state === "cancelling" || FINAL_STATES.includes(now.state)) return;
       if (error instanceof ExpiredUpload) {
         // The server forgot the upload (expired or unknown): start again from the stored files.
-        await db.studies.update(id, { uploadId: null, uploadToken: null, acked: [], bytesAcked: 0 });
+        await db.transaction("rw", db.studies, db.ackPages, async () => {
+          await db.ackPages.where("studyId").equals(id).delete();
+          await db.studies.update(id, { uploadId: null, uploadToken: null, bytesAcked: 0 });
+        });
         return;
       }
       if (error instanceof ApiError && (error.transient || error.code === "sign_in_required")) throw error;
@@ -159,7 +241,9 @@ export class Uploader {
     }
   }
 
-  private async init(study: Study): Promise<Study> {
+  /** Start the upload on the server; null when the study was cancelled meanwhile (the
+   * cancel then goes to the new upload). */
+  private async init(study: Study): Promise<Study | null> {
     const token = await accessToken();
     const body = {
       files: study.files.map((f) => ({ name: f.name, size: f.size, ...(f.sha256 ? { sha256: f.sha256 } : {}) })),
@@ -182,11 +266,21 @@ export class Uploader {
       uploadToken: init.upload_token,
       chunkSize: init.chunk_size,
       totalChunks: init.total_chunks,
-      acked: [],
       bytesAcked: 0,
     };
-    await db.studies.update(study.id!, patch);
-    return { ...study, ...patch };
+    const cancelled = await db.transaction("rw", db.studies, db.ackPages, async () => {
+      const current = await db.studies.get(study.id!);
+      if (!current) return true;
+      await db.ackPages.where("studyId").equals(study.id!).delete();
+      if (current.state === "cancelling" || current.state === "cancelled") {
+        // Cancelled while `init` was on its way: the server now has an upload to cancel.
+        await db.studies.update(study.id!, { uploadId: init.upload_id, uploadToken: init.upload_token, state: "cancelling" });
+        return true;
+      }
+      await db.studies.update(study.id!, patch);
+      return false;
+    });
+    return cancelled ? null : { ...study, ...patch };
   }
 
   /** Call the upload's endpoints with its upload token, getting a fresh one when refused. */
@@ -216,7 +310,11 @@ export class Uploader {
 
   private async send(initial: Study): Promise<void> {
     let study = initial;
-    if (!study.uploadId) study = await this.init(study);
+    if (!study.uploadId) {
+      const started = await this.init(study);
+      if (!started) return;
+      study = started;
+    }
     const status = await this.status(study);
     if (status.state === "upload_expired" || status.error?.code === "upload_expired") throw new ExpiredUpload();
     if (status.state !== "receiving") {
@@ -225,10 +323,15 @@ export class Uploader {
     }
     // The server's list of missing chunks is the truth: it never lists an acknowledged chunk.
     const missing = status.missing_chunks;
-    const missingSet = new Set(missing);
-    const acked = Array.from({ length: study.totalChunks ?? 0 }, (_, i) => i).filter((i) => !missingSet.has(i));
-    const started = await studyEvent(study.id!, { type: "start" }, { acked, bytesAcked: status.bytes_received, serverState: "receiving", error: null });
+    const started = await db.transaction("rw", db.studies, db.ackPages, async () => {
+      const begun = await studyEvent(study.id!, { type: "start" }, { bytesAcked: status.bytes_received, serverState: "receiving", error: null });
+      if (begun?.state !== "uploading") return begun;
+      await db.ackPages.where("studyId").equals(study.id!).delete();
+      await db.ackPages.bulkPut(ackPagesFor(study.id!, study.totalChunks ?? 0, missing));
+      return begun;
+    });
     if (started?.state !== "uploading") return;
+    this.progress = { id: study.id!, bytesAcked: status.bytes_received, rate: 0, writtenAt: Date.now() };
     const blobs = await studyBlobs(study.id!);
     if (blobs.length !== study.files.length) {
       throw new ApiError(
@@ -238,7 +341,12 @@ export class Uploader {
         "Cancel this study and pick the files again.",
       );
     }
-    const complete = await this.sendChunks(study, blobs, missing);
+    let complete: boolean;
+    try {
+      complete = await this.sendChunks(study, blobs, missing);
+    } finally {
+      await this.writeProgress(study.id!, true);
+    }
     if (!complete) return; // paused, cancelled or offline
     try {
       await this.withUploadToken(study, (token) => apiFetch(`/upload/${study.uploadId}/complete`, { method: "POST", token }));
@@ -326,6 +434,8 @@ export class Uploader {
     return span > 1 ? bytes / span : null;
   }
 
+  /** Record that the server acknowledged chunk `index`: one write of one fixed-size bitmap
+   * page, whatever the index, and the progress on the study at most once a second. */
   private async acknowledge(id: number, index: number, bytes: number): Promise<void> {
     const now = Date.now();
     this.samples.push([now, bytes]);
@@ -333,15 +443,37 @@ export class Uploader {
     const windowBytes = this.samples.reduce((sum, [, b]) => sum + b, 0);
     const span = Math.max(1000, now - this.samples[0]![0]);
     const rate = (windowBytes / span) * 1000;
-    await db.studies
-      .where("id")
-      .equals(id)
-      .modify((s) => {
-        if (s.acked.includes(index)) return;
-        s.acked.push(index);
-        s.bytesAcked += bytes;
-        s.rate = rate;
-      });
+    const fresh = await db.transaction("rw", db.studies, db.ackPages, async () => {
+      const study = await db.studies.get(id);
+      // Scrubbed meanwhile (cancelled, delivered): nothing of it is kept any more.
+      if (!study || FINAL_STATES.includes(study.state)) return false;
+      const { page, byte, mask } = ackPageOf(index);
+      const row = (await db.ackPages.get([id, page])) ?? { studyId: id, page, bits: new Uint8Array(ACK_PAGE_BYTES) };
+      if (row.bits[byte]! & mask) return false;
+      row.bits[byte]! |= mask;
+      await db.ackPages.put(row);
+      return true;
+    });
+    if (fresh && this.progress?.id === id) {
+      this.progress.bytesAcked += bytes;
+      this.progress.rate = rate;
+    }
+    await this.writeProgress(id, false);
+  }
+
+  /** Put the progress on the study record: when `force`, or when the last write is a second old. */
+  private async writeProgress(id: number, force: boolean): Promise<void> {
+    const progress = this.progress;
+    if (progress?.id !== id) return;
+    const now = Date.now();
+    if (!force && now - progress.writtenAt < PROGRESS_WRITE_MS) return;
+    progress.writtenAt = now;
+    const { bytesAcked, rate } = progress;
+    await db.transaction("rw", db.studies, async () => {
+      const study = await db.studies.get(id);
+      if (!study || FINAL_STATES.includes(study.state)) return;
+      await db.studies.put({ ...study, bytesAcked, rate });
+    });
   }
 
   /** Follow a study the server is processing or forwarding. */
@@ -357,7 +489,13 @@ export class Uploader {
     const local = fromServerState(status.state);
     if (local === "completed") {
       // The PACS confirmed every instance: nothing of the patient stays on this device.
-      await studyScrub(id, { state: "completed", serverState: status.state, completedAt: Date.now(), error: null });
+      const wasCancelling = (await db.studies.get(id))?.state === "cancelling";
+      await studyScrub(id, {
+        state: "completed",
+        serverState: status.state,
+        completedAt: Date.now(),
+        error: wasCancelling ? ALREADY_DELIVERED : null,
+      });
       return;
     }
     if (local === "cancelled") {

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Collection, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+from xml.etree import ElementTree
 
 import requests
 
@@ -40,6 +41,9 @@ SOP_INSTANCE_UID = "00080018"
 STOW_UNAVAILABLE_STATUSES = frozenset({404, 405, 501})
 # QIDO-RS pages: bounded answers even for a study of thousands of instances.
 QIDO_PAGE_SIZE = 1000
+# Paging stops here whatever the server answers: far more instances than any study holds,
+# so a server that keeps inventing new answers cannot keep a worker busy forever.
+QIDO_MAX_INSTANCES = 1_000_000
 # A study UID that exists nowhere: a query for it proves QIDO-RS works without fetching
 # any patient data.
 HEALTH_PROBE_STUDY_UID = "2.25.0"
@@ -129,12 +133,22 @@ def _sequence_items(dataset: dict[str, Any], tag: str) -> Iterator[dict[str, Any
 
 
 def parse_store_response(status_code: int, body: bytes) -> StowResponse | None:
-    """Parse a DICOM JSON Store Instances Response; None when the body is not one.
+    """Parse a Store Instances Response in DICOM JSON or DICOM XML (PS3.19 Native DICOM
+    Model, ``application/dicom+xml``, which PS3.18 allows); None when the body is neither.
 
-    A body that is a JSON object holding at least one of the two SOP sequences counts as a
-    per-instance answer, even when both are empty (Orthanc answers a batch of unreadable
-    parts with 400 and two empty sequences).
+    A body holding at least one of the two SOP sequences counts as a per-instance answer,
+    even when both are empty (Orthanc answers a batch of unreadable parts with 400 and two
+    empty sequences).
     """
+    dataset = _json_dataset(body)
+    if dataset is None:
+        dataset = _xml_dataset(body)
+    if dataset is None:
+        return None
+    return _store_response(status_code, dataset)
+
+
+def _json_dataset(body: bytes) -> dict[str, Any] | None:
     try:
         document = json.loads(body)
     except ValueError:
@@ -143,7 +157,53 @@ def parse_store_response(status_code: int, body: bytes) -> StowResponse | None:
         document = document[0]
     if not isinstance(document, dict):
         return None
-    dataset = {key.upper(): value for key, value in document.items()}
+    return {key.upper(): value for key, value in document.items()}
+
+
+def _xml_dataset(body: bytes) -> dict[str, Any] | None:
+    """A Native DICOM Model document as the DICOM JSON structure, or None.
+
+    Documents with a DOCTYPE are refused unread: a store answer needs none, and entity
+    declarations are how XML bombs and external entities get in.
+    """
+    text = body.lstrip()
+    if not text.startswith(b"<") or b"<!DOCTYPE" in text.upper():
+        return None
+    try:
+        root = ElementTree.fromstring(text)  # noqa: S314 - no DOCTYPE, so no entities
+        if _local_name(root.tag) != "NativeDicomModel":
+            return None
+        return _xml_attributes(root)
+    except (ElementTree.ParseError, RecursionError, ValueError):
+        return None
+
+
+def _local_name(tag: str) -> str:
+    # "{http://dicom.nema.org/PS3.19/models/NativeDICOM}DicomAttribute" -> "DicomAttribute";
+    # some servers leave the namespace out.
+    return tag.rpartition("}")[2]
+
+
+def _xml_attributes(element: ElementTree.Element) -> dict[str, Any]:
+    dataset: dict[str, Any] = {}
+    for attribute in element:
+        if _local_name(attribute.tag) != "DicomAttribute":
+            continue
+        tag = (attribute.get("tag") or "").strip().upper()
+        if not tag:
+            continue
+        values: list[Any] = []
+        for child in attribute:
+            kind = _local_name(child.tag)
+            if kind == "Value":
+                values.append((child.text or "").strip())
+            elif kind == "Item":
+                values.append(_xml_attributes(child))
+        dataset[tag] = {"vr": attribute.get("vr", ""), "Value": values}
+    return dataset
+
+
+def _store_response(status_code: int, dataset: dict[str, Any]) -> StowResponse | None:
     if REFERENCED_SOP_SEQUENCE not in dataset and FAILED_SOP_SEQUENCE not in dataset:
         return None
     stored: dict[str, str | None] = {}
@@ -188,9 +248,10 @@ class DicomwebClient(PacsHttpClient):
 
         Each part's bytes are read in 1 MiB blocks while sending, so memory does not grow
         with the batch, and are sent unchanged; the body's length is declared up front
-        (Content-Length, from the parts' sizes). Returns the per-instance answer for any
-        status that carries one (200, 202, 400, 409, ...); a 2xx without one comes back
-        with nothing stored or failed.
+        (Content-Length, from the parts' sizes). Returns the per-instance answer (DICOM JSON or
+        DICOM XML) for any status that carries one (200, 202, 400, 409, ...); a 2xx
+        without one (no body, or one that cannot be read) comes back with nothing stored
+        or failed, for the caller to ask QIDO-RS.
 
         Raises StowNotAvailable (404/405/501), PacsUnavailable (network, timeout, 5xx,
         408, 429), PacsRejected (any other 4xx without per-instance answer, e.g. 401),
@@ -250,18 +311,25 @@ class DicomwebClient(PacsHttpClient):
         return SizedBody(blocks(), length)
 
     def study_sop_instance_uids(
-        self, *, study_instance_uid: str, page_size: int = QIDO_PAGE_SIZE
+        self,
+        *,
+        study_instance_uid: str,
+        expected: Collection[str] = (),
+        page_size: int = QIDO_PAGE_SIZE,
     ) -> set[str]:
         """SOP Instance UIDs the PACS lists for a study (empty when it does not know it).
 
-        Pages through QIDO-RS with limit/offset and stops at a short page, an empty page,
-        or a page that brings nothing new (servers that ignore offset).
+        Pages through QIDO-RS by offset until a page is empty, every one of ``expected``
+        was listed, or a page brings nothing new (a server that ignores offset). A page
+        shorter than ``page_size`` does not end the listing: many PACS cap pages below
+        what was asked (Azure's DICOM service at 200, others at 100) without saying so.
         Raises QidoNotAvailable (404/405/501), PacsUnavailable, PacsRejected.
         """
         url = f"{self.base_url}/studies/{quote(study_instance_uid, safe='')}/instances"
+        wanted = set(expected)
         found: set[str] = set()
         offset = 0
-        while True:
+        while offset < QIDO_MAX_INSTANCES:
             response = self.request(
                 "GET",
                 url,
@@ -271,6 +339,8 @@ class DicomwebClient(PacsHttpClient):
             if response.status_code == 204:
                 return found
             if response.status_code in (404, 405, 501):
+                if offset and response.status_code == 404:
+                    return found  # some servers answer 404 for an offset past the end
                 raise QidoNotAvailable(response.status_code)
             self.raise_for_status(response, what="QIDO-RS")
             page = self._json_list(response)
@@ -281,9 +351,10 @@ class DicomwebClient(PacsHttpClient):
                     uid = _first_string(normalized, SOP_INSTANCE_UID)
                     if uid:
                         found.add(uid)
-            if len(page) < page_size or len(found) == before:
+            if not page or len(found) == before or (wanted and wanted <= found):
                 return found
             offset += len(page)
+        return found
 
     def _json_list(self, response: requests.Response) -> list[Any]:
         if not response.content.strip():

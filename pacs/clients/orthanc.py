@@ -6,6 +6,7 @@ The only code that speaks Orthanc's own REST API to a PACS.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 INSTANCE_FAILURE_STATUSES = frozenset({400, 415, 422})
 # tools/find pages: bounded answers even for a study of thousands of instances.
 FIND_PAGE_SIZE = 1000
+# Paging stops here whatever the server answers: far more instances than any study holds.
+FIND_MAX_INSTANCES = 1_000_000
 STORED_STATUSES = frozenset({"Success", "AlreadyStored"})
 
 
@@ -101,16 +104,23 @@ class OrthancClient(PacsHttpClient):
         return uid.strip() if isinstance(uid, str) else None
 
     def study_sop_instance_uids(
-        self, *, study_instance_uid: str, page_size: int = FIND_PAGE_SIZE
+        self,
+        *,
+        study_instance_uid: str,
+        expected: Collection[str] = (),
+        page_size: int = FIND_PAGE_SIZE,
     ) -> set[str]:
         """SOP Instance UIDs Orthanc holds for a study, one tools/find request per page.
 
         One request per page of instances instead of one tools/lookup per instance, which
-        matters for a study of thousands of images on a remote Orthanc.
+        matters for a study of thousands of images on a remote Orthanc. Pages until one is
+        empty, every one of ``expected`` was listed, or a page brings nothing new; a short
+        page does not end it (Orthanc's LimitFindInstances caps pages without saying so).
         """
+        wanted = set(expected)
         found: set[str] = set()
         since = 0
-        while True:
+        while since < FIND_MAX_INSTANCES:
             response = self.request(
                 "POST",
                 f"{self.base_url}/tools/find",
@@ -132,9 +142,10 @@ class OrthancClient(PacsHttpClient):
                 uid = tags.get("SOPInstanceUID") if isinstance(tags, dict) else None
                 if isinstance(uid, str) and uid.strip():
                     found.add(uid.strip())
-            if len(page) < page_size or len(found) == before:
+            if not page or len(found) == before or (wanted and wanted <= found):
                 return found
             since += len(page)
+        return found
 
     def system(self) -> dict[str, Any]:
         """Orthanc's /system document (name, version); raises like every call here."""

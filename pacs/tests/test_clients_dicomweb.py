@@ -68,6 +68,59 @@ def test_empty_sequences_are_a_store_response_where_nothing_was_stored():
     assert parse_store_response(400, body) is not None
 
 
+NATIVE_XML_ANSWER = b"""<?xml version="1.0" encoding="UTF-8"?>
+<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">
+  <DicomAttribute tag="00081199" vr="SQ" keyword="ReferencedSOPSequence">
+    <Item number="1">
+      <DicomAttribute tag="00081155" vr="UI"><Value number="1">1.1</Value></DicomAttribute>
+      <DicomAttribute tag="00081190" vr="UR"><Value number="1">http://pacs/1.1</Value></DicomAttribute>
+      <DicomAttribute tag="00081196" vr="US"><Value number="1">45056</Value></DicomAttribute>
+    </Item>
+  </DicomAttribute>
+  <DicomAttribute tag="00081198" vr="SQ" keyword="FailedSOPSequence">
+    <Item number="1">
+      <DicomAttribute tag="00081155" vr="UI"><Value number="1">1.2</Value></DicomAttribute>
+      <DicomAttribute tag="00081197" vr="US"><Value number="1">49152</Value></DicomAttribute>
+    </Item>
+    <Item number="2">
+      <DicomAttribute tag="00081155" vr="UI"><Value number="1">1.3</Value></DicomAttribute>
+      <DicomAttribute tag="00081197" vr="US"><Value number="1">273</Value></DicomAttribute>
+    </Item>
+  </DicomAttribute>
+</NativeDicomModel>
+"""
+
+
+@pytest.mark.parametrize("namespaced", [True, False])
+def test_store_response_in_dicom_xml_is_read_like_dicom_json(namespaced):
+    body = NATIVE_XML_ANSWER
+    if not namespaced:
+        body = body.replace(b' xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM"', b"")
+
+    response = parse_store_response(200, body)
+
+    assert response is not None
+    assert response.stored == {"1.1": "http://pacs/1.1", "1.3": None}
+    assert response.failed == {
+        "1.2": "The PACS refused it (failure reason 0xC000 cannot understand)."
+    }
+    assert response.warnings["1.1"] == "0xB000 coercion of data elements"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html><body>OK</body></html>",
+        b"<NativeDicomModel><DicomAttribute",
+        b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "1.1">]>'
+        b'<NativeDicomModel><DicomAttribute tag="00081199" vr="SQ"/></NativeDicomModel>',
+    ],
+    ids=["html", "truncated", "doctype"],
+)
+def test_xml_that_is_not_a_native_dicom_store_answer_is_not_a_store_response(body):
+    assert parse_store_response(200, body) is None
+
+
 def test_an_invalid_url_is_a_configuration_error():
     target = PacsTarget(key="k", name="broken", dicomweb_url="pacs.example.org/dicom-web")
 

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "accounts",
     "pacs",
     "uploads",
+    "reports",
 ]
 
 MIDDLEWARE = [
@@ -297,6 +298,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "uploads.tasks.uploads_cleanup",
         "schedule": env.int("CLEANUP_INTERVAL_SECONDS", default=900),
     },
+    # Upload folders that no live upload owns (a rolled-back init, a failed deletion after
+    # an admin removed the upload): hourly, each past uploads.services.maintenance.ORPHAN_GRACE.
+    "uploads-sweep": {
+        "task": "uploads.tasks.upload_folders_sweep",
+        "schedule": 3600,
+    },
     # Expired refresh tokens and long-ended sessions: hourly keeps the tables small.
     "accounts-cleanup": {
         "task": "accounts.tasks.auth_records_cleanup_task",
@@ -367,6 +374,17 @@ PACS_STOW_IN_FLIGHT = env.int("PACS_STOW_IN_FLIGHT", default=2)
 PACS_RETRY_WINDOW = timedelta(days=env.float("PACS_RETRY_WINDOW_DAYS", default=7))
 PACS_RETRY_BASE_SECONDS = env.float("PACS_RETRY_BASE_SECONDS", default=30)
 PACS_RETRY_MAX_SECONDS = env.float("PACS_RETRY_MAX_SECONDS", default=3600)
+
+# --- Reports --------------------------------------------------------------------------
+# Signed reports and their PDFs: a store of their own, never swept with upload bytes, and
+# part of every backup of DATA_DIR.
+REPORT_STORAGE_DIR = Path(env.str("REPORT_STORAGE_DIR", default=str(DATA_DIR / "reports")))
+# How often beat asks the PACS for reports written in the hospital's own systems.
+REPORT_SYNC_SECONDS = env.int("REPORT_SYNC_SECONDS", default=300)
+CELERY_BEAT_SCHEDULE["reports-sync"] = {
+    "task": "reports.tasks.reports_sync_task",
+    "schedule": REPORT_SYNC_SECONDS,
+}
 
 # --- Logging (no patient data: only ids, counts and codes are logged) -------------------
 LOGGING = {

@@ -1,6 +1,14 @@
 """Every write and side effect of the upload pipeline."""
 
-from .chunks import ChunkReceipt, chunk_index_parse, chunk_receive, chunk_store, upload_token_user
+from .chunks import (
+    ChunkReceipt,
+    chunk_index_parse,
+    chunk_receive,
+    chunk_sender_ensure_owner,
+    chunk_store,
+    chunk_token_read,
+    upload_token_user,
+)
 from .forwarding import upload_forward
 from .ingest import (
     ManifestFile,
@@ -22,7 +30,9 @@ __all__ = [
     "UploadInit",
     "chunk_index_parse",
     "chunk_receive",
+    "chunk_sender_ensure_owner",
     "chunk_store",
+    "chunk_token_read",
     "manifest_parse",
     "upload_cancel",
     "upload_complete",

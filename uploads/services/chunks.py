@@ -5,10 +5,14 @@ written, written at its offset, then marked stored. Measured on the 2-core refer
 machine (bench/RESULTS.md), one ORM query cost 0.4-0.8 ms of CPU, more than the MD5 of
 the 1 MiB chunk, and a chunk needed ten of them. So the per-chunk statements are plain SQL
 through Django's connection (0.04 ms each; portable: SQLite 3.35+ and PostgreSQL both
-have ON CONFLICT and RETURNING): read the upload, claim, mark stored, sum the stored
-bytes. No row is updated by every chunk (concurrent chunks of one upload never queue on a
-lock): the upload's ``last_chunk_at`` is written at most once a minute. A verified upload
-token is trusted for UPLOAD_TOKEN_RECHECK_SECONDS.
+have ON CONFLICT and RETURNING): read the upload, claim, then mark stored and add the
+chunk's bytes to the upload's counter row in one transaction. The work per chunk is the
+same at the first chunk and the ten-thousandth: no statement reads more than the rows of
+this chunk and of the counter (``uploads/tests/test_chunk_cost.py`` counts them). The
+upload's own row is not written by every chunk: its ``last_chunk_at`` is written at most
+once a minute; the counter is a narrow row of its own, locked only between its update and
+the commit right after it. A verified upload token is trusted for
+UPLOAD_TOKEN_RECHECK_SECONDS.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -31,7 +35,7 @@ from accounts.models import User
 from relaypacs.errors import ApplicationError
 
 from .. import storage
-from ..models import UploadChunk, UploadSession, UploadState
+from ..models import UploadChunk, UploadChunkCounter, UploadSession, UploadState
 from ..selectors import ROLES_WITH_OWN_UPLOADS, upload_expires_at, uploads_visible_to
 from ..tokens import UploadTokenClaim, upload_token_read
 
@@ -185,34 +189,56 @@ def _claim(*, upload_pk: Any, index: int, size: int, md5: str) -> tuple[str, boo
     return claimed_md5, bool(stored)
 
 
-def _mark_stored(*, upload: ChunkTarget, upload_pk: Any, index: int) -> None:
-    """Mark the chunk stored; move the upload's ``last_chunk_at`` when it is a minute old."""
+def _mark_stored(*, upload: ChunkTarget, upload_pk: Any, index: int, size: int) -> int:
+    """Mark the chunk stored and count its bytes, once; the upload's bytes received.
+
+    The chunk's flag and the counter change in one transaction, and only the request whose
+    UPDATE turned the flag counts the bytes (a racing retry of the same chunk finds it
+    stored), so the counter is always the sum of the stored chunks' sizes. The upload's
+    ``last_chunk_at`` moves when it is a minute old.
+    """
     now = timezone.now()
-    with connection.cursor() as cursor:
+    adapt = connection.ops.adapt_datetimefield_value
+    counter = _table(UploadChunkCounter)
+    with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"UPDATE {_table(UploadChunk)} SET stored = %s, received_at = %s"  # noqa: S608
-            f" WHERE session_id = %s AND {_col('index')} = %s",
-            [True, connection.ops.adapt_datetimefield_value(now), upload_pk, index],
+            f" WHERE session_id = %s AND {_col('index')} = %s AND stored = %s",
+            [True, adapt(now), upload_pk, index, False],
         )
-        last = upload.last_chunk_at
-        if last is None or now - last >= LAST_CHUNK_AT_RESOLUTION:
-            cutoff = connection.ops.adapt_datetimefield_value(now - LAST_CHUNK_AT_RESOLUTION)
+        if cursor.rowcount == 1:
+            # Last before the commit: the counter row stays locked for that moment only.
+            cursor.execute(
+                f"INSERT INTO {counter} (session_id, bytes_received) VALUES (%s, %s)"  # noqa: S608
+                f" ON CONFLICT (session_id) DO UPDATE"
+                f" SET bytes_received = {counter}.bytes_received + excluded.bytes_received"
+                " RETURNING bytes_received",
+                [upload_pk, size],
+            )
+            received = int(cursor.fetchone()[0])
+        else:
+            received = _counted_bytes(upload_pk=upload_pk)
+    last = upload.last_chunk_at
+    if last is None or now - last >= LAST_CHUNK_AT_RESOLUTION:
+        with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {_table(UploadSession)} SET last_chunk_at = %s"  # noqa: S608
                 " WHERE id = %s AND (last_chunk_at IS NULL OR last_chunk_at < %s)",
-                [connection.ops.adapt_datetimefield_value(now), upload_pk, cutoff],
+                [adapt(now), upload_pk, adapt(now - LAST_CHUNK_AT_RESOLUTION)],
             )
+    return received
 
 
-def _bytes_received(*, upload_pk: Any) -> int:
-    """The bytes of the upload's stored chunks (an index range scan of its chunk rows)."""
+def _counted_bytes(*, upload_pk: Any) -> int:
+    """The bytes of the upload's stored chunks: its counter row (one primary-key read)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT COALESCE(SUM(size), 0) FROM {_table(UploadChunk)}"  # noqa: S608
-            " WHERE session_id = %s AND stored = %s",
-            [upload_pk, True],
+            f"SELECT bytes_received FROM {_table(UploadChunkCounter)}"  # noqa: S608
+            " WHERE session_id = %s",
+            [upload_pk],
         )
-        return int(cursor.fetchone()[0])
+        row = cursor.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 def chunk_store(
@@ -268,11 +294,12 @@ def chunk_store(
             "The file may have changed since the upload started; start a new upload.",
             status_code=409,
         )
-    if not stored:
-        # Same bytes as the claim: writing them again (a racing retry) is harmless.
-        storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
-        _mark_stored(upload=session, upload_pk=upload_pk, index=index)
-    return ChunkReceipt(index=index, bytes_received=_bytes_received(upload_pk=upload_pk))
+    if stored:
+        return ChunkReceipt(index=index, bytes_received=_counted_bytes(upload_pk=upload_pk))
+    # Same bytes as the claim: writing them again (a racing retry) is harmless.
+    storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
+    received = _mark_stored(upload=session, upload_pk=upload_pk, index=index, size=expected)
+    return ChunkReceipt(index=index, bytes_received=received)
 
 
 def upload_token_user(*, claim: UploadTokenClaim) -> User | None:
@@ -352,6 +379,44 @@ class _Received:
         return self._view if size < 0 else self._view[:size]
 
 
+_NOT_AUTHENTICATED = (
+    "authentication_failed",
+    "Your sign-in could not be checked or has expired.",
+    "Sign in again, then repeat what you were doing.",
+)
+# As the DRF exception handler renders Http404, so both chunk paths answer alike.
+_NOT_FOUND = (
+    "not_found",
+    "Nothing was found here.",
+    "Check the link or the upload id; it may have been cancelled or removed.",
+)
+
+
+def chunk_token_read(*, upload_id: uuid.UUID, upload_token: str) -> UploadTokenClaim:
+    """The claim of an upload token for chunks of ``upload_id``, checked without the
+    database: signature and expiry (401 ``authentication_failed``) and that the token is
+    this upload's (404 ``not_found``). Cheap enough to run before a byte of the body is read.
+    """
+    claim = upload_token_read(upload_token)
+    if claim is None:
+        raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401)
+    if claim.upload_id != upload_id:
+        raise ApplicationError(*_NOT_FOUND, status_code=404)
+    return claim
+
+
+def chunk_sender_ensure_owner(*, session: UploadSession | UploadRow, user_id: int | None) -> None:
+    """Chunks come from the upload's owner only: an administrator or a colleague may follow
+    an upload, not write bytes into it. Raises 403 ``permission_denied``."""
+    if session.owner_id != user_id:
+        raise ApplicationError(
+            "permission_denied",
+            "Only the person who started this upload can send its files.",
+            "Ask them to finish sending it from their device; you can still follow its status.",
+            status_code=403,
+        )
+
+
 def chunk_receive(
     *,
     upload_id: uuid.UUID,
@@ -363,41 +428,34 @@ def chunk_receive(
 ) -> ChunkReceipt:
     """A chunk PUT sent with an upload token, from the token to the stored chunk.
 
-    The lean chunk endpoint (``uploads.chunk_endpoint``) calls this with the body it read;
-    it checks what the DRF view and its authentication check, in the same order, with the
-    same errors: 401 ``authentication_failed`` for a token that is not valid, expired, or
-    whose session or account has ended; 404 ``not_found`` for another upload or one the
-    token's user may not reach; then ``chunk_index_parse`` and ``chunk_store``.
+    The lean chunk endpoint (``uploads.chunk_endpoint``) calls ``chunk_token_read`` before
+    it reads the body, then this with the body. It checks what the DRF view and its
+    authentication check, in the same order, with the same errors: 401
+    ``authentication_failed`` for a token that is not valid, expired, or whose session or
+    account has ended; 404 ``not_found`` for another upload or one the token's user may
+    not reach; 403 ``permission_denied`` for a user who reaches it but is not its owner;
+    then ``chunk_index_parse`` and ``chunk_store``.
     """
+    chunk_token_read(upload_id=upload_id, upload_token=upload_token)
     verified = _token_user(upload_token)
     if verified is None:
-        raise ApplicationError(
-            "authentication_failed",
-            "Your sign-in could not be checked or has expired.",
-            "Sign in again, then repeat what you were doing.",
-            status_code=401,
-        )
-    target = (
-        chunk_target_get(upload_id=upload_id) if verified.claim.upload_id == upload_id else None
-    )
+        raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401)
+    target = chunk_target_get(upload_id=upload_id)
     owner_reaches_it = (
         target is not None
         and target.owner_id == verified.user_id
         and verified.role in ROLES_WITH_OWN_UPLOADS
     )
     if target is not None and not owner_reaches_it:
-        # A colleague's or an administrator's token, or a changed role: as far as the
-        # user's role reaches today (uploads_visible_to, as the DRF views ask).
+        # A token minted for someone else (before tokens went to owners only), or an owner
+        # whose role changed: as far as the user's role reaches today (uploads_visible_to,
+        # as the DRF views ask), then refused unless they own it.
         user = User.objects.filter(pk=verified.user_id).first()
         if user is None or not uploads_visible_to(user=user).filter(pk=upload_id).exists():
             target = None
     if target is None:
-        raise ApplicationError(
-            "not_found",
-            "Nothing was found here.",
-            "Check the link or the upload id; it may have been cancelled or removed.",
-            status_code=404,
-        )
+        raise ApplicationError(*_NOT_FOUND, status_code=404)
+    chunk_sender_ensure_owner(session=target, user_id=verified.user_id)
     return chunk_store(
         session=target,
         index=chunk_index_parse(index),

@@ -27,7 +27,9 @@ from relaypacs import events
 
 from .. import storage
 from ..models import FileKind, PacsStatus, Study, UploadFile, UploadSession, UploadState
-from .leases import lease_claim, lease_release, lease_renew
+from . import transitions
+from .leases import lease_renew
+from .removal import upload_files_delete
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ class _NotListed(Exception):
     def __init__(self, missing: set[str]) -> None:
         super().__init__(f"{len(missing)} instances not listed")
         self.missing = missing
+
+
+# Forwarding whose lease ran out this many times in a row (a worker killed or hung while
+# sending: a poison study, or a PACS answer that kills the worker) is not tried again:
+# like processing, it stops and tells the user instead of crashing workers forever.
+MAX_FORWARDING_INTERRUPTIONS = 5
+
+
+def _receipt_save(*, session: UploadSession, token: str) -> bool:
+    """Write ``session.receipt`` if we still hold the upload in ``forwarding``."""
+    return (
+        UploadSession.objects.filter(
+            pk=session.pk, state=UploadState.FORWARDING, lease_owner=token
+        ).update(receipt=session.receipt, updated_at=timezone.now())
+        == 1
+    )
 
 
 def _source(upload_id: uuid.UUID, f: UploadFile) -> InstanceSource:
@@ -86,9 +104,8 @@ class _Delivery:
         }
         self.session.receipt = receipt
         with transaction.atomic():
-            UploadSession.objects.filter(pk=self.session.pk, lease_owner=self.token).update(
-                receipt=receipt
-            )
+            if not _receipt_save(session=self.session, token=self.token):
+                raise _LeaseLost
             UploadFile.objects.bulk_update(changed, ["pacs_status", "pacs_reason"], batch_size=500)
 
     def _on_batch(self, outcomes: list[InstanceOutcome]) -> None:
@@ -169,48 +186,72 @@ class _Delivery:
         )
 
 
-def _complete(
-    *, session: UploadSession, token: str, delivered: list[tuple[PacsTarget, _Delivery]]
+def _destinations(session: UploadSession) -> dict[str, dict[str, Any]]:
+    receipt = session.receipt or {}
+    destinations: dict[str, dict[str, Any]] = receipt.get("destinations", {})
+    return destinations
+
+
+def _confirmed_keys(session: UploadSession) -> set[str]:
+    """Keys of the destinations that stored and confirmed this upload already."""
+    return {key for key, record in _destinations(session).items() if record.get("confirmed_at")}
+
+
+def _confirm(
+    *, session: UploadSession, token: str, target: PacsTarget, delivery: _Delivery
 ) -> None:
+    """Record that ``target`` stored and lists every instance: its receipt record gets
+    ``confirmed_at`` and its instances are recorded as delivered there, together, while we
+    still hold the upload. A later attempt (``PACS_MODE=all``) does not send to it again.
+    Raises _LeaseLost when the upload was cancelled or taken over."""
     now = timezone.now()
     receipt = session.receipt or {"destinations": {}}
-    for target, delivery in delivered:
-        record = receipt.setdefault("destinations", {}).setdefault(
-            target.key, {"name": target.name}
-        )
-        record["confirmed_at"] = now.isoformat()
-        record["confirmed_instances"] = len(delivery.by_uid)
+    record = receipt.setdefault("destinations", {}).setdefault(target.key, {})
+    record.update(
+        name=target.name,
+        confirmed_at=now.isoformat(),
+        confirmed_instances=len(delivery.by_uid),
+    )
+    session.receipt = receipt
     with transaction.atomic():
-        done = lease_release(
+        if not _receipt_save(session=session, token=token):
+            raise _LeaseLost
+        pacs_services.deliveries_record(
+            target_key=target.key,
+            instances=[(f.sop_instance_uid, f.study_instance_uid) for f in delivery.files],
+            delivered_at=now,
+        )
+    logger.info("upload %s confirmed by PACS %s", session.id, target.name)
+
+
+def _complete(*, session: UploadSession, token: str, confirmed: list[PacsTarget]) -> None:
+    now = timezone.now()
+    records = _destinations(session)
+    with transaction.atomic():
+        done = transitions.upload_delivered(
             upload_id=session.id,
             token=token,
-            from_state=UploadState.FORWARDING,
-            state=UploadState.COMPLETED,
             completed_at=now,
-            next_retry_at=None,
-            error=None,
-            receipt=receipt,
-            destination=", ".join(t.name for t, _ in delivered),
+            receipt=session.receipt,
+            destination=", ".join(target.name for target in confirmed),
         )
         if not done:
             return
         Study.objects.filter(session=session).update(pacs_state="received")
-        for target, delivery in delivered:
-            pacs_services.deliveries_record(
-                target_key=target.key,
-                instances=[(f.sop_instance_uid, f.study_instance_uid) for f in delivery.files],
-            )
         upload_id = session.id
+        receipts = [
+            (target.name, int(records.get(target.key, {}).get("confirmed_instances") or 0))
+            for target in confirmed
+        ]
 
         def finish() -> None:
-            storage.stream_delete(upload_id=upload_id)
-            UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
-            for target, delivery in delivered:
+            upload_files_delete(upload_id=upload_id)
+            for name, instances in receipts:
                 events.emit(
                     events.PACS_RECEIPT,
                     upload_id=str(upload_id),
-                    destination=target.name,
-                    instances=len(delivery.by_uid),
+                    destination=name,
+                    instances=instances,
                 )
             events.emit(events.UPLOAD_COMPLETED, upload_id=str(upload_id))
 
@@ -219,17 +260,8 @@ def _complete(
 
 
 def _fail(*, session: UploadSession, token: str, error: dict[str, Any]) -> None:
-    now = timezone.now()
     with transaction.atomic():
-        if lease_release(
-            upload_id=session.id,
-            token=token,
-            from_state=UploadState.FORWARDING,
-            state=UploadState.FAILED,
-            failed_at=now,
-            next_retry_at=None,
-            error=error,
-        ):
+        if transitions.upload_forwarding_failed(upload_id=session.id, token=token, error=error):
             upload_id = session.id
             transaction.on_commit(
                 lambda: events.emit(
@@ -254,39 +286,67 @@ def _wait_for_pacs(*, session: UploadSession, token: str, error: dict[str, Any])
         )
         return
     delay = pacs_services.retry_delay_seconds(attempt=session.attempts)
-    lease_release(
+    moved = transitions.upload_waits_for_pacs(
         upload_id=session.id,
         token=token,
-        from_state=UploadState.FORWARDING,
-        state=UploadState.WAITING_FOR_PACS,
-        first_pacs_failure_at=first,
+        first_failure_at=first,
         next_retry_at=now + timedelta(seconds=delay),
         error=error,
     )
+    if not moved:
+        return
     events.emit(events.PACS_UNREACHABLE, upload_id=str(session.id))
     logger.info("upload %s waits for the PACS; next try in %.0fs", session.id, delay)
+
+
+def _not_listing(target: PacsTarget, missing: set[str]) -> dict[str, Any]:
+    return {
+        "code": "pacs_not_listing",
+        "message": f"The PACS {target.name} acknowledged the study but does "
+        f"not list {len(missing)} of its images yet.",
+        "hint": "RelayPACS will check again automatically.",
+        "destination": target.name,
+    }
 
 
 def upload_forward(*, upload_id: uuid.UUID) -> None:
     """Deliver a processed upload to the configured PACS and confirm receipt.
 
-    Idempotent and safe to run twice: it claims the upload's lease (``forwarding``, or
-    ``waiting_for_pacs`` whose retry time came) or does nothing; instances the PACS has
-    acknowledged are not sent again, and the PACS stores a re-sent instance once.
-    Ends in ``completed`` (every SOP instance listed by QIDO-RS), ``waiting_for_pacs``
-    (retry at ``next_retry_at``) or ``failed``.
+    Idempotent and safe to run twice: it claims the upload (``forwarding``, or
+    ``waiting_for_pacs`` whose retry time came) in one conditional UPDATE or does nothing;
+    instances a destination acknowledged are not sent to it again, a destination that
+    confirmed the upload is not sent to again, and the PACS stores a re-sent instance once.
+
+    ``PACS_MODE=failover``: destinations are tried in order (``pacs_targets``) and the first
+    that stores and lists every instance completes the upload; one that is unreachable,
+    does not list the study yet or refuses every request is skipped for the next.
+    ``PACS_MODE=all``: each destination that has not confirmed yet is tried; the upload
+    completes once every destination confirmed, and waits for the PACS otherwise.
+
+    Ends in ``completed`` (confirmed per destination in ``receipt``), ``waiting_for_pacs``
+    (retry at ``next_retry_at``) or ``failed`` (e.g. ``forwarding_failed`` once its lease ran
+    out MAX_FORWARDING_INTERRUPTIONS times in a row). Stops without a write once the
+    upload was cancelled.
     """
-    token = lease_claim(
-        upload_id=upload_id,
-        states=[UploadState.FORWARDING, UploadState.WAITING_FOR_PACS],
-        due_only=True,
-    )
+    token = transitions.upload_forwarding_claim(upload_id=upload_id)
     if token is None:
         return
-    UploadSession.objects.filter(pk=upload_id, lease_owner=token).update(
-        state=UploadState.FORWARDING
-    )
     session = UploadSession.objects.get(pk=upload_id)
+    if session.lease_expiries >= MAX_FORWARDING_INTERRUPTIONS:
+        logger.error("upload %s failed: forwarding was interrupted repeatedly", upload_id)
+        _fail(
+            session=session,
+            token=token,
+            error={
+                "code": "forwarding_failed",
+                "message": "Sending this study to the PACS stopped "
+                f"{session.lease_expiries} times before it finished, so RelayPACS stopped "
+                "trying.",
+                "hint": "Press retry to send it once more; if it stops again, tell your "
+                "RelayPACS administrator.",
+            },
+        )
+        return
     files = list(
         UploadFile.objects.filter(session=session, kind=FileKind.DICOM).order_by("position")
     )
@@ -303,34 +363,34 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
         )
         return
     every = pacs_selectors.pacs_mode() == "all"
-    delivered: list[tuple[PacsTarget, _Delivery]] = []
+    already = _confirmed_keys(session)
+    confirmed = [target for target in targets if target.key in already]
     unavailable: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
     try:
         for target in targets:
+            if target.key in already:
+                continue
+            if confirmed and not every:
+                break
             delivery = _Delivery(session=session, token=token, target=target, files=files)
             try:
                 delivery.run()
             except PacsUnavailable as exc:
                 unavailable.append({**exc.as_dict(), "destination": target.name})
-                if every:
-                    break
                 continue
             except _NotListed as exc:
-                unavailable.append(
-                    {
-                        "code": "pacs_not_listing",
-                        "message": f"The PACS {target.name} acknowledged the study but does "
-                        f"not list {len(exc.missing)} of its images yet.",
-                        "hint": "RelayPACS will check again automatically.",
-                        "destination": target.name,
-                    }
-                )
-                if every:
-                    break
+                unavailable.append(_not_listing(target, exc.missing))
                 continue
-            delivered.append((target, delivery))
-            if not every:
-                break
+            except PacsRejected as exc:
+                if every:
+                    raise
+                # Failover: a destination refusing every request is skipped like one that
+                # is down; the upload fails on it only if no other destination takes it.
+                rejected.append({**exc.as_dict(), "destination": target.name})
+                continue
+            _confirm(session=session, token=token, target=target, delivery=delivery)
+            confirmed.append(target)
     except _LeaseLost:
         logger.info("upload %s: lease lost while forwarding; stopping", upload_id)
         return
@@ -360,7 +420,10 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
             },
         )
         return
-    if unavailable or not delivered:
+    delivered = len(confirmed) == len(targets) if every else bool(confirmed)
+    if delivered:
+        _complete(session=session, token=token, confirmed=confirmed)
+    elif unavailable:
         _wait_for_pacs(session=session, token=token, error=unavailable[0])
-        return
-    _complete(session=session, token=token, delivered=delivered)
+    else:
+        _fail(session=session, token=token, error=rejected[0])

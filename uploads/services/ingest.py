@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,8 +32,10 @@ from ..models import (
 )
 from ..selectors import upload_missing_chunks, uploads_visible_to
 from ..tokens import upload_token_issue
+from . import transitions
 from .chunks import upload_ensure_receiving
 from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
+from .removal import upload_files_delete
 
 METADATA_FIELDS = (
     "patient_name",
@@ -181,7 +184,8 @@ def _find_duplicate(*, owner: User, key: str) -> UploadSession | None:
     since = timezone.now() - settings.UPLOAD_DUPLICATE_WINDOW
     scope = Q(owner=owner)
     if owner.facility_id:
-        scope |= Q(owner__facility_id=owner.facility_id)
+        # Uploads made at this clinic, wherever their owners work today.
+        scope |= Q(facility_id=owner.facility_id)
     return (
         UploadSession.objects.filter(scope, duplicate_key=key, created_at__gte=since)
         .exclude(state__in=[UploadState.CANCELLED, UploadState.FAILED])
@@ -196,9 +200,22 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
     What the request leaves out (chunk size, service level) comes from the user's upload
     preferences; the duplicate check runs unless ``force_upload`` or the user turned it off.
 
-    Raises 413 ``upload_too_large``, 507 ``insufficient_storage`` or 409
+    The upload records the owner's facility of now (``facility``): visibility follows
+    it, so moving the owner to another clinic later does not move the upload.
+
+    Raises 403 ``account_pending_approval`` (a self-registered account an administrator
+    has not approved yet), 413 ``upload_too_large``, 507 ``insufficient_storage`` or 409
     ``possible_duplicate`` (unless ``force_upload``).
     """
+    if not owner.is_approved:
+        raise ApplicationError(
+            "account_pending_approval",
+            "Your account is waiting for an administrator's approval, so it cannot send "
+            "studies yet.",
+            "Ask your RelayPACS administrator to approve your account; you can send studies "
+            "as soon as they have.",
+            status_code=403,
+        )
     total = sum(f.size for f in request.files)
     if total > settings.UPLOAD_MAX_TOTAL_SIZE:
         raise ApplicationError(
@@ -235,9 +252,12 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
                 extra=extra,
             )
     chunk_size = request.chunk_size or preferences.chunk_size or settings.UPLOAD_DEFAULT_CHUNK_SIZE
-    with transaction.atomic():
+    upload_id = uuid.uuid4()
+    with storage.stream_removed_on_error(upload_id=upload_id), transaction.atomic():
         session = UploadSession.objects.create(
+            id=upload_id,
             owner=owner,
+            facility_id=owner.facility_id,
             total_size=total,
             chunk_size=chunk_size,
             total_chunks=math.ceil(total / chunk_size),
@@ -267,14 +287,29 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
         UploadFile.objects.bulk_create(rows, batch_size=1000)
         storage.stream_create(upload_id=session.id, size=total)
         transaction.on_commit(
-            lambda: events.emit(events.UPLOAD_STARTED, upload_id=str(session.id), owner_id=owner.pk)
+            lambda: events.emit(
+                events.UPLOAD_STARTED,
+                upload_id=str(session.id),
+                owner_id=owner.pk,
+                facility_id=session.facility_id,
+            )
         )
     return session
 
 
 def upload_token_refresh(*, session: UploadSession, user: User, session_id: str | None) -> str:
-    """A new upload token for ``user`` (who may act on the upload), tied to their sign-in
-    session ``session_id``."""
+    """A new upload token for the upload's owner ``user``, tied to their sign-in session
+    ``session_id``. Upload tokens send chunks, and chunks come from the owner only: anyone
+    else (an administrator or a colleague who may follow the upload) is refused with 403
+    ``permission_denied`` and reads the status with their access token instead."""
+    if session.owner_id != user.pk:
+        raise ApplicationError(
+            "permission_denied",
+            "Only the person who started this upload can get a key to send its files.",
+            "You can follow this upload's status while signed in; its files come from the "
+            "device of the person who started it.",
+            status_code=403,
+        )
     return upload_token_issue(upload_id=session.id, user_id=user.pk, session_id=session_id)
 
 
@@ -296,12 +331,8 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
             status_code=409,
             extra={"missing_chunks": missing[:1000]},
         )
-    now = timezone.now()
     with transaction.atomic():
-        moved = UploadSession.objects.filter(pk=session.pk, state=UploadState.RECEIVING).update(
-            state=UploadState.PROCESSING, received_at=now, updated_at=now, lease_until=None
-        )
-        if moved:
+        if transitions.upload_received(upload_id=session.id):
             dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
             transaction.on_commit(
                 lambda: events.emit(
@@ -315,7 +346,10 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
 def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:
     """Stop all work on the upload and delete its files. 409 once completed; idempotent.
 
-    ``actor`` is who cancelled (the owner, a colleague or an administrator)."""
+    One conditional UPDATE that also drops the worker's lease (``upload_cancelled``): a
+    worker still busy with the upload finds that every write it makes next is refused, and
+    stops; nothing it does can undo the cancel. What it had already sent to the PACS stays
+    there. ``actor`` is who cancelled (the owner, a colleague or an administrator)."""
     if session.state == UploadState.COMPLETED:
         raise ApplicationError(
             "upload_completed",
@@ -325,16 +359,8 @@ def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:
         )
     if session.state == UploadState.CANCELLED:
         return
-    now = timezone.now()
     with transaction.atomic():
-        moved = (
-            UploadSession.objects.filter(pk=session.pk)
-            .exclude(state__in=[UploadState.COMPLETED, UploadState.CANCELLED])
-            .update(
-                state=UploadState.CANCELLED, lease_until=None, updated_at=now, next_retry_at=None
-            )
-        )
-        if not moved:
+        if not transitions.upload_cancelled(upload_id=session.id):
             session.refresh_from_db()
             if session.state == UploadState.COMPLETED:
                 upload_cancel(session=session, actor=actor)
@@ -343,8 +369,7 @@ def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:
         actor_id = actor.pk if actor is not None else None
 
         def remove() -> None:
-            storage.stream_delete(upload_id=upload_id)
-            UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
+            upload_files_delete(upload_id=upload_id)  # on failure, uploads_cleanup retries
             events.emit(
                 events.UPLOAD_CANCELLED,
                 upload_id=str(upload_id),
@@ -357,12 +382,8 @@ def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:
 
 def upload_confirm(*, session: UploadSession) -> UploadSession:
     """A person confirmed an upload that needed confirmation: forward it."""
-    now = timezone.now()
     with transaction.atomic():
-        moved = UploadSession.objects.filter(
-            pk=session.pk, state=UploadState.NEEDS_CONFIRMATION
-        ).update(state=UploadState.FORWARDING, lease_until=None, updated_at=now, next_retry_at=None)
-        if not moved:
+        if not transitions.upload_confirmed(upload_id=session.id):
             session.refresh_from_db()
             if session.state in (
                 UploadState.FORWARDING,
@@ -384,13 +405,10 @@ def upload_confirm(*, session: UploadSession) -> UploadSession:
 
 def upload_retry(*, session: UploadSession) -> UploadSession:
     """Retry forwarding now: from ``waiting_for_pacs``, or from ``failed`` while the files remain."""
-    now = timezone.now()
     with transaction.atomic():
         if session.state == UploadState.WAITING_FOR_PACS:
-            UploadSession.objects.filter(pk=session.pk, state=UploadState.WAITING_FOR_PACS).update(
-                next_retry_at=now, updated_at=now
-            )
-            dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
+            if transitions.upload_retry_due(upload_id=session.id):
+                dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
         elif (
             session.state == UploadState.FAILED
             and not session.files_deleted
@@ -400,28 +418,24 @@ def upload_retry(*, session: UploadSession) -> UploadSession:
             UploadFile.objects.filter(session=session, pacs_status=PacsStatus.FAILED).update(
                 pacs_status=PacsStatus.PENDING, pacs_reason=""
             )
-            moved = UploadSession.objects.filter(pk=session.pk, state=UploadState.FAILED).update(
-                state=UploadState.FORWARDING,
-                error=None,
-                failed_at=None,
-                first_pacs_failure_at=None,
-                next_retry_at=None,
-                lease_until=None,
-                attempts=0,
-                updated_at=now,
-            )
-            if moved:
-                dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
+            if not transitions.upload_retried(upload_id=session.id):
+                session.refresh_from_db()
+                raise _nothing_to_retry(session)
+            dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
         elif session.state in FINAL_STATES or session.state == UploadState.RECEIVING:
-            raise ApplicationError(
-                "nothing_to_retry",
-                f"There is nothing to retry: this upload is {session.get_state_display().lower()}.",
-                "A failed upload whose files were removed must be uploaded again.",
-                status_code=409,
-                extra={"state": session.state},
-            )
+            raise _nothing_to_retry(session)
     session.refresh_from_db()
     return session
+
+
+def _nothing_to_retry(session: UploadSession) -> ApplicationError:
+    return ApplicationError(
+        "nothing_to_retry",
+        f"There is nothing to retry: this upload is {session.get_state_display().lower()}.",
+        "A failed upload whose files were removed must be uploaded again.",
+        status_code=409,
+        extra={"state": session.state},
+    )
 
 
 __all__ = [

@@ -5,28 +5,38 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import time
+import threading
 import uuid
 from collections import defaultdict, deque
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.db import transaction
-from django.utils import timezone
+from django.db import DatabaseError, connection, transaction
 from pydicom.uid import generate_uid
 
 from relaypacs import events
 
 from .. import storage
-from ..archives import ArchiveError, ArchiveLimits, archive_kind, expand_rar, expand_zip
+from ..archives import (
+    ArchiveBudget,
+    ArchiveError,
+    ArchiveLimitExceeded,
+    ArchiveLimits,
+    archive_kind,
+    expand_rar,
+    expand_zip,
+)
 from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_without_meta
 from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
 from ..models import FileKind, Study, UploadFile, UploadSession, UploadState
-from .leases import lease_claim, lease_release, lease_renew
+from . import transitions
+from .leases import lease_claim, lease_renew
+from .removal import upload_files_delete
 
 logger = logging.getLogger(__name__)
 
-# Renew the lease at least this often while checking files (well under the lease length).
+# Renew the lease at least this often while checking files, and at least three times per
+# lease length, so that two renewals can fail (a busy database) before it runs out.
 RENEW_EVERY_SECONDS = 10.0
 HASH_BLOCK = 1024 * 1024
 # Enough of a file's start to recognise ZIP, RAR, JPEG and PNG signatures.
@@ -150,23 +160,67 @@ def _mismatch_warnings(*, metadata: dict[str, str], studies: list[dict[str, Any]
     return warnings
 
 
+class ProcessingCrashed(RuntimeError):
+    """Checking a file failed unexpectedly. Told by the file's position, never its name or
+    work path: archive entries are often named after patients, and this message is logged
+    (the original exception's traceback is kept, its message is not)."""
+
+
+class _Heartbeat:
+    """Renews the processing lease from a thread of its own for as long as the upload is
+    being checked, so that no single long step (unpacking an archive, hashing a large
+    file, converting a photo) outlives the lease and lets a second worker take over.
+
+    ``lost`` is set once a renewal finds the lease gone (cancelled, or taken over after
+    this process stalled): the worker then stops and writes nothing. The thread uses its
+    own database connection and closes it when it ends.
+    """
+
+    def __init__(self, *, upload_id: uuid.UUID, token: str) -> None:
+        self.upload_id = upload_id
+        self.token = token
+        self.interval = min(RENEW_EVERY_SECONDS, settings.UPLOAD_LEASE_SECONDS / 3)
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    renewed = lease_renew(
+                        upload_id=self.upload_id, token=self.token, state=UploadState.PROCESSING
+                    )
+                except DatabaseError:
+                    logger.warning("upload %s: renewing the lease failed; retrying", self.upload_id)
+                    continue
+                if not renewed:
+                    self.lost.set()
+                    return
+        finally:
+            connection.close()
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _fail(*, upload_id: uuid.UUID, token: str, code: str, message: str, hint: str) -> None:
-    now = timezone.now()
     with transaction.atomic():
-        failed = lease_release(
+        failed = transitions.upload_processing_failed(
             upload_id=upload_id,
             token=token,
-            from_state=UploadState.PROCESSING,
-            state=UploadState.FAILED,
-            failed_at=now,
             error={"code": code, "message": message, "hint": hint},
         )
         if failed:
 
             def remove() -> None:
                 # Nothing of a refused upload can be retried: drop its bytes now (PHI).
-                storage.stream_delete(upload_id=upload_id)
-                UploadSession.objects.filter(pk=upload_id).update(files_deleted=True)
+                upload_files_delete(upload_id=upload_id)  # on failure, uploads_cleanup retries
                 events.emit(events.UPLOAD_FAILED, upload_id=str(upload_id), code=code)
 
             transaction.on_commit(remove)
@@ -185,12 +239,16 @@ class _Expander:
         self.files: list[UploadFile] = []
         self.archive_error: ArchiveError | None = None
         self.unsafe: ArchiveError | None = None
+        self.over_limit: ArchiveLimitExceeded | None = None
         self.warnings: list[str] = []
         self.photos = 0
-        self.limits = ArchiveLimits(
-            max_total_bytes=settings.ARCHIVE_MAX_EXPANDED_BYTES,
-            max_ratio=settings.ARCHIVE_MAX_RATIO,
-            max_entries=settings.ARCHIVE_MAX_ENTRIES,
+        # One budget for every archive of the upload, nested ones included.
+        self.budget = ArchiveBudget(
+            limits=ArchiveLimits(
+                max_total_bytes=settings.ARCHIVE_MAX_EXPANDED_BYTES,
+                max_ratio=settings.ARCHIVE_MAX_RATIO,
+                max_entries=settings.ARCHIVE_MAX_ENTRIES,
+            )
         )
 
     def child(self, parent: UploadFile, *, name: str, path: str = "", size: int = 0) -> UploadFile:
@@ -209,32 +267,35 @@ class _Expander:
         return row
 
     def open(self, f: UploadFile) -> BinaryIO:
-        return storage.open_member(
+        stream = storage.open_member(
             upload_id=self.upload_id, offset=f.offset, size=f.size, path=f.path
         )
+        raw = getattr(stream, "raw", None)
+        if f.path and raw is not None:
+            # A work-folder file's name is its path, which holds archive entry names;
+            # libraries put a stream's name in log lines and exception messages.
+            raw.name = f"upload file {f.position}"
+        return stream
 
     def expand_archive(self, f: UploadFile, kind: str) -> list[UploadFile]:
         folder = f"{f.position}.d"
         dest = self.work / folder
         dest.mkdir()
+        if not f.path:
+            # An archive as uploaded: what its archives may unpack is judged against this.
+            self.budget.add_received(f.size)
         try:
             with self.open(f) as stream:
                 if kind == "zip":
-                    result = expand_zip(
-                        stream=stream, archive_size=f.size, dest=dest, limits=self.limits
-                    )
+                    result = expand_zip(stream=stream, dest=dest, budget=self.budget)
                 else:
-                    result = expand_rar(
-                        stream=stream,
-                        archive_size=f.size,
-                        dest=dest,
-                        limits=self.limits,
-                        version=kind,
-                    )
+                    result = expand_rar(stream=stream, dest=dest, budget=self.budget, version=kind)
         except ArchiveError as exc:
             shutil.rmtree(dest, ignore_errors=True)
             f.kind, f.reason = FileKind.REJECTED, exc.message[:500]
-            if exc.code == "unsafe_archive":
+            if isinstance(exc, ArchiveLimitExceeded):
+                self.over_limit = exc
+            elif exc.code == "unsafe_archive":
                 self.unsafe = self.unsafe or exc
             else:
                 self.archive_error = self.archive_error or exc
@@ -252,7 +313,7 @@ class _Expander:
 
     def convert_photo(self, f: UploadFile, kind: str) -> list[UploadFile]:
         metadata = self.session.metadata
-        facility = self.session.owner.facility
+        facility = self.session.facility  # where the study was sent from, recorded at init
         self.photos += 1
         root = settings.DICOM_UID_ROOT
         # UIDs derived from the upload and the file: a re-run never makes a second copy.
@@ -325,86 +386,114 @@ def upload_process(*, upload_id: uuid.UUID) -> bool:
     a trip through the broker; should the caller die first, beat re-dispatches it.
     Memory stays flat: files are read as streams and pixel data is never loaded (a photo
     being converted is the exception).
+
+    A heartbeat renews the lease while the files are checked (``_Heartbeat``), and the
+    results are written only if the lease is still ours, under the row lock of that check,
+    so a worker that took over is never overwritten. The archive limits hold for the
+    whole upload; going over one fails it, even when a partial upload is allowed. An
+    unexpected error is raised as ProcessingCrashed, which names no file.
     """
     token = lease_claim(upload_id=upload_id, states=[UploadState.PROCESSING])
     if token is None:
         return False
-    session = UploadSession.objects.select_related("owner__facility").get(pk=upload_id)
+    with _Heartbeat(upload_id=upload_id, token=token) as heartbeat:
+        return _process(upload_id=upload_id, token=token, heartbeat=heartbeat)
+
+
+def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool:
+    """The body of ``upload_process``, run under a live lease ``token``."""
+    session = UploadSession.objects.select_related("facility").get(pk=upload_id)
     UploadFile.objects.filter(session=session, parent__isnull=False).delete()
     manifest = list(UploadFile.objects.filter(session=session).order_by("position"))
     expander = _Expander(session=session, manifest=manifest)
     queue: deque[tuple[UploadFile, int]] = deque((f, 0) for f in manifest)
     infos: list[DicomInfo] = []
     seen: dict[str, str] = {}
-    last_renew = time.monotonic()
-    while queue:
-        f, depth = queue.popleft()
-        if time.monotonic() - last_renew > RENEW_EVERY_SECONDS:
-            if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
-                logger.info("upload %s: lease lost while processing; stopping", upload_id)
-                return False
-            last_renew = time.monotonic()
-        if f.size == 0:
-            f.kind, f.reason = FileKind.SKIPPED, "empty file"
-            continue
-        if f.sha256 and _sha256_of(upload_id=upload_id, f=f) != f.sha256:
-            f.kind = FileKind.REJECTED
-            f.reason = "the file changed on the way: its SHA-256 does not match the one sent"
-            continue
-        with expander.open(f) as stream:
-            head = stream.read(HEAD_BYTES)
-        archive = archive_kind(head)
-        photo = image_kind(head)
-        if archive:
-            if depth >= MAX_ARCHIVE_DEPTH:
-                f.kind, f.reason = (
-                    FileKind.SKIPPED,
-                    "an archive inside an archive inside an archive (not unpacked)",
-                )
+    current: UploadFile | None = None
+    try:
+        while queue and expander.over_limit is None and not heartbeat.lost.is_set():
+            f, depth = queue.popleft()
+            current = f
+            if f.size == 0:
+                f.kind, f.reason = FileKind.SKIPPED, "empty file"
                 continue
-            queue.extend((c, depth + 1) for c in expander.expand_archive(f, archive))
-            continue
-        if photo:
-            queue.extend((c, depth + 1) for c in expander.convert_photo(f, photo))
-            continue
-        with expander.open(f) as stream:
-            inspection = inspect_instance(stream=stream, size=f.size, name=f.name)
-        if (
-            inspection.kind == "skipped"
-            and "no DICM" in inspection.reason
-            and not f.path.endswith(".wrapped.dcm")
-        ):
-            wrapped = expander.wrap(f)
-            if wrapped:
-                queue.extend((c, depth) for c in wrapped)
+            if f.sha256 and _sha256_of(upload_id=upload_id, f=f) != f.sha256:
+                f.kind = FileKind.REJECTED
+                f.reason = "the file changed on the way: its SHA-256 does not match the one sent"
                 continue
-            inspection = Inspection("skipped", sniff_reason(head))
-        if inspection.kind == "dicom" and inspection.info is not None:
-            uid = inspection.info.sop_instance_uid
-            if uid in seen:
-                f.kind = FileKind.SKIPPED
-                f.reason = f"the same image (SOP Instance UID) is also in {seen[uid]}; sent once"
+            with expander.open(f) as stream:
+                head = stream.read(HEAD_BYTES)
+            archive = archive_kind(head)
+            photo = image_kind(head)
+            if archive:
+                if depth >= MAX_ARCHIVE_DEPTH:
+                    f.kind, f.reason = (
+                        FileKind.SKIPPED,
+                        "an archive inside an archive inside an archive (not unpacked)",
+                    )
+                    continue
+                queue.extend((c, depth + 1) for c in expander.expand_archive(f, archive))
                 continue
-            seen[uid] = f.name
-            _apply_info(f, inspection.info)
-            infos.append(inspection.info)
-        else:
-            f.kind = FileKind.SKIPPED if inspection.kind == "skipped" else FileKind.REJECTED
-            f.reason = inspection.reason[:500]
-    UploadFile.objects.bulk_create(expander.files, batch_size=500)
+            if photo:
+                queue.extend((c, depth + 1) for c in expander.convert_photo(f, photo))
+                continue
+            with expander.open(f) as stream:
+                inspection = inspect_instance(stream=stream, size=f.size, name=f.name)
+            if (
+                inspection.kind == "skipped"
+                and "no DICM" in inspection.reason
+                and not f.path.endswith(".wrapped.dcm")
+            ):
+                wrapped = expander.wrap(f)
+                if wrapped:
+                    queue.extend((c, depth) for c in wrapped)
+                    continue
+                inspection = Inspection("skipped", sniff_reason(head))
+            if inspection.kind == "dicom" and inspection.info is not None:
+                uid = inspection.info.sop_instance_uid
+                if uid in seen:
+                    f.kind = FileKind.SKIPPED
+                    f.reason = (
+                        f"the same image (SOP Instance UID) is also in {seen[uid]}; sent once"
+                    )
+                    continue
+                seen[uid] = f.name
+                _apply_info(f, inspection.info)
+                infos.append(inspection.info)
+            else:
+                f.kind = FileKind.SKIPPED if inspection.kind == "skipped" else FileKind.REJECTED
+                f.reason = inspection.reason[:500]
+    except DatabaseError:
+        raise  # retried by the task; its message names no file
+    except Exception as exc:
+        if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
+            # Cancelled (its files were deleted under us) or taken over: nothing to report.
+            logger.info("upload %s: stopped while processing; not ours any more", upload_id)
+            return False
+        position = current.position if current is not None else -1
+        raise ProcessingCrashed(
+            f"upload {upload_id}: checking file {position} failed ({type(exc).__name__})"
+        ).with_traceback(exc.__traceback__) from None
+    if heartbeat.lost.is_set():
+        logger.info("upload %s: lease lost while processing; stopping", upload_id)
+        return False
     files = manifest + expander.files
-    # Row by row in one transaction: bulk_update would build a CASE over every row for
-    # each field, which costs Django five times the CPU (measured here for 256 files:
-    # 0.33 s against 0.06 s), all of it between "complete" and the first byte sent.
-    # A row another worker removed meanwhile (it took the lease over) is skipped. Derived
-    # files (unpacked, converted) were inserted just above with these values already.
+    studies = _studies_from(infos)
     with transaction.atomic():
+        # Still ours? The UPDATE that says so keeps the upload's row locked until the
+        # results are in: a worker trying to take over waits, then finds the lease renewed.
+        if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
+            logger.info("upload %s: lease lost before the results were written", upload_id)
+            return False
+        UploadFile.objects.bulk_create(expander.files, batch_size=500)
+        # Row by row: bulk_update would build a CASE over every row for each field, which
+        # costs Django five times the CPU (measured here for 256 files: 0.33 s against
+        # 0.06 s), all of it between "complete" and the first byte sent. Derived files
+        # (unpacked, converted) were inserted just above with these values already.
         for f in manifest:
             UploadFile.objects.filter(pk=f.pk).update(
                 **{name: getattr(f, name) for name in CHECKED_FIELDS}
             )
-    studies = _studies_from(infos)
-    with transaction.atomic():
         Study.objects.filter(session=session).delete()
         Study.objects.bulk_create(
             [
@@ -432,6 +521,16 @@ def upload_process(*, upload_id: uuid.UUID) -> bool:
             code=expander.unsafe.code,
             message=expander.unsafe.message,
             hint=expander.unsafe.hint,
+        )
+        return False
+    if expander.over_limit is not None:
+        # The limits bound the whole upload: nothing of it is sent, partial or not.
+        _fail(
+            upload_id=upload_id,
+            token=token,
+            code=expander.over_limit.code,
+            message=expander.over_limit.message,
+            hint=expander.over_limit.hint,
         )
         return False
     if rejected and not session.allow_partial and expander.archive_error is not None:
@@ -471,12 +570,8 @@ def upload_process(*, upload_id: uuid.UUID) -> bool:
     needs_person = bool(mismatches)
     next_state = UploadState.NEEDS_CONFIRMATION if needs_person else UploadState.FORWARDING
     with transaction.atomic():
-        moved = lease_release(
-            upload_id=upload_id,
-            token=token,
-            from_state=UploadState.PROCESSING,
-            state=next_state,
-            warnings=warnings,
+        moved = transitions.upload_checked(
+            upload_id=upload_id, token=token, needs_confirmation=needs_person, warnings=warnings
         )
         if moved and next_state == UploadState.NEEDS_CONFIRMATION:
             transaction.on_commit(

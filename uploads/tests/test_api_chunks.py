@@ -197,6 +197,36 @@ def test_owner_can_get_a_fresh_upload_token(api, client, upload, payload):
     assert put(client, upload, 0, chunk(payload, 0), token=token).status_code == 200
 
 
+def test_an_administrator_or_a_colleague_follows_an_upload_but_cannot_send_its_chunks(
+    user, api, client, upload, payload
+):
+    from accounts.models import Role
+    from accounts.tests.factories import UserFactory
+    from uploads.tests.conftest import client_for
+
+    admin = client_for(UserFactory(role=Role.ADMIN, facility=None))
+    colleague = client_for(UserFactory(role=Role.RADIOGRAPHER, facility=user.facility))
+    base = f"/api/v1/upload/{upload['upload_id']}"
+    for other in (admin, colleague):
+        assert other.get(f"{base}/status").status_code == 200  # reading stays fine
+        response = put(other, upload, 0, chunk(payload, 0))
+        assert response.status_code == 403
+        error = response.json()["error"]
+        assert error["code"] == "permission_denied"
+        assert error["message"] == "Only the person who started this upload can send its files."
+        # Nor can they get an upload token to send chunks with.
+        response = other.post(f"{base}/token")
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "permission_denied"
+        assert "Only the person who started this upload" in response.json()["error"]["message"]
+    assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
+    # The owner sends them, with the access token as with the upload token.
+    assert put(api, upload, 0, chunk(payload, 0)).status_code == 200
+    assert put(client, upload, 1, chunk(payload, 1), token=upload["upload_token"]).status_code == (
+        200
+    )
+
+
 def test_cancel_deletes_files(api, upload, payload, django_capture_on_commit_callbacks):
     assert storage.stream_exists(upload_id=upload["upload_id"])
     with django_capture_on_commit_callbacks(execute=True):

@@ -143,3 +143,45 @@ def test_a_colleagues_duplicate_is_reported_without_naming_their_upload(api, use
     error = response.json()["error"]
     assert error["code"] == "possible_duplicate" and error["duplicate_uploaded_at"]
     assert "duplicate_of" not in error  # a clinician may not open a colleague's upload
+
+
+def test_an_account_waiting_for_approval_is_refused_with_403_and_a_sentence(api, user):
+    user.approval = "pending"
+    user.save(update_fields=["approval"])
+    response = init(api)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "account_pending_approval"
+    assert error["message"] == (
+        "Your account is waiting for an administrator's approval, so it cannot send studies yet."
+    )
+    assert "administrator" in error["hint"]
+    assert not UploadSession.objects.filter(owner=user).exists()
+
+
+def test_init_records_the_owners_facility_and_keeps_it_when_the_owner_moves(api, user):
+    from accounts.tests.factories import FacilityFactory
+
+    first = init(api).json()["upload_id"]
+    clinic = user.facility
+    user.facility = FacilityFactory()
+    user.save(update_fields=["facility"])
+    second = init(api).json()["upload_id"]
+    assert UploadSession.objects.get(pk=first).facility == clinic
+    assert UploadSession.objects.get(pk=second).facility == user.facility
+
+
+def test_a_duplicate_is_looked_for_among_the_clinics_uploads_not_the_owners_clinic(api, user):
+    from accounts.models import Role
+    from accounts.tests.factories import UserFactory
+    from uploads.tests.conftest import client_for
+
+    hints = {"patient_name": "Doe^Jane", "study_date": "20261102", "modality": "CT"}
+    assert init(api, metadata=hints).status_code == 201
+    clinic = user.facility
+    colleague = UserFactory(facility=clinic, role=Role.RADIOGRAPHER)
+    user.facility = None  # the first uploader moved away: the study was still sent from here
+    user.save(update_fields=["facility"])
+    response = init(client_for(colleague), metadata=hints)
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "possible_duplicate"

@@ -2,6 +2,7 @@
 
 import io
 import os
+import random
 import stat
 import zipfile
 from pathlib import Path
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from uploads.archives import (
+    ArchiveBudget,
     ArchiveError,
+    ArchiveLimitExceeded,
     ArchiveLimits,
     archive_kind,
     expand_rar,
@@ -29,8 +32,18 @@ def zip_bytes(entries, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def unzip(data: bytes, dest: Path, limits: ArchiveLimits = LIMITS):
-    return expand_zip(stream=io.BytesIO(data), archive_size=len(data), dest=dest, limits=limits)
+def budget_for(size: int, limits: ArchiveLimits = LIMITS) -> ArchiveBudget:
+    """The budget of an upload that is this one archive of ``size`` bytes."""
+    budget = ArchiveBudget(limits=limits)
+    budget.add_received(size)
+    return budget
+
+
+def unzip(data: bytes, dest: Path, limits: ArchiveLimits = LIMITS, budget=None):
+    dest.mkdir(parents=True, exist_ok=True)
+    return expand_zip(
+        stream=io.BytesIO(data), dest=dest, budget=budget or budget_for(len(data), limits)
+    )
 
 
 def files_under(root: Path) -> set[str]:
@@ -157,7 +170,7 @@ def rar(name: str, dest: Path):
         kind = archive_kind(stream.read(16))
         stream.seek(0)
         return expand_rar(
-            stream=stream, archive_size=path.stat().st_size, dest=dest, limits=LIMITS, version=kind
+            stream=stream, dest=dest, budget=budget_for(path.stat().st_size), version=kind
         )
 
 
@@ -212,3 +225,90 @@ def test_password_protected_rar_asks_for_an_unprotected_archive(tmp_path):
         rar("rar5-psw.rar", tmp_path)
     assert caught.value.code == "archive_encrypted"
     assert "without a password" in caught.value.hint
+
+
+def nested_outer(dest: Path, inner: list[bytes], limits: ArchiveLimits) -> None:
+    """Unpack an outer ZIP holding the ``inner`` ZIPs, then each of them, as processing
+    does: one budget for the upload, the outer archive's size as what was received."""
+    outer = zip_bytes([(f"part{i}.zip", data) for i, data in enumerate(inner)])
+    budget = budget_for(len(outer), limits)
+    unzip(outer, dest / "outer", budget=budget)
+    for i, data in enumerate(inner):
+        unzip(data, dest / f"inner{i}", budget=budget)
+
+
+@pytest.mark.parametrize(
+    ("limits", "inner", "code"),
+    [
+        (
+            # 3 x 300 kB stored twice (the inner zips, then their contents): 1.8 MB > 1 MiB.
+            ArchiveLimits(max_total_bytes=1024**2, max_ratio=100, max_entries=1000),
+            [zip_bytes([("a.bin", random.Random(i).randbytes(300_000))]) for i in range(3)],
+            "archive_too_large",
+        ),
+        (
+            # 3 inner zips of 20 entries, plus the 3 entries of the outer one: 63 > 50.
+            ArchiveLimits(max_total_bytes=10**9, max_ratio=100, max_entries=50),
+            [zip_bytes([(f"f{n}", b"x") for n in range(20)]) for _ in range(3)],
+            "archive_too_many_entries",
+        ),
+        (
+            # 3 inner zips of 6 MiB of zeros: each stays under the 8 MiB the ratio is
+            # judged from; together 18 MiB out of about 20 kB received.
+            ArchiveLimits(max_total_bytes=10**9, max_ratio=100, max_entries=1000),
+            [
+                zip_bytes([("z.bin", b"\0" * 6 * 1024**2)], compression=zipfile.ZIP_DEFLATED)
+                for _ in range(3)
+            ],
+            "archive_ratio_exceeded",
+        ),
+    ],
+    ids=["expanded bytes", "entries", "ratio"],
+)
+def test_the_limits_hold_for_all_archives_of_an_upload_together(tmp_path, limits, inner, code):
+    # Each archive alone is within the limits...
+    for i, data in enumerate(inner):
+        unzip(data, tmp_path / f"alone{i}", limits)
+    unzip(zip_bytes([(f"part{i}.zip", d) for i, d in enumerate(inner)]), tmp_path / "o", limits)
+    # ...the zip of zips is not.
+    with pytest.raises(ArchiveLimitExceeded) as caught:
+        nested_outer(tmp_path / "nested", inner, limits)
+    assert caught.value.code == code
+    assert "archives in this upload" in caught.value.message
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_entries_whose_names_cannot_be_stored_are_skipped_and_the_rest_unpacked(tmp_path):
+    long_name = "MUSTERMANN^ERIKA/" + "x" * 300 + ".dcm"
+    data = zip_bytes(
+        [
+            ("MUSTERMANN^ERIKA/IM1", b"1"),
+            (long_name, b"2"),
+            ("MUSTERMANN^ERIKA/IM1/IM2", b"3"),  # IM1 is a file: it cannot be a folder too
+            ("MUSTERMANN^ERIKA/IM1", b"4"),
+            ("MUSTERMANN^ERIKA/IM3", b"5"),
+        ]
+    )
+    result = unzip(data, tmp_path)
+    assert files_under(tmp_path) == {"MUSTERMANN^ERIKA/IM1", "MUSTERMANN^ERIKA/IM3"}
+    assert [reason for _, reason in result.skipped] == [
+        "its name is too long to be stored",
+        "a file and a folder of the archive share its path",
+        "another entry has the same name",
+    ]
+
+
+def test_corrupt_compressed_data_is_a_corrupt_archive_and_names_no_entry(tmp_path):
+    data = bytearray(
+        zip_bytes(
+            [("MUSTERMANN^ERIKA/IM1", random.Random(1).randbytes(3000) * 30)],
+            compression=zipfile.ZIP_DEFLATED,
+        )
+    )
+    start = data.index(b"IM1") + 3
+    data[start + 10 : start + 1500] = random.Random(2).randbytes(1490)  # zlib.error inside
+    with pytest.raises(ArchiveError) as caught:
+        unzip(bytes(data), tmp_path)
+    assert caught.value.code == "archive_corrupt"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert "MUSTERMANN" not in str(caught.value)

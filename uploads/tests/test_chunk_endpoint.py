@@ -322,30 +322,42 @@ def test_an_owner_whose_role_no_longer_uploads_is_refused_as_by_the_drf_view(upl
     assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
 
 
-def test_an_upload_token_acts_for_whoever_asked_for_it_not_for_the_owner(uploader):
-    """A colleague's token opens the upload only while the colleague may reach it."""
+def test_upload_tokens_go_to_the_owner_and_only_the_owner_sends_chunks(uploader):
+    """A colleague may follow the upload, not send its chunks: no token is issued to them,
+    and a token minted for anyone but the owner (as before, when they were) sends nothing."""
     facility = FacilityFactory()
     uploader.role, uploader.facility = Role.RADIOGRAPHER, facility
     uploader.save(update_fields=["role", "facility"])
     colleague = UserFactory(role=Role.RADIOGRAPHER, facility=facility)
+    admin = UserFactory(role=Role.ADMIN, facility=None)
     upload = init(signed_in(uploader))
-    colleague_client = signed_in(colleague)
-    token = colleague_client.post(f"/api/v1/upload/{upload['upload_id']}/token").json()[
-        "upload_token"
-    ]
-    token_client = APIClient()
-    token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
     status_path = f"/api/v1/upload/{upload['upload_id']}/status"
-    assert token_client.get(status_path).status_code == 200
-    # Moved to another facility, the colleague's token no longer reaches the upload.
+    for other in (colleague, admin):
+        response = signed_in(other).post(f"/api/v1/upload/{upload['upload_id']}/token")
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "permission_denied"
+    data = os.urandom(CHUNK)
+    for other in (colleague, admin):
+        minted = upload_token_issue(upload_id=upload["upload_id"], user_id=other.pk)
+        headers = {"Authorization": f"Bearer {minted}", "Content-MD5": content_md5(data)}
+        token_client = APIClient()
+        token_client.credentials(HTTP_AUTHORIZATION=headers["Authorization"])
+        assert token_client.get(status_path).status_code == 200  # reading stays fine
+        drf = drf_put(upload, "?index=0", data, headers)
+        status, _, body = asgi_put(
+            f"/api/v1/upload/{upload['upload_id']}/chunk?index=0", data, headers
+        )
+        assert (status, body) == drf
+        assert status == 403 and body["error"]["code"] == "permission_denied"
+    assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
+    # Moved to another facility, the colleague's token no longer reaches the upload at all.
     colleague.facility = FacilityFactory()
     colleague.save(update_fields=["facility"])
-    assert token_client.get(status_path).status_code == 404
-    data = os.urandom(CHUNK)
+    minted = upload_token_issue(upload_id=upload["upload_id"], user_id=colleague.pk)
     status, _, body = asgi_put(
         f"/api/v1/upload/{upload['upload_id']}/chunk?index=0",
         data,
-        {"Authorization": f"Bearer {token}", "Content-MD5": content_md5(data)},
+        {"Authorization": f"Bearer {minted}", "Content-MD5": content_md5(data)},
     )
     assert status == 404 and body["error"]["code"] == "not_found"
     # A token minted for a user who is not the owner never reached it by the owner's rights.
@@ -353,8 +365,139 @@ def test_an_upload_token_acts_for_whoever_asked_for_it_not_for_the_owner(uploade
     forged_for_stranger = upload_token_issue(
         upload_id=upload["upload_id"], user_id=stranger.pk, session_id=None
     )
+    token_client = APIClient()
     token_client.credentials(HTTP_AUTHORIZATION=f"Bearer {forged_for_stranger}")
     assert token_client.get(status_path).status_code == 404
+    # The owner's own token sends.
+    status, _, body = asgi_put(
+        f"/api/v1/upload/{upload['upload_id']}/chunk?index=0",
+        data,
+        {"Authorization": f"Bearer {upload['upload_token']}", "Content-MD5": content_md5(data)},
+    )
+    assert status == 200
+
+
+def expired_token(upload_id: Any, user_id: int) -> str:
+    """A genuine upload token, signed just past the resume window ago."""
+    import time
+
+    from django.conf import settings
+    from django.core import signing
+
+    from uploads import tokens
+
+    class SignedLongAgo(signing.TimestampSigner):
+        def timestamp(self) -> str:
+            age = settings.UPLOAD_RESUME_WINDOW.total_seconds() + 60
+            return signing.b62_encode(int(time.time() - age))
+
+    payload = {"u": str(upload_id), "o": user_id}
+    return tokens.PREFIX + SignedLongAgo(salt=tokens._SALT).sign_object(payload)  # noqa: SLF001
+
+
+def refused_tokens(uploader: Any) -> tuple[dict[str, Any], dict[str, tuple[str, int]]]:
+    client = signed_in(uploader)
+    upload, other = init(client), init(client)
+    return upload, {
+        "tampered": (upload["upload_token"][:-2] + "xx", 401),
+        "not a token": ("upl_forged", 401),
+        "expired": (expired_token(upload["upload_id"], uploader.pk), 401),
+        "another upload's": (other["upload_token"], 404),
+    }
+
+
+def answer_without_body(path: str, token: str) -> tuple[int, bool]:
+    """The status of a chunk PUT whose client never sends the body it announced, and
+    whether the endpoint asked for that body."""
+    sent: list[dict[str, Any]] = []
+    body_asked = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"index=0",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-length", str(CHUNK).encode()),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+    async def receive() -> dict[str, Any]:
+        body_asked.append(True)
+        await asyncio.Future()  # the client never sends its body
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def serve() -> None:
+        await asyncio.wait_for(application(scope, receive, send), timeout=10)
+
+    asyncio.run(serve())
+    return sent[0]["status"], bool(body_asked)
+
+
+def test_a_refused_token_is_answered_without_reading_the_body(uploader):
+    upload, refused = refused_tokens(uploader)
+    path = f"/api/v1/upload/{upload['upload_id']}/chunk"
+    for name, (token, expected) in refused.items():
+        assert answer_without_body(path, token) == (expected, False), name
+
+
+def test_a_refused_token_gets_its_answer_while_the_client_has_not_sent_the_body(uploader, settings):
+    """Over a real socket: headers that announce 16 MiB, then nothing; the answer comes."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    settings.ALLOWED_HOSTS = ["testserver", "127.0.0.1"]
+    upload, refused = refused_tokens(uploader)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(application, lifespan="off", log_level="warning", access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        assert thread.is_alive(), "uvicorn stopped"
+        time.sleep(0.01)
+    try:
+        for name, (token, expected) in refused.items():
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(
+                    (
+                        f"PUT /api/v1/upload/{upload['upload_id']}/chunk?index=0 HTTP/1.1\r\n"
+                        "Host: 127.0.0.1\r\n"
+                        f"Authorization: Bearer {token}\r\n"
+                        "Content-Type: application/octet-stream\r\n"
+                        "Content-MD5: 1B2M2Y8AsgTpgAmY7PhCfg==\r\n"
+                        f"Content-Length: {16 * 1024 * 1024}\r\n\r\n"
+                    ).encode()
+                )
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    piece = conn.recv(65536)  # raises TimeoutError if no answer comes
+                    assert piece, name
+                    answer += piece
+            assert answer.startswith(f"HTTP/1.1 {expected} ".encode()), (name, answer[:80])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        listener.close()
 
 
 @pytest.mark.parametrize(

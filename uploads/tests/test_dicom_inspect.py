@@ -1,8 +1,9 @@
 import io
+import time
 
 import pytest
 
-from uploads.dicom import inspect_instance
+from uploads.dicom import inspect_instance, wrap_without_meta
 from uploads.tests.helpers import PYDICOM_DATA, sample_paths
 
 
@@ -63,3 +64,19 @@ def test_missing_uids_are_rejected():
 def test_non_ascii_names_come_out_as_unicode():
     result = inspect((PYDICOM_DATA / "charset_files/chrRuss.dcm").read_bytes())
     assert result.info.patient_name == "Люкceмбypг"
+
+
+@pytest.mark.parametrize("name", ["ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"])
+def test_a_dataset_without_file_header_is_wrapped(name, tmp_path):
+    data = (PYDICOM_DATA / "test_files" / name).read_bytes()
+    dest = tmp_path / "wrapped.dcm"
+    assert wrap_without_meta(stream=io.BytesIO(data), size=len(data), dest=str(dest))
+    assert inspect(dest.read_bytes()).kind == "dicom"
+
+
+def test_zeros_are_not_parsed_as_a_dataset_without_file_header(tmp_path):
+    # Forced parsing took seconds per few MiB of zeros (one empty element per 8 bytes).
+    data = b"\0" * 64 * 1024**2
+    started = time.monotonic()
+    assert not wrap_without_meta(stream=io.BytesIO(data), size=len(data), dest=str(tmp_path / "x"))
+    assert time.monotonic() - started < 1

@@ -1,6 +1,7 @@
 """Photos to DICOM Secondary Capture: every variant passes dciodvfy without errors."""
 
 import io
+import random
 import subprocess
 
 import pydicom
@@ -88,3 +89,82 @@ def test_a_broken_image_gives_a_reason(tmp_path):
             number=1,
         )
     assert "could not be read" in caught.value.reason
+
+
+def damaged(data: bytes, how: str) -> bytes:
+    """``data`` cut in half, or with 2,000 bytes of its compressed image data overwritten
+    with noise (the headers stay intact, so the photo opens and fails while decoding)."""
+    if how == "truncated":
+        return data[: len(data) // 2]
+    middle = len(data) // 2
+    return data[:middle] + random.Random(0).randbytes(2000) + data[middle + 2000 :]
+
+
+def noisy_photo(fmt: str, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    pixels = random.Random(5).randbytes(640 * 480 * 3)  # the same photo on every run
+    Image.frombytes("RGB", (640, 480), pixels).save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+DAMAGED = {
+    "truncated upright JPEG": damaged(noisy_photo("JPEG", quality=90), "truncated"),
+    "upright JPEG corrupt in the middle": damaged(noisy_photo("JPEG", quality=90), "corrupt"),
+    "truncated EXIF-rotated JPEG": damaged(
+        encoded("RGB", "JPEG", size=(640, 480), exif_orientation=6), "truncated"
+    ),
+    "truncated progressive JPEG": damaged(noisy_photo("JPEG", progressive=True), "truncated"),
+    "truncated PNG": damaged(noisy_photo("PNG"), "truncated"),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED)
+def test_a_damaged_photo_is_refused_with_a_sentence_not_a_decoder_error(case, tmp_path):
+    from uploads.imaging import ImageConversionError
+
+    data = DAMAGED[case]
+    series = SeriesContext(
+        uid_root="1.2.3.", study_instance_uid="1.2.3.4", series_instance_uid="1.2.3.5"
+    )
+    with pytest.raises(ImageConversionError) as caught:
+        convert_image(
+            stream=io.BytesIO(data),
+            kind=image_kind(data),
+            dest=tmp_path / "x.dcm",
+            patient=PATIENT,
+            series=series,
+            number=1,
+        )
+    assert "damaged and could not be read" in caught.value.reason
+    assert "Error" not in caught.value.reason  # no exception class names for the technician
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert not (tmp_path / "x.dcm").exists()
+
+
+@pytest.mark.parametrize("case", ["truncated upright JPEG", "truncated PNG"])
+def test_a_damaged_photo_is_refused_even_after_a_library_turned_on_truncated_decoding(
+    case, tmp_path
+):
+    """WeasyPrint (the reports app's PDFs, in the same worker process) turns on Pillow's
+    global LOAD_TRUNCATED_IMAGES when imported; half a photo must still be refused."""
+    import weasyprint  # noqa: F401
+    from PIL import ImageFile
+
+    from uploads.imaging import ImageConversionError
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # what importing WeasyPrint does
+    series = SeriesContext(
+        uid_root="1.2.3.", study_instance_uid="1.2.3.4", series_instance_uid="1.2.3.5"
+    )
+    try:
+        with pytest.raises(ImageConversionError):
+            convert_image(
+                stream=io.BytesIO(DAMAGED[case]),
+                kind=image_kind(DAMAGED[case]),
+                dest=tmp_path / "x.dcm",
+                patient=PATIENT,
+                series=series,
+                number=1,
+            )
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False

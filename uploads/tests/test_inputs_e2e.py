@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import subprocess
 import zipfile
 from collections import Counter
@@ -267,3 +268,62 @@ def test_rar_of_dicom_files_reaches_the_pacs(api, celery_worker, orthanc_clean, 
     assert status["state"] == "completed", status
     for path in (ct, sr):
         assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+
+def noisy_photo(fmt: str, **save: object) -> bytes:
+    """A photo with real detail (compressed data worth damaging), the same on every run."""
+    buffer = io.BytesIO()
+    pixels = random.Random(5).randbytes(480 * 320 * 3)
+    Image.frombytes("RGB", (480, 320), pixels).save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def test_damaged_photos_are_refused_at_once_with_a_reason_and_the_rest_is_sent(
+    api, celery_worker, orthanc_clean, tmp_path
+):
+    jpeg, png = noisy_photo("JPEG", quality=90), noisy_photo("PNG")
+    rotated = photo_bytes("jpeg", exif_orientation=6)
+    middle = len(jpeg) // 2
+    photos = {
+        "good.jpg": jpeg,
+        "cut.jpg": jpeg[:middle],  # upright: its bytes would be kept, so they are decoded
+        "noise.jpg": jpeg[:middle] + random.Random(0).randbytes(2000) + jpeg[middle + 2000 :],
+        "cut-rotated.jpg": rotated[: len(rotated) // 2],  # re-encoded: fails while decoding
+        "cut.png": png[: len(png) // 2],
+    }
+    paths = []
+    for name, data in photos.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(tmp_path / name)
+    upload = send_upload(api, paths, allow_partial=True, metadata={"patient_id": "PH-2"})
+    # At once: no crashed task to wait out (each would hold the upload for a lease).
+    status = wait_for(api, upload["upload_id"], FINAL, timeout=30)
+    assert status["state"] == "completed", status
+    assert status["pacs"]["acknowledged_instances"] == 1
+    assert len(orthanc_clean.sop_instance_uids()) == 1
+    rejected = {f["name"]: f["reason"] for f in status["rejected_files"]}
+    assert set(rejected) == {"cut.jpg", "noise.jpg", "cut-rotated.jpg", "cut.png"}
+    for reason in rejected.values():
+        assert "damaged and could not be read" in reason and "Error" not in reason
+
+
+def test_a_zip_of_small_zip_bombs_is_refused_as_a_whole(
+    api, celery_worker, orthanc_clean, tmp_path
+):
+    """Each inner bomb stays under the 8 MiB from which the ratio is judged; the upload's
+    archives together expand 18 MiB from about 60 kB, and nothing of it is sent."""
+    ct = sample_paths(["test_files/CT_small.dcm"])[0]
+    bombs = []
+    for n in range(3):
+        bomb = make_zip(tmp_path / f"bomb{n}.zip", [("zeros.bin", b"\0" * 6 * 1024**2)])
+        bombs.append((f"part{n}.zip", bomb.read_bytes()))
+    outer = make_zip(
+        tmp_path / "study.zip",
+        [("IM1", ct.read_bytes()), *bombs],
+        compression=zipfile.ZIP_STORED,
+    )
+    upload = send_upload(api, [outer], allow_partial=True)
+    status = wait_for(api, upload["upload_id"], FINAL)
+    assert status["state"] == "failed", status
+    assert status["error"]["code"] == "archive_ratio_exceeded"
+    assert orthanc_clean.sop_instance_uids() == set()

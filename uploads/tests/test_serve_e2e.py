@@ -68,9 +68,7 @@ def sign_in(base: str, env: dict[str, str]) -> str:
 def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
     base, env, process = product["base"], product["env"], product["process"]
     health = requests.get(f"{base}/api/v1/health", timeout=10).json()
-    assert health["status"] == "ok", health
-    assert health["checks"]["database"]["detail"] == "sqlite"
-    assert health["checks"]["broker"]["detail"] == "embedded"
+    assert health == {"status": "ok"}, health  # each part's state is for administrators
     # HTTPS on the LAN with the generated certificate, which names this host's addresses.
     cert = Path(env["DATA_DIR"]) / "tls" / "relaypacs-lan.crt"
     deadline = time.monotonic() + START_TIMEOUT
@@ -87,6 +85,11 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
 
     # manage.py run with the same environment reaches the same database.
     access = sign_in(base, env)
+    detailed = requests.get(
+        f"{base}/api/v1/health", headers={"Authorization": f"Bearer {access}"}, timeout=10
+    ).json()
+    assert detailed["checks"]["database"]["detail"] == "sqlite"
+    assert detailed["checks"]["broker"]["detail"] == "embedded"
     client = HttpUploader(base, access, CHUNK)
     paths = sample_paths()
     upload = client.init(paths)

@@ -3,7 +3,6 @@
 import io
 import os
 from datetime import timedelta
-from unittest import mock
 
 import pytest
 from django.utils import timezone
@@ -13,6 +12,7 @@ from uploads.models import UploadSession, UploadState
 from uploads.services import chunk_store, uploads_cleanup, uploads_redispatch
 from uploads.services.ingest import ManifestFile, UploadInit, upload_init
 from uploads.services.leases import lease_claim, lease_renew
+from uploads.services.maintenance import DELIVERY_FAILURE_CODES
 from uploads.tests.helpers import content_md5
 
 pytestmark = pytest.mark.django_db
@@ -51,28 +51,7 @@ def test_expired_lease_can_be_taken_over(user):
     assert lease_claim(upload_id=session.pk, states=[UploadState.FORWARDING])
 
 
-@mock.patch("uploads.services.maintenance.dispatch_on_commit", autospec=True)
-def test_redispatch_picks_expired_leases_and_due_retries_only(dispatch, user):
-    now = timezone.now()
-    stranded = new_upload(user)
-    UploadSession.objects.filter(pk=stranded.pk).update(
-        state=UploadState.FORWARDING, lease_until=now - timedelta(seconds=5)
-    )
-    busy = new_upload(user)
-    UploadSession.objects.filter(pk=busy.pk).update(
-        state=UploadState.FORWARDING, lease_until=now + timedelta(minutes=5)
-    )
-    due = new_upload(user)
-    UploadSession.objects.filter(pk=due.pk).update(
-        state=UploadState.WAITING_FOR_PACS, next_retry_at=now - timedelta(seconds=1)
-    )
-    later = new_upload(user)
-    UploadSession.objects.filter(pk=later.pk).update(
-        state=UploadState.WAITING_FOR_PACS, next_retry_at=now + timedelta(hours=1)
-    )
-    assert uploads_redispatch() == 2
-    sent = {call.kwargs["upload_id"] for call in dispatch.call_args_list}
-    assert sent == {stranded.pk, due.pk}
+# Re-dispatch (on the real broker) is tested in test_services_redispatch.py.
 
 
 def test_cleanup_expires_idle_receiving_uploads_and_deletes_their_bytes(user, settings):
@@ -101,20 +80,44 @@ def test_a_recent_chunk_keeps_an_old_upload_resumable(user, settings):
     assert session.state == UploadState.RECEIVING
 
 
-def test_failed_uploads_keep_their_files_through_the_retry_window(user, settings):
+@pytest.mark.parametrize("code", sorted(DELIVERY_FAILURE_CODES))
+def test_failed_deliveries_keep_their_files_through_the_retry_window(user, settings, code):
+    unreachable = {"code": code, "message": "", "hint": ""}
     recent = new_upload(user)
     UploadSession.objects.filter(pk=recent.pk).update(
-        state=UploadState.FAILED, failed_at=timezone.now(), received_at=timezone.now()
+        state=UploadState.FAILED,
+        failed_at=timezone.now(),
+        received_at=timezone.now(),
+        error=unreachable,
     )
     expired = new_upload(user)
     UploadSession.objects.filter(pk=expired.pk).update(
         state=UploadState.FAILED,
         received_at=timezone.now(),
         failed_at=timezone.now() - settings.PACS_RETRY_WINDOW - timedelta(hours=1),
+        error=unreachable,
     )
     uploads_cleanup()
     assert storage.stream_exists(upload_id=recent.pk)
     assert not storage.stream_exists(upload_id=expired.pk)
+
+
+def test_failures_that_no_retry_can_use_lose_their_files_at_once(user):
+    """Checks that refused the files, or checking that kept crashing: only a new upload
+    helps, so the bytes are not kept for the PACS retry window."""
+    sessions = []
+    for code in ("processing_failed", "invalid_files", "archive_too_large", "no_dicom_files"):
+        session = new_upload(user)
+        UploadSession.objects.filter(pk=session.pk).update(
+            state=UploadState.FAILED,
+            failed_at=timezone.now(),
+            received_at=timezone.now(),
+            error={"code": code, "message": "", "hint": ""},
+        )
+        sessions.append(session)
+    assert uploads_cleanup() == len(sessions)
+    assert not any(storage.stream_exists(upload_id=s.pk) for s in sessions)
+    assert all(UploadSession.objects.filter(files_deleted=True, pk=s.pk) for s in sessions)
 
 
 def test_processing_that_keeps_crashing_ends_failed_not_forever(user):

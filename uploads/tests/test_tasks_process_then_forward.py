@@ -1,18 +1,18 @@
 """The processing task forwards a checked upload itself, without a second broker message.
 
-The task runs here in the test process (no Celery worker) against the real Orthanc; the
-broker is replaced at its one entry point so that nothing else picks the upload up.
+The task runs here in the test process against the real Orthanc; the messages go to the
+real broker, on a queue of this test's own that no worker consumes (``private_queue``),
+where the test reads what was queued.
 """
 
 from __future__ import annotations
-
-from unittest import mock
 
 import pytest
 
 from uploads.models import UploadSession, UploadState
 from uploads.services.dispatch import PROCESS_TASK
 from uploads.tasks import upload_process_task
+from uploads.tests.broker import private_queue
 from uploads.tests.helpers import sample_paths, sop_uid
 from uploads.tests.test_pipeline_e2e import send_upload
 
@@ -20,16 +20,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def send_task():
-    with mock.patch("celery.app.base.Celery.send_task", autospec=True) as patched:
-        yield patched
+def broker():
+    with private_queue() as queue:
+        yield queue
 
 
-def queued(send_task) -> list[str]:
-    return [call.args[1] for call in send_task.call_args_list]
-
-
-def test_a_checked_upload_is_forwarded_by_the_processing_task(api, orthanc_clean, send_task):
+def test_a_checked_upload_is_forwarded_by_the_processing_task(api, orthanc_clean, broker):
     paths = sample_paths()
     upload = send_upload(api, paths)
 
@@ -38,10 +34,11 @@ def test_a_checked_upload_is_forwarded_by_the_processing_task(api, orthanc_clean
     session = UploadSession.objects.get(pk=upload["upload_id"])
     assert session.state == UploadState.COMPLETED, session.error
     assert orthanc_clean.sop_instance_uids() == {sop_uid(p) for p in paths}
-    assert queued(send_task) == [PROCESS_TASK]  # by complete; no forwarding message
+    # Queued by complete; no forwarding message.
+    assert broker.for_upload(upload["upload_id"]) == [PROCESS_TASK]
 
 
-def test_running_the_processing_task_again_changes_nothing(api, orthanc_clean, send_task):
+def test_running_the_processing_task_again_changes_nothing(api, orthanc_clean, broker):
     paths = sample_paths()[:3]
     upload = send_upload(api, paths)
     upload_process_task(upload["upload_id"])
@@ -53,9 +50,10 @@ def test_running_the_processing_task_again_changes_nothing(api, orthanc_clean, s
     assert again.state == UploadState.COMPLETED
     assert (again.attempts, again.completed_at) == (completed.attempts, completed.completed_at)
     assert len(orthanc_clean.sop_instance_uids()) == len(paths)
+    assert broker.for_upload(upload["upload_id"]) == [PROCESS_TASK]
 
 
-def test_an_upload_that_needs_a_person_is_not_forwarded(api, orthanc_clean, send_task):
+def test_an_upload_that_needs_a_person_is_not_forwarded(api, orthanc_clean, broker):
     path = sample_paths(["test_files/CT_small.dcm"])[0]
     upload = send_upload(api, [path], metadata={"patient_name": "Someone^Else"})
 
@@ -65,4 +63,4 @@ def test_an_upload_that_needs_a_person_is_not_forwarded(api, orthanc_clean, send
         UploadState.NEEDS_CONFIRMATION
     )
     assert orthanc_clean.sop_instance_uids() == set()
-    assert queued(send_task) == [PROCESS_TASK]
+    assert broker.for_upload(upload["upload_id"]) == [PROCESS_TASK]

@@ -1,0 +1,259 @@
+"""The upload state machine: one service per transition.
+
+Each is one conditional UPDATE on the state it leaves (and, for leased work, on the
+worker's lease token), and returns whether its row count was 1: of a cancel and a worker
+racing, exactly one wins, and the loser sees False and stops. No other code writes
+``UploadSession.state``.
+
+::
+
+    receiving ─received─▶ processing ─checked─▶ forwarding ─delivered─▶ completed
+                              │   └─checked─▶ needs_confirmation ─confirmed─┘ ▲
+                              │                 forwarding ─waits─▶ waiting_for_pacs
+                              ▼                      ▲ └──claim (when due)──┘
+                            failed ─retried─▶ forwarding
+    every state but completed and cancelled ─cancelled─▶ cancelled
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from ..models import UploadSession, UploadState
+from .leases import lease_claim, lease_release
+
+# A cancel stops an upload in any of these; a completed study is in the PACS already.
+CANCELLABLE_STATES = (
+    UploadState.RECEIVING,
+    UploadState.PROCESSING,
+    UploadState.NEEDS_CONFIRMATION,
+    UploadState.FORWARDING,
+    UploadState.WAITING_FOR_PACS,
+    UploadState.FAILED,
+)
+
+
+def _move(
+    *,
+    upload_id: uuid.UUID,
+    from_states: Iterable[str],
+    files_deleted: bool | None = None,
+    **changes: Any,
+) -> bool:
+    queryset = UploadSession.objects.filter(pk=upload_id, state__in=list(from_states))
+    if files_deleted is not None:
+        queryset = queryset.filter(files_deleted=files_deleted)
+    return queryset.update(updated_at=timezone.now(), **changes) == 1
+
+
+def upload_received(*, upload_id: uuid.UUID) -> bool:
+    """``receiving`` → ``processing``: every chunk arrived; the processing task is queued
+    by the caller (``dispatched_at`` says so)."""
+    now = timezone.now()
+    return _move(
+        upload_id=upload_id,
+        from_states=[UploadState.RECEIVING],
+        state=UploadState.PROCESSING,
+        received_at=now,
+        lease_until=None,
+        dispatched_at=now,
+    )
+
+
+def upload_checked(
+    *, upload_id: uuid.UUID, token: str, needs_confirmation: bool, warnings: list[str]
+) -> bool:
+    """``processing`` → ``forwarding`` (or ``needs_confirmation``), by the lease holder."""
+    return lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.PROCESSING,
+        state=UploadState.NEEDS_CONFIRMATION if needs_confirmation else UploadState.FORWARDING,
+        warnings=warnings,
+    )
+
+
+def upload_processing_failed(*, upload_id: uuid.UUID, token: str, error: dict[str, str]) -> bool:
+    """``processing`` → ``failed``, by the lease holder."""
+    return lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.PROCESSING,
+        state=UploadState.FAILED,
+        failed_at=timezone.now(),
+        error=error,
+    )
+
+
+def upload_poisoned(*, upload_id: uuid.UUID, now: datetime, error: dict[str, str]) -> bool:
+    """``processing`` → ``failed`` by beat, once the last worker's lease ran out (nobody
+    holds the upload)."""
+    return (
+        UploadSession.objects.filter(
+            pk=upload_id, state=UploadState.PROCESSING, lease_until__lt=now
+        ).update(
+            state=UploadState.FAILED,
+            failed_at=now,
+            updated_at=now,
+            lease_until=None,
+            lease_owner="",
+            dispatched_at=None,
+            error=error,
+        )
+        == 1
+    )
+
+
+def upload_expired(*, upload_id: uuid.UUID, now: datetime, error: dict[str, str]) -> bool:
+    """``receiving`` → ``failed``: no chunk arrived within the resume window."""
+    return _move(
+        upload_id=upload_id,
+        from_states=[UploadState.RECEIVING],
+        state=UploadState.FAILED,
+        failed_at=now,
+        error=error,
+    )
+
+
+def upload_forwarding_claim(*, upload_id: uuid.UUID) -> str | None:
+    """``forwarding`` (unleased or lease ran out) or ``waiting_for_pacs`` (retry time
+    came) → ``forwarding`` under a new lease, in one UPDATE. Returns the lease token, or
+    None when the upload is not ours to forward (cancelled, held, not due)."""
+    return lease_claim(
+        upload_id=upload_id,
+        states=[UploadState.FORWARDING, UploadState.WAITING_FOR_PACS],
+        due_only=True,
+        to_state=UploadState.FORWARDING,
+    )
+
+
+def upload_delivered(*, upload_id: uuid.UUID, token: str, **fields: Any) -> bool:
+    """``forwarding`` → ``completed``, by the lease holder (``fields``: receipt, when)."""
+    return lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.FORWARDING,
+        state=UploadState.COMPLETED,
+        next_retry_at=None,
+        error=None,
+        **fields,
+    )
+
+
+def upload_waits_for_pacs(
+    *,
+    upload_id: uuid.UUID,
+    token: str,
+    first_failure_at: datetime,
+    next_retry_at: datetime,
+    error: dict[str, Any],
+) -> bool:
+    """``forwarding`` → ``waiting_for_pacs`` until ``next_retry_at``, by the lease holder."""
+    return lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.FORWARDING,
+        state=UploadState.WAITING_FOR_PACS,
+        first_pacs_failure_at=first_failure_at,
+        next_retry_at=next_retry_at,
+        error=error,
+    )
+
+
+def upload_forwarding_failed(*, upload_id: uuid.UUID, token: str, error: dict[str, Any]) -> bool:
+    """``forwarding`` → ``failed``, by the lease holder."""
+    return lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.FORWARDING,
+        state=UploadState.FAILED,
+        failed_at=timezone.now(),
+        next_retry_at=None,
+        error=error,
+    )
+
+
+def upload_confirmed(*, upload_id: uuid.UUID) -> bool:
+    """``needs_confirmation`` → ``forwarding``: a person confirmed; the caller queues it."""
+    now = timezone.now()
+    return _move(
+        upload_id=upload_id,
+        from_states=[UploadState.NEEDS_CONFIRMATION],
+        state=UploadState.FORWARDING,
+        lease_until=None,
+        next_retry_at=None,
+        dispatched_at=now,
+    )
+
+
+def upload_retry_due(*, upload_id: uuid.UUID) -> bool:
+    """``waiting_for_pacs`` stays, due now: a person asked to try the PACS again."""
+    now = timezone.now()
+    return _move(
+        upload_id=upload_id,
+        from_states=[UploadState.WAITING_FOR_PACS],
+        next_retry_at=now,
+        dispatched_at=now,
+    )
+
+
+def upload_retried(*, upload_id: uuid.UUID) -> bool:
+    """``failed`` → ``forwarding``: a person pressed retry; the caller queues it. Only
+    while the files remain (cleanup marks them gone before deleting them)."""
+    now = timezone.now()
+    return _move(
+        upload_id=upload_id,
+        from_states=[UploadState.FAILED],
+        files_deleted=False,
+        state=UploadState.FORWARDING,
+        error=None,
+        failed_at=None,
+        first_pacs_failure_at=None,
+        next_retry_at=None,
+        lease_until=None,
+        lease_owner="",
+        lease_expiries=0,
+        attempts=0,
+        dispatched_at=now,
+    )
+
+
+def upload_cancelled(*, upload_id: uuid.UUID) -> bool:
+    """Any state in CANCELLABLE_STATES → ``cancelled``.
+
+    Drops the lease, owner included: every later write of the worker that held it is
+    conditional on its token and the state it expected, so none of them can undo the
+    cancel, and the upload cannot be claimed again.
+    """
+    return _move(
+        upload_id=upload_id,
+        from_states=CANCELLABLE_STATES,
+        state=UploadState.CANCELLED,
+        lease_until=None,
+        lease_owner="",
+        next_retry_at=None,
+        dispatched_at=None,
+    )
+
+
+__all__ = [
+    "CANCELLABLE_STATES",
+    "upload_cancelled",
+    "upload_checked",
+    "upload_confirmed",
+    "upload_delivered",
+    "upload_expired",
+    "upload_forwarding_claim",
+    "upload_forwarding_failed",
+    "upload_poisoned",
+    "upload_processing_failed",
+    "upload_received",
+    "upload_retried",
+    "upload_retry_due",
+    "upload_waits_for_pacs",
+]

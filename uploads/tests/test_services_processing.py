@@ -1,0 +1,284 @@
+"""The processing service run here, in the test process: its lease, the archive limits of a
+whole upload, damaged inputs, and what reaches the logs.
+
+Uploads are received through the API and then handed to ``upload_process`` directly (not
+through ``complete``), so that no worker of another test picks them up.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+import traceback
+import uuid
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+from PIL import Image
+
+from uploads import storage
+from uploads.models import FileKind, Study, UploadFile, UploadSession, UploadState
+from uploads.services import processing
+from uploads.services.leases import lease_claim
+from uploads.services.processing import upload_process
+from uploads.tests.helpers import content_md5, iter_file_chunks, manifest, sample_paths
+from uploads.tests.rar5 import rar5_stored
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHUNK = 256 * 1024
+# A synthetic patient name, as a CD names its folders; it must never reach a log line.
+PATIENT_FOLDER = "MUSTERMANN^ERIKA"
+
+
+def received_upload(api: Any, paths: list[Path], **extra: Any) -> uuid.UUID:
+    """Send ``paths`` as one upload and leave it ``processing``, as ``complete`` does, but
+    without queueing the task."""
+    init = api.post("/api/v1/upload/init", manifest(paths, chunk_size=CHUNK, **extra), "json")
+    assert init.status_code == 201, init.json()
+    upload_id = uuid.UUID(init.json()["upload_id"])
+    for index, data in iter_file_chunks(paths, CHUNK):
+        response = api.put(
+            f"/api/v1/upload/{upload_id}/chunk?index={index}",
+            data=data,
+            content_type="application/octet-stream",
+            HTTP_CONTENT_MD5=content_md5(data),
+        )
+        assert response.status_code == 200, response.json()
+    now = timezone.now()
+    moved = UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).update(
+        state=UploadState.PROCESSING, received_at=now, updated_at=now
+    )
+    assert moved == 1
+    return upload_id
+
+
+def zip_file(path: Path, entries: list[tuple[str, bytes]], compression: int = 0) -> Path:
+    with zipfile.ZipFile(path, "w", compression=compression) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return path
+
+
+def zip_data(entries: list[tuple[str, bytes]], compression: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+class SlowStep:
+    """Makes the SHA-256 pass of the first file wait until the test lets it go: one step
+    of processing longer than the lease. The real hash runs afterwards."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.real = processing._sha256_of
+
+    def __call__(self, *, upload_id: uuid.UUID, f: UploadFile) -> str:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(60), "the test never let the slow step finish"
+        return self.real(upload_id=upload_id, f=f)
+
+
+def process_in_thread(pool: ThreadPoolExecutor, upload_id: uuid.UUID) -> Any:
+    def run() -> bool:
+        try:
+            return upload_process(upload_id=upload_id)
+        finally:
+            connection.close()  # this thread's own connection
+
+    return pool.submit(run)
+
+
+# --- the lease while working (issue 9, item 3) -----------------------------------------
+
+
+def test_processing_keeps_its_lease_through_a_step_longer_than_the_lease(api, settings):
+    settings.UPLOAD_LEASE_SECONDS = 1
+    paths = sample_paths()[:3]
+    upload_id = received_upload(api, paths)
+    slow = SlowStep()
+    with (
+        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        outcome = process_in_thread(pool, upload_id)
+        assert slow.entered.wait(30)
+        first_lease = UploadSession.objects.get(pk=upload_id).lease_until
+        # Three lease lengths past the lease first taken, a second worker still finds the
+        # upload taken, because the first keeps renewing while it works.
+        deadline = first_lease + timedelta(seconds=3 * settings.UPLOAD_LEASE_SECONDS)
+        tries = 0
+        while timezone.now() < deadline:
+            assert lease_claim(upload_id=upload_id, states=[UploadState.PROCESSING]) is None
+            tries += 1
+            time.sleep(0.05)
+        assert tries > 10
+        slow.release.set()
+        assert outcome.result(timeout=60) is True
+    session = UploadSession.objects.get(pk=upload_id)
+    assert session.state == UploadState.FORWARDING
+    assert session.attempts == 1  # nobody else ever claimed it
+    kinds = set(UploadFile.objects.filter(session_id=upload_id).values_list("kind", flat=True))
+    assert kinds == {FileKind.DICOM}
+
+
+def test_a_worker_that_lost_its_lease_writes_no_results(api, settings):
+    settings.UPLOAD_LEASE_SECONDS = 1
+    upload_id = received_upload(api, sample_paths()[:3])
+    slow = SlowStep()
+    with (
+        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        outcome = process_in_thread(pool, upload_id)
+        assert slow.entered.wait(30)
+        # Another worker took the upload over (as after this process stalled past its lease).
+        UploadSession.objects.filter(pk=upload_id).update(
+            lease_owner="another-worker", lease_until=timezone.now() + timedelta(minutes=5)
+        )
+        slow.release.set()
+        assert outcome.result(timeout=60) is False
+    session = UploadSession.objects.get(pk=upload_id)
+    assert (session.state, session.lease_owner) == (UploadState.PROCESSING, "another-worker")
+    rows = UploadFile.objects.filter(session_id=upload_id)
+    assert set(rows.values_list("kind", flat=True)) == {FileKind.PENDING}
+    assert not rows.filter(parent__isnull=False).exists()
+    assert not Study.objects.filter(session_id=upload_id).exists()
+
+
+# --- archive limits for the whole upload (issue 9, item 7) -----------------------------
+
+
+def _random(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _too_large(ct: bytes) -> list[bytes]:
+    # 3 x 250 kB unpacked twice (the inner zips, then their contents): more than 1 MiB.
+    return [zip_data([("IM1", ct), ("a.bin", _random(250_000, 1))])] + [
+        zip_data([("b.bin", _random(250_000, n))]) for n in (2, 3)
+    ]
+
+
+def _too_many_entries(ct: bytes) -> list[bytes]:
+    # 3 inner zips of 20 entries and the outer one's 3: 63 entries, more than 50.
+    return [zip_data([("IM1", ct)] + [(f"n{n}.txt", b"x") for n in range(19)])] + [
+        zip_data([(f"n{n}.txt", b"x") for n in range(20)]) for _ in range(2)
+    ]
+
+
+def _ratio(ct: bytes) -> list[bytes]:
+    # 3 inner zips of 6 MiB of zeros, each below the 8 MiB from which the ratio is judged:
+    # together 18 MiB out of about 60 kB received, over the default 100:1.
+    return [zip_data([("IM1", ct)])] + [
+        zip_data([("z.bin", b"\0" * 6 * 1024**2)], zipfile.ZIP_DEFLATED) for _ in range(3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "overrides", "inner"),
+    [
+        ("archive_too_large", {"ARCHIVE_MAX_EXPANDED_BYTES": 1024**2}, _too_large),
+        ("archive_too_many_entries", {"ARCHIVE_MAX_ENTRIES": 50}, _too_many_entries),
+        ("archive_ratio_exceeded", {}, _ratio),
+    ],
+)
+def test_a_zip_of_zips_within_the_limits_each_but_over_them_together_fails(
+    api, settings, tmp_path, code, overrides, inner
+):
+    """Every archive is within the limits alone; a good DICOM file is inside and a partial
+    upload is allowed: still the upload fails with the limit's code and nothing is sent."""
+    for name, value in overrides.items():
+        setattr(settings, name, value)
+    ct = sample_paths(["test_files/CT_small.dcm"])[0].read_bytes()
+    outer = zip_file(
+        tmp_path / "study.zip", [(f"part{i}.zip", data) for i, data in enumerate(inner(ct))]
+    )
+    upload_id = received_upload(api, [outer], allow_partial=True)
+
+    assert upload_process(upload_id=upload_id) is False
+
+    session = UploadSession.objects.get(pk=upload_id)
+    assert session.state == UploadState.FAILED
+    assert session.error["code"] == code
+    assert "archives in this upload" in session.error["message"]
+    assert session.files_deleted and not storage.stream_exists(upload_id=upload_id)
+
+
+# --- damaged inputs and what the logs see (issue 9, items 8 and 9) ---------------------
+
+
+def _photo() -> bytes:
+    buffer = io.BytesIO()
+    pixels = random.Random(5).randbytes(320 * 240 * 3)
+    Image.frombytes("RGB", (320, 240), pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_no_archive_entry_name_reaches_a_log_line_or_an_error(api, caplog, tmp_path):
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="pydicom")
+    ct, mr = sample_paths(["test_files/CT_small.dcm", "test_files/examples_overlay.dcm"])
+    photo = _photo()
+    broken_inner = bytearray(zip_data([("IM5", _random(3000, 1) * 30)], zipfile.ZIP_DEFLATED))
+    broken_inner[60:1500] = _random(1440, 2)  # its compressed data is damaged
+    folder = PATIENT_FOLDER
+    cd = zip_file(
+        tmp_path / "cd.zip",
+        [
+            (f"{folder}/DICOM/IM1", ct.read_bytes()),
+            (f"{folder}/DICOM/IM2", mr.read_bytes()[:5000]),  # truncated DICOM
+            (f"{folder}/DICOM/IM1/IM3", b"a file where a folder of that name is"),
+            (f"{folder}/{'X' * 300}", b"a name too long for the disk"),
+            (f"../{folder}/escape", b"leaves the folder"),
+            (f"{folder}/FOTO1.JPG", photo[: len(photo) // 2]),  # truncated photo
+            (f"{folder}/inner.zip", bytes(broken_inner)),
+        ],
+        zipfile.ZIP_DEFLATED,
+    )
+    rar = rar5_stored(
+        tmp_path / "referral.rar",
+        [(f"{folder}/IM1", b"a file"), (f"{folder}/IM1/IM2", b"below a file")],
+    )
+    upload_id = received_upload(api, [cd, rar])
+
+    raised: BaseException | None = None
+    try:
+        upload_process(upload_id=upload_id)
+    except Exception as exc:  # what a crash would log, with its whole chain
+        raised = exc
+
+    assert folder not in caplog.text
+    assert "MUSTERMANN" not in caplog.text
+    if raised is not None:
+        assert "MUSTERMANN" not in "".join(traceback.format_exception(raised))
+    assert raised is None
+    session = UploadSession.objects.get(pk=upload_id)
+    assert session.state == UploadState.FAILED
+    assert "MUSTERMANN" not in str(session.error)
+    # The uploader's own file list names the files, with a reason for each.
+    reasons = {
+        f.name: f.reason
+        for f in UploadFile.objects.filter(session_id=upload_id)
+        if f.kind in (FileKind.REJECTED, FileKind.SKIPPED)
+    }
+    assert "damaged" in reasons[f"cd.zip/{folder}/FOTO1.JPG"]
+    assert "too long" in reasons[f"cd.zip/{folder}/{'X' * 300}"]
+    assert "share its path" in reasons[f"cd.zip/{folder}/DICOM/IM1/IM3"]
+    assert "share its path" in reasons[f"referral.rar/{folder}/IM1/IM2"]
+    assert "damaged" in reasons[f"cd.zip/{folder}/inner.zip"]
