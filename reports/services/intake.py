@@ -1,0 +1,82 @@
+"""Reports are opened from uploads the PACS confirmed (the ``upload.completed`` event)."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import IntegrityError, transaction
+
+from accounts.models import Facility
+from uploads.models import Study, UploadSession
+
+from ..models import Report, ReportStatus
+from .transitions import report_created, report_reply
+
+
+def _modality(study: Study) -> str:
+    return "\\".join(sorted({str(m) for m in study.modalities or [] if m}))[:64]
+
+
+def _facility(session: UploadSession) -> Facility | None:
+    # TODO(UploadSession.facility): the upload's own facility (recorded when it was opened)
+    # wins; the owner's facility of today is the fallback for uploads made before it existed.
+    facility: Facility | None = getattr(session, "facility", None)
+    return facility if facility is not None else session.owner.facility
+
+
+def _report_for_study(*, session: UploadSession, study: Study, facility: Facility | None) -> None:
+    defaults = {
+        "sender": session.owner,
+        "service_level": session.service_level,
+        "patient_name": study.patient_name,
+        "patient_id": study.patient_id,
+        "patient_birth_date": study.patient_birth_date,
+        "patient_sex": study.patient_sex,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+        "accession_number": study.accession_number,
+        "modality": _modality(study),
+        "clinical_notes": session.clinical_notes,
+    }
+    try:
+        with transaction.atomic():
+            report, created = Report.objects.get_or_create(
+                study_instance_uid=study.study_instance_uid,
+                facility=facility,
+                defaults=defaults,
+            )
+    except IntegrityError:  # another worker opened it a moment ago
+        report, created = (
+            Report.objects.get(study_instance_uid=study.study_instance_uid, facility=facility),
+            False,
+        )
+    with transaction.atomic():
+        attached = report.uploads.filter(pk=session.pk).exists()
+        if not attached:
+            report.uploads.add(session)
+        if created:
+            report_created(report=report, actor=session.owner)
+        elif not attached and report.status == ReportStatus.ADDITIONAL_DATA_REQUIRED:
+            # More images for the same study are the sender's answer to the question.
+            report_reply(report_id=report.pk, actor=session.owner, answer=report.answer)
+
+
+def reports_open_for_upload(*, upload_id: str) -> int:
+    """Open (or attach to) the report of each study the upload delivered.
+
+    One report per Study Instance UID and facility: a later upload of the same study
+    attaches to it, and answers a question the radiologist asked. Idempotent: the same
+    event delivered twice changes nothing the second time. Returns the number of studies.
+    """
+    try:
+        pk = uuid.UUID(str(upload_id))
+    except ValueError:
+        return 0
+    session = UploadSession.objects.select_related("owner__facility").filter(pk=pk).first()
+    if session is None:
+        return 0
+    facility = _facility(session)
+    studies = list(Study.objects.filter(session=session).order_by("id"))
+    for study in studies:
+        _report_for_study(session=session, study=study, facility=facility)
+    return len(studies)

@@ -1,0 +1,82 @@
+"""upload.completed opens one report per study and facility; later uploads attach to it."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.uid import generate_uid
+
+from accounts.models import Role
+from accounts.tests.factories import UserFactory
+from relaypacs import events
+from reports.models import Report, ReportStatus
+from reports.services import transitions
+from uploads.models import Study, UploadSession, UploadState
+
+pytestmark = pytest.mark.django_db
+
+
+def completed_upload(owner, *study_uids, notes="Cough.", level="urgent"):
+    session = UploadSession.objects.create(
+        owner=owner,
+        facility=owner.facility,
+        state=UploadState.COMPLETED,
+        total_size=1,
+        chunk_size=1,
+        total_chunks=1,
+        clinical_notes=notes,
+        service_level=level,
+    )
+    for uid in study_uids:
+        Study.objects.create(
+            session=session, study_instance_uid=uid, modalities=["MR", "CT"], instances=2
+        )
+    return session
+
+
+def test_each_study_of_a_completed_upload_gets_one_assigned_report(
+    django_capture_on_commit_callbacks,
+):
+    owner = UserFactory()
+    first, second = generate_uid(), generate_uid()
+    session = completed_upload(owner, first, second)
+    with django_capture_on_commit_callbacks(execute=True):
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(session.id))
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(session.id))  # delivered twice
+    reports = list(Report.objects.order_by("id"))
+    assert [r.study_instance_uid for r in reports] == [first, second]
+    for report in reports:
+        assert (report.status, report.facility, report.sender) == (
+            ReportStatus.ASSIGNED,
+            owner.facility,
+            owner,
+        )
+        assert (report.service_level, report.modality, report.clinical_notes) == (
+            "urgent",
+            "CT\\MR",
+            "Cough.",
+        )
+        assert list(report.uploads.all()) == [session]
+
+
+def test_a_later_upload_of_the_study_attaches_and_answers_the_question(
+    django_capture_on_commit_callbacks,
+):
+    owner = UserFactory()
+    uid = generate_uid()
+    events.emit(events.UPLOAD_COMPLETED, upload_id=str(completed_upload(owner, uid).id))
+    report = Report.objects.get()
+    radiologist = UserFactory(role=Role.RADIOLOGIST)
+    transitions.report_ask(report_id=report.pk, actor=radiologist, question="The priors?")
+    later = completed_upload(owner, uid)
+    events.emit(events.UPLOAD_COMPLETED, upload_id=str(later.id))
+    report.refresh_from_db()
+    assert Report.objects.count() == 1
+    assert report.status == ReportStatus.PENDING
+    assert report.uploads.count() == 2
+
+
+def test_the_same_study_from_another_facility_is_another_report():
+    uid = generate_uid()
+    for owner in (UserFactory(), UserFactory()):
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(completed_upload(owner, uid).id))
+    assert Report.objects.filter(study_instance_uid=uid).count() == 2
