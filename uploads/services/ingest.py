@@ -411,6 +411,7 @@ def upload_retry(*, session: UploadSession) -> UploadSession:
                 dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
         elif (
             session.state == UploadState.FAILED
+            and (session.error or {}).get("code") in transitions.DELIVERY_FAILURE_CODES
             and not session.files_deleted
             and session.received_at is not None
             and UploadFile.objects.filter(session=session, kind=FileKind.DICOM).exists()
@@ -424,6 +425,7 @@ def upload_retry(*, session: UploadSession) -> UploadSession:
             dispatch_on_commit(task_name=FORWARD_TASK, upload_id=session.id)
         elif session.state in FINAL_STATES or session.state == UploadState.RECEIVING:
             raise _nothing_to_retry(session)
+        # needs_confirmation, processing, forwarding: the work goes on by itself
     session.refresh_from_db()
     return session
 

@@ -17,6 +17,7 @@ from ..models import UploadSession, UploadState
 from . import transitions
 from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
 from .removal import failed_upload_files_delete, upload_files_delete
+from .transitions import DELIVERY_FAILURE_CODES, upload_expired
 
 logger = logging.getLogger(__name__)
 
@@ -104,21 +105,6 @@ def _fail_poisoned(*, now: datetime) -> None:
             )
 
 
-# Failures of delivery: the checked study is intact and "retry" sends it again, so its
-# bytes are kept for PACS_RETRY_WINDOW after the failure. Every other failure (the checks
-# refused the files, checking kept crashing, the upload expired while receiving) can only
-# be uploaded again: nothing can use its bytes, so they are deleted at once.
-DELIVERY_FAILURE_CODES = frozenset(
-    {
-        "pacs_unreachable",
-        "pacs_unavailable",
-        "pacs_not_listing",
-        "pacs_rejected",
-        "pacs_refused_instances",
-        "no_pacs_configured",
-        "forwarding_failed",
-    }
-)
 # An upload folder without a live upload is swept only once it has not changed for this
 # long. upload_init creates the folder just before its row commits (milliseconds later),
 # so an hour never takes the folder of an init in flight; an orphan (a rolled-back init,
@@ -146,10 +132,10 @@ def uploads_cleanup(*, now: datetime | None = None) -> int:
         .values_list("pk", "owner_id")
     )
     for upload_id, owner_id in list(expired[:REDISPATCH_BATCH]):
-        moved = UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).update(
-            state=UploadState.FAILED,
-            failed_at=now,
-            updated_at=now,
+        moved = upload_expired(
+            upload_id=upload_id,
+            now=now,
+            idle_since=now - window,
             error={
                 "code": "upload_expired",
                 "message": "This upload stopped receiving data and expired.",

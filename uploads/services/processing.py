@@ -6,6 +6,7 @@ import hashlib
 import logging
 import shutil
 import threading
+import time
 import uuid
 from collections import defaultdict, deque
 from typing import Any, BinaryIO
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 # Renew the lease at least this often while checking files, and at least three times per
 # lease length, so that two renewals can fail (a busy database) before it runs out.
 RENEW_EVERY_SECONDS = 10.0
+# The heartbeat stops renewing after this long, so a worker stuck in one file (a decoder
+# that never returns) lets its lease lapse: beat re-dispatches the upload and the poison
+# limit ends it. The largest upload (20 GiB, plus up to 40 GiB unpacked) is checked well
+# within an hour even on a slow disk; four hours is a hang, not work.
+MAX_PROCESSING_SECONDS = 4 * 3600.0
 HASH_BLOCK = 1024 * 1024
 # Enough of a file's start to recognise ZIP, RAR, JPEG and PNG signatures.
 HEAD_BYTES = 16
@@ -185,8 +191,16 @@ class _Heartbeat:
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
 
     def _run(self) -> None:
+        started = time.monotonic()
         try:
             while not self._stop.wait(self.interval):
+                if time.monotonic() - started > MAX_PROCESSING_SECONDS:
+                    logger.error(
+                        "upload %s: still checking after %.0f s; no longer renewing its lease",
+                        self.upload_id,
+                        MAX_PROCESSING_SECONDS,
+                    )
+                    return
                 try:
                     renewed = lease_renew(
                         upload_id=self.upload_id, token=self.token, state=UploadState.PROCESSING
@@ -559,8 +573,8 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             code="invalid_files",
             message=f"{rejected} of {len(files)} files are damaged or not valid DICOM, so "
             "nothing was sent to the PACS.",
-            hint="See rejected_files for each file and reason. Copy the files again from "
-            "the source, or upload again allowing a partial study.",
+            hint="The damaged files are listed with the reason for each. Copy them again "
+            "from the source and send the study again, or send the other files without them.",
         )
         return False
     mismatches = _mismatch_warnings(metadata=session.metadata, studies=studies)

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Q
 from django.utils import timezone
 
 from ..models import UploadSession, UploadState
@@ -38,16 +39,36 @@ CANCELLABLE_STATES = (
 )
 
 
+# Failures of delivery: the checked study is intact and "retry" sends it again, so its
+# bytes are kept for PACS_RETRY_WINDOW after the failure. Every other failure (the checks
+# refused the files, checking kept crashing, the upload expired while receiving) can only
+# be uploaded again: nothing can use its bytes, so they are deleted at once.
+DELIVERY_FAILURE_CODES = frozenset(
+    {
+        "pacs_unreachable",
+        "pacs_unavailable",
+        "pacs_not_listing",
+        "pacs_rejected",
+        "pacs_refused_instances",
+        "no_pacs_configured",
+        "forwarding_failed",
+    }
+)
+
+
 def _move(
     *,
     upload_id: uuid.UUID,
     from_states: Iterable[str],
     files_deleted: bool | None = None,
+    error__code__in: list[str] | None = None,
     **changes: Any,
 ) -> bool:
     queryset = UploadSession.objects.filter(pk=upload_id, state__in=list(from_states))
     if files_deleted is not None:
         queryset = queryset.filter(files_deleted=files_deleted)
+    if error__code__in is not None:
+        queryset = queryset.filter(error__code__in=error__code__in)
     return queryset.update(updated_at=timezone.now(), **changes) == 1
 
 
@@ -109,14 +130,18 @@ def upload_poisoned(*, upload_id: uuid.UUID, now: datetime, error: dict[str, str
     )
 
 
-def upload_expired(*, upload_id: uuid.UUID, now: datetime, error: dict[str, str]) -> bool:
-    """``receiving`` → ``failed``: no chunk arrived within the resume window."""
-    return _move(
-        upload_id=upload_id,
-        from_states=[UploadState.RECEIVING],
-        state=UploadState.FAILED,
-        failed_at=now,
-        error=error,
+def upload_expired(
+    *, upload_id: uuid.UUID, now: datetime, idle_since: datetime, error: dict[str, str]
+) -> bool:
+    """``receiving`` → ``failed``: no chunk arrived since ``idle_since`` (the resume
+    window). Re-checked in the UPDATE, so a chunk stored since the caller looked keeps the
+    upload alive."""
+    return (
+        UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING)
+        .filter(created_at__lt=idle_since)
+        .filter(Q(last_chunk_at__isnull=True) | Q(last_chunk_at__lt=idle_since))
+        .update(state=UploadState.FAILED, failed_at=now, updated_at=now, error=error)
+        == 1
     )
 
 
@@ -203,13 +228,16 @@ def upload_retry_due(*, upload_id: uuid.UUID) -> bool:
 
 
 def upload_retried(*, upload_id: uuid.UUID) -> bool:
-    """``failed`` → ``forwarding``: a person pressed retry; the caller queues it. Only
-    while the files remain (cleanup marks them gone before deleting them)."""
+    """``failed`` → ``forwarding``: a person pressed retry; the caller queues it. Only a
+    failure of delivery (the checks passed; DELIVERY_FAILURE_CODES) and only while the files
+    remain (cleanup marks them gone before deleting them): an upload the checks refused is
+    never sent, not even in the moment before its bytes are deleted."""
     now = timezone.now()
     return _move(
         upload_id=upload_id,
         from_states=[UploadState.FAILED],
         files_deleted=False,
+        error__code__in=sorted(DELIVERY_FAILURE_CODES),
         state=UploadState.FORWARDING,
         error=None,
         failed_at=None,

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ORTHANC_PASSWORD, ORTHANC_USERNAME
 from pacs.models import DeliveredInstance, PacsDestination
 from uploads.models import UploadFile, UploadSession, UploadState
 from uploads.services.forwarding import upload_forward
@@ -23,12 +22,18 @@ from uploads.tests.test_pipeline_e2e import FINAL, send_upload, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 ENV_PACS = "env:default"  # the key of the environment's PACS (PACS_NAME "default")
+# The second PACS has credentials of its own (the root conftest cannot be imported by name:
+# frontend/tests_e2e has a conftest module too).
+SECOND_PACS_USERNAME = "second-pacs"
+SECOND_PACS_PASSWORD = "second-pacs-password"  # noqa: S105 - a throwaway local test server
 
 
 @pytest.fixture(scope="module")
 def second_pacs(tmp_path_factory):
     with second_orthanc(
-        tmp_path_factory.mktemp("second-pacs"), username=ORTHANC_USERNAME, password=ORTHANC_PASSWORD
+        tmp_path_factory.mktemp("second-pacs"),
+        username=SECOND_PACS_USERNAME,
+        password=SECOND_PACS_PASSWORD,
     ) as pacs:
         yield pacs
 
@@ -46,8 +51,8 @@ def add_destination(proxy) -> PacsDestination:
         name="Second PACS",
         dicomweb_url=proxy.dicomweb_url,
         orthanc_url=proxy.url,
-        username=ORTHANC_USERNAME,
-        password=ORTHANC_PASSWORD,
+        username=SECOND_PACS_USERNAME,
+        password=SECOND_PACS_PASSWORD,
         priority=10,
     )
 

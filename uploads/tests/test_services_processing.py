@@ -137,6 +137,33 @@ def test_processing_keeps_its_lease_through_a_step_longer_than_the_lease(api, se
     assert kinds == {FileKind.DICOM}
 
 
+def test_a_worker_stuck_in_one_file_lets_its_lease_lapse_after_the_maximum_time(
+    api, settings, monkeypatch
+):
+    settings.UPLOAD_LEASE_SECONDS = 1
+    monkeypatch.setattr(processing, "MAX_PROCESSING_SECONDS", 1.5)
+    upload_id = received_upload(api, sample_paths()[:2])
+    slow = SlowStep()
+    with (
+        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        ThreadPoolExecutor(max_workers=1) as pool,
+    ):
+        outcome = process_in_thread(pool, upload_id)
+        assert slow.entered.wait(30)
+        # The step never ends by itself (a hung decoder): after the maximum time the
+        # heartbeat stops, the lease lapses and another worker can take the upload.
+        deadline = time.monotonic() + 30
+        token = None
+        while token is None and time.monotonic() < deadline:
+            token = lease_claim(upload_id=upload_id, states=[UploadState.PROCESSING])
+            time.sleep(0.1)
+        assert token is not None
+        slow.release.set()
+        assert outcome.result(timeout=60) is False  # the stuck worker writes nothing
+    session = UploadSession.objects.get(pk=upload_id)
+    assert (session.state, session.lease_owner) == (UploadState.PROCESSING, token)
+
+
 def test_a_worker_that_lost_its_lease_writes_no_results(api, settings):
     settings.UPLOAD_LEASE_SECONDS = 1
     upload_id = received_upload(api, sample_paths()[:3])

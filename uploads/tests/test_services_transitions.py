@@ -90,3 +90,45 @@ def test_each_transition_leaves_only_its_own_states(user):
     assert transitions.upload_cancelled(upload_id=pk)
     assert not transitions.upload_cancelled(upload_id=pk)
     assert not transitions.upload_retried(upload_id=pk)  # a cancelled upload stays cancelled
+
+
+def test_an_upload_the_checks_refused_cannot_be_retried_even_while_its_files_remain(user):
+    from relaypacs.errors import ApplicationError
+    from uploads.models import FileKind, UploadFile
+    from uploads.services import upload_retry
+
+    session = UploadSession.objects.create(
+        owner=user, total_size=10, chunk_size=256 * 1024, total_chunks=1
+    )
+    UploadFile.objects.create(
+        session=session, position=0, name="a.dcm", size=10, offset=0, kind=FileKind.DICOM
+    )
+    UploadSession.objects.filter(pk=session.pk).update(
+        state=UploadState.FAILED,
+        received_at=timezone.now(),
+        failed_at=timezone.now(),
+        error={"code": "invalid_files", "message": "", "hint": ""},
+    )
+    session.refresh_from_db()
+    with pytest.raises(ApplicationError) as refused:
+        upload_retry(session=session)
+    assert refused.value.code == "nothing_to_retry"
+    assert not transitions.upload_retried(upload_id=session.pk)  # nor by a stale caller
+    assert UploadSession.objects.get(pk=session.pk).state == UploadState.FAILED
+
+
+def test_an_upload_that_received_a_chunk_since_the_cleanup_looked_does_not_expire(user):
+    now = timezone.now()
+    session = UploadSession.objects.create(
+        owner=user, total_size=10, chunk_size=256 * 1024, total_chunks=1
+    )
+    UploadSession.objects.filter(pk=session.pk).update(
+        created_at=now - timedelta(days=2), last_chunk_at=now
+    )
+    assert not transitions.upload_expired(
+        upload_id=session.pk,
+        now=now,
+        idle_since=now - timedelta(hours=24),
+        error={"code": "upload_expired", "message": "", "hint": ""},
+    )
+    assert UploadSession.objects.get(pk=session.pk).state == UploadState.RECEIVING
