@@ -42,6 +42,7 @@ from .services.admin import (
     user_unlock,
 )
 from .services.approval import invitation_create, user_approve
+from .services.roles import user_role_access_apply
 from .services.twofactor import twofactor_reset
 
 # How long a new invitation code is valid unless the administrator picks another expiry.
@@ -50,6 +51,10 @@ INVITATION_DEFAULT_LIFETIME = timedelta(days=7)
 
 def _by(request: HttpRequest) -> User | None:
     return request.user if isinstance(request.user, User) else None
+
+
+def _is_superuser(request: HttpRequest) -> bool:
+    return bool(getattr(request.user, "is_superuser", False))
 
 
 @admin.register(Facility)
@@ -69,35 +74,92 @@ class ApprovalForm(forms.Form):
 
 @admin.register(User)
 class RelayUserAdmin(UserAdmin):
+    """Accounts as a clinic's IT person manages them: the role decides what an account may
+    do, including whether it may use this site (services.roles), so no raw permission or
+    group lists and no *staff* box; one name field (the full name)."""
+
     list_display = [
         "username",
-        "email",
+        "full_name",
         "role",
         "facility",
         "approval",
         "is_active",
         "email_verified",
+        "email",
     ]
     list_filter = ["approval", "role", "facility", "is_active", "email_verified"]
     list_select_related = ["facility"]
+    search_fields = ["username", "full_name", "email"]
+    filter_horizontal = ()
     fieldsets = (
-        *(UserAdmin.fieldsets or ()),
+        (None, {"fields": ("username", "password")}),
+        ("Person", {"fields": ("full_name", "email", "email_verified", "pending_email")}),
+        ("Role and clinic", {"fields": ("role", "facility", "approval")}),
         (
-            "RelayPACS",
-            {"fields": ("full_name", "role", "facility", "approval", "email_verified")},
+            "Access",
+            {
+                "fields": ("is_active", "admin_site_access", "is_superuser"),
+                "description": "Accounts with the role Administrator can use this admin "
+                "site; no other role can. Untick Active to stop an account signing in.",
+            },
         ),
+        ("History", {"fields": ("last_login", "date_joined")}),
     )
     # Approval changes only through the audited action (one conditional update).
-    readonly_fields = ["approval"]
+    readonly_fields = [
+        "approval",
+        "pending_email",
+        "admin_site_access",
+        "last_login",
+        "date_joined",
+    ]
     add_fieldsets = (
-        *UserAdmin.add_fieldsets,
-        ("RelayPACS", {"fields": ("role", "facility")}),
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("username", "usable_password", "password1", "password2"),
+            },
+        ),
+        ("Person", {"fields": ("full_name", "email")}),
+        ("Role and clinic", {"fields": ("role", "facility")}),
     )
     actions = ["approve_accounts", "unlock_sign_in", "reset_two_factor", "mark_email_verified"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if not _is_superuser(request):
+            fields.append("is_superuser")  # only a superuser makes another one
+        return fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # An administrator who is not a superuser cannot take over a superuser's account
+        # (password, role, deactivation).
+        if isinstance(obj, User) and obj.is_superuser and not _is_superuser(request):
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if isinstance(obj, User) and obj.is_superuser and not _is_superuser(request):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    @admin.display(description="Can use this admin site")
+    def admin_site_access(self, obj: User) -> str:
+        if obj.pk is None:
+            return "-"
+        if obj.is_superuser:
+            return "Yes (superuser: every permission)"
+        if obj.is_staff:
+            return "Yes (role Administrator)"
+        return "No (only the role Administrator can)"
 
     def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
         before = user_security_snapshot(user_id=obj.pk)
         super().save_model(request, obj, form, change)
+        # The new access is part of the one audit event of the change (is_staff in it).
+        user_role_access_apply(user=obj, audit=False)
         if change:
             user_admin_changed(
                 user=obj, before=before, by=_by(request), client=client_info(request)
@@ -124,7 +186,10 @@ class RelayUserAdmin(UserAdmin):
             user_admin_password_set(user=user, by=_by(request), client=client_info(request))
         return response
 
-    @admin.action(description="Approve selected accounts (choose their role and facility)")
+    @admin.action(
+        description="Approve selected accounts (choose their role and facility)",
+        permissions=["change"],
+    )
     def approve_accounts(
         self, request: HttpRequest, queryset: QuerySet[User]
     ) -> TemplateResponse | None:
@@ -139,16 +204,19 @@ class RelayUserAdmin(UserAdmin):
         if "apply" in request.POST:
             form = ApprovalForm(request.POST)
             if form.is_valid():
-                approved = sum(
-                    user_approve(
+                approved = 0
+                for user in pending:
+                    if user_approve(
                         user=user,
                         role=form.cleaned_data["role"],
                         facility=form.cleaned_data["facility"],
                         by=_by(request),
                         client=client_info(request),
-                    )
-                    for user in pending
-                )
+                    ):
+                        approved += 1
+                        user_role_access_apply(
+                            user=user, by=_by(request), client=client_info(request)
+                        )
                 self.message_user(
                     request,
                     f"Approved {approved} account(s); they can send studies now.",

@@ -11,3 +11,13 @@ class AccountsConfig(AppConfig):
         from .subscribers import audit_domain_event
 
         subscribe(audit_domain_event)
+
+        from axes.signals import user_locked_out
+        from django.db.models.signals import post_migrate
+
+        from .signals import audit_lockout, sync_admin_access_after_migrate
+
+        user_locked_out.connect(audit_lockout, dispatch_uid="accounts.audit_lockout")
+        post_migrate.connect(
+            sync_admin_access_after_migrate, dispatch_uid="accounts.sync_admin_access"
+        )

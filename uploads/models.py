@@ -215,6 +215,7 @@ class Study(models.Model):
 
     class Meta:
         ordering = ["id"]
+        verbose_name_plural = "studies"
         constraints = [
             models.UniqueConstraint(
                 fields=["session", "study_instance_uid"], name="uniq_study_per_session"

@@ -27,6 +27,7 @@ AUDIT_VOCABULARY: dict[str, tuple[str, str]] = {
     "twofactor_reset": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "role_changed": ("110113 Security Alert", "110136 Security Roles Changed"),
     "account_approved": ("110113 Security Alert", "110136 Security Roles Changed"),
+    "admin_access_changed": ("110113 Security Alert", "110136 Security Roles Changed"),
     "invitation_changed": ("110113 Security Alert", "110129 Security Configuration"),
     "user_created": ("110113 Security Alert", "110137 User Security Attributes Changed"),
     "user_deleted": ("110113 Security Alert", "110137 User Security Attributes Changed"),

@@ -101,13 +101,10 @@ def session_login(
     """
     user = authenticate(request=request, username=username, password=password)
     if getattr(request, "axes_locked_out", False):
-        audit_record(
-            action="account_locked",
-            username=username,
-            outcome=AuditOutcome.MINOR_FAILURE,
-            ip_address=client.ip_address,
-            user_agent=client.user_agent,
-        )
+        # The lockout itself is audited once, where django-axes signals it (accounts.signals);
+        # an attempt refused while locked is a failed sign-in.
+        if getattr(request, "axes_failures_since_start", 0) > settings.AXES_FAILURE_LIMIT:
+            _login_failed(username=username, user=None, reason="sign_in_locked", client=client)
         raise ApplicationError(
             "sign_in_locked",
             "Signing in to this account from this device is locked after too many failed attempts.",

@@ -379,3 +379,30 @@ def test_existing_accounts_are_approved_by_the_migration():
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
     assert User.objects.get(pk=made.pk).approval == Approval.APPROVED
+
+
+def test_staff_who_may_only_view_accounts_cannot_approve_them(client):
+    from django.contrib.auth.models import Permission
+
+    viewer = User.objects.create_user("viewer", "viewer@example.org", STRONG, is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_user"))
+    client.force_login(viewer)
+    waiting = User.objects.create_user("new9", "new9@clinic.example", STRONG, approval="pending")
+
+    listed = client.get("/admin/accounts/user/")
+    assert listed.status_code == 200
+    assert b"approve_accounts" not in listed.content  # the action is not offered
+    client.post(
+        "/admin/accounts/user/",
+        {
+            "action": "approve_accounts",
+            "_selected_action": [waiting.pk, viewer.pk],
+            "apply": "Approve",
+            "role": "admin",
+            "facility": "",
+        },
+    )
+    waiting.refresh_from_db()
+    viewer.refresh_from_db()
+    assert waiting.approval == "pending" and viewer.role != "admin"
+    assert not AuditEvent.objects.filter(action="account_approved").exists()
