@@ -38,7 +38,8 @@ def emit(name: str, **payload: Any) -> None:
     logger.info("event %s %s", name, {k: v for k, v in payload.items() if k.endswith("id")})
     for receiver, error in domain_event.send_robust(sender=name, name=name, **payload):
         if isinstance(error, Exception):
-            logger.error("subscriber %r failed on %s: %r", receiver, name, error)
+            # The kind of error only: driver and pydicom messages can carry values.
+            logger.error("subscriber %r failed on %s: %s", receiver, name, type(error).__name__)
 
 
 def subscribe(handler: Callable[..., Any]) -> None:

@@ -39,6 +39,11 @@ logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 DETAIL_MAX_CHARS = 200
 
 
+class ReportObjectUnreadable(Exception):
+    """One report object the PACS holds cannot be read (not DICOM pydicom can parse, no
+    document, not a PDF). Its message names the kind of error only, never a value."""
+
+
 @dataclass(frozen=True)
 class ReportObjectRef:
     """A report object the PACS lists: enough to retrieve it by WADO-RS."""
@@ -149,11 +154,15 @@ class ReportArchiveClient:
         return parse_report_objects(results)
 
     def retrieve(self, ref: ReportObjectRef) -> Dataset:
-        """One report object by WADO-RS. Raises PacsUnavailable/PacsRejected."""
+        """One report object by WADO-RS. Raises PacsUnavailable/PacsRejected when the PACS
+        cannot be asked, ReportObjectUnreadable when its answer is not DICOM that pydicom
+        reads (that object only: the PACS answered)."""
         try:
             dataset: Dataset = self._client.retrieve_instance(
                 ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
             )
-        except (requests.RequestException, ValueError) as exc:
+        except requests.RequestException as exc:
             raise self._failure(exc, "WADO-RS of a report object") from exc
+        except Exception as exc:  # pydicom raises many kinds on malformed objects
+            raise ReportObjectUnreadable(type(exc).__name__) from None
         return dataset

@@ -165,7 +165,9 @@ class ReportVersion(models.Model):
 
     The PDF is written once (``pdf_path`` from empty to set, by reports.services.pdf);
     ``superseded`` turns true when a later version's PDF is stored. ``pdf_path`` is
-    relative to REPORT_STORAGE_DIR.
+    relative to REPORT_STORAGE_DIR. ``render_dispatched_at`` and ``render_attempts`` are
+    bookkeeping of its render task (reports.services.sync.reports_pdf_redispatch), not
+    part of the signed version.
     """
 
     report = models.ForeignKey(Report, on_delete=models.PROTECT, related_name="versions")
@@ -190,6 +192,9 @@ class ReportVersion(models.Model):
     pdf_size = models.BigIntegerField(default=0)
     pdf_stored_at = models.DateTimeField(null=True, blank=True)
     superseded = models.BooleanField(default=False)
+    # When its render task was last queued, and how many times it was.
+    render_dispatched_at = models.DateTimeField(null=True, blank=True)
+    render_attempts = models.PositiveSmallIntegerField(default=0)
 
     objects = ReportVersionQuerySet.as_manager()
 

@@ -25,7 +25,9 @@ def report_pdf_render_task(version_id: int) -> None:
 
 @shared_task(acks_late=True)
 def reports_sync_task() -> None:
+    from .services.intake import reports_open_missing
     from .services.sync import reports_pdf_redispatch, reports_sync
 
+    reports_open_missing()
     reports_pdf_redispatch()
     reports_sync()

@@ -394,7 +394,13 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # django-axes logs every sign-in at INFO; failures are in the audit trail already.
-    "loggers": {"pydicom": {"level": "ERROR"}, "axes": {"level": "WARNING"}},
+    # Django's send_robust logs a failing subscriber's exception text, which may carry
+    # values of a study; relaypacs.events logs that subscriber and the error's type instead.
+    "loggers": {
+        "pydicom": {"level": "ERROR"},
+        "axes": {"level": "WARNING"},
+        "django.dispatch": {"level": "CRITICAL"},
+    },
 }
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)

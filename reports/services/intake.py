@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import timedelta
 
 from django.db import IntegrityError, transaction
+from django.db.models import Count, F
+from django.utils import timezone
 
 from accounts.models import Facility
-from uploads.models import Study, UploadSession
+from uploads.models import Study, UploadSession, UploadState
 
 from ..models import Report, ReportStatus
 from .transitions import report_created, report_reply
+
+logger = logging.getLogger(__name__)
+
+# upload.completed is delivered once, after commit, to subscribers that may fail (a
+# database hiccup, a worker killed between commit and delivery); the sweep opens what it
+# missed. It leaves an upload this long to its event, so that the two rarely meet (they
+# may: opening is idempotent).
+MISSING_REPORT_GRACE = timedelta(minutes=2)
+# Only uploads completed this recently are swept: older ones predate the reports app or
+# were looked at by hundreds of cycles already, and the query stays on recent rows.
+MISSING_REPORT_WINDOW = timedelta(days=7)
+# Uploads opened per sweep (one beat cycle): a backlog drains over a few cycles.
+MISSING_REPORT_BATCH = 100
 
 
 def _modality(study: Study) -> str:
@@ -80,3 +97,37 @@ def reports_open_for_upload(*, upload_id: str) -> int:
     for study in studies:
         _report_for_study(session=session, study=study, facility=facility)
     return len(studies)
+
+
+def reports_open_missing() -> int:
+    """Open the reports that upload.completed did not (its subscriber failed): completed
+    uploads of the last MISSING_REPORT_WINDOW, older than MISSING_REPORT_GRACE, with a
+    study no report of theirs covers; at most MISSING_REPORT_BATCH per call.
+
+    Idempotent (reports_open_for_upload is). Returns the number of uploads it opened
+    reports for; an upload that fails is logged by id and tried again next time.
+    """
+    now = timezone.now()
+    missing = (
+        UploadSession.objects.filter(
+            state=UploadState.COMPLETED,
+            completed_at__lt=now - MISSING_REPORT_GRACE,
+            completed_at__gte=now - MISSING_REPORT_WINDOW,
+        )
+        .annotate(
+            study_count=Count("studies", distinct=True),
+            report_count=Count("reports", distinct=True),
+        )
+        .filter(report_count__lt=F("study_count"))
+        .order_by("completed_at", "pk")
+        .values_list("pk", flat=True)[:MISSING_REPORT_BATCH]
+    )
+    opened = 0
+    for upload_id in missing:
+        try:
+            reports_open_for_upload(upload_id=str(upload_id))
+        except Exception as exc:
+            logger.error("reports of upload %s not opened (%s)", upload_id, type(exc).__name__)
+            continue
+        opened += 1
+    return opened

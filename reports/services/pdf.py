@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -115,38 +116,56 @@ def report_pdf_bytes(*, report: Report, version: ReportVersion) -> bytes:
 
 def _write_once(*, relative: str, data: bytes) -> None:
     """Write ``data`` at ``relative`` in the report store, durably: a crash leaves either
-    no file or the whole file."""
+    no file or the whole file.
+
+    Each writer has its own temporary file (in the same folder, so that the rename is
+    atomic): two workers writing the same name at once never mix their bytes, and the
+    last rename leaves one whole file (the same bytes, as the name holds their digest).
+    """
     path = report_storage_dir() / relative
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".part")
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _pdf_attach(*, version: ReportVersion, data: bytes) -> ReportVersion:
-    """Store the version's PDF (once) and make the report ``ready``/``amended``.
+    """Store the version's PDF (once) and make the report ``ready``/``amended``; must run
+    in a transaction.
 
-    Idempotent: a version that already has its PDF keeps it, and a report that already
-    left ``signing`` for it is left alone.
+    Idempotent: a version that already has its PDF (stored by an earlier or a concurrent
+    run, whose transaction also finished the report) keeps it and changes nothing else; in
+    particular a late task for an earlier version never finishes a later one's signing.
     """
-    if not version.pdf_path:
-        sha256 = hashlib.sha256(data).hexdigest()
-        # The digest in the name: two workers rendering the same version never overwrite
-        # the file the database points at.
-        relative = f"{version.report_id}/v{version.number}-{sha256[:16]}.pdf"
-        _write_once(relative=relative, data=data)
-        stored = ReportVersion.objects.filter(pk=version.pk, pdf_path="").update(
-            pdf_path=relative,
-            pdf_sha256=sha256,
-            pdf_size=len(data),
-            pdf_stored_at=timezone.now(),
-        )
-        if stored != 1:
+    if version.pdf_path:
+        logger.info("report %s version %s: PDF already stored", version.report_id, version.number)
+        return version
+    sha256 = hashlib.sha256(data).hexdigest()
+    # The digest in the name: a renderer never overwrites another version's file, and
+    # two renders of one version (byte-identical) write the same name.
+    relative = f"{version.report_id}/v{version.number}-{sha256[:16]}.pdf"
+    _write_once(relative=relative, data=data)
+    stored = ReportVersion.objects.filter(pk=version.pk, pdf_path="").update(
+        pdf_path=relative,
+        pdf_sha256=sha256,
+        pdf_size=len(data),
+        pdf_stored_at=timezone.now(),
+    )
+    version = ReportVersion.objects.select_related("signed_by").get(pk=version.pk)
+    if stored != 1:
+        # Another run stored it first. Its file may be this very path (the same bytes):
+        # only a file the database does not point at is ours to remove.
+        if version.pdf_path != relative:
             (report_storage_dir() / relative).unlink(missing_ok=True)
-        version = ReportVersion.objects.select_related("signed_by").get(pk=version.pk)
+        logger.info("report %s version %s: PDF already stored", version.report_id, version.number)
+        return version
     try:
         report_pdf_stored(version=version)
     except ApplicationError as exc:

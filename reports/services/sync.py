@@ -18,7 +18,12 @@ from pacs.errors import PacsRejected, PacsUnavailable
 from pacs.selectors import PacsTarget, pacs_targets
 from relaypacs.errors import ApplicationError
 
-from ..clients import ENCAPSULATED_PDF, ReportArchiveClient, ReportObjectRef
+from ..clients import (
+    ENCAPSULATED_PDF,
+    ReportArchiveClient,
+    ReportObjectRef,
+    ReportObjectUnreadable,
+)
 from ..models import (
     FINAL_STATUSES,
     OPEN_STATUSES,
@@ -38,9 +43,17 @@ QIDO_STUDY_BATCH = 100
 # A final report still listens this long for a later result from the PACS (an amendment
 # made there); after that its study is no longer asked about.
 FINAL_REPORT_LISTEN = timedelta(days=30)
-# A signed version whose PDF has not been stored this long after signing lost its render
-# task (a broker message lost, a worker killed): it is dispatched again.
+# A signed version whose PDF has not been stored this long after its render task was
+# queued lost that task (a broker message lost, a worker killed): it is queued again. A
+# render takes seconds; two minutes also covers a worker busy with a queue of them.
 RENDER_GRACE = timedelta(minutes=2)
+# A version whose render was queued this many times without a PDF fails for a reason a
+# retry does not fix (a broken letterhead logo, a bug): it is logged as an error once and
+# left for an administrator, instead of being queued at every cycle for ever.
+RENDER_MAX_ATTEMPTS = 5
+# Versions re-queued per cycle: after an outage, a backlog drains over a few cycles
+# instead of flooding the queue at once.
+REDISPATCH_BATCH = 200
 _IMPRESSION_HEADINGS = frozenset({"impression", "impressions", "conclusion", "conclusions"})
 
 
@@ -98,16 +111,52 @@ def _verifier_name(dataset: Dataset) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class ReportContent:
+    """What a report object says, read from its dataset before anything is written."""
+
+    final: bool
+    findings: str = ""
+    impression: str = ""
+    signed_by_name: str = ""
+    pdf: bytes | None = None
+
+
 def _pdf_bytes(dataset: Dataset) -> bytes:
     data = bytes(dataset.EncapsulatedDocument)
     length = dataset.get("EncapsulatedDocumentLength")
     # The value is padded to an even length; the declared length gives the PDF as sent.
-    return data[: int(length)] if length else data
+    data = data[: int(length)] if length else data
+    if not data.startswith(b"%PDF-"):
+        raise ReportObjectUnreadable("the encapsulated document is not a PDF")
+    return data
 
 
-def _apply(*, report_id: int, ref: ReportObjectRef, dataset: Dataset) -> str:
-    """Take one new report object into one report; returns the outcome (for the record)."""
-    if ref.sop_class_uid == ENCAPSULATED_PDF:
+def report_content(*, ref: ReportObjectRef, dataset: Dataset) -> ReportContent:
+    """Read one report object. Raises ReportObjectUnreadable when its content is missing
+    or malformed (the message names no value of the object)."""
+    try:
+        if ref.sop_class_uid == ENCAPSULATED_PDF:
+            return ReportContent(final=True, pdf=_pdf_bytes(dataset))
+        findings, impression = sr_text(dataset)
+        final = sr_is_final(dataset)
+        return ReportContent(
+            final=final,
+            findings=findings,
+            impression=impression,
+            signed_by_name=_verifier_name(dataset) if final else "",
+        )
+    except ReportObjectUnreadable:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on malformed content
+        raise ReportObjectUnreadable(type(exc).__name__) from None
+
+
+def _apply(*, report_id: int, ref: ReportObjectRef, content: ReportContent) -> str:
+    """Take one new report object into one report; returns the outcome (for the record).
+
+    No PDF is rendered here: a final SR's render task is queued after commit."""
+    if content.pdf is not None:
         version = transitions.report_pacs_final(
             report_id=report_id,
             source=ReportSource.PACS_PDF,
@@ -116,49 +165,72 @@ def _apply(*, report_id: int, ref: ReportObjectRef, dataset: Dataset) -> str:
             signed_by_name="",
             sop_instance_uid=ref.sop_instance_uid,
         )
-        pdf.report_version_pdf_keep(version_id=version.pk, data=_pdf_bytes(dataset))
+        pdf.report_version_pdf_keep(version_id=version.pk, data=content.pdf)
         return "final_pdf"
-    findings, impression = sr_text(dataset)
-    if sr_is_final(dataset):
-        version = transitions.report_pacs_final(
+    if content.final:
+        transitions.report_pacs_final(
             report_id=report_id,
             source=ReportSource.PACS_SR,
-            findings=findings,
-            impression=impression,
-            signed_by_name=_verifier_name(dataset),
+            findings=content.findings,
+            impression=content.impression,
+            signed_by_name=content.signed_by_name,
             sop_instance_uid=ref.sop_instance_uid,
         )
-        pdf.report_version_render(version_id=version.pk)
         return "final_sr"
     transitions.report_pacs_preliminary(
-        report_id=report_id, findings=findings, sop_instance_uid=ref.sop_instance_uid
+        report_id=report_id, findings=content.findings, sop_instance_uid=ref.sop_instance_uid
     )
     return "preliminary"
 
 
-def _take_in(*, report_id: int, ref: ReportObjectRef, dataset: Dataset, target: PacsTarget) -> str:
-    """Apply and record one object atomically: it is read once, whatever the outcome."""
-    with transaction.atomic():
-        record, created = PacsReportObject.objects.get_or_create(
-            report_id=report_id,
-            sop_instance_uid=ref.sop_instance_uid,
-            defaults={
-                "sop_class_uid": ref.sop_class_uid,
-                "target_key": target.key,
-                "outcome": "taking",
-            },
+def _take_in(
+    *,
+    report_id: int,
+    ref: ReportObjectRef,
+    content: ReportContent | None,
+    target: PacsTarget,
+) -> str:
+    """Apply and record one object atomically: it is read once, whatever the outcome.
+
+    ``content`` None: the object could not be read, and is recorded ``unreadable``. An
+    error while applying it (the database, the report store) rolls back this object only:
+    it is logged, not recorded, and tried again at the next cycle.
+    """
+    try:
+        with transaction.atomic():
+            record, created = PacsReportObject.objects.get_or_create(
+                report_id=report_id,
+                sop_instance_uid=ref.sop_instance_uid,
+                defaults={
+                    "sop_class_uid": ref.sop_class_uid,
+                    "target_key": target.key,
+                    "outcome": "taking",
+                },
+            )
+            if not created:
+                return "seen"
+            if content is None:
+                outcome = "unreadable"
+            else:
+                try:
+                    with transaction.atomic():
+                        outcome = _apply(report_id=report_id, ref=ref, content=content)
+                except ApplicationError as exc:
+                    if exc.code != "report_state_conflict":
+                        raise
+                    # Cancelled, being signed right now, or a preliminary result for a
+                    # final report.
+                    outcome = "ignored"
+            PacsReportObject.objects.filter(pk=record.pk).update(outcome=outcome)
+    except Exception as exc:
+        # Ids and the kind of error only: messages of drivers and pydicom carry values.
+        logger.error(
+            "report sync: report %s, object %s not taken in (%s); tried again next cycle",
+            report_id,
+            ref.sop_instance_uid,
+            type(exc).__name__,
         )
-        if not created:
-            return "seen"
-        try:
-            with transaction.atomic():
-                outcome = _apply(report_id=report_id, ref=ref, dataset=dataset)
-        except ApplicationError as exc:
-            if exc.code != "report_state_conflict":
-                raise
-            # Cancelled, being signed right now, or a preliminary result for a final report.
-            outcome = "ignored"
-        PacsReportObject.objects.filter(pk=record.pk).update(outcome=outcome)
+        return "failed"
     return outcome
 
 
@@ -189,6 +261,21 @@ def _seen(report_ids: list[int]) -> set[tuple[int, str]]:
     )
 
 
+def _read(*, client: ReportArchiveClient, ref: ReportObjectRef) -> ReportContent | None:
+    """Retrieve and read one object; None when it is unreadable (logged by ids). Raises
+    PacsUnavailable/PacsRejected when the PACS cannot be asked."""
+    try:
+        return report_content(ref=ref, dataset=client.retrieve(ref))
+    except ReportObjectUnreadable as exc:
+        logger.warning(
+            "report sync: object %s (SOP class %s) is unreadable (%s); recorded, not retried",
+            ref.sop_instance_uid,
+            ref.sop_class_uid,
+            exc,
+        )
+        return None
+
+
 def _sync_target(
     *, target: PacsTarget, by_study: dict[str, list[int]], summary: SyncSummary
 ) -> None:
@@ -214,11 +301,11 @@ def _sync_target(
                     ]
                     if not wanting:
                         continue
-                    dataset = client.retrieve(ref)
+                    content = _read(client=client, ref=ref)
                     summary.objects_new += 1
                     for report_id in wanting:
                         outcome = _take_in(
-                            report_id=report_id, ref=ref, dataset=dataset, target=target
+                            report_id=report_id, ref=ref, content=content, target=target
                         )
                         summary.outcomes[outcome] = summary.outcomes.get(outcome, 0) + 1
         finally:
@@ -257,18 +344,45 @@ def reports_sync(*, targets: list[PacsTarget] | None = None) -> SyncSummary:
 
 
 def reports_pdf_redispatch() -> int:
-    """Dispatch again the render of signed versions whose PDF is overdue; returns how many.
+    """Queue again the render of signed versions whose task was queued more than
+    RENDER_GRACE ago without a PDF; returns how many were queued.
 
-    Versions from a PACS PDF are not rendered (their PDF is the one received).
+    Each is claimed by a conditional UPDATE of its dispatch time and attempt count, so two
+    beat runs never queue one twice, and none is queued again before RENDER_GRACE. After
+    RENDER_MAX_ATTEMPTS it is logged as an error, once, and no longer queued. Versions
+    from a PACS PDF are not rendered (their PDF is the one received).
     """
     from ..tasks import report_pdf_render_task
 
-    overdue = ReportVersion.objects.filter(
-        pdf_path="",
-        report__signing=True,
-        signed_at__lt=timezone.now() - RENDER_GRACE,
-    ).exclude(source=ReportSource.PACS_PDF)
-    ids = list(overdue.values_list("pk", flat=True))
-    for version_id in ids:
-        report_pdf_render_task.delay(version_id)
-    return len(ids)
+    now = timezone.now()
+    cutoff = now - RENDER_GRACE
+    overdue = (
+        ReportVersion.objects.filter(
+            pdf_path="", report__signing=True, render_attempts__lte=RENDER_MAX_ATTEMPTS
+        )
+        .filter(
+            Q(render_dispatched_at__lt=cutoff)
+            # Versions signed before dispatches were recorded.
+            | Q(render_dispatched_at__isnull=True, signed_at__lt=cutoff)
+        )
+        .exclude(source=ReportSource.PACS_PDF)
+        .order_by("pk")
+        .values_list("pk", "report_id", "render_attempts")[:REDISPATCH_BATCH]
+    )
+    queued = 0
+    for version_id, report_id, attempts in overdue:
+        claim = ReportVersion.objects.filter(pk=version_id, render_attempts=attempts)
+        if attempts >= RENDER_MAX_ATTEMPTS:
+            if claim.update(render_attempts=attempts + 1) == 1:
+                logger.error(
+                    "report %s version %s: no PDF after %s render attempts; no longer "
+                    "retried, see the worker log",
+                    report_id,
+                    version_id,
+                    attempts,
+                )
+            continue
+        if claim.update(render_dispatched_at=now, render_attempts=attempts + 1) == 1:
+            report_pdf_render_task.delay(version_id)
+            queued += 1
+    return queued

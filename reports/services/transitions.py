@@ -14,11 +14,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Exists, Max, OuterRef, Q
+from django.db.models.expressions import Combinable
 from django.utils import timezone
 from rest_framework import status
 
-from accounts.models import User
+from accounts.models import Role, User
 from relaypacs import events
 from relaypacs.errors import ApplicationError
 
@@ -53,6 +54,17 @@ def _conflict(report_id: int) -> ApplicationError:
     )
 
 
+def _read_by_another(report_id: int) -> ApplicationError:
+    return ApplicationError(
+        "report_read_by_another",
+        "This report is being read by another radiologist; ask them or an administrator "
+        "to reassign it.",
+        "Meanwhile, pick another report from the worklist.",
+        status_code=status.HTTP_409_CONFLICT,
+        extra={"report_id": report_id},
+    )
+
+
 def _emit_after_commit(*, status_to: str, report: Report, actor: User | None, **extra: Any) -> None:
     name = _EVENT_OF_STATUS[ReportStatus(status_to)]
     payload = {
@@ -76,6 +88,8 @@ def _move(
     transition: str,
     signing: bool | None = None,
     set_signing: bool | None = None,
+    reader: User | None = None,
+    condition: Q | Combinable | None = None,
     emit: bool = True,
     detail: dict[str, Any] | None = None,
     **fields: Any,
@@ -84,16 +98,26 @@ def _move(
 
     ``to_status`` None keeps the status (a change of text or of ``signing`` only);
     ``signing`` filters on the current value of ``signing``; ``set_signing`` writes it.
-    Raises ApplicationError 409 when the report is not in one
-    of ``from_statuses`` (or not in that ``signing`` state).
+    ``reader``: the radiologist writing the report, who must be its assignee or take it
+    from the pool (administrators may take over any). ``condition``: a further filter the
+    report must match. Raises ApplicationError 409 report_state_conflict when the report
+    is not in one of ``from_statuses`` (or not in that ``signing`` state, or does not
+    match ``condition``), and 409 report_read_by_another when another radiologist has it.
     """
     now = timezone.now()
     queryset = Report.objects.filter(pk=report_id, status__in=list(from_statuses))
     if signing is not None:
         queryset = queryset.filter(signing=signing)
-    previous = queryset.values_list("status", flat=True).first()
-    if previous is None:
+    if condition is not None:
+        queryset = queryset.filter(condition)
+    row = queryset.values_list("status", "assignee_id").first()
+    if row is None:
         raise _conflict(report_id)
+    previous, assignee_id = row
+    if reader is not None and reader.role != Role.ADMIN and not reader.is_superuser:
+        if assignee_id is not None and assignee_id != reader.pk:
+            raise _read_by_another(report_id)
+        queryset = queryset.filter(Q(assignee=reader) | Q(assignee__isnull=True))
     changes: dict[str, Any] = {"updated_at": now, **fields}
     if to_status is not None:
         changes["status"] = to_status
@@ -133,20 +157,26 @@ def report_created(*, report: Report, actor: User | None) -> None:
 
 @transaction.atomic
 def report_claim(*, report_id: int, actor: User) -> Report:
-    """A radiologist takes a report off the worklist: assigned → pending, assigned to them."""
+    """A radiologist takes a report off the worklist: assigned → pending, assigned to them.
+
+    A report on another radiologist's worklist is theirs (409 report_read_by_another)."""
     return _move(
         report_id=report_id,
         from_statuses=[ReportStatus.ASSIGNED],
         to_status=ReportStatus.PENDING,
         actor=actor,
         transition="claim",
+        reader=actor,
         assignee=actor,
     )
 
 
 @transaction.atomic
 def report_draft_save(*, report_id: int, actor: User, findings: str, impression: str) -> Report:
-    """Save the text being written; a report still on the worklist is claimed by it."""
+    """Save the text being written; a report still on the worklist is claimed by it.
+
+    Only its assignee (or anyone, for a report in the pool) writes it; an administrator
+    may take it over. 409 report_read_by_another otherwise."""
     return _move(
         report_id=report_id,
         from_statuses=[ReportStatus.ASSIGNED, ReportStatus.PENDING],
@@ -154,6 +184,7 @@ def report_draft_save(*, report_id: int, actor: User, findings: str, impression:
         actor=actor,
         transition="draft",
         signing=False,
+        reader=actor,
         findings=findings,
         impression=impression,
         assignee=actor,
@@ -179,8 +210,12 @@ def _version_create(
     signed_by_name: str,
     sop_instance_uid: str = "",
 ) -> ReportVersion:
+    """A new version; one that RelayPACS renders (all but a PACS PDF) has its render task
+    queued after commit, and recorded as dispatched."""
     latest = report.versions.aggregate(latest=Max("number"))["latest"] or 0
-    return ReportVersion.objects.create(
+    now = timezone.now()
+    rendered = source != ReportSource.PACS_PDF
+    version = ReportVersion.objects.create(
         report=report,
         number=latest + 1,
         source=source,
@@ -188,9 +223,14 @@ def _version_create(
         impression=impression,
         signed_by=signed_by,
         signed_by_name=signed_by_name,
-        signed_at=timezone.now(),
+        signed_at=now,
         sop_instance_uid=sop_instance_uid,
+        render_dispatched_at=now if rendered else None,
+        render_attempts=1 if rendered else 0,
     )
+    if rendered:
+        _render_after_commit(version.pk)
+    return version
 
 
 def _display_name(user: User) -> str:
@@ -210,7 +250,8 @@ def report_sign(
     """Sign the report being read: a new immutable version whose PDF a task renders.
 
     The report stays ``pending`` (with ``signing`` set) until the PDF is stored, then
-    turns ``ready``. Raises 400 report_empty without text, 409 when not ``pending``.
+    turns ``ready``. Raises 400 report_empty without text, 409 when not ``pending``, 409
+    report_read_by_another when another radiologist is reading it.
     """
     current = Report.objects.filter(pk=report_id).values("findings", "impression").first()
     if current is None:
@@ -225,6 +266,7 @@ def report_sign(
         actor=actor,
         transition="sign",
         signing=False,
+        reader=actor,
         findings=text_findings,
         impression=text_impression,
         set_signing=True,
@@ -237,7 +279,6 @@ def report_sign(
         signed_by=actor,
         signed_by_name=_display_name(actor),
     )
-    _render_after_commit(version.pk)
     return version
 
 
@@ -265,7 +306,6 @@ def report_amend(*, report_id: int, actor: User, findings: str, impression: str)
         signed_by=actor,
         signed_by_name=_display_name(actor),
     )
-    _render_after_commit(version.pk)
     return version
 
 
@@ -348,8 +388,10 @@ def report_pacs_final(
 ) -> ReportVersion:
     """A final result from the PACS (verified SR or PDF): a new version, signed there.
 
-    The caller stores or renders its PDF (reports.services.pdf), which makes the report
-    ``ready`` (first version) or ``amended`` (a report already final: never overwritten).
+    A PACS PDF is stored by the caller (reports.services.pdf.report_version_pdf_keep); an
+    SR's PDF is rendered by the task queued after this transaction commits (never inside
+    it). Either makes the report ``ready`` (first version) or ``amended`` (a report
+    already final: never overwritten).
     """
     report = _move(
         report_id=report_id,
@@ -380,8 +422,9 @@ def report_pdf_stored(*, version: ReportVersion) -> Report:
     """The PDF of the version being signed is stored: the report turns ``ready`` (its first
     version) or ``amended`` (a later one), and earlier versions become superseded.
 
-    Idempotent for a version whose report already left ``signing`` (raises 409 then,
-    which the PDF service treats as done).
+    Only the report's latest version finishes its signing: a late task for an earlier
+    version changes nothing. Raises 409 report_state_conflict for a report no longer
+    ``signing`` or with a later version (which the PDF service treats as done).
     """
     report_status = Report.objects.filter(pk=version.report_id).values_list("status", flat=True)
     to_status = (
@@ -397,6 +440,9 @@ def report_pdf_stored(*, version: ReportVersion) -> Report:
         actor=signer,
         transition="pdf_stored",
         signing=True,
+        condition=~Exists(
+            ReportVersion.objects.filter(report=OuterRef("pk"), number__gt=version.number)
+        ),
         set_signing=False,
         signed_by=signer,
         signed_at=version.signed_at,

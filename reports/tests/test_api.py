@@ -183,3 +183,23 @@ def test_the_list_filters_sorts_and_keeps_its_query_count(api_for):
     assert ct["count"] == 3
     assert client.get("/api/v1/reports?status=nonsense").status_code == 400
     assert Report.objects.filter(status=ReportStatus.ASSIGNED).count() == 26
+
+
+def test_another_radiologists_draft_or_sign_is_a_409_with_a_sentence(api_for):
+    report = ReportFactory()
+    reader, other = UserFactory(role=Role.RADIOLOGIST), UserFactory(role=Role.RADIOLOGIST)
+    mine = {"findings": "Mine.", "impression": ""}
+    assert api_for(reader).post(f"/api/v1/reports/{report.pk}/draft", mine).status_code == 200
+    for action in ("draft", "sign"):
+        response = api_for(other).post(
+            f"/api/v1/reports/{report.pk}/{action}", {"findings": "Theirs.", "impression": ""}
+        )
+        assert response.status_code == 409, action
+        error = response.json()["error"]
+        assert error["code"] == "report_read_by_another"
+        assert error["message"] == (
+            "This report is being read by another radiologist; ask them or an administrator "
+            "to reassign it."
+        )
+    report.refresh_from_db()
+    assert (report.assignee, report.findings) == (reader, "Mine.")

@@ -4,6 +4,7 @@ system stores SR and PDF objects into the study; one sync cycle takes them in.""
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
+from reports import tasks
 from reports.clients import BASIC_TEXT_SR, ENCAPSULATED_PDF
 from reports.models import PacsReportObject, ReportSource, ReportStatus, ReportVersion
 from reports.services import pdf, sync, transitions
@@ -88,6 +90,17 @@ def pdf_text(path) -> str:
     ).stdout
 
 
+def sync_then_render(capture: Any) -> sync.SyncSummary:
+    """One cycle, then the render tasks it queued after its commits, run here."""
+    with capture() as callbacks:  # the dispatches are captured, not sent to the broker
+        summary = sync.reports_sync()
+    waiting = ReportVersion.objects.filter(pdf_path="").exclude(source="pacs_pdf")
+    assert len(callbacks) == waiting.count()
+    for version_id in waiting.values_list("pk", flat=True):
+        tasks.report_pdf_render_task(version_id)
+    return summary
+
+
 @pytest.fixture
 def report(orthanc_clean: Any) -> Any:
     return ReportFactory()
@@ -115,7 +128,7 @@ def test_an_unverified_sr_makes_the_report_pending(orthanc_clean, report):
 
 
 def test_a_verified_sr_makes_the_report_ready_with_a_pdf_of_its_text(
-    orthanc_clean, report, api_for
+    orthanc_clean, report, api_for, django_capture_on_commit_callbacks
 ):
     store(
         orthanc_clean,
@@ -126,7 +139,15 @@ def test_a_verified_sr_makes_the_report_ready_with_a_pdf_of_its_text(
             verification="VERIFIED",
         ),
     )
-    sync.reports_sync()
+    with django_capture_on_commit_callbacks() as callbacks:
+        sync.reports_sync()
+    # Rendering waits for the sync's transaction to commit: the version is there, its PDF
+    # not yet, and the report is not ready without it.
+    version = report.versions.get()
+    report.refresh_from_db()
+    assert (version.pdf_path, report.status, report.signing) == ("", ReportStatus.ASSIGNED, True)
+    assert len(callbacks) == 1
+    tasks.report_pdf_render_task(version.pk)  # what the queued task does in a worker
     report.refresh_from_db()
     assert (report.status, report.findings) == (ReportStatus.READY, "No fracture seen.")
     response = api_for(report.sender).get(f"/api/v1/reports/{report.pk}/download")
@@ -173,7 +194,9 @@ def test_a_dose_sr_changes_nothing(orthanc_clean, report):
     assert not PacsReportObject.objects.exists()
 
 
-def test_a_report_ready_from_our_pages_is_amended_not_overwritten(orthanc_clean, report):
+def test_a_report_ready_from_our_pages_is_amended_not_overwritten(
+    orthanc_clean, report, django_capture_on_commit_callbacks
+):
     reader = UserFactory(role=Role.RADIOLOGIST)
     transitions.report_claim(report_id=report.pk, actor=reader)
     ours = transitions.report_sign(report_id=report.pk, actor=reader, findings="Our reading.")
@@ -199,7 +222,7 @@ def test_a_report_ready_from_our_pages_is_amended_not_overwritten(orthanc_clean,
             verification="VERIFIED",
         ),
     )
-    sync.reports_sync()
+    sync_then_render(django_capture_on_commit_callbacks)
     report.refresh_from_db()
     ours.refresh_from_db()
     assert (report.status, report.source) == (ReportStatus.AMENDED, ReportSource.PACS_SR)
@@ -219,3 +242,35 @@ def test_one_query_asks_for_many_studies(orthanc_clean):
     # Two QIDO-RS batches (a batch that found objects asks once more for a next page),
     # three WADO-RS retrievals: not one request per study.
     assert summary.requests <= 2 * 2 + 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["pdf_without_document", "not_a_pdf"],
+)
+def test_one_unreadable_object_is_recorded_and_the_others_are_synced(orthanc_clean, bad, caplog):
+    broken, fine = ReportFactory(), ReportFactory()
+    if bad == "pdf_without_document":
+        unreadable = encapsulated_pdf(broken.study_instance_uid, b"%PDF-1.4")
+        del unreadable.EncapsulatedDocument
+        del unreadable.EncapsulatedDocumentLength
+    else:
+        unreadable = encapsulated_pdf(broken.study_instance_uid, b"Patient^Secret text only")
+    bad_uid = store(orthanc_clean, unreadable)
+    store(
+        orthanc_clean,
+        text_sr(fine.study_instance_uid, "Draft.", completion="PARTIAL", verification="UNVERIFIED"),
+    )
+    with caplog.at_level(logging.INFO):
+        summary = sync.reports_sync()
+    assert summary.outcomes == {"preliminary": 1, "unreadable": 1}
+    fine.refresh_from_db()
+    broken.refresh_from_db()
+    assert (fine.status, fine.findings) == (ReportStatus.PENDING, "Draft.")
+    assert (broken.status, broken.signing) == (ReportStatus.ASSIGNED, False)
+    assert not broken.versions.exists()
+    record = PacsReportObject.objects.get(report=broken)
+    assert (record.sop_instance_uid, record.outcome) == (bad_uid, "unreadable")
+    assert "Synthetic" not in caplog.text and "Secret" not in caplog.text
+    again = sync.reports_sync()
+    assert (again.objects_new, again.outcomes) == (0, {})  # not retried at every cycle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -84,7 +85,7 @@ def test_every_transition_is_audited_with_its_actor_and_emitted_without_text(
     assert all("Priors" not in str(r.detail) for r in rows)
 
 
-def test_a_report_is_not_ready_until_its_pdf_is_stored(
+def test_a_report_is_not_ready_until_its_pdf_is_stored_and_a_repeated_render_adds_nothing(
     radiologist, emitted, django_capture_on_commit_callbacks
 ):
     report = ReportFactory()
@@ -102,7 +103,9 @@ def test_a_report_is_not_ready_until_its_pdf_is_stored(
         )
     with django_capture_on_commit_callbacks(execute=True):
         pdf.report_version_render(version_id=version.pk)
-        pdf.report_version_render(version_id=version.pk)  # twice: nothing more happens
+        # The same task delivered again, after the first finished (overlapping renders are
+        # test_services_pdf's two-thread test): no second event, trail entry or file.
+        pdf.report_version_render(version_id=version.pk)
     report.refresh_from_db()
     version.refresh_from_db()
     assert (report.status, report.signing, report.signed_by) == (
@@ -114,6 +117,9 @@ def test_a_report_is_not_ready_until_its_pdf_is_stored(
     assert [name for name, _ in emitted] == [events.REPORT_READY]
     stored = [r for r in trail(report.pk) if r.detail["transition"] == "pdf_stored"]
     assert len(stored) == 1 and stored[0].detail["pdf_sha256"] == version.pdf_sha256
+    assert [p.name for p in (pdf.report_storage_dir() / str(report.pk)).iterdir()] == [
+        Path(version.pdf_path).name
+    ]
 
 
 def test_an_amendment_keeps_the_signed_version_and_its_pdf_unchanged(
@@ -149,3 +155,81 @@ def test_signing_without_text_is_refused(radiologist):
     with pytest.raises(ApplicationError) as caught:
         transitions.report_sign(report_id=report.pk, actor=radiologist, findings=" ")
     assert caught.value.code == "report_empty"
+
+
+def test_a_late_render_of_an_earlier_version_does_not_finish_the_amendment(
+    radiologist, emitted, django_capture_on_commit_callbacks
+):
+    report = ReportFactory()
+    transitions.report_claim(report_id=report.pk, actor=radiologist)
+    first = transitions.report_sign(
+        report_id=report.pk, actor=radiologist, findings="Clear lungs.", impression=""
+    )
+    pdf.report_version_render(version_id=first.pk)
+    corrector = UserFactory(role=Role.RADIOLOGIST, full_name="Dr Bo Corrector")
+    second = transitions.report_amend(
+        report_id=report.pk, actor=corrector, findings="Small nodule.", impression="Follow up."
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        pdf.report_version_render(version_id=first.pk)  # version 1's task, late or again
+    report.refresh_from_db()
+    assert (report.status, report.signing, report.signed_by) == (
+        ReportStatus.READY,
+        True,
+        radiologist,
+    )
+    assert emitted == []
+    with django_capture_on_commit_callbacks(execute=True):
+        pdf.report_version_render(version_id=second.pk)
+    report.refresh_from_db()
+    first.refresh_from_db()
+    assert (report.status, report.signing, report.signed_by, report.findings) == (
+        ReportStatus.AMENDED,
+        False,
+        corrector,
+        "Small nodule.",
+    )
+    assert first.superseded
+    assert [(name, payload["version"]) for name, payload in emitted] == [(events.REPORT_AMENDED, 2)]
+
+
+def test_a_report_being_read_by_one_radiologist_cannot_be_taken_over_by_another(radiologist):
+    report = ReportFactory()
+    transitions.report_draft_save(
+        report_id=report.pk, actor=radiologist, findings="Mine.", impression=""
+    )
+    other = UserFactory(role=Role.RADIOLOGIST)
+    for attempt in (
+        lambda: transitions.report_draft_save(
+            report_id=report.pk, actor=other, findings="Theirs.", impression=""
+        ),
+        lambda: transitions.report_sign(report_id=report.pk, actor=other, findings="Theirs."),
+    ):
+        with pytest.raises(ApplicationError) as caught:
+            attempt()
+        assert caught.value.code == "report_read_by_another"
+        assert caught.value.status_code == 409
+        assert "another radiologist" in caught.value.message
+    report.refresh_from_db()
+    assert (report.status, report.assignee, report.findings, report.signing) == (
+        ReportStatus.PENDING,
+        radiologist,
+        "Mine.",
+        False,
+    )
+    assert not ReportVersion.objects.filter(report=report).exists()
+    # An administrator may take it over (e.g. the reader is away).
+    admin = UserFactory(role=Role.ADMIN)
+    transitions.report_draft_save(
+        report_id=report.pk, actor=admin, findings="Reassigned.", impression=""
+    )
+    report.refresh_from_db()
+    assert (report.assignee, report.findings) == (admin, "Reassigned.")
+    # And its reader (now the administrator) signs it.
+    transitions.report_sign(report_id=report.pk, actor=admin)
+    # A report on one radiologist's worklist is not claimed by another.
+    on_worklist = ReportFactory(assignee=radiologist)
+    with pytest.raises(ApplicationError) as caught:
+        transitions.report_claim(report_id=on_worklist.pk, actor=other)
+    assert caught.value.code == "report_read_by_another"
+    transitions.report_claim(report_id=on_worklist.pk, actor=radiologist)

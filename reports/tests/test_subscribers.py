@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 from pydicom.uid import generate_uid
 
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from relaypacs import events
+from reports import tasks
 from reports.models import Report, ReportStatus
-from reports.services import transitions
+from reports.services import intake, transitions
+from reports.subscribers import report_on_domain_event
 from uploads.models import Study, UploadSession, UploadState
 
 pytestmark = pytest.mark.django_db
@@ -80,3 +86,45 @@ def test_the_same_study_from_another_facility_is_another_report():
     for owner in (UserFactory(), UserFactory()):
         events.emit(events.UPLOAD_COMPLETED, upload_id=str(completed_upload(owner, uid).id))
     assert Report.objects.filter(study_instance_uid=uid).count() == 2
+
+
+def test_a_report_whose_creation_failed_is_opened_by_the_sweep(orthanc_clean):
+    owner = UserFactory()
+    uid = generate_uid()
+    session = completed_upload(owner, uid)
+    UploadSession.objects.filter(pk=session.pk).update(
+        completed_at=timezone.now() - intake.MISSING_REPORT_GRACE - timedelta(seconds=1)
+    )
+    # The subscriber fails (here: is not there) when upload.completed is delivered.
+    events.domain_event.disconnect(report_on_domain_event)
+    try:
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(session.id))
+    finally:
+        events.subscribe(report_on_domain_event)
+    assert not Report.objects.exists()
+    # Too recent, or long ago: not the sweep's.
+    recent = completed_upload(owner, generate_uid())
+    UploadSession.objects.filter(pk=recent.pk).update(completed_at=timezone.now())
+    old = completed_upload(owner, generate_uid())
+    UploadSession.objects.filter(pk=old.pk).update(
+        completed_at=timezone.now() - intake.MISSING_REPORT_WINDOW - timedelta(days=1)
+    )
+    tasks.reports_sync_task()  # the beat job sweeps before it asks the PACS
+    report = Report.objects.get()
+    assert (report.study_instance_uid, report.status) == (uid, ReportStatus.ASSIGNED)
+    assert list(report.uploads.all()) == [session]
+    assert intake.reports_open_missing() == 0  # idempotent
+
+
+def test_a_failing_subscriber_is_logged_without_the_text_of_its_error(caplog):
+    def failing(sender, name="", **payload):
+        raise ValueError("Patient^Secret 1234")
+
+    events.domain_event.connect(failing, weak=False)
+    try:
+        with caplog.at_level(logging.ERROR, logger="relaypacs.events"):
+            events.emit(events.UPLOAD_FAILED, upload_id="x")
+    finally:
+        events.domain_event.disconnect(failing)
+    ours = [r.getMessage() for r in caplog.records if r.name == "relaypacs.events"]
+    assert len(ours) == 1 and "ValueError" in ours[0] and "Secret" not in ours[0]
