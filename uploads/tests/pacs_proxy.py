@@ -286,8 +286,8 @@ def proxied_pacs_env(proxy: PacsProxy) -> dict[str, str]:
 @contextmanager
 def second_orthanc(directory: Path, *, username: str, password: str) -> Iterator[Any]:
     """Another real Orthanc (a second PACS) on free ports, stopped afterwards."""
-    from conftest import OrthancForTests, free_tcp_ports
     from pacs.local_orthanc import LocalOrthanc
+    from pacs.tests.orthanc_server import OrthancForTests, free_tcp_ports
 
     http_port, dicom_port = free_tcp_ports(2)
     helper = OrthancForTests(
