@@ -91,11 +91,11 @@ class RelayUserAdmin(UserAdmin):
     list_filter = ["approval", "role", "facility", "is_active", "email_verified"]
     list_select_related = ["facility"]
     search_fields = ["username", "full_name", "email"]
-    filter_horizontal = ()
+    filter_horizontal = ("reading_facilities",)
     fieldsets = (
         (None, {"fields": ("username", "password")}),
         ("Person", {"fields": ("full_name", "email", "email_verified", "pending_email")}),
-        ("Role and clinic", {"fields": ("role", "facility", "approval")}),
+        ("Role and clinic", {"fields": ("role", "facility", "approval", "reading_facilities")}),
         (
             "Access",
             {

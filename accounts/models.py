@@ -77,6 +77,14 @@ class User(AbstractUser):
     approval = models.CharField(
         max_length=16, choices=Approval.choices, default=Approval.APPROVED, db_index=True
     )
+    # A radiologist reads the studies of these facilities; none assigned: every facility.
+    reading_facilities = models.ManyToManyField(
+        Facility,
+        blank=True,
+        related_name="readers",
+        help_text="For radiologists: the facilities whose studies they read. "
+        "Leave empty to read every facility's studies.",
+    )
 
     objects: ClassVar[RelayUserManager] = RelayUserManager()  # type: ignore[assignment]
 

@@ -30,12 +30,16 @@ def reports_visible_to(*, user: User) -> QuerySet[Report]:
     """The reports a user's role lets them see (docs/reports.md).
 
     clinician: those of their own uploads; radiographer: their facility's (their own
-    without a facility); radiologist and admin: all; auditor: none (report events are in
+    without a facility); radiologist: the facilities an administrator assigned them
+    (``reading_facilities``), all when none is assigned; admin: all; auditor: none (report events are in
     the audit export, report text is not).
     """
     queryset = Report.objects.all()
     if not user.is_active:
         return queryset.none()
+    if user.role == Role.RADIOLOGIST:
+        assigned = list(user.reading_facilities.values_list("pk", flat=True))
+        return queryset.filter(facility_id__in=assigned) if assigned else queryset
     if user.role in READER_ROLES:
         return queryset
     own = Q(sender=user) | Exists(UploadSession.objects.filter(reports=OuterRef("pk"), owner=user))

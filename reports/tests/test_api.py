@@ -90,6 +90,19 @@ def test_rbac_over_every_report_endpoint(api_for, setting, role, facility, sees)
             assert status in (200, 400, 409), (path, status)  # allowed; state decides
 
 
+@pytest.mark.parametrize(("reads", "sees"), [(("a",), True), (("b",), False), (("a", "b"), True)])
+def test_a_radiologist_assigned_facilities_reads_only_their_reports(api_for, setting, reads, sees):
+    reader = UserFactory(role=Role.RADIOLOGIST, facility=None)
+    reader.reading_facilities.set([setting[name] for name in reads])
+    client = api_for(reader)
+    listed = client.get("/api/v1/reports").json()["results"]
+    assert [r["id"] for r in listed] == ([setting["report"].pk] if sees else [])
+    detail = client.get(f"/api/v1/reports/{setting['report'].pk}")
+    assert detail.status_code == (200 if sees else 404)
+    claim = client.post(f"/api/v1/reports/{setting['report'].pk}/claim", {}, format="json")
+    assert (claim.status_code == 404) is not sees
+
+
 def test_the_sender_sees_their_report_and_downloads_its_pdf(api_for, setting):
     client = api_for(setting["sender"])
     body = client.get(f"/api/v1/reports/upload/{setting['upload'].pk}").json()
