@@ -185,6 +185,10 @@ class UploadFile(models.Model):
         max_length=20, choices=PacsStatus.choices, default=PacsStatus.PENDING
     )
     pacs_reason = models.CharField(max_length=500, blank=True)
+    # An object RelayPACS made and added to the study (the clinic's note for the reader),
+    # not a file the clinic sent: its SOP Instance UID is how the report synchronisation
+    # knows it is ours and never a report.
+    added_by_relay = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["position"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -94,20 +95,45 @@ def _file_entry(f: UploadFile) -> dict[str, str]:
     return {"name": f.name, "reason": f.reason}
 
 
-def _receipt_summary(receipt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Per destination: what the PACS acknowledged and when receipt was confirmed."""
+def relay_added_sop_instance_uids(*, sop_instance_uids: Iterable[str]) -> set[str]:
+    """Those of ``sop_instance_uids`` that RelayPACS made itself and added to a study (the
+    clinic's note for the reader, ``UploadFile.added_by_relay``), whatever the upload.
+
+    Known by the UIDs recorded when they were made, never by UID prefix: the default
+    DICOM_UID_ROOT is pydicom's, which other software uses too. One query.
+    """
+    uids = {uid for uid in sop_instance_uids if uid}
+    if not uids:
+        return set()
+    return set(
+        UploadFile.objects.filter(added_by_relay=True, sop_instance_uid__in=uids).values_list(
+            "sop_instance_uid", flat=True
+        )
+    )
+
+
+def _receipt_summary(
+    receipt: dict[str, Any] | None, *, relay_added: set[str]
+) -> dict[str, Any] | None:
+    """Per destination: what the PACS acknowledged and when receipt was confirmed. The
+    counts are of the clinic's instances; the objects the relay added (``relay_added``),
+    sent and confirmed with them, are not counted."""
     if not receipt:
         return None
-    return {
-        key: {
+    summary = {}
+    for key, record in receipt.get("destinations", {}).items():
+        confirmed = record.get("confirmed_instances")
+        summary[key] = {
             "name": record.get("name", key),
-            "acknowledged_instances": len(record.get("acknowledged", [])),
-            "failed_instances": len(record.get("failed", {})),
-            "confirmed_instances": record.get("confirmed_instances"),
+            "acknowledged_instances": len(set(record.get("acknowledged", [])) - relay_added),
+            "failed_instances": len(set(record.get("failed", {})) - relay_added),
+            # Confirmation lists every instance of the upload, the relay's included.
+            "confirmed_instances": (
+                max(confirmed - len(relay_added), 0) if isinstance(confirmed, int) else confirmed
+            ),
             "confirmed_at": record.get("confirmed_at"),
         }
-        for key, record in receipt.get("destinations", {}).items()
-    }
+    return summary
 
 
 def upload_status(*, session: UploadSession) -> dict[str, Any]:
@@ -132,16 +158,31 @@ def upload_status(*, session: UploadSession) -> dict[str, Any]:
                 pacs_status__in=[PacsStatus.FAILED, PacsStatus.ALREADY_DELIVERED],
             )
         )
-        .only("name", "reason", "kind", "pacs_status", "pacs_reason", "sop_instance_uid")
+        .only(
+            "name",
+            "reason",
+            "kind",
+            "pacs_status",
+            "pacs_reason",
+            "sop_instance_uid",
+            "added_by_relay",
+        )
     )
     dicom_files = UploadFile.objects.filter(session=session, kind=FileKind.DICOM)
     counts: dict[str, int] = {}
-    for status in dicom_files.values_list("pacs_status", flat=True):
+    relay_added: list[str] = []
+    for status, uid, by_relay in dicom_files.values_list(
+        "pacs_status", "sop_instance_uid", "added_by_relay"
+    ):
+        if by_relay:
+            relay_added.append(uid)  # listed apart; the counts are the clinic's instances
+            continue
         counts[status] = counts.get(status, 0) + 1
     failed = [
         {"sop_instance_uid": f.sop_instance_uid, "name": f.name, "reason": f.pacs_reason}
         for f in files
-        if f.kind == FileKind.DICOM and f.pacs_status == PacsStatus.FAILED
+        # The relay's own object refused: a warning of the delivered upload, not an image.
+        if f.kind == FileKind.DICOM and f.pacs_status == PacsStatus.FAILED and not f.added_by_relay
     ]
     already = [
         f.sop_instance_uid
@@ -178,11 +219,12 @@ def upload_status(*, session: UploadSession) -> dict[str, Any]:
         "studies": studies,
         "pacs": {
             "destination": session.destination or None,
-            "receipt": _receipt_summary(session.receipt),
+            "receipt": _receipt_summary(session.receipt, relay_added=set(relay_added)),
             "acknowledged_instances": counts.get(PacsStatus.STORED, 0),
             "already_delivered_instances": already,
             "pending_instances": counts.get(PacsStatus.PENDING, 0),
             "failed_instances": failed,
+            "relay_added_instances": relay_added,
             "next_retry_at": session.next_retry_at.isoformat() if session.next_retry_at else None,
             "attempts": session.attempts,
         },

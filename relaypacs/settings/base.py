@@ -342,6 +342,9 @@ ARCHIVE_MAX_RATIO = env.float("ARCHIVE_MAX_RATIO", default=100)
 ARCHIVE_MAX_ENTRIES = env.int("ARCHIVE_MAX_ENTRIES", default=50_000)
 # UID root for objects RelayPACS creates (photos converted to Secondary Capture).
 DICOM_UID_ROOT = env.str("DICOM_UID_ROOT", default="1.2.826.0.1.3680043.8.498.")
+# Add the clinic's note and service level to each study sent, as a Basic Text SR of its
+# own series (uploads/clinical_object.py), so a radiologist reading in the PACS sees them.
+PACS_CLINICAL_NOTES_OBJECT = env.bool("PACS_CLINICAL_NOTES_OBJECT", default=True)
 
 # --- PACS -----------------------------------------------------------------------------
 PACS_DICOMWEB_URL = env.str("PACS_DICOMWEB_URL", default="")

@@ -17,6 +17,7 @@ from pydicom import Dataset
 from pacs.errors import PacsRejected, PacsUnavailable
 from pacs.selectors import PacsTarget, pacs_targets
 from relaypacs.errors import ApplicationError
+from uploads.selectors import relay_added_sop_instance_uids
 
 from ..clients import (
     ENCAPSULATED_PDF,
@@ -289,6 +290,13 @@ def _sync_target(
                     for ref in client.report_objects(study_instance_uids=batch)
                     if ref.study_instance_uid in by_study
                 ]
+                # The objects RelayPACS itself added to these studies (the clinic's note
+                # for the reader) are never reports: known by the UIDs recorded when they
+                # were made, they are not retrieved.
+                ours = relay_added_sop_instance_uids(
+                    sop_instance_uids=[ref.sop_instance_uid for ref in refs]
+                )
+                refs = [ref for ref in refs if ref.sop_instance_uid not in ours]
                 if not refs:
                     continue
                 report_ids = [pk for uid in batch for pk in by_study[uid]]

@@ -154,15 +154,15 @@ class _Delivery:
             if f.sop_instance_uid not in self.acknowledged and f.sop_instance_uid not in earlier
         ]
         self._send(to_send)
-        if self.failed:
-            raise _Refused(self.failed)
+        if self._fatal_failures():
+            raise _Refused(self._fatal_failures())
         missing = self._unlisted()
         # Instances delivered by an earlier upload but no longer in the PACS: send them now.
         resend = [self.by_uid[u] for u in missing if u in earlier and u not in self.acknowledged]
         if resend:
             self._send(resend)
-            if self.failed:
-                raise _Refused(self.failed)
+            if self._fatal_failures():
+                raise _Refused(self._fatal_failures())
             missing = self._unlisted()
         if missing:
             raise _NotListed(missing)
@@ -177,9 +177,21 @@ class _Delivery:
             heartbeat=self._renew,
         )
 
+    def _fatal_failures(self) -> dict[str, str]:
+        """Refusals that fail the upload: the clinic's images. A PACS that refuses the
+        clinical-information object the relay added (some take no SR) does not keep the
+        images from being delivered; the upload says so in its warnings."""
+        return {
+            uid: reason
+            for uid, reason in self.failed.items()
+            if uid not in self.by_uid or not self.by_uid[uid].added_by_relay
+        }
+
     def _unlisted(self) -> set[str]:
         by_study: dict[str, list[str]] = defaultdict(list)
         for f in self.files:
+            if f.added_by_relay and f.sop_instance_uid in self.failed:
+                continue  # refused, and not needed for the study to count as delivered
             by_study[f.study_instance_uid].append(f.sop_instance_uid)
         return pacs_services.instances_confirm(
             target=self.target, sop_instance_uids_by_study=by_study
@@ -224,13 +236,29 @@ def _confirm(
     logger.info("upload %s confirmed by PACS %s", session.id, target.name)
 
 
-def _complete(*, session: UploadSession, token: str, confirmed: list[PacsTarget]) -> None:
+# Added to a delivered upload's warnings when the PACS refused the relay's own object.
+RELAY_OBJECT_REFUSED = (
+    "The PACS did not accept the clinic's note that RelayPACS adds beside the images; "
+    "the images were delivered, but the radiologist will not see the note in the PACS."
+)
+
+
+def _complete(
+    *, session: UploadSession, token: str, confirmed: list[PacsTarget], files: list[UploadFile]
+) -> None:
     now = timezone.now()
     records = _destinations(session)
+    warnings = list(session.warnings or [])
+    if (
+        any(f.added_by_relay and f.pacs_status == PacsStatus.FAILED for f in files)
+        and RELAY_OBJECT_REFUSED not in warnings
+    ):
+        warnings.append(RELAY_OBJECT_REFUSED)
     with transaction.atomic():
         done = transitions.upload_delivered(
             upload_id=session.id,
             token=token,
+            warnings=warnings,
             completed_at=now,
             receipt=session.receipt,
             destination=", ".join(target.name for target in confirmed),
@@ -422,7 +450,7 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
         return
     delivered = len(confirmed) == len(targets) if every else bool(confirmed)
     if delivered:
-        _complete(session=session, token=token, confirmed=confirmed)
+        _complete(session=session, token=token, confirmed=confirmed, files=files)
     elif unavailable:
         _wait_for_pacs(session=session, token=token, error=unavailable[0])
     else:

@@ -27,6 +27,7 @@ from ..archives import (
     expand_rar,
     expand_zip,
 )
+from ..clinical_object import ClinicalObjectFailed, clinical_objects_make
 from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_without_meta
 from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
 from ..models import FileKind, Study, UploadFile, UploadSession, UploadState
@@ -417,7 +418,9 @@ def upload_process(*, upload_id: uuid.UUID) -> bool:
 def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool:
     """The body of ``upload_process``, run under a live lease ``token``."""
     session = UploadSession.objects.select_related("facility").get(pk=upload_id)
+    # Derived files, and the objects the relay added, are made again from the manifest.
     UploadFile.objects.filter(session=session, parent__isnull=False).delete()
+    UploadFile.objects.filter(session=session, added_by_relay=True).delete()
     manifest = list(UploadFile.objects.filter(session=session).order_by("position"))
     expander = _Expander(session=session, manifest=manifest)
     queue: deque[tuple[UploadFile, int]] = deque((f, 0) for f in manifest)
@@ -581,12 +584,30 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
     warnings = list(mismatches) + expander.warnings + _completeness_warnings(studies)
     if rejected:
         warnings.append(f"{rejected} damaged files are not sent (partial upload allowed).")
+    # The clinic's note and service level, added to each study for the reader in the PACS
+    # (uploads/clinical_object.py): sent with the study, the received images unchanged.
+    try:
+        added = clinical_objects_make(
+            session=session,
+            instances=files,
+            open_instance=expander.open,
+            first_position=expander.next_position,
+        )
+    except ClinicalObjectFailed as exc:
+        logger.error("%s; the study is sent without it", exc)
+        added = []
+        warnings.append(
+            "The clinical note and service level could not be added to the study in the "
+            "PACS. Tell the reading radiologist about them another way, for example by phone."
+        )
     needs_person = bool(mismatches)
     next_state = UploadState.NEEDS_CONFIRMATION if needs_person else UploadState.FORWARDING
     with transaction.atomic():
         moved = transitions.upload_checked(
             upload_id=upload_id, token=token, needs_confirmation=needs_person, warnings=warnings
         )
+        if moved and added:
+            UploadFile.objects.bulk_create(added)
         if moved and next_state == UploadState.NEEDS_CONFIRMATION:
             transaction.on_commit(
                 lambda: events.emit(events.UPLOAD_NEEDS_CONFIRMATION, upload_id=str(upload_id))
