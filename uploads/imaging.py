@@ -111,7 +111,8 @@ def _base_dataset(
     if patient.study_description:
         ds.StudyDescription = patient.study_description
     # General Series
-    ds.Modality = "OT"
+    # XC: external-camera photography (the DICOM modality for a photo), as the app says.
+    ds.Modality = "XC"
     ds.SeriesInstanceUID = series.series_instance_uid
     ds.SeriesNumber = 1
     # Type 2C that dciodvfy cannot evaluate: absent is an error there, empty only a warning

@@ -1,7 +1,7 @@
 /** The screens before sign-in: create an account, confirm the email address, and reset a
  * forgotten password. Every one needs the network; the server's words are shown as sent. */
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { confirmPasswordReset, register, requestPasswordReset, resendVerification, verifyEmail } from "./account";
+import { confirmPasswordReset, forgetAwaitingConfirmation, register, rememberAwaitingConfirmation, requestPasswordReset, resendVerification, verifyEmail } from "./account";
 import { formError, type FormError } from "./formErrors";
 import { navigate } from "./router";
 import { ErrorBox, Field, Notice, useFormAction, useHeadingFocus } from "./ui";
@@ -36,6 +36,7 @@ export function Register() {
     event.preventDefault();
     void run(async () => {
       await register({ username: form.username.trim(), email: form.email.trim(), fullName: form.fullName.trim(), password: form.password });
+      rememberAwaitingConfirmation(form.username);
       setSentTo(form.email.trim());
       return "";
     });
@@ -110,7 +111,10 @@ export function VerifyEmail({ token }: { token: string }) {
       return;
     }
     verifyEmail(token).then(
-      () => setState("done"),
+      (answer) => {
+        forgetAwaitingConfirmation(answer.username);
+        setState("done");
+      },
       (e: unknown) => {
         setError(formError(e, "Confirming your email address needs the network, and the server cannot be reached."));
         setState("failed");

@@ -1,29 +1,36 @@
 import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState, type FormEvent } from "react";
-import { getPreferences, getProfile, notSendingNotice, offersConfirmationResend, SERVICE_LEVELS } from "./account";
+import { getPreferences, getProfile, homeFor, offersConfirmationResend, SERVICE_LEVELS, signedInFetch, type Home } from "./account";
 import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmail } from "./AccountScreens";
 import { ApiError } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
+import { anythingToSend, countPicked, describeCounts, KIND_WORDS } from "./classify";
 import { db, type ServiceLevel, type Study, type StudyFields, type UserError } from "./db";
 import { displayDate, displayName, summarise, type DicomHeader, type StudySummary } from "./dicom";
-import { parseHeaders } from "./fileWork";
+import { useInstallOffer } from "./engagement";
+import { readPickedFiles } from "./fileWork";
+import type { PickedFile } from "./pickedFiles";
 import { stateLabel } from "./queueState";
 import { startUploads, stopUploads } from "./runtime";
 import {
   cancelStudy,
   discardAll,
+  dismissStudy,
   fileName,
   formatBytes,
   pauseStudy,
   queueStudy,
+  recoveryOf,
   resumePreparation,
   resumeStudy,
   retryStudy,
+  sendAgain,
   unfinishedStudies,
 } from "./studies";
 import { toUserError } from "./uploader";
 import { History } from "./History";
 import { navigate, useRoute } from "./router";
+import { INSECURE_NOTICE } from "./secure";
 import { Settings } from "./Settings";
 import { ErrorBox } from "./ui";
 import { VirtualList } from "./VirtualList";
@@ -93,7 +100,7 @@ function SignIn({ expiredUser }: { expiredUser?: string }) {
         <a href="/#/forgot-password">Forgot your password?</a>
         <a href="/#/register">Create an account</a>
       </div>
-      {offersConfirmationResend(error?.code) && <ResendVerification intro="A new account signs in once its email address is confirmed. No confirmation email, or its link expired?" />}
+      {offersConfirmationResend(error?.code, username) && <ResendVerification intro="This account was created on this device and its email address is not confirmed yet. No email, or its link expired?" />}
     </main>
   );
 }
@@ -101,7 +108,8 @@ function SignIn({ expiredUser }: { expiredUser?: string }) {
 interface Picked {
   files: File[];
   kind: "dicom" | "photos";
-  headers: (DicomHeader | null)[] | null;
+  /** What each file is (classify.ts), once read on the device. */
+  info: PickedFile[] | null;
   parsed: number;
 }
 
@@ -141,10 +149,25 @@ function UploadButton({ onPick }: { onPick: (files: File[], kind: Picked["kind"]
   );
 }
 
+function seriesLabel(header: DicomHeader | null): string | undefined {
+  if (!header || (!header.seriesNumber && !header.seriesDescription)) return undefined;
+  return [header.seriesNumber ? `Series ${header.seriesNumber}` : "A series", header.seriesDescription].filter(Boolean).join(" · ");
+}
+
+function plural(n: number, one: string, many: string): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onDone: () => void }) {
-  const summary: StudySummary | null = picked.headers ? summarise(picked.headers) : null;
+  const headers = picked.info?.map((i) => i.header) ?? null;
+  const readable = headers?.some((h) => h !== null) ?? false;
+  const summary: StudySummary | null = headers && readable ? summarise(headers) : null;
+  const counts = picked.info ? countPicked(picked.info) : null;
   const totalSize = picked.files.reduce((s, f) => s + f.size, 0);
   const isPhotos = picked.kind === "photos";
+  // Typed by hand when no DICOM header could be read on the device (photos, a RAR).
+  const typedPatient = isPhotos || (counts !== null && summary === null);
+  const notPhotos = isPhotos && picked.info ? picked.files.filter((_, i) => picked.info![i]!.kind !== "photo") : [];
   const [typed, setTyped] = useState({ patientName: "", patientId: "", studyDate: "" });
   const [studyName, setStudyName] = useState<string | null>(null);
   const [notes, setNotes] = useState("");
@@ -169,12 +192,28 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
 
   async function submit(event: FormEvent) {
     event.preventDefault();
-    if (!isPhotos && summary && summary.dicomFiles === 0) {
-      setError({ code: "no_dicom", message: "None of the files picked is a DICOM file.", hint: "Pick the study's DICOM files or its folder (for example DICOM on the CD)." });
+    if (!isPhotos && counts && !anythingToSend(counts)) {
+      setError({
+        code: "no_dicom",
+        message: "None of the files picked is a DICOM image, a photo or an archive the server can unpack.",
+        hint: "Pick the study's DICOM files, its folder (for example DICOM on the CD) or a ZIP or RAR of them.",
+      });
       return;
     }
-    const fields: StudyFields = isPhotos
-      ? { patientName: typed.patientName.trim().replace(/,\s*/, "^"), patientId: typed.patientId.trim(), patientBirthDate: "", patientSex: "", studyDate: typed.studyDate.replace(/-/g, ""), modality: "XC", studyDescription: name, accessionNumber: "" }
+    if (notPhotos.length) return;
+    const typedFields: StudyFields = {
+      patientName: typed.patientName.trim().replace(/,\s*/, "^"),
+      patientId: typed.patientId.trim(),
+      patientBirthDate: "",
+      patientSex: "",
+      studyDate: typed.studyDate.replace(/-/g, ""),
+      // External-camera photography: what the server stores for photos too.
+      modality: isPhotos ? "XC" : "",
+      studyDescription: name,
+      accessionNumber: "",
+    };
+    const fields: StudyFields = typedPatient
+      ? typedFields
       : {
           // Sent as hints only when every file agrees: the server checks them against the headers.
           patientName: summary?.patientCount === 1 ? summary.patientName : "",
@@ -188,7 +227,15 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
         };
     setBusy(true);
     try {
-      await queueStudy({ owner, files: picked.files, fields, studyName: name === fields.studyDescription && !isPhotos ? "" : name, clinicalNotes: notes, serviceLevel: level });
+      await queueStudy({
+        owner,
+        files: picked.files,
+        fields,
+        studyName: name === fields.studyDescription && !typedPatient ? "" : name,
+        clinicalNotes: notes,
+        serviceLevel: level,
+        series: picked.info?.map((i) => seriesLabel(i.header)),
+      });
       onDone();
     } catch (e) {
       setError(toUserError(e));
@@ -196,18 +243,19 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
     }
   }
 
-  const parsing = !isPhotos && picked.headers === null;
+  const parsing = picked.info === null;
   return (
     <main className="screen">
       <h2>Confirm the study</h2>
       <form onSubmit={submit} className="form">
         {parsing ? (
           <p className="note" role="status">
-            Reading the DICOM headers… {picked.parsed} of {picked.files.length} files
+            Reading the files… {picked.parsed} of {picked.files.length}
           </p>
-        ) : isPhotos ? (
+        ) : typedPatient ? (
           <fieldset>
             <legend>Patient</legend>
+            {!isPhotos && <p className="note">The patient could not be read from these files on this device: type it. The server checks it against the images.</p>}
             <label>
               Patient name
               <input value={typed.patientName} onChange={(e) => setTyped({ ...typed, patientName: e.target.value })} required placeholder="Family name, given name" />
@@ -242,9 +290,17 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
             These files belong to {summary.patientCount} different patients. Check that you picked the right study; the first patient is shown.
           </p>
         )}
+        {notPhotos.length > 0 && (
+          <div className="error" role="alert" data-testid="not-photos">
+            <strong>
+              {notPhotos.length === 1 ? `${fileName(notPhotos[0]!)} is not a JPEG or PNG photo.` : `${notPhotos.length} files are not JPEG or PNG photos: ${notPhotos.map(fileName).join(", ")}.`}
+            </strong>{" "}
+            Go back and pick photos only (JPEG or PNG); send DICOM files with “DICOM files”.
+          </div>
+        )}
         <p className="note" data-testid="file-summary">
-          {picked.files.length} files, {formatBytes(totalSize)}
-          {summary && summary.otherFiles > 0 ? ` (${summary.otherFiles} not DICOM, the server skips them)` : ""}
+          {plural(picked.files.length, "file", "files")}, {formatBytes(totalSize)}
+          {counts ? `: ${describeCounts(counts)}` : ""}
         </p>
         <label>
           Study name
@@ -272,22 +328,39 @@ function Confirm({ owner, picked, onDone }: { owner: string; picked: Picked; onD
             </label>
           ))}
         </fieldset>
-        <details>
+        <details open={picked.files.length <= 5}>
           <summary>Files</summary>
-          <VirtualList label="Files" items={picked.files} rowHeight={28} height={240} render={(f) => <div className="file-row">{fileName(f)} · {formatBytes(f.size)}</div>} />
+          <VirtualList
+            label="Files"
+            items={picked.files.map((f, i) => ({ f, info: picked.info?.[i] }))}
+            rowHeight={28}
+            height={240}
+            render={({ f, info }) => (
+              <div className="file-row" data-testid="file-row">
+                {fileName(f)} · {info ? fileWords(info) : "…"} · {formatBytes(f.size)}
+              </div>
+            )}
+          />
         </details>
         <ErrorBox error={error} />
         <div className="actions">
           <button type="button" onClick={onDone}>
             Back
           </button>
-          <button className="primary" type="submit" disabled={busy || parsing}>
+          <button className="primary" type="submit" disabled={busy || parsing || notPhotos.length > 0}>
             Send to PACS
           </button>
         </div>
       </form>
     </main>
   );
+}
+
+function fileWords(info: PickedFile): string {
+  if (info.kind === "zip") return info.entries === null ? "ZIP archive, contents checked by the server" : `ZIP archive, ${plural(info.entries, "entry", "entries")}`;
+  if (info.kind === "rar") return "RAR archive, contents checked by the server";
+  if (info.kind === "other") return `not sent: ${info.reason}`;
+  return KIND_WORDS[info.kind];
 }
 
 function duration(seconds: number): string {
@@ -297,22 +370,112 @@ function duration(seconds: number): string {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+function clock(ms: number | null | undefined): string {
+  return ms ? new Date(ms).toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" }) : "";
+}
+
+/** The report's state for a delivered study, once a report exists (kept on the study). */
+function useReportState(study: Study, online: boolean): void {
+  const wanted = online && study.state === "completed" && study.uploadId !== null && study.summary !== undefined && study.summary !== null;
+  useEffect(() => {
+    if (!wanted) return;
+    let live = true;
+    signedInFetch<{ status_label: string }>(`/reports/upload/${study.uploadId}`).then(
+      (report) => {
+        if (live && study.summary && report.status_label !== study.summary.report) {
+          void db.studies.update(study.id!, { summary: { ...study.summary, report: report.status_label } });
+        }
+      },
+      () => undefined, // no report (yet), or offline: nothing to show
+    );
+    return () => {
+      live = false;
+    };
+  }, [wanted, study.id, study.uploadId, study.summary]);
+}
+
+/** "CT · Head · 2 series · 15 images · sent … · received …": nothing that names the patient. */
+export function summaryWords(study: Study): string {
+  const s = study.summary;
+  if (!s) return `${study.fileCount} files · ${formatBytes(study.totalSize)}`;
+  return [
+    s.modality,
+    s.series ? plural(s.series, "series", "series") : "",
+    s.images ? plural(s.images, "image", "images") : "",
+    s.skipped ? `${s.skipped} not sent` : "",
+    s.sentAt ? `sent ${clock(s.sentAt)}` : "",
+    s.receivedAt ? `received ${clock(s.receivedAt)}` : "",
+    s.report ? `Report: ${s.report.toLowerCase()}` : "",
+  ]
+    .filter(Boolean)
+    .join(" · ");
+}
+
+function Verdicts({ study }: { study: Study }) {
+  const files = study.serverFiles ?? [];
+  if (!files.length) return null;
+  return (
+    <details className="verdicts" open={files.length <= 10}>
+      <summary>{plural(files.length, "file was", "files were")} not sent</summary>
+      <ul data-testid="verdicts">
+        {files.map((f) => (
+          <li key={`${f.verdict}:${f.name}`} data-verdict={f.verdict}>
+            <span className="file-name">{f.name}</span>: {f.verdict === "rejected" ? "damaged, " : ""}
+            {f.reason}
+          </li>
+        ))}
+      </ul>
+    </details>
+  );
+}
+
+/** The choice a study with damaged files offers: send the sound files without them. */
+function SendOthers({ study }: { study: Study }) {
+  const rejected = (study.serverFiles ?? []).filter((f) => f.verdict === "rejected");
+  const others = study.serverImages ?? 0;
+  const names = new Set(rejected.map((f) => f.name));
+  const series = [...new Set(study.files.filter((f) => names.has(f.name) && f.series).map((f) => f.series!))];
+  return (
+    <div className="choice-box" data-testid="send-others">
+      <p>
+        {rejected.length === 1 ? "1 file is damaged" : `${rejected.length} files are damaged`} and cannot be sent.{" "}
+        {others > 0
+          ? `The other ${plural(others, "file", "files")} can be sent without ${rejected.length === 1 ? "it" : "them"}; ${series.length ? `${series.join(", ")} will then be incomplete.` : "the series the damaged files belong to will then be incomplete."}`
+          : "None of the other files can be sent either."}
+      </p>
+      <div className="actions">
+        {others > 0 && (
+          <button className="primary" onClick={() => void sendAgain(study, { allowPartial: true })}>
+            Send the other {plural(others, "file", "files")}
+          </button>
+        )}
+      </div>
+    </div>
+  );
+}
+
 function StudyCard({ study, online }: { study: Study; online: boolean }) {
   const preparing = study.state === "preparing";
   const done = preparing ? study.hashedBytes : study.bytesAcked;
   const percent = study.totalSize ? Math.floor((done / study.totalSize) * 100) : 100;
   const title = study.fields
     ? [study.studyName || study.fields.studyDescription || study.fields.modality || "Study", displayName(study.fields.patientName)].filter(Boolean).join(" · ")
-    : `Study of ${new Date(study.createdAt).toLocaleDateString()}`;
+    : study.summary
+      ? [study.summary.studyDescription || (study.summary.modality ? `${study.summary.modality} study` : "Study"), clock(study.summary.sentAt ?? study.createdAt)].join(" · ")
+      : `Study of ${new Date(study.createdAt).toLocaleDateString()}`;
   const uploading = study.state === "uploading" && online;
   const left = uploading && study.rate > 0 ? duration((study.totalSize - study.bytesAcked) / study.rate) : "";
   const [confirmCancel, setConfirmCancel] = useState(false);
   const cancelling = study.state === "cancelling";
   const over = study.state === "completed" || study.state === "cancelled";
+  const recovery = recoveryOf(study);
+  useReportState(study, online);
   return (
     <li className={`study state-${study.state}`} data-testid="study" data-state={study.state}>
       <div className="study-head">
-        <span className="study-title">{title}</span>
+        <span className="study-title" data-testid="study-title">
+          {title}
+        </span>
         <span className="state" data-testid="study-state">
           {stateLabel(study.state, online)}
         </span>
@@ -333,56 +496,45 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
           </div>
         </>
       )}
-      {(study.state === "completed" || study.state === "cancelled") && (
-        <div className="numbers">
-          {study.fileCount} files · {formatBytes(study.totalSize)}
+      {over && (
+        <div className="numbers" data-testid="study-summary">
+          {summaryWords(study)}
         </div>
       )}
       {(study.state === "needs_attention" || ((study.state === "completed" || cancelling) && study.error)) && <ErrorBox error={study.error} />}
+      {!over && <Verdicts study={study} />}
+      {recovery === "send_others" && <SendOthers study={study} />}
       <div className="actions">
         {(study.state === "uploading" || study.state === "queued") && <button onClick={() => void pauseStudy(study.id!)}>Pause</button>}
         {study.state === "paused" && <button onClick={() => void resumeStudy(study.id!)}>Resume</button>}
-        {study.state === "needs_attention" && study.error?.code === "possible_duplicate" && (
-          <button onClick={() => void retryStudy(study, { force: true })}>Send anyway</button>
-        )}
-        {study.state === "needs_attention" && study.serverState === "needs_confirmation" && <button onClick={() => void retryStudy(study)}>Confirm and send</button>}
-        {study.state === "needs_attention" && study.serverState !== "needs_confirmation" && study.error?.code !== "possible_duplicate" && (
-          <button onClick={() => void retryStudy(study)}>Retry</button>
-        )}
+        {recovery === "send_anyway" && <button onClick={() => void retryStudy(study, { force: true })}>Send anyway</button>}
+        {recovery === "confirm" && <button onClick={() => void retryStudy(study)}>Confirm and send</button>}
+        {recovery === "retry" && <button onClick={() => void retryStudy(study)}>Retry</button>}
+        {recovery === "send_again" && <button onClick={() => void sendAgain(study)}>Send again</button>}
         {!over && !cancelling && !confirmCancel && <button onClick={() => setConfirmCancel(true)}>Cancel</button>}
         {confirmCancel && !over && !cancelling && (
           <>
             <span>Cancel this study and delete it from this device?</span>
-            <button className="danger" onClick={() => void cancelStudy(study.id!)}>
+            <button
+              className="danger"
+              onClick={() => {
+                setConfirmCancel(false);
+                void cancelStudy(study.id!);
+              }}
+            >
               Yes, cancel it
             </button>
             <button onClick={() => setConfirmCancel(false)}>No</button>
           </>
         )}
+        {over && (
+          <button onClick={() => void dismissStudy(study.id!)} aria-label="Dismiss this study (the history keeps it)">
+            Dismiss
+          </button>
+        )}
       </div>
     </li>
   );
-}
-
-interface InstallPromptEvent extends Event {
-  prompt(): Promise<void>;
-}
-
-function useInstallPrompt(engaged: boolean): (() => void) | null {
-  const [event, setEvent] = useState<InstallPromptEvent | null>(null);
-  useEffect(() => {
-    const handler = (e: Event) => {
-      e.preventDefault();
-      setEvent(e as InstallPromptEvent);
-    };
-    window.addEventListener("beforeinstallprompt", handler);
-    return () => window.removeEventListener("beforeinstallprompt", handler);
-  }, []);
-  if (!event || !engaged) return null;
-  return () => {
-    void event.prompt();
-    setEvent(null);
-  };
 }
 
 function StorageUse() {
@@ -396,37 +548,55 @@ function StorageUse() {
   return text ? <p className="storage">{text}</p> : null;
 }
 
-/** The notice for a role that does not send studies, once the server told the role
- * (offline the upload button stays: the server has the last word). */
-function useRoleNotice(owner: string, online: boolean): string | null {
-  const [notice, setNotice] = useState<string | null>(null);
+/** What this account's start screen offers, once the server told its role and approval
+ * (offline, or until then, the upload button stays: the server has the last word). */
+function useHome(owner: string, online: boolean): Home | null {
+  const [home, setHome] = useState<Home | null>(null);
   useEffect(() => {
     if (!online) return;
     let live = true;
     getProfile().then(
-      (profile) => live && setNotice(notSendingNotice(profile.role)),
+      (profile) => live && setHome(homeFor(profile)),
       () => undefined,
     );
     return () => {
       live = false;
     };
   }, [owner, online]);
-  return notice;
+  return home;
+}
+
+function InstallBanner() {
+  const offer = useInstallOffer();
+  if (!offer) return null;
+  return (
+    <div className="install-banner" role="region" aria-label="Add to home screen" data-testid="install-banner">
+      <span>Open RelayPACS like an app, from the home screen.</span>
+      <span className="actions">
+        <button className="link" onClick={offer.install}>
+          Add to home screen
+        </button>
+        <button className="link" onClick={offer.dismiss}>
+          Not now
+        </button>
+      </span>
+    </div>
+  );
 }
 
 function Queue({ owner, online }: { owner: string; online: boolean }) {
-  const studies = useLiveQuery(() => db.studies.where("owner").equals(owner).reverse().sortBy("createdAt"), [owner]);
+  const all = useLiveQuery(() => db.studies.where("owner").equals(owner).reverse().sortBy("createdAt"), [owner]);
+  const studies = all?.filter((s) => !s.dismissed);
   const [picked, setPicked] = useState<Picked | null>(null);
   const [signingOut, setSigningOut] = useState<number | null>(null);
-  const install = useInstallPrompt((studies?.length ?? 0) > 0);
-  const roleNotice = useRoleNotice(owner, online);
+  const home = useHome(owner, online);
+  const sends = home?.sends ?? true;
 
   async function onPick(files: File[], kind: Picked["kind"]) {
-    const entry: Picked = { files, kind, headers: null, parsed: 0 };
+    const entry: Picked = { files, kind, info: null, parsed: 0 };
     setPicked(entry);
-    if (kind === "photos") return;
-    const headers = await parseHeaders(files, (parsed) => setPicked((p) => (p === null ? p : { ...p, parsed })));
-    setPicked((p) => (p && p.files === files ? { ...p, headers } : p));
+    const info = await readPickedFiles(files, (parsed) => setPicked((p) => (p === null ? p : { ...p, parsed })));
+    setPicked((p) => (p && p.files === files ? { ...p, info } : p));
   }
 
   async function askSignOut() {
@@ -463,27 +633,27 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
           </div>
         </div>
       )}
-      {roleNotice ? (
-        <p className="notice" role="status" data-testid="role-notice">
-          {roleNotice}
-        </p>
-      ) : (
-        <UploadButton onPick={(f, k) => void onPick(f, k)} />
+      {home?.text && (
+        <section className="home" data-testid="role-notice" role="status">
+          <p>{home.text}</p>
+          {home.link && (
+            <a className="button-link" href={home.link.href}>
+              {home.link.label}
+            </a>
+          )}
+        </section>
       )}
-      {install && (
-        <button className="install" onClick={install}>
-          Add RelayPACS to the home screen
-        </button>
-      )}
-      <h2>Studies</h2>
-      {studies && studies.length === 0 && <p className="note">No studies yet. Press “Upload study” to send one.</p>}
+      {sends && <UploadButton onPick={(f, k) => void onPick(f, k)} />}
+      {(sends || (studies?.length ?? 0) > 0) && <h2>Studies</h2>}
+      {sends && studies && studies.length === 0 && <p className="note">No studies yet. Press “Upload study” to send one.</p>}
       <ul className="studies">
         {studies?.map((s) => (
           <StudyCard key={s.id} study={s} online={online} />
         ))}
       </ul>
       <StorageUse />
-      <History online={online} refreshKey={studies?.map((s) => `${s.id}:${s.state}:${s.uploadId ? 1 : 0}`).join() ?? ""} />
+      {sends && <History online={online} studies={all ?? []} refreshKey={all?.map((s) => `${s.id}:${s.state}:${s.uploadId ? 1 : 0}`).join() ?? ""} />}
+      <InstallBanner />
     </main>
   );
 }
@@ -510,6 +680,11 @@ export function App() {
       {!online && (
         <div className="offline" role="status" data-testid="offline-banner">
           You are offline. Studies you add are kept on this device and sent when the network is back.
+        </div>
+      )}
+      {!window.isSecureContext && (
+        <div className="offline" role="status" data-testid="insecure-banner">
+          {INSECURE_NOTICE}
         </div>
       )}
       <Screen route={route} user={activeUser} expiredUser={session?.expired ? session.username : undefined} online={online} />

@@ -6,13 +6,14 @@ import {
   backupCodesText,
   changePassword,
   CHUNK_SIZES,
-  chunkSizeLabel,
   deviceName,
   exportMyData,
   getPreferences,
   getProfile,
   listSessions,
+  homeFor,
   otpauthSecret,
+  pieceSizeWords,
   profileChanges,
   profileSavedMessage,
   revokeOtherSessions,
@@ -34,7 +35,11 @@ import {
 import { formError, type FormError } from "./formErrors";
 import { navigate } from "./router";
 import { PASSWORD_HELP } from "./AccountScreens";
+import { INSECURE_NOTICE } from "./secure";
+import { formatBytes } from "./studies";
 import { ErrorBox, Field, Notice, useFormAction, useHeadingFocus } from "./ui";
+
+const ROLE_NAMES: Record<string, string> = { clinician: "Clinician", radiographer: "Radiographer", radiologist: "Radiologist", admin: "Administrator", auditor: "Auditor" };
 
 const OFFLINE = "Settings need the network, and the server cannot be reached.";
 
@@ -61,11 +66,22 @@ function useLoad<T>(load: () => Promise<T>) {
   return { data, setData, error, reload };
 }
 
-/** Runs a form's action with busy, error and success message handled. */
+/** One part of a group, with its own heading (and its own test id). */
 function Section({ id, title, children }: { id: string; title: string; children: ReactNode }) {
   return (
     <section className="section" aria-labelledby={`${id}-heading`} data-testid={id}>
-      <h2 id={`${id}-heading`}>{title}</h2>
+      <h3 id={`${id}-heading`}>{title}</h3>
+      {children}
+    </section>
+  );
+}
+
+/** A group of settings (Profile, Security, Devices, Upload, This device): at most one
+ * filled button in it at rest. */
+function Group({ id, title, children }: { id: string; title: string; children: ReactNode }) {
+  return (
+    <section className="group" aria-labelledby={`${id}-group`} data-testid={`group-${id}`}>
+      <h2 id={`${id}-group`}>{title}</h2>
       {children}
     </section>
   );
@@ -115,7 +131,7 @@ function ProfileSection() {
         <dt>Username</dt>
         <dd data-testid="profile-username">{profile.username}</dd>
         <dt>Role</dt>
-        <dd>{profile.role}</dd>
+        <dd>{ROLE_NAMES[profile.role] ?? profile.role}</dd>
         {profile.facility && (
           <>
             <dt>Facility</dt>
@@ -160,6 +176,7 @@ function ProfileSection() {
 }
 
 function PasswordSection({ onOthersSignedOut }: { onOthersSignedOut: () => void }) {
+  const [open, setOpen] = useState(false);
   const [current, setCurrent] = useState("");
   const [next, setNext] = useState("");
   const [repeat, setRepeat] = useState("");
@@ -178,6 +195,15 @@ function PasswordSection({ onOthersSignedOut }: { onOthersSignedOut: () => void 
       onOthersSignedOut();
       return `Your password is changed. ${revoked === 1 ? "1 other device was" : `${revoked} other devices were`} signed out.`;
     });
+  }
+  if (!open && !action.done) {
+    return (
+      <div className="actions">
+        <button type="button" className="primary" onClick={() => setOpen(true)}>
+          Change your password
+        </button>
+      </div>
+    );
   }
   return (
     <form onSubmit={submit} className="form">
@@ -202,6 +228,7 @@ function TwoFactorSection({ username }: { username: string }) {
   const [codes, setCodes] = useState<string[] | null>(null);
   const [password, setPassword] = useState("");
   const [otp, setOtp] = useState("");
+  const [asking, setAsking] = useState(false);
   const action = useFormAction(OFFLINE);
 
   if (loadError && !status) return <LoadFailed error={loadError} onRetry={reload} />;
@@ -336,17 +363,34 @@ function TwoFactorSection({ username }: { username: string }) {
       return "";
     });
   };
+  if (!asking) {
+    return (
+      <div className="form">
+        <p data-testid="twofactor-status">
+          <strong>Off.</strong> With two-step sign-in, signing in also needs a code from an app on your phone.
+        </p>
+        <Notice>{action.done}</Notice>
+        <div className="actions">
+          <button type="button" onClick={() => setAsking(true)}>
+            Set up two-step sign-in
+          </button>
+        </div>
+      </div>
+    );
+  }
   return (
     <form onSubmit={setup} className="form">
       <p data-testid="twofactor-status">
         <strong>Off.</strong> With two-step sign-in, signing in also needs a code from an app on your phone.
       </p>
-      <Notice>{action.done}</Notice>
-      <Field label="Your password" name="password" type="password" autoComplete="current-password" error={action.error} value={password} onChange={(e) => setPassword(e.target.value)} required help="Setting up two-step sign-in needs your password." />
+      <Field label="Your password" name="password" type="password" autoComplete="current-password" error={action.error} value={password} onChange={(e) => setPassword(e.target.value)} required autoFocus help="Setting up two-step sign-in needs your password." />
       <ErrorBox error={action.error} />
       <div className="actions">
-        <button className="primary" type="submit" disabled={action.busy}>
-          Set up two-step sign-in
+        <button type="submit" disabled={action.busy}>
+          Continue
+        </button>
+        <button type="button" onClick={() => setAsking(false)}>
+          Cancel
         </button>
       </div>
     </form>
@@ -358,7 +402,11 @@ function when(iso: string): string {
   return isNaN(date.getTime()) ? "" : date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
 }
 
+// Devices listed before "Show all": the list stays short on a phone.
+const SESSIONS_SHOWN = 3;
+
 function SessionsSection({ refreshKey }: { refreshKey: number }) {
+  const [showAll, setShowAll] = useState(false);
   const { data: sessions, setData, error: loadError, reload } = useLoad<DeviceSession[]>(listSessions);
   const action = useFormAction(OFFLINE);
   useEffect(() => {
@@ -368,10 +416,12 @@ function SessionsSection({ refreshKey }: { refreshKey: number }) {
   if (loadError && !sessions) return <LoadFailed error={loadError} onRetry={reload} />;
   if (!sessions) return <p className="note">Loading…</p>;
   const others = sessions.filter((s) => !s.current);
+  const sorted = [...sessions].sort((a, b) => Number(b.current) - Number(a.current));
+  const shown = showAll ? sorted : sorted.slice(0, SESSIONS_SHOWN);
   return (
     <div className="form">
       <ul className="sessions">
-        {[...sessions].sort((a, b) => Number(b.current) - Number(a.current)).map((s) => {
+        {shown.map((s) => {
           const name = deviceName(s.user_agent);
           return (
             <li key={s.id} data-testid="session" data-current={s.current ? "true" : "false"}>
@@ -412,7 +462,7 @@ function SessionsSection({ refreshKey }: { refreshKey: number }) {
         {others.length > 0 && (
           <button
             type="button"
-            className="danger"
+            className="quiet-danger"
             disabled={action.busy}
             onClick={() =>
               void action.run(async () => {
@@ -423,6 +473,11 @@ function SessionsSection({ refreshKey }: { refreshKey: number }) {
             }
           >
             Sign out everywhere else
+          </button>
+        )}
+        {!showAll && sessions.length > SESSIONS_SHOWN && (
+          <button type="button" onClick={() => setShowAll(true)}>
+            Show all {sessions.length}
           </button>
         )}
         <button type="button" onClick={reload}>
@@ -463,30 +518,33 @@ function PreferencesSection() {
           </label>
         ))}
       </fieldset>
-      <div className="field">
-        <label htmlFor="default-chunk-size">Chunk size</label>
-        <select
-          id="default-chunk-size"
-          name="default_chunk_size"
-          value={form.default_chunk_size ?? ""}
-          onChange={(e) => setForm({ ...form, default_chunk_size: e.target.value ? Number(e.target.value) : null })}
-          aria-describedby="chunk-size-help"
-        >
-          <option value="">{chunkSizeLabel(null)}</option>
-          {sizes.map((size) => (
-            <option key={size} value={size}>
-              {chunkSizeLabel(size)}
-            </option>
-          ))}
-        </select>
-        <span className="help" id="chunk-size-help">
-          Used when an upload does not choose its own; this app picks chunk sizes to suit the connection.
-        </span>
-      </div>
       <label className="check">
         <input type="checkbox" name="duplicate_detection" checked={form.duplicate_detection} onChange={(e) => setForm({ ...form, duplicate_detection: e.target.checked })} />
         Warn before sending a study the server already has
       </label>
+      <details className="advanced" open={form.default_chunk_size !== null}>
+        <summary>Advanced</summary>
+        <div className="field">
+          <label htmlFor="default-chunk-size">Piece size</label>
+          <select
+            id="default-chunk-size"
+            name="default_chunk_size"
+            value={form.default_chunk_size ?? ""}
+            onChange={(e) => setForm({ ...form, default_chunk_size: e.target.value ? Number(e.target.value) : null })}
+            aria-describedby="chunk-size-help"
+          >
+            <option value="">{pieceSizeWords(null)}</option>
+            {sizes.map((size) => (
+              <option key={size} value={size}>
+                {pieceSizeWords(size)}
+              </option>
+            ))}
+          </select>
+          <span className="help" id="chunk-size-help">
+            Studies are sent in pieces, and a piece cut off by a bad connection is sent again. The app picks the size for each connection; choose smaller pieces only for very weak networks.
+          </span>
+        </div>
+      </details>
       <ErrorBox error={action.error} />
       <Notice>{action.done}</Notice>
       <div className="actions">
@@ -502,7 +560,7 @@ function DataSection() {
   const action = useFormAction(OFFLINE);
   return (
     <div className="form">
-      <p className="note">A JSON file with your profile, preferences, signed-in devices and the record of what your account did.</p>
+      <p className="note">Your profile, preferences, devices and what your account did, as a JSON file.</p>
       <ErrorBox error={action.error} />
       <Notice>{action.done}</Notice>
       <div className="actions">
@@ -523,9 +581,32 @@ function DataSection() {
   );
 }
 
+function ThisDevice() {
+  const [storage, setStorage] = useState("");
+  useEffect(() => {
+    void navigator.storage?.estimate?.().then((e) => {
+      if (e.quota) setStorage(`${formatBytes(e.usage ?? 0)} used of ${formatBytes(e.quota)} this browser allows.`);
+    });
+  }, []);
+  const secure = window.isSecureContext;
+  return (
+    <div className="form" data-testid="this-device">
+      <p className="note">
+        Studies waiting to be sent are kept on this device until the PACS has them, then their patient data is removed. {storage}
+      </p>
+      <p className="note" data-testid="offline-ability">
+        {secure ? "This device can keep and send studies while offline or with the app closed." : INSECURE_NOTICE}
+      </p>
+    </div>
+  );
+}
+
 export function Settings({ username, online }: { username: string; online: boolean }) {
   const heading = useHeadingFocus<HTMLHeadingElement>();
   const [sessionsKey, setSessionsKey] = useState(0);
+  const { data: profile } = useLoad(getProfile);
+  // Radiologists and auditors send no studies: no upload preferences for them.
+  const sends = profile ? homeFor(profile).sends : false;
   return (
     <main className="screen">
       <div className="toolbar">
@@ -537,24 +618,37 @@ export function Settings({ username, online }: { username: string; online: boole
         </button>
       </div>
       {!online && <p className="warning">Settings need the network. Your queued studies are kept and sent when it is back.</p>}
-      <Section id="profile" title="Profile">
-        <ProfileSection />
-      </Section>
-      <Section id="password" title="Password">
-        <PasswordSection onOthersSignedOut={() => setSessionsKey((k) => k + 1)} />
-      </Section>
-      <Section id="twofactor" title="Two-step sign-in">
-        <TwoFactorSection username={username} />
-      </Section>
-      <Section id="sessions" title="Signed-in devices">
-        <SessionsSection refreshKey={sessionsKey} />
-      </Section>
-      <Section id="preferences" title="Upload preferences">
-        <PreferencesSection />
-      </Section>
-      <Section id="data" title="Your data">
-        <DataSection />
-      </Section>
+      <Group id="profile" title="Profile">
+        <Section id="profile" title="Name and email">
+          <ProfileSection />
+        </Section>
+        <Section id="data" title="Your data">
+          <DataSection />
+        </Section>
+      </Group>
+      <Group id="security" title="Security">
+        <Section id="password" title="Password">
+          <PasswordSection onOthersSignedOut={() => setSessionsKey((k) => k + 1)} />
+        </Section>
+        <Section id="twofactor" title="Two-step sign-in">
+          <TwoFactorSection username={username} />
+        </Section>
+      </Group>
+      <Group id="devices" title="Devices">
+        <Section id="sessions" title="Signed-in devices">
+          <SessionsSection refreshKey={sessionsKey} />
+        </Section>
+      </Group>
+      {sends && (
+        <Group id="upload" title="Upload">
+          <Section id="preferences" title="Upload preferences">
+            <PreferencesSection />
+          </Section>
+        </Group>
+      )}
+      <Group id="device" title="This device">
+        <ThisDevice />
+      </Group>
     </main>
   );
 }

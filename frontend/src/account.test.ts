@@ -5,7 +5,9 @@ import {
   chunkSizeLabel,
   deviceName,
   notSendingNotice,
+  forgetAwaitingConfirmation,
   offersConfirmationResend,
+  rememberAwaitingConfirmation,
   otpauthSecret,
   profileChanges,
   profileSavedMessage,
@@ -101,13 +103,19 @@ describe("signing in to an account whose email is not confirmed", () => {
     vi.unstubAllGlobals();
   });
 
-  it("offers the confirmation email again under a refused sign-in, which the server words the same", () => {
-    expect(offersConfirmationResend("invalid_credentials")).toBe(true);
-    // The server no longer answers email_not_verified; other refusals need no new email.
-    expect(offersConfirmationResend("email_not_verified")).toBe(false);
-    expect(offersConfirmationResend("invalid_otp")).toBe(false);
-    expect(offersConfirmationResend("sign_in_locked")).toBe(false);
-    expect(offersConfirmationResend(undefined)).toBe(false);
+  it("offers the confirmation email again only for an account registered on this device and not confirmed since", () => {
+    const store = new Map<string, string>();
+    vi.stubGlobal("localStorage", { getItem: (k: string) => store.get(k) ?? null, setItem: (k: string, v: string) => store.set(k, v) });
+    // A wrong password on an account that never needed a confirmation email: no offer.
+    expect(offersConfirmationResend("invalid_credentials", "tech")).toBe(false);
+    rememberAwaitingConfirmation("NewNurse");
+    expect(offersConfirmationResend("invalid_credentials", "newnurse ")).toBe(true);
+    expect(offersConfirmationResend("invalid_credentials", "tech")).toBe(false);
+    // Other refusals need no new email.
+    expect(offersConfirmationResend("invalid_otp", "newnurse")).toBe(false);
+    expect(offersConfirmationResend(undefined, "newnurse")).toBe(false);
+    forgetAwaitingConfirmation("newnurse");
+    expect(offersConfirmationResend("invalid_credentials", "newnurse")).toBe(false);
   });
 
   it("asks for the email again with the address alone, as the API expects", async () => {

@@ -31,11 +31,43 @@ export function verifyEmail(token: string): Promise<{ username: string; email_ve
   return apiFetch("/auth/verify-email", { method: "POST", json: { token } });
 }
 
-/** Whether the sign-in screen offers the confirmation email again under its error. The
- * server answers an account whose address is not confirmed yet exactly like a wrong
- * password (`invalid_credentials`), so it cannot say which; the offer covers both. */
-export function offersConfirmationResend(code: string | undefined): boolean {
-  return code === "invalid_credentials";
+// Usernames registered on this device whose email address was not confirmed here yet.
+const AWAITING_KEY = "relaypacs-awaiting-confirmation";
+
+function awaiting(): string[] {
+  try {
+    const value: unknown = JSON.parse(localStorage.getItem(AWAITING_KEY) ?? "[]");
+    return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Remember that `username` was registered here and waits for its confirmation email. */
+export function rememberAwaitingConfirmation(username: string): void {
+  const name = username.trim().toLowerCase();
+  if (!name) return;
+  try {
+    localStorage.setItem(AWAITING_KEY, JSON.stringify([...awaiting().filter((u) => u !== name), name].slice(-5)));
+  } catch {
+    // No storage: the sign-in screen then offers the resend as a link only.
+  }
+}
+
+export function forgetAwaitingConfirmation(username: string): void {
+  try {
+    localStorage.setItem(AWAITING_KEY, JSON.stringify(awaiting().filter((u) => u !== username.trim().toLowerCase())));
+  } catch {
+    // Nothing stored.
+  }
+}
+
+/** Whether the sign-in screen offers the confirmation email again under its error: the
+ * server answers an unconfirmed address exactly like a wrong password
+ * (`invalid_credentials`), so the offer is made only for an account registered on this
+ * device and not confirmed here since (elsewhere a link on the screen leads to it). */
+export function offersConfirmationResend(code: string | undefined, username = ""): boolean {
+  return code === "invalid_credentials" && awaiting().includes(username.trim().toLowerCase());
 }
 
 export function resendVerification(email: string): Promise<Accepted> {
@@ -62,6 +94,8 @@ export interface Profile {
   full_name: string;
   email_verified: boolean;
   twofactor_enabled: boolean;
+  /** A self-registered account waits for an administrator before it can send studies. */
+  approval?: "pending" | "approved";
 }
 
 export function getProfile(): Promise<Profile> {
@@ -78,6 +112,33 @@ export function notSendingNotice(role: string): string | null {
     return "This is an auditor account: it reads the audit trail and does not send studies, so there is no upload here. Ask your administrator if you need to send studies.";
   }
   return null;
+}
+
+export interface Home {
+  /** Whether this account sends studies (the upload button). */
+  sends: boolean;
+  /** What the start screen says this account does, when it is not only sending. */
+  text: string;
+  /** Where its work is, when that page exists. */
+  link: { href: string; label: string } | null;
+}
+
+/** Each role's start screen: what the account can do here and where its work is. Only
+ * pages that exist are linked; what is still being built is said in one sentence. */
+export function homeFor(profile: Pick<Profile, "role" | "approval">): Home {
+  if (profile.approval === "pending") {
+    return { sends: false, text: "Your account is waiting for an administrator's approval. Once it is approved, you send studies from here.", link: null };
+  }
+  if (profile.role === "radiologist") {
+    return { sends: false, text: "This radiologist account reads and reports studies; it does not send them. Your worklist of studies to report opens here when it is ready.", link: null };
+  }
+  if (profile.role === "auditor") {
+    return { sends: false, text: "This auditor account reviews who did what; it does not send studies. The audit export opens here when it is ready.", link: null };
+  }
+  if (profile.role === "admin") {
+    return { sends: true, text: "You manage users, facilities and the PACS in the administration site, and can send studies here.", link: { href: "/admin/", label: "Open the administration site" } };
+  }
+  return { sends: true, text: "", link: null };
 }
 
 /** Send only what changed; a new email address needs the current password. */
@@ -176,6 +237,15 @@ export const CHUNK_SIZES = [256 * 1024, 512 * 1024, 1024 * 1024, 2 * 1024 * 1024
 export function chunkSizeLabel(bytes: number | null): string {
   if (bytes === null) return "Server default";
   return bytes >= 1024 * 1024 ? `${bytes / (1024 * 1024)} MiB` : `${bytes / 1024} KiB`;
+}
+
+/** The piece size in words, for the Advanced part of the upload settings. */
+export function pieceSizeWords(bytes: number | null): string {
+  if (bytes === null) return "Chosen for each connection (recommended)";
+  const size = bytes >= 1024 * 1024 ? `${bytes / (1024 * 1024)} MB` : `${bytes / 1024} KB`;
+  if (bytes <= 512 * 1024) return `Smaller pieces for very weak networks (${size})`;
+  if (bytes <= 2 * 1024 * 1024) return `Medium pieces for ordinary mobile networks (${size})`;
+  return `Larger pieces for fast, steady networks (${size})`;
 }
 
 /** The fields of a profile form that differ from the profile, ready for PATCH. */

@@ -97,5 +97,23 @@ export interface UploadStatus {
   error: { code: string; message: string; hint: string } | null;
   pacs: { acknowledged_instances: number; pending_instances: number; next_retry_at: string | null };
   rejected_files: { name: string; reason: string }[];
+  skipped_files?: { name: string; reason: string }[];
   warnings: string[];
+  studies?: StatusStudy[];
+  completed_at?: string | null;
+}
+
+export interface StatusSeries {
+  series_number: number | null;
+  modality: string;
+  description: string;
+  instances: number;
+  expected_instances: number;
+}
+
+export interface StatusStudy {
+  study_description: string;
+  modalities: string[];
+  series: StatusSeries[];
+  instances: number;
 }

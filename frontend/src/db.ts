@@ -13,6 +13,30 @@ export interface StoredFile {
   size: number;
   type: string;
   sha256?: string;
+  /** The series it belongs to ("Series 2 · Axial"), when its header was read on the device. */
+  series?: string;
+}
+
+/** The server's verdict on a file it does not send (status `rejected_files`,
+ * `skipped_files`); names can carry patient data, so it goes with the study's fields. */
+export interface ServerFile {
+  name: string;
+  verdict: "rejected" | "skipped";
+  reason: string;
+}
+
+/** What a finished study keeps once its patient data is removed: nothing that identifies
+ * the patient (no name, ID, birth date, file names). */
+export interface FinishedSummary {
+  modality: string;
+  studyDescription: string;
+  series: number;
+  images: number;
+  skipped: number;
+  sentAt: number | null;
+  receivedAt: number | null;
+  /** The report's state in words ("Ready"), once a report exists. */
+  report: string;
 }
 
 export interface StudyFields {
@@ -56,6 +80,20 @@ export interface Study {
   serverState: string | null;
   error: UserError | null;
   completedAt: number | null;
+  /** Send again with damaged files left out (`allow_partial`). */
+  allowPartial?: boolean;
+  /** When every byte was on the server. */
+  sentAt?: number | null;
+  serverFiles?: ServerFile[];
+  /** The files' series as the server found them ("Series 1: 14 images"), for the choices. */
+  serverSeries?: string[];
+  /** DICOM images the server found sound (sent when damaged files are left out). */
+  serverImages?: number;
+  summary?: FinishedSummary | null;
+  /** Off the queue's list (the history still shows it). */
+  dismissed?: boolean;
+  /** The server said it can no longer retry (its bytes are gone). */
+  retryGone?: boolean;
 }
 
 export interface StoredBlob {
@@ -152,7 +190,7 @@ export async function studyBlobs(studyId: number): Promise<Blob[]> {
 
 /** Forget everything that identifies the patient (fields, notes, file names, Blobs) once
  * the PACS has the study or it was cancelled; what stays is a non-identifying history line:
- * date, size, number of files and state. */
+ * date, size, number of files, state and `summary` (modality, description, counts, times). */
 export async function studyScrub(studyId: number, patch: Partial<Study>): Promise<void> {
   await db.transaction("rw", db.studies, db.blobs, db.ackPages, async () => {
     await db.blobs.where("studyId").equals(studyId).delete();
@@ -163,6 +201,8 @@ export async function studyScrub(studyId: number, patch: Partial<Study>): Promis
       studyName: "",
       clinicalNotes: "",
       files: [],
+      serverFiles: [],
+      serverSeries: [],
       uploadToken: null,
     });
   });

@@ -1,6 +1,7 @@
 /** Read the study's identifying fields from a DICOM file on the device, reading only the
  * first bytes of the file (Blob.slice), never the pixel data. */
 import dicomParser, { type DataSet } from "dicom-parser";
+import { parseWithoutPreamble } from "./classify";
 
 export interface DicomHeader {
   patientName: string;
@@ -13,6 +14,8 @@ export interface DicomHeader {
   accessionNumber: string;
   studyInstanceUid: string;
   sopInstanceUid: string;
+  seriesNumber: string;
+  seriesDescription: string;
 }
 
 // Most headers end well within 64 KiB; a few (private tags, big overlays, icons) need more.
@@ -31,6 +34,8 @@ const TAGS: Record<keyof DicomHeader, string> = {
   accessionNumber: "x00080050",
   studyInstanceUid: "x0020000d",
   sopInstanceUid: "x00080018",
+  seriesNumber: "x00200011",
+  seriesDescription: "x0008103e",
 };
 
 // DICOM Specific Character Set (0008,0005) → WHATWG encoding label.
@@ -87,23 +92,29 @@ export function isPart10(bytes: Uint8Array): boolean {
   return bytes.length >= 132 && bytes[128] === 0x44 && bytes[129] === 0x49 && bytes[130] === 0x43 && bytes[131] === 0x4d;
 }
 
-/** Parse a header from the first bytes of a file; null when the bytes are not Part 10 DICOM. */
+/** Parse a header from the first bytes of a file; null when the bytes are neither Part 10
+ * DICOM nor a dataset without the Part 10 header that the server accepts. */
 export function parseHeaderBytes(bytes: Uint8Array): { header: DicomHeader; complete: boolean } | null {
-  if (!isPart10(bytes)) return null;
   let dataSet: DataSet;
   let complete = true;
-  try {
-    dataSet = dicomParser.parseDicom(bytes, {
-      untilTag: "x7fe00010",
-      inflater: () => {
-        throw new Error("deflated");
-      },
-    } as dicomParser.ParseDicomOptions);
-  } catch (error) {
-    const partial = (error as { dataSet?: DataSet }).dataSet;
-    if (!partial) return null;
-    dataSet = partial;
-    complete = false;
+  if (!isPart10(bytes)) {
+    const raw = parseWithoutPreamble(bytes);
+    if (!raw) return null;
+    dataSet = raw;
+  } else {
+    try {
+      dataSet = dicomParser.parseDicom(bytes, {
+        untilTag: "x7fe00010",
+        inflater: () => {
+          throw new Error("deflated");
+        },
+      } as dicomParser.ParseDicomOptions);
+    } catch (error) {
+      const partial = (error as { dataSet?: DataSet }).dataSet;
+      if (!partial) return null;
+      dataSet = partial;
+      complete = false;
+    }
   }
   const decoder = decoderFor(dataSet);
   const header = Object.fromEntries(

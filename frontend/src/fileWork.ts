@@ -1,5 +1,5 @@
 /** The page's side of files.worker.ts. */
-import type { DicomHeader } from "./dicom";
+import type { PickedFile } from "./pickedFiles";
 import type { WorkerReply, WorkerRequest } from "./files.worker";
 
 let worker: Worker | null = null;
@@ -31,10 +31,10 @@ function ask(request: Omit<WorkerRequest, "id">, onProgress?: (r: WorkerReply & 
   });
 }
 
-export async function parseHeaders(files: Blob[], onProgress?: (done: number) => void): Promise<(DicomHeader | null)[]> {
+export async function readPickedFiles(files: Blob[], onProgress?: (done: number) => void): Promise<PickedFile[]> {
   const reply = await ask({ kind: "parse", files }, (p) => onProgress?.(p.done));
   if (reply.kind !== "parsed") throw new Error(reply.kind === "error" ? reply.message : "unexpected reply");
-  return reply.headers;
+  return reply.files;
 }
 
 export async function hashFiles(files: Blob[], onBytes?: (bytes: number) => void): Promise<string[]> {

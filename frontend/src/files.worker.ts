@@ -1,8 +1,8 @@
 /// <reference lib="webworker" />
-/** Off the page's thread: read DICOM headers (first bytes only) and hash files (SHA-256,
+/** Off the page's thread: say what each file is and read DICOM headers (first bytes only) and hash files (SHA-256,
  * incrementally, a slice at a time), so a CD of 2,000 files does not freeze the page. */
 import { createSHA256 } from "hash-wasm";
-import { readHeader, type DicomHeader } from "./dicom";
+import { readPickedFile, type PickedFile } from "./pickedFiles";
 
 export type WorkerRequest =
   | { id: number; kind: "parse"; files: Blob[] }
@@ -10,7 +10,7 @@ export type WorkerRequest =
 
 export type WorkerReply =
   | { id: number; kind: "progress"; done: number; bytes: number }
-  | { id: number; kind: "parsed"; headers: (DicomHeader | null)[] }
+  | { id: number; kind: "parsed"; files: PickedFile[] }
   | { id: number; kind: "hashed"; sha256: string[] }
   | { id: number; kind: "error"; message: string };
 
@@ -34,12 +34,12 @@ self.onmessage = async (event: MessageEvent<WorkerRequest>) => {
   const { id, kind, files } = event.data;
   try {
     if (kind === "parse") {
-      const headers: (DicomHeader | null)[] = [];
+      const picked: PickedFile[] = [];
       for (const [i, file] of files.entries()) {
-        headers.push(await readHeader(file).catch(() => null));
+        picked.push(await readPickedFile(file).catch(() => ({ kind: "other" as const, reason: "the file could not be read on this device", header: null, entries: null })));
         if (i % 50 === 49) self.postMessage({ id, kind: "progress", done: i + 1, bytes: 0 } satisfies WorkerReply);
       }
-      self.postMessage({ id, kind: "parsed", headers } satisfies WorkerReply);
+      self.postMessage({ id, kind: "parsed", files: picked } satisfies WorkerReply);
     } else {
       const sha256: string[] = [];
       let bytes = 0;

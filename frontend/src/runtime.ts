@@ -34,12 +34,15 @@ export function startUploads(owner: string): void {
     document.removeEventListener("visibilitychange", onVisible);
     wake();
   });
-  // One uploader at a time across tabs and the service worker; other tabs wait their turn.
-  void navigator.locks.request(UPLOADER_LOCK, { signal: controller.signal }, async () => {
+  const run = async () => {
     const uploader = new Uploader(owner, controller.signal);
     state.uploader = uploader;
     await uploader.run();
-  }).catch(() => undefined);
+  };
+  // One uploader at a time across tabs and the service worker; other tabs wait their turn.
+  // Without a secure context there are no Web Locks (and no service worker): this page sends.
+  if (!navigator.locks) void run().catch(() => undefined);
+  else void navigator.locks.request(UPLOADER_LOCK, { signal: controller.signal }, run).catch(() => undefined);
 }
 
 export function stopUploads(): void {

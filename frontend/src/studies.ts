@@ -28,6 +28,8 @@ export interface NewStudy {
   studyName: string;
   clinicalNotes: string;
   serviceLevel: ServiceLevel;
+  /** Each file's series, when its header was read on the device. */
+  series?: (string | undefined)[];
 }
 
 export function fileName(file: File): string {
@@ -62,7 +64,7 @@ export async function queueStudy(input: NewStudy): Promise<number> {
     studyName: input.studyName,
     clinicalNotes: input.clinicalNotes,
     serviceLevel: input.serviceLevel,
-    files: input.files.map((f) => ({ name: fileName(f), size: f.size, type: f.type })),
+    files: input.files.map((f, i) => ({ name: fileName(f), size: f.size, type: f.type, ...(input.series?.[i] ? { series: input.series[i] } : {}) })),
     fileCount: input.files.length,
     totalSize,
     hashedBytes: 0,
@@ -147,6 +149,67 @@ export async function resumeStudy(id: number): Promise<void> {
   wakeAll();
 }
 
+// Failures of delivery: the server keeps the checked study's bytes and can send it again
+// (docs/upload-api.md, "The bytes"; uploads/services/transitions.py DELIVERY_FAILURE_CODES).
+// After any other failure its bytes are deleted.
+export const SERVER_RETRIES = new Set(["pacs_unreachable", "pacs_unavailable", "pacs_not_listing", "pacs_rejected", "pacs_refused_instances", "no_pacs_configured", "forwarding_failed"]);
+
+/** What a study that needs attention offers: the server's retry where it can, a new upload
+ * from the files still on this device otherwise ("send again"; "send the others" leaves
+ * the damaged files out), or nothing but picking the files again. */
+export function recoveryOf(study: Pick<Study, "state" | "serverState" | "error" | "uploadId" | "retryGone">): "retry" | "confirm" | "send_anyway" | "send_others" | "send_again" | null {
+  if (study.state !== "needs_attention") return null;
+  const code = study.error?.code ?? "";
+  if (code === "possible_duplicate") return "send_anyway";
+  if (code === "files_missing" || code === "files_changed") return null;
+  if (study.serverState === "needs_confirmation") return "confirm";
+  if (study.serverState === "failed" || study.serverState === "upload_expired" || code === "upload_expired") {
+    if (code === "invalid_files") return "send_others";
+    return SERVER_RETRIES.has(code) && !study.retryGone ? "retry" : "send_again";
+  }
+  return "retry";
+}
+
+/** Send the study again as a new upload, from the files still on this device; with
+ * `allowPartial` the server leaves out the damaged files and sends the rest. Says plainly
+ * when the files are no longer here. */
+export async function sendAgain(study: Study, options: { allowPartial?: boolean } = {}): Promise<void> {
+  const id = study.id!;
+  const blobs = await db.blobs.where("studyId").equals(id).count();
+  if (blobs !== study.files.length || study.files.length === 0) {
+    await db.studies.update(id, {
+      error: { code: "files_missing", message: "The files of this study are no longer on this device.", hint: "Cancel this study and pick its files again." },
+    });
+    return;
+  }
+  await db.transaction("rw", db.studies, db.ackPages, async () => {
+    await db.ackPages.where("studyId").equals(id).delete();
+    await studyEvent(
+      id,
+      { type: "retry" },
+      {
+        uploadId: null,
+        uploadToken: null,
+        chunkSize: null,
+        totalChunks: null,
+        bytesAcked: 0,
+        serverState: null,
+        serverFiles: [],
+        serverSeries: [],
+        error: null,
+        retryGone: false,
+        allowPartial: options.allowPartial ?? study.allowPartial ?? false,
+      },
+    );
+  });
+  wakeAll();
+}
+
+/** Take a finished study off the queue's list; the history keeps it. */
+export async function dismissStudy(id: number): Promise<void> {
+  await db.studies.update(id, { dismissed: true });
+}
+
 /** Retry: on the server when the server failed it, otherwise send again from this device. */
 export async function retryStudy(study: Study, options: { force?: boolean } = {}): Promise<void> {
   const id = study.id!;
@@ -156,7 +219,9 @@ export async function retryStudy(study: Study, options: { force?: boolean } = {}
       await apiFetch(`/upload/${study.uploadId}/${action}`, { method: "POST", token: await accessToken() });
       await db.studies.update(id, { state: "processing", serverState: "processing", error: null });
     } catch (error) {
-      await db.studies.update(id, { error: toUserError(error) });
+      // The server's bytes are gone: the choice left is a new upload from this device.
+      const gone = error instanceof ApiError && error.code === "nothing_to_retry";
+      await db.studies.update(id, { error: toUserError(error), ...(gone ? { retryGone: true } : {}) });
     }
     wakeAll();
     return;

@@ -2,13 +2,14 @@
  * follows it until the PACS confirms receipt. It runs in the page and in the service worker
  * (Background Sync), one at a time (Web Lock), with the queue in IndexedDB as the truth. */
 import { md5 } from "hash-wasm";
-import { ApiError, apiFetch, networkError, type InitResponse, type UploadStatus } from "./api";
+import { ApiError, apiFetch, networkError, type InitResponse, type StatusStudy, type UploadStatus } from "./api";
 import { accessToken, currentSession } from "./auth";
 import { backoffDelay, sleep } from "./backoff";
 import { chunkBlob, chunkRange } from "./chunks";
-import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type Study, type StudyFields, type UserError } from "./db";
+import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
 import { browserLinkEstimate, chunkSizeFor, MAX_IN_FLIGHT, nextInFlight } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
+import { plainError } from "./words";
 
 export const UPLOADER_LOCK = "relaypacs-uploader";
 export const SYNC_TAG = "relaypacs-upload";
@@ -37,8 +38,9 @@ function hexToBase64(hex: string): string {
   return btoa(binary);
 }
 
+/** What the user is told of a failure, in plain words (words.ts). */
 export function toUserError(error: unknown): UserError {
-  if (error instanceof ApiError) return { code: error.code, message: error.message, hint: error.hint };
+  if (error instanceof ApiError) return plainError({ code: error.code, message: error.message, hint: error.hint });
   return {
     code: "app_error",
     message: "Something went wrong in the app while sending this study.",
@@ -250,7 +252,7 @@ export class Uploader {
       metadata: metadataOf(study.fields, study.studyName),
       clinical_notes: study.clinicalNotes,
       service_level: study.serviceLevel,
-      allow_partial: false,
+      allow_partial: study.allowPartial ?? false,
       force_upload: study.forceUpload,
       chunk_size: chunkSizeFor(this.measuredRate() ?? browserLinkEstimate()),
     };
@@ -354,7 +356,7 @@ export class Uploader {
       if (error instanceof ApiError && error.code === "upload_incomplete") return; // the next step sends the rest
       throw error;
     }
-    await studyEvent(study.id!, { type: "sent" }, { serverState: "processing", rate: 0 });
+    await studyEvent(study.id!, { type: "sent" }, { serverState: "processing", rate: 0, sentAt: Date.now() });
   }
 
   /** Send `indexes` with up to `inFlight` chunks at once; false if it stopped early. */
@@ -489,12 +491,14 @@ export class Uploader {
     const local = fromServerState(status.state);
     if (local === "completed") {
       // The PACS confirmed every instance: nothing of the patient stays on this device.
-      const wasCancelling = (await db.studies.get(id))?.state === "cancelling";
+      const before = await db.studies.get(id);
+      const completedAt = Date.now();
       await studyScrub(id, {
         state: "completed",
         serverState: status.state,
-        completedAt: Date.now(),
-        error: wasCancelling ? ALREADY_DELIVERED : null,
+        completedAt,
+        error: before?.state === "cancelling" ? ALREADY_DELIVERED : null,
+        summary: finishedSummary(status, before, completedAt),
       });
       return;
     }
@@ -502,7 +506,7 @@ export class Uploader {
       await studyScrub(id, { state: "cancelled", serverState: status.state, error: null });
       return;
     }
-    let error: UserError | null = status.error ? { code: status.error.code, message: status.error.message, hint: status.error.hint ?? "" } : null;
+    let error: UserError | null = status.error ? plainError({ code: status.error.code, message: status.error.message, hint: status.error.hint ?? "" }) : null;
     if (!error && status.state === "needs_confirmation") {
       error = {
         code: "needs_confirmation",
@@ -513,8 +517,56 @@ export class Uploader {
     if (!error && status.state === "failed") {
       error = { code: "failed", message: "The server could not send this study to the PACS.", hint: "Press Retry; if it fails again, tell your administrator." };
     }
-    await studyEvent(id, { type: "server", state: status.state }, { serverState: status.state, error });
+    const verdicts = serverFilesOf(status);
+    const patch: Partial<Study> = { serverState: status.state, error };
+    if (status.state !== "processing" && (verdicts.length || status.studies?.length)) {
+      patch.serverFiles = verdicts;
+      patch.serverSeries = seriesOf(status.studies ?? []);
+      patch.serverImages = (status.studies ?? []).reduce((n, st) => n + st.instances, 0);
+    }
+    await studyEvent(id, { type: "server", state: status.state }, patch);
   }
+}
+
+/** The server's verdict on each file it does not send. */
+export function serverFilesOf(status: Pick<UploadStatus, "rejected_files" | "skipped_files">): ServerFile[] {
+  return [
+    ...(status.rejected_files ?? []).map((f) => ({ name: f.name, verdict: "rejected" as const, reason: f.reason })),
+    ...(status.skipped_files ?? []).map((f) => ({ name: f.name, verdict: "skipped" as const, reason: f.reason })),
+  ];
+}
+
+function seriesLabel(s: { series_number: number | null; description: string }): string {
+  return [s.series_number !== null ? `Series ${s.series_number}` : "A series", s.description].filter(Boolean).join(" · ");
+}
+
+/** "Series 2 · Axial: 118 of 120 images" for each series the server found. */
+export function seriesOf(studies: StatusStudy[]): string[] {
+  return studies.flatMap((st) =>
+    st.series.map((s) => `${seriesLabel(s)}: ${s.expected_instances > s.instances ? `${s.instances} of ${s.expected_instances}` : s.instances} images`),
+  );
+}
+
+/** What a delivered study keeps: nothing that identifies the patient. */
+export function finishedSummary(
+  status: UploadStatus,
+  before: Pick<Study, "studyName" | "fields" | "sentAt"> | undefined,
+  fallbackReceivedAt: number,
+): FinishedSummary {
+  const studies = status.studies ?? [];
+  const received = status.completed_at ? Date.parse(status.completed_at) : NaN;
+  const sentAt = before?.sentAt ?? null;
+  return {
+    modality: [...new Set(studies.flatMap((s) => s.modalities))].join("/") || before?.fields?.modality || "",
+    // The name the technician gave it, else the headers' description.
+    studyDescription: before?.studyName || studies.map((s) => s.study_description).filter(Boolean).join("; ") || before?.fields?.studyDescription || "",
+    series: studies.reduce((n, s) => n + s.series.length, 0),
+    images: studies.reduce((n, s) => n + s.instances, 0),
+    skipped: (status.skipped_files ?? []).length + status.rejected_files.length,
+    sentAt,
+    receivedAt: isNaN(received) ? fallbackReceivedAt : received,
+    report: "",
+  };
 }
 
 /** Ask whoever runs the uploader (this tab, another tab) to look at the queue now. */

@@ -30,6 +30,7 @@ SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 NEW_PASSWORD = "Harbour-Lantern-Blue-42"
 VERIFY_SUBJECT = "Confirm your RelayPACS email address"
 RESET_SUBJECT = "Reset your RelayPACS password"
+PENDING = "Your account is waiting for an administrator's approval."
 MAIL_DEADLINE_SECONDS = 20
 
 
@@ -156,14 +157,17 @@ def test_a_new_account_is_confirmed_by_email_and_signs_in_with_two_step_codes(
     page.get_by_role("button", name="Sign in").click()
     assert page.url == f"{product.base}/", page.url
     sign_in(page, "nurse.ada", NEW_PASSWORD)
-    expect(page.get_by_role("button", name="Upload study")).to_be_visible()
+    # Self-registered, it waits for an administrator before it can send studies.
+    expect(page.get_by_test_id("role-notice")).to_contain_text(PENDING)
+    expect(page.get_by_role("button", name="Upload study")).to_have_count(0)
 
     # Two-step sign-in: the password, then the first code of the app from the otpauth URI.
     open_settings(page)
     twofactor = page.get_by_test_id("twofactor")
     expect(twofactor.get_by_test_id("twofactor-status")).to_contain_text("Off.")
-    twofactor.get_by_label("Your password").fill(NEW_PASSWORD)
     twofactor.get_by_role("button", name="Set up two-step sign-in").click()
+    twofactor.get_by_label("Your password").fill(NEW_PASSWORD)
+    twofactor.get_by_role("button", name="Continue").click()
     expect(twofactor.get_by_role("img", name="QR code")).to_be_visible()
     twofactor.get_by_text("Cannot scan the code?").click()
     uri = twofactor.get_by_test_id("otpauth-uri").inner_text()
@@ -187,7 +191,7 @@ def test_a_new_account_is_confirmed_by_email_and_signs_in_with_two_step_codes(
     sign_in(page, "nurse.ada", NEW_PASSWORD)
     page.get_by_label("One-time code").fill(totp_code(uri, steps_ahead=1))
     page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Upload study")).to_be_visible()
+    expect(page.get_by_test_id("role-notice")).to_contain_text(PENDING)
 
 
 def test_a_forgotten_password_is_reset_from_the_emailed_link_even_opened_offline_first(
@@ -241,7 +245,10 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
 
     preferences = page.get_by_test_id("preferences")
     preferences.get_by_label("Emergency").check()
-    preferences.get_by_label("Chunk size").select_option(label="4 MiB")
+    preferences.get_by_text("Advanced").click()
+    preferences.get_by_label("Piece size").select_option(
+        label="Larger pieces for fast, steady networks (4 MB)"
+    )
     preferences.get_by_label("Warn before sending a study the server already has").uncheck()
     preferences.get_by_role("button", name="Save preferences").click()
     expect(preferences.get_by_role("status")).to_have_text("Preferences saved.")
@@ -249,7 +256,7 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
     page.reload()
     preferences = page.get_by_test_id("preferences")
     expect(preferences.get_by_label("Emergency")).to_be_checked()
-    expect(preferences.get_by_label("Chunk size")).to_have_value(str(4 * 1024 * 1024))
+    expect(preferences.get_by_label("Piece size")).to_have_value(str(4 * 1024 * 1024))
     expect(
         preferences.get_by_label("Warn before sending a study the server already has")
     ).not_to_be_checked()
@@ -280,7 +287,6 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
     others = [api_login(product, USERNAME, PASSWORD, f"Device{n}/1.0") for n in range(2)]
     sessions.get_by_role("button", name="Refresh the list").click()
     expect(rows).to_have_count(3)
-    page.screenshot(path=str(SCREENSHOTS / "settings.png"), full_page=True)
     sessions.get_by_role("button", name="Sign out everywhere else").click()
     expect(sessions.get_by_role("status")).to_have_text("2 other devices are signed out.")
     expect(rows).to_have_count(1)
@@ -291,6 +297,7 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
     # A new password signs every other device out and keeps this one.
     laptop = api_login(product, USERNAME, PASSWORD, "Laptop/1.0")
     password = page.get_by_test_id("password")
+    password.get_by_role("button", name="Change your password").click()
     password.get_by_label("Current password").fill(PASSWORD)
     password.get_by_label("New password", exact=True).fill(NEW_PASSWORD)
     password.get_by_label("New password again").fill(NEW_PASSWORD)
@@ -337,8 +344,9 @@ def test_changing_the_email_and_setting_up_two_step_sign_in_need_the_password(
     mail.wait_for("tech.new@example.org", VERIFY_SUBJECT)
 
     twofactor = page.get_by_test_id("twofactor")
-    twofactor.get_by_label("Your password").fill("not the password")
     twofactor.get_by_role("button", name="Set up two-step sign-in").click()
+    twofactor.get_by_label("Your password").fill("not the password")
+    twofactor.get_by_role("button", name="Continue").click()
     expect(twofactor.get_by_role("alert")).to_contain_text("current password is not correct")
     expect(twofactor.get_by_role("img", name="QR code")).to_have_count(0)
 

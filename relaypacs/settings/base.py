@@ -255,7 +255,6 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
     # One name per choice set, so the schema (and `check --deploy`) has no enum collisions.
     "ENUM_NAME_OVERRIDES": {
         "ServiceLevelEnum": ["routine", "urgent", "emergency", "stat"],

@@ -69,6 +69,8 @@ def test_every_photo_kind_converts_to_a_valid_object(case, tmp_path):
     assert ds.file_meta.TransferSyntaxUID == syntax
     assert (ds.Rows, ds.Columns) == (rows, columns)
     assert str(ds.PatientName) == "Doe^Jané" and ds.IssuerOfPatientID == "CLINIC1"
+    # External-camera photography, what the app says for photos too (not OT, "other").
+    assert ds.Modality == "XC"
     if case == "upright RGB JPEG":
         assert data in dest.read_bytes()  # original bytes kept, not re-encoded
 

@@ -1,0 +1,94 @@
+/** What the app says for each error the API can return (docs/upload-api.md): the server's
+ * own sentences when they are plain words, the app's when they name an API field or code
+ * (a technician cannot act on "see rejected_files"), and always the app's where the app
+ * offers its own choices. */
+import type { UserError } from "./db";
+
+/** An API name (`rejected_files`, `allow_partial`, `invalid_files`): snake_case. */
+const API_NAME = /\b[a-z][a-z0-9]*_[a-z0-9_]+\b/;
+
+export function namesApiField(text: string): boolean {
+  return API_NAME.test(text);
+}
+
+type Words = { message: string; hint: string };
+
+const NETWORK: Words = { message: "The server cannot be reached.", hint: "The study stays on this device and is sent when the connection is back." };
+const SIGN_IN: Words = { message: "You need to sign in again.", hint: "Sign in with your username and password; your queued studies are kept." };
+const STATE: Words = { message: "The server cannot do that with this study in its current state.", hint: "Wait a moment for the study's card to update, then try again." };
+const GONE: Words = { message: "The server no longer has this upload.", hint: "Press Send again to send the study from this device, or pick its files again." };
+const BAD_FILES: Words = {
+  message: "Some files of this study are damaged or not valid DICOM, so nothing was sent to the PACS.",
+  hint: "Copy the damaged files again from the source and send the study again, or send the other files without them.",
+};
+const ARCHIVE_LIMIT: Words = { message: "The archives in this study unpack to more than the server accepts for one upload.", hint: "Send the study in several smaller parts, or send its files without the archive." };
+const PACS: Words = { message: "The PACS did not take this study.", hint: "Press Retry; if it fails again, tell your administrator." };
+
+/** The app's words per code: used when the server's words name API fields, or always for
+ * the codes in `ALWAYS`. */
+export const APP_WORDS: Record<string, Words> = {
+  invalid_manifest: { message: "The app sent a list of files the server could not read.", hint: "Pick the files again; if it happens again, tell your administrator." },
+  invalid_chunk_size: { message: "The app asked for a piece size the server does not accept.", hint: "Reset the upload settings to the default, then send the study again." },
+  checksum_required: { message: "A piece of the study reached the server without its check.", hint: "Press Retry; if it happens again, tell your administrator." },
+  not_authenticated: SIGN_IN,
+  authentication_failed: SIGN_IN,
+  invalid_refresh_token: SIGN_IN,
+  sign_in_required: SIGN_IN,
+  invalid_credentials: { message: "The username or password is not correct, or the account's email address is not confirmed yet.", hint: "" },
+  permission_denied: { message: "This account cannot do that.", hint: "Ask your administrator for an account that sends studies." },
+  account_pending_approval: { message: "Your account is waiting for an administrator's approval.", hint: "You can send studies once an administrator has approved the account." },
+  not_found: GONE,
+  possible_duplicate: { message: "The server already has a study with the same patient, date and modality from the last 30 days.", hint: "Check that it is not the same study; if it is another, press Send anyway." },
+  chunk_conflict: { message: "A piece of this study reached the server twice with different contents.", hint: "Cancel the study and pick its files again." },
+  upload_incomplete: { message: "Some pieces of this study have not reached the server yet.", hint: "The app sends them by itself; keep it open." },
+  upload_not_receiving: STATE,
+  upload_completed: { message: "This study was already delivered to the PACS.", hint: "Ask the PACS administrator if it must be removed there." },
+  nothing_to_confirm: STATE,
+  nothing_to_retry: { message: "The server no longer has this study's files, so it cannot retry it.", hint: "Press Send again to send the study from this device, or pick its files again." },
+  upload_expired: { message: "The upload waited too long for its next piece and was closed.", hint: "Press Send again to send the study from this device." },
+  upload_too_large: { message: "This study is larger than the server accepts for one upload.", hint: "Send it in several smaller parts." },
+  checksum_mismatch: { message: "A piece of the study was damaged on the way.", hint: "Press Retry; the app sends it again." },
+  chunk_out_of_range: { message: "The app and the server disagree about this upload's pieces.", hint: "Press Send again to start the upload again." },
+  chunk_size_mismatch: { message: "The app and the server disagree about this upload's pieces.", hint: "Press Send again to start the upload again." },
+  insufficient_storage: { message: "The server has no room for this study right now.", hint: "Try again later and tell your administrator." },
+  invalid_files: BAD_FILES,
+  no_dicom_files: { message: "None of the files in this study is a DICOM image that can be sent.", hint: "Pick the study's image files (not only the CD index or documents) and send them." },
+  unsafe_archive: { message: "The archive contains a link that leads outside it, so it was not unpacked.", hint: "Send the files themselves, or an archive made without links." },
+  archive_encrypted: { message: "The archive is protected by a password.", hint: "Send an archive without a password, or the files themselves." },
+  archive_corrupt: { message: "The archive is damaged and could not be unpacked.", hint: "Copy it again from the source, or send the files themselves." },
+  archive_unsupported: { message: "The server cannot unpack this kind of archive.", hint: "Make a ZIP of the files instead, or send the files themselves." },
+  archive_too_large: ARCHIVE_LIMIT,
+  archive_ratio_exceeded: { message: "The archive expands far more than images ever do, so it was not unpacked.", hint: "If it is genuine, send its files without compressing them." },
+  archive_too_many_entries: { message: "The archives in this study hold more files than the server unpacks for one upload.", hint: "Send the study in several parts, or send the folder itself." },
+  processing_failed: { message: "The server could not check this study.", hint: "Press Send again; if it fails again, tell your administrator." },
+  forwarding_failed: { message: "Sending this study to the PACS was interrupted several times.", hint: "Press Retry; if it fails again, tell your administrator." },
+  pacs_refused_instances: { message: "The PACS refused some images of this study.", hint: "Press Retry; if the PACS refuses them again, tell your administrator." },
+  pacs_rejected: PACS,
+  pacs_unreachable: { message: "The PACS could not be reached for a long time, so sending stopped.", hint: "Press Retry when the PACS is back; if unsure, tell your administrator." },
+  pacs_unavailable: { message: "The PACS cannot be reached right now.", hint: "The server keeps trying by itself; nothing to do on this device." },
+  pacs_not_listing: { message: "The PACS took the images but does not list them yet.", hint: "The server keeps checking by itself; nothing to do on this device." },
+  upload_damaged: { message: "The server's copy of this study is damaged.", hint: "Press Send again to send the study from this device." },
+  no_pacs_configured: { message: "No PACS is set up on the server.", hint: "Tell your administrator; press Retry once it is set up." },
+  network_unavailable: NETWORK,
+};
+
+// Where the app offers its own choices, its words say so whatever the server wrote; for
+// the sign-in, one sentence (the server writes three).
+const ALWAYS = new Set(["invalid_files", "nothing_to_retry", "invalid_credentials", "not_found"]);
+
+const FALLBACK: Words = { message: "Something went wrong while sending this study.", hint: "Press Retry; if it happens again, tell your administrator." };
+
+/** The sentences to show for an error with `code` whose server text is `message`/`hint`. */
+export function userWords(code: string, message: string, hint: string): Words {
+  const app = APP_WORDS[code];
+  if (app && ALWAYS.has(code)) return app;
+  const plain = (text: string) => !namesApiField(text);
+  const useMessage = message && plain(message) ? message : (app ?? FALLBACK).message;
+  // A hint is the server's only when its message was: they are written as a pair.
+  const useHint = useMessage === message && plain(hint) ? hint : (app ?? FALLBACK).hint;
+  return { message: useMessage, hint: useHint };
+}
+
+export function plainError(error: UserError): UserError {
+  return { code: error.code, ...userWords(error.code, error.message, error.hint) };
+}
