@@ -13,13 +13,16 @@
    flight, and other
    web servers and settings for ingest (``variants.py``), down to a bare ASGI app doing
    only what a chunk must (``floor_app.py``).
+5. The report synchronisation of issue #10 with 10,000 open reports: requests to the PACS
+   and time of one cycle (``reports_sync.py``, in a process of its own).
 
 Disk speed swings between runs, so every goal is a ratio of figures from this run. The
 figures are printed and appended, dated and with the machine, to ``bench/RESULTS.md``.
 Everything runs in a temporary directory under /tmp that is removed at the end, and
 every process started here is stopped, also on an error, Ctrl-C or SIGTERM.
 
-Usage: ``.venv/bin/python bench/run_all.py [--quick] [--no-variants] [--no-record] [--keep-temp]``
+Usage: ``.venv/bin/python bench/run_all.py [--quick] [--no-variants] [--no-reports-sync]
+[--no-record] [--keep-temp]``
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import functools
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -77,6 +81,11 @@ STOW_IN_FLIGHT = 2
 # Pause after flushing the page cache between phases: the disk's own cache and the
 # processes that just finished a phase settle within a second here.
 QUIESCE_SECONDS = 1.0
+# --quick: the report synchronisation with this many open reports instead of 10,000.
+QUICK_REPORTS = 1000
+# The report synchronisation stores 10,000 studies into Orthanc and runs two cycles: a few
+# minutes here; far more means something hangs.
+REPORTS_SYNC_TIMEOUT_SECONDS = 1800
 
 
 @dataclass
@@ -133,6 +142,7 @@ class Figures:
     rss_roles: dict[str, dict[str, int]] = field(default_factory=dict)
     variants: list[variants.VariantResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    reports_sync: str = ""  # the Markdown section of bench/reports_sync.py
     elapsed: float = 0.0
     other_cpu: float = 0.0  # CPU seconds used by processes the benchmark did not start
     load_at_start: float = 0.0
@@ -351,8 +361,31 @@ def measure_forwarding_variants(
             _check_listed(pacs_parallel, study)
 
 
+def measure_reports_sync(root: Path, figures: Figures, *, quick: bool) -> None:
+    """bench/reports_sync.py in a process of its own, on the embedded default (SQLite,
+    like the other steps); its section goes into this run's."""
+    section = root / "reports-sync.md"
+    argv = [sys.executable, str(REPO / "bench" / "reports_sync.py"), "--no-record"]
+    argv += ["--section-out", str(section)]
+    if quick:
+        argv += ["--reports", str(QUICK_REPORTS)]
+    env = {k: v for k, v in os.environ.items() if k not in servers.FOREIGN_ENV}
+    try:
+        subprocess.run(argv, cwd=REPO, env=env, check=True, timeout=REPORTS_SYNC_TIMEOUT_SECONDS)
+        # A subsection of this run's section.
+        figures.reports_sync = "#" + section.read_text()
+    except (subprocess.SubprocessError, OSError) as exc:
+        figures.notes.append(f"The report synchronisation benchmark failed: {exc}".splitlines()[0])
+
+
 def measure(
-    stack: ExitStack, root: Path, figures: Figures, *, quick: bool, with_variants: bool
+    stack: ExitStack,
+    root: Path,
+    figures: Figures,
+    *,
+    quick: bool,
+    with_variants: bool,
+    with_reports_sync: bool = True,
 ) -> None:
     """Run every measurement in order, filling ``figures``."""
     figures.dd_stream = machine.dd_write_mb_per_s(
@@ -369,6 +402,9 @@ def measure(
     figures.study_1g, figures.study_2g = studies_1g[0].label, study_2g.label
 
     measure_product(stack, root / "product", figures, studies_1g, study_2g)
+    if with_reports_sync:
+        log("report synchronisation with 10,000 open reports (bench/reports_sync.py)")
+        measure_reports_sync(root, figures, quick=quick)
     if not with_variants:
         return
     log("forwarding variants: broker polled once a second; direct with 2 batches in flight")
@@ -559,6 +595,8 @@ def report(figures: Figures) -> str:
         lines += ["", variants.report(figures.variants)]
     if figures.notes:
         lines += ["", *(f"- {note}" for note in figures.notes)]
+    if figures.reports_sync:
+        lines += ["", figures.reports_sync.rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -582,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small studies: checks the bench only")
     parser.add_argument("--no-variants", action="store_true", help="skip the variants (step 4)")
+    parser.add_argument(
+        "--no-reports-sync", action="store_true", help="skip the report synchronisation (step 5)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--keep-temp", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -596,7 +637,14 @@ def main(argv: list[str] | None = None) -> int:
             # Registered first, so it runs last: after every process has been stopped.
             stack.callback(shutil.rmtree, root, ignore_errors=True)
         log(f"working in {root}")
-        measure(stack, root, figures, quick=args.quick, with_variants=not args.no_variants)
+        measure(
+            stack,
+            root,
+            figures,
+            quick=args.quick,
+            with_variants=not args.no_variants,
+            with_reports_sync=not args.no_reports_sync,
+        )
         log("stopping servers and removing temporary files")
     figures.elapsed = time.monotonic() - started
     ours = own_and_reaped_cpu_seconds() - ours_before
