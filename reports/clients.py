@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import requests
+from django.conf import settings
 from pydicom import Dataset
 
 from pacs.errors import PacsRejected, PacsUnavailable
@@ -140,12 +141,31 @@ class ReportArchiveClient:
         comma-separated), following the PACS's pages. Raises PacsUnavailable/PacsRejected."""
         if not study_instance_uids:
             return []
+        search_filters = {
+            "StudyInstanceUID": ",".join(study_instance_uids),
+            "SOPClassUID": ",".join(REPORT_CLASSES),
+        }
+        modalities = [m.strip() for m in settings.REPORT_SYNC_SERIES_MODALITIES if m.strip()]
         try:
+            if modalities:
+                # Series first, by Modality (a series attribute every PACS indexes), so
+                # that the instance query reads only report-like series: a PACS that
+                # matches SOP Class UID by opening each instance file (Orthanc 1.10) would
+                # otherwise read every image of every study asked about.
+                series = self._client.search_for_series(
+                    search_filters={
+                        "StudyInstanceUID": ",".join(study_instance_uids),
+                        "Modality": ",".join(modalities),
+                    },
+                    fields=["StudyInstanceUID", "SeriesInstanceUID", "Modality"],
+                    get_remaining=True,
+                )
+                series_uids = sorted({_value(item, "0020000E") for item in series} - {""})
+                if not series_uids:
+                    return []
+                search_filters["SeriesInstanceUID"] = ",".join(series_uids)
             results = self._client.search_for_instances(
-                search_filters={
-                    "StudyInstanceUID": ",".join(study_instance_uids),
-                    "SOPClassUID": ",".join(REPORT_CLASSES),
-                },
+                search_filters=search_filters,
                 fields=["StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID"],
                 get_remaining=True,
             )

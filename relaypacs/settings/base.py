@@ -383,6 +383,12 @@ PACS_RETRY_MAX_SECONDS = env.float("PACS_RETRY_MAX_SECONDS", default=3600)
 REPORT_STORAGE_DIR = Path(env.str("REPORT_STORAGE_DIR", default=str(DATA_DIR / "reports")))
 # How often beat asks the PACS for reports written in the hospital's own systems.
 REPORT_SYNC_SECONDS = env.int("REPORT_SYNC_SECONDS", default=300)
+# Report objects are looked for only in series of these modalities (SR documents are
+# always SR; encapsulated PDFs are DOC or OT); empty: every series (slow on a PACS that
+# matches SOP classes by reading instance files).
+REPORT_SYNC_SERIES_MODALITIES = env.list(
+    "REPORT_SYNC_SERIES_MODALITIES", default=["SR", "DOC", "OT"]
+)
 CELERY_BEAT_SCHEDULE["reports-sync"] = {
     "task": "reports.tasks.reports_sync_task",
     "schedule": REPORT_SYNC_SECONDS,

@@ -239,9 +239,24 @@ def test_one_query_asks_for_many_studies(orthanc_clean):
         )
     summary = sync.reports_sync()
     assert summary.objects_new == 3
-    # Two QIDO-RS batches (a batch that found objects asks once more for a next page),
-    # three WADO-RS retrievals: not one request per study.
-    assert summary.requests <= 2 * 2 + 3
+    # Two batches of a series query and an instance query each (a query that found
+    # something asks once more for a next page), three WADO-RS retrievals: not one request
+    # per study.
+    assert summary.requests <= 2 * 4 + 3
+
+
+def test_only_report_like_series_are_searched_for_report_objects(orthanc_clean, settings):
+    """Instances are looked for only in SR, DOC and OT series, so that a PACS matching SOP
+    classes by reading files reads no image; a PDF filed in an image series is found only
+    with REPORT_SYNC_SERIES_MODALITIES empty (every series)."""
+    report = ReportFactory()
+    filed_as_ct = encapsulated_pdf(report.study_instance_uid, b"%PDF-1.4 filed in a CT series")
+    filed_as_ct.Modality = "CT"
+    store(orthanc_clean, filed_as_ct)
+    assert sync.reports_sync().objects_new == 0
+
+    settings.REPORT_SYNC_SERIES_MODALITIES = []
+    assert sync.reports_sync().objects_new == 1
 
 
 @pytest.mark.parametrize(
