@@ -19,6 +19,7 @@ import requests
 from django.conf import settings
 from pydicom import Dataset
 
+from pacs.clients.base import pacs_session
 from pacs.errors import PacsRejected, PacsUnavailable
 from pacs.selectors import PacsTarget
 
@@ -78,21 +79,6 @@ def parse_report_objects(results: Sequence[dict[str, Any]]) -> list[ReportObject
     return refs
 
 
-def _session(target: PacsTarget) -> requests.Session:
-    session = requests.Session()
-    session.headers["User-Agent"] = "RelayPACS"
-    if target.token:
-        session.headers["Authorization"] = f"Bearer {target.token}"
-    elif target.username:
-        session.auth = (target.username, target.password)
-    session.verify = target.ca_bundle or True
-    if target.client_cert:
-        session.cert = (
-            (target.client_cert, target.client_key) if target.client_key else target.client_cert
-        )
-    return session
-
-
 class ReportArchiveClient:
     """QIDO-RS/WADO-RS of report objects on one PACS target; use as a context manager.
 
@@ -106,7 +92,7 @@ class ReportArchiveClient:
             raise PacsRejected(pacs=target.name, detail="no DICOMweb URL is configured")
         self.target = target
         self.requests = 0
-        self._session = _session(target)
+        self._session = pacs_session(target)
         self._client = DICOMwebClient(
             url=target.dicomweb_url,
             session=self._session,

@@ -115,6 +115,23 @@ class SizedBody:
         self.blocks.close()
 
 
+def pacs_session(target: PacsTarget) -> requests.Session:
+    """An HTTP session with the target's credentials and TLS settings: every client that
+    speaks to a PACS (STOW-RS, QIDO-RS, the reports' WADO-RS) authenticates the same way."""
+    session = requests.Session()
+    session.headers["User-Agent"] = "RelayPACS"
+    if target.token:
+        session.headers["Authorization"] = f"Bearer {target.token}"
+    elif target.username:
+        session.auth = (target.username, target.password)
+    session.verify = target.ca_bundle or True
+    if target.client_cert:
+        session.cert = (
+            (target.client_cert, target.client_key) if target.client_key else target.client_cert
+        )
+    return session
+
+
 class PacsHttpClient:
     """An HTTP session configured for one PACS target; use as a context manager.
 
@@ -137,18 +154,7 @@ class PacsHttpClient:
         if missing:
             # Otherwise the TLS handshake fails as a connection error, retried for days.
             raise PacsRejected(pacs=target.name, detail=f"TLS file not found: {', '.join(missing)}")
-        session = requests.Session()
-        session.headers["User-Agent"] = "RelayPACS"
-        if target.token:
-            session.headers["Authorization"] = f"Bearer {target.token}"
-        elif target.username:
-            session.auth = (target.username, target.password)
-        session.verify = target.ca_bundle or True
-        if target.client_cert:
-            session.cert = (
-                (target.client_cert, target.client_key) if target.client_key else target.client_cert
-            )
-        self.session = session
+        self.session = pacs_session(target)
 
     def __enter__(self) -> Self:
         return self
