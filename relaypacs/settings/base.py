@@ -274,6 +274,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR),
         "data_folder_out": str(BROKER_DIR),
+        # kombu's default is "control" in the working directory (the exchange table for
+        # broadcasts such as `celery inspect`): keep it with the rest of the broker's files.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
         # kombu looks for messages once a second by default, which an upload waits out
         # before processing starts. Every 0.1 s costs an idle worker 0.3% of a core
