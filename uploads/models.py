@@ -6,6 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class UploadState(models.TextChoices):
@@ -198,6 +199,23 @@ class UploadFile(models.Model):
 
     def __str__(self) -> str:
         return f"file {self.position} of {self.session_id}"
+
+
+class RelayAddedObject(models.Model):
+    """A DICOM object RelayPACS made and added to a study in the PACS (the clinic's note for
+    the reader), kept apart from the upload that made it.
+
+    The report synchronisation knows the relay's own objects by these SOP Instance UIDs. The
+    record outlives its upload (an administrator may delete the upload; the object stays in
+    the PACS), so it holds no link to it and no patient data: UIDs and a time only.
+    """
+
+    sop_instance_uid = models.CharField(max_length=64, primary_key=True)
+    study_instance_uid = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"relay object {self.sop_instance_uid}"
 
 
 class Study(models.Model):

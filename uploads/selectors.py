@@ -12,7 +12,15 @@ from django.db.models import Q, QuerySet
 
 from accounts.models import Role, User
 
-from .models import FileKind, PacsStatus, UploadChunk, UploadFile, UploadSession, UploadState
+from .models import (
+    FileKind,
+    PacsStatus,
+    RelayAddedObject,
+    UploadChunk,
+    UploadFile,
+    UploadSession,
+    UploadState,
+)
 from .tokens import UploadTokenClaim
 
 # The roles that reach at least their own uploads in uploads_visible_to.
@@ -97,7 +105,8 @@ def _file_entry(f: UploadFile) -> dict[str, str]:
 
 def relay_added_sop_instance_uids(*, sop_instance_uids: Iterable[str]) -> set[str]:
     """Those of ``sop_instance_uids`` that RelayPACS made itself and added to a study (the
-    clinic's note for the reader, ``UploadFile.added_by_relay``), whatever the upload.
+    clinic's note for the reader, ``RelayAddedObject``), whatever the upload, and even
+    once that upload was deleted.
 
     Known by the UIDs recorded when they were made, never by UID prefix: the default
     DICOM_UID_ROOT is pydicom's, which other software uses too. One query.
@@ -106,7 +115,7 @@ def relay_added_sop_instance_uids(*, sop_instance_uids: Iterable[str]) -> set[st
     if not uids:
         return set()
     return set(
-        UploadFile.objects.filter(added_by_relay=True, sop_instance_uid__in=uids).values_list(
+        RelayAddedObject.objects.filter(sop_instance_uid__in=uids).values_list(
             "sop_instance_uid", flat=True
         )
     )

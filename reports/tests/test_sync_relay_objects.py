@@ -14,7 +14,9 @@ from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from reports.models import PacsReportObject, Report, ReportStatus
 from reports.services import sync
-from uploads.models import UploadFile, UploadSession
+from accounts.clientinfo import ClientInfo
+from uploads.models import RelayAddedObject, UploadFile, UploadSession
+from uploads.services.removal import upload_admin_delete
 from uploads.selectors import relay_added_sop_instance_uids
 from uploads.tests.fixtures import client_for
 from uploads.tests.helpers import sample_paths
@@ -36,20 +38,8 @@ def _report_of(upload_id: str, timeout: float = 60) -> Report:
 
 @pytest.mark.django_db
 def test_the_selector_knows_only_the_uids_the_relay_recorded():
-    session = UploadSession.objects.create(
-        owner=UserFactory(), total_size=2, chunk_size=1, total_chunks=2
-    )
     root = django_settings.DICOM_UID_ROOT
-    for position, (uid, by_relay) in enumerate([(f"{root}1", True), (f"{root}2", False)]):
-        UploadFile.objects.create(
-            session=session,
-            position=position,
-            name=f"file {position}",
-            size=1,
-            offset=position,
-            sop_instance_uid=uid,
-            added_by_relay=by_relay,
-        )
+    RelayAddedObject.objects.create(sop_instance_uid=f"{root}1", study_instance_uid=f"{root}9")
     asked = [f"{root}1", f"{root}2", "1.2.3"]
     assert relay_added_sop_instance_uids(sop_instance_uids=asked) == {f"{root}1"}
     assert relay_added_sop_instance_uids(sop_instance_uids=[]) == set()
@@ -99,3 +89,17 @@ def test_the_relays_note_leaves_the_report_assigned_and_the_hospitals_sr_is_take
     assert (report.status, report.findings) == (ReportStatus.PENDING, "Draft: no fracture seen.")
     assert summary.objects_new == 1 and summary.outcomes == {"preliminary": 1}
     assert UploadFile.objects.filter(sop_instance_uid=relay_uid, added_by_relay=True).exists()
+
+    # An administrator deletes the upload: the relay's SR stays in the PACS, and the record
+    # of it outlives the upload, so the next cycles still never read it.
+    admin = UserFactory(role=Role.ADMIN)
+    upload_admin_delete(
+        session=UploadSession.objects.get(pk=upload["upload_id"]),
+        by=admin,
+        client=ClientInfo(ip_address="127.0.0.1", user_agent="test"),
+    )
+    assert not UploadFile.objects.filter(sop_instance_uid=relay_uid).exists()
+    PacsReportObject.objects.filter(report=report).delete()  # make the sync look again
+    summary = sync.reports_sync()
+    assert not PacsReportObject.objects.filter(sop_instance_uid=relay_uid).exists()
+    assert summary.objects_new == 1  # the hospital's SR only

@@ -30,7 +30,7 @@ from ..archives import (
 from ..clinical_object import ClinicalObjectFailed, clinical_objects_make
 from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_without_meta
 from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
-from ..models import FileKind, Study, UploadFile, UploadSession, UploadState
+from ..models import FileKind, RelayAddedObject, Study, UploadFile, UploadSession, UploadState
 from . import transitions
 from .leases import lease_claim, lease_renew
 from .removal import upload_files_delete
@@ -608,6 +608,17 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
         )
         if moved and added:
             UploadFile.objects.bulk_create(added)
+            # Made again with the same UIDs when an upload is processed again.
+            RelayAddedObject.objects.bulk_create(
+                [
+                    RelayAddedObject(
+                        sop_instance_uid=f.sop_instance_uid,
+                        study_instance_uid=f.study_instance_uid,
+                    )
+                    for f in added
+                ],
+                ignore_conflicts=True,
+            )
         if moved and next_state == UploadState.NEEDS_CONFIRMATION:
             transaction.on_commit(
                 lambda: events.emit(events.UPLOAD_NEEDS_CONFIRMATION, upload_id=str(upload_id))
