@@ -122,3 +122,14 @@ def user_upload_preferences(*, user: User) -> UploadPreferences:
         chunk_size=user.default_chunk_size,
         duplicate_detection=user.duplicate_detection,
     )
+
+
+def audit_events_of_object(*, object_type: str, object_id: str) -> QuerySet[AuditEvent]:
+    """The audit events of one object (a report's own history, shown to those who may
+    see that object), oldest first, with their users. Not the audit trail of
+    ``audit_events_visible_to``: the caller decides who may see the object."""
+    return (
+        AuditEvent.objects.filter(object_type=object_type, object_id=object_id)
+        .select_related("user")
+        .order_by("occurred_at", "id")
+    )

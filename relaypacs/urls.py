@@ -24,6 +24,9 @@ urlpatterns = [
     path("verify-email", app_shell, name="app-verify-email"),
     path("reset-password", app_shell, name="app-reset-password"),
     path("admin/", admin.site.urls),
+    # Staff web pages (server-rendered, session cookie): sign-in, the radiologists' pages.
+    path("accounts/", include("accounts.web_urls")),
+    path("reports/", include("reports.web_urls")),
     path("api/v1/auth/", include("accounts.urls")),
     path("api/v1/", include("uploads.urls")),
     path("api/v1/", include("reports.urls")),

@@ -13,3 +13,9 @@ class ReportsConfig(AppConfig):
 
         register_audit_actions()
         subscribe(report_on_domain_event)
+
+        from accounts.web import staff_page_register
+
+        from .selectors import READER_ROLES
+
+        staff_page_register(label="Worklist", url_name="reports-web:worklist", roles=READER_ROLES)

@@ -14,12 +14,15 @@ from .registration import (
     user_register,
 )
 from .sessions import (
+    SignIn,
     auth_session_revoke,
+    auth_session_start,
     auth_session_touch,
     auth_sessions_revoke_all,
     session_login,
     session_logout,
     session_refresh,
+    sign_in_check,
 )
 from .twofactor import (
     TwoFactorEnrolment,
@@ -52,12 +55,15 @@ __all__ = [
     "user_data_export",
     "user_approve",
     "user_register",
+    "SignIn",
     "auth_session_revoke",
+    "auth_session_start",
     "auth_session_touch",
     "auth_sessions_revoke_all",
     "session_login",
     "session_logout",
     "session_refresh",
+    "sign_in_check",
     "twofactor_backup_codes_left",
     "twofactor_confirm",
     "twofactor_disable",

@@ -8,6 +8,7 @@ session ends the family's access tokens as well (see accounts.authentication).
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.contrib.auth import authenticate, user_logged_in, user_login_failed
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
+from django_otp.models import Device
 from rest_framework_simplejwt.exceptions import TokenBackendError, TokenError
 from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
@@ -82,12 +84,37 @@ def _login_failed(
     )
 
 
+@dataclass(frozen=True)
+class SignIn:
+    """Who passed the sign-in checks, and the two-step device that accepted their code
+    (None for an account without two-step sign-in)."""
+
+    user: User
+    device: Device | None
+
+
 def session_login(
     *, username: str, password: str, otp: str | None, client: ClientInfo, request: Any
 ) -> dict[str, str]:
-    """Check the credentials (and the 2FA code when enrolled); start a session.
+    """Check the credentials (and the 2FA code when enrolled, ``sign_in_check``); start a
+    session (``auth_session_start``). Returns ``{access, refresh}``; raises what
+    ``sign_in_check`` raises."""
+    signed_in = sign_in_check(
+        username=username, password=password, otp=otp, client=client, request=request
+    )
+    user_logged_in.send(sender=User, request=request, user=signed_in.user)
+    session = auth_session_start(user=signed_in.user, client=client)
+    return _tokens_for(session=session)
 
-    Returns ``{access, refresh}``. Raises ApplicationError: ``sign_in_locked`` (429) after
+
+def sign_in_check(
+    *, username: str, password: str, otp: str | None, client: ClientInfo, request: Any
+) -> SignIn:
+    """Check the credentials (and the 2FA code when enrolled) of a sign-in: the API's and
+    the staff web pages' (accounts.web) alike. Starts nothing: the caller starts its kind of
+    session (and sends ``user_logged_in``, which resets django-axes' count).
+
+    Raises ApplicationError: ``sign_in_locked`` (429) after
     too many consecutive failures from this address; ``invalid_credentials`` (401) for a
     wrong username or password, an inactive account, or an account whose email address is
     not confirmed yet, all with the same body, so an attacker who registered a username
@@ -153,7 +180,12 @@ def session_login(
                 "Wait for the next code in your authenticator app and try again.",
                 status_code=401,
             )
-    user_logged_in.send(sender=User, request=request, user=user)
+        return SignIn(user=user, device=check.device)
+    return SignIn(user=user, device=None)
+
+
+def auth_session_start(*, user: User, client: ClientInfo) -> AuthSession:
+    """A new signed-in device of ``user`` (after ``sign_in_check``), audited as a login."""
     session = AuthSession.objects.create(
         user=user, ip_address=client.ip_address, user_agent=client.user_agent
     )
@@ -165,7 +197,7 @@ def session_login(
         object_type="session",
         object_id=str(session.id),
     )
-    return _tokens_for(session=session)
+    return session
 
 
 def _verification_email_resend_limited(*, user: User) -> None:

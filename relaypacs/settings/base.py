@@ -392,6 +392,12 @@ REPORT_SYNC_SECONDS = env.int("REPORT_SYNC_SECONDS", default=300)
 REPORT_SYNC_SERIES_MODALITIES = env.list(
     "REPORT_SYNC_SERIES_MODALITIES", default=["SR", "DOC", "OT"]
 )
+# The radiologist's worklist (/reports/) marks a STAT study waiting longer than this.
+REPORT_STAT_ALERT_MINUTES = env.int("REPORT_STAT_ALERT_MINUTES", default=30)
+# The hospital's image viewer, with {study_uid} where the Study Instance UID goes, e.g.
+# Orthanc Explorer 2 "https://pacs.example.org/ui/app/#/filtered-studies?StudyInstanceUID={study_uid}"
+# or OHIF "https://viewer.example.org/viewer?StudyInstanceUIDs={study_uid}"; empty: no link.
+PACS_VIEWER_URL = env.str("PACS_VIEWER_URL", default="")
 CELERY_BEAT_SCHEDULE["reports-sync"] = {
     "task": "reports.tasks.reports_sync_task",
     "schedule": REPORT_SYNC_SECONDS,

@@ -43,6 +43,20 @@ _EVENT_OF_STATUS = {
 }
 
 
+# The states each radiologist's transition leaves (none of them while ``signing``); the
+# pages (reports.selectors.report_actions_for) offer a step only where its service
+# would take it.
+CLAIM_FROM = (ReportStatus.ASSIGNED,)
+DRAFT_FROM = (ReportStatus.ASSIGNED, ReportStatus.PENDING)
+SIGN_FROM = (ReportStatus.PENDING,)
+AMEND_FROM = FINAL_STATUSES
+ASK_FROM = (ReportStatus.ASSIGNED, ReportStatus.PENDING)
+CANCEL_FROM = OPEN_STATUSES
+# The transitions that only the report's reader (its assignee, or anyone for a report in
+# the pool; administrators may take over) may take.
+READER_ONLY = frozenset({"claim", "draft", "sign"})
+
+
 def _conflict(report_id: int) -> ApplicationError:
     return ApplicationError(
         "report_state_conflict",
@@ -162,7 +176,7 @@ def report_claim(*, report_id: int, actor: User) -> Report:
     A report on another radiologist's worklist is theirs (409 report_read_by_another)."""
     return _move(
         report_id=report_id,
-        from_statuses=[ReportStatus.ASSIGNED],
+        from_statuses=CLAIM_FROM,
         to_status=ReportStatus.PENDING,
         actor=actor,
         transition="claim",
@@ -179,7 +193,7 @@ def report_draft_save(*, report_id: int, actor: User, findings: str, impression:
     may take it over. 409 report_read_by_another otherwise."""
     return _move(
         report_id=report_id,
-        from_statuses=[ReportStatus.ASSIGNED, ReportStatus.PENDING],
+        from_statuses=DRAFT_FROM,
         to_status=ReportStatus.PENDING,
         actor=actor,
         transition="draft",
@@ -261,7 +275,7 @@ def report_sign(
     _require_text(findings=text_findings, impression=text_impression)
     report = _move(
         report_id=report_id,
-        from_statuses=[ReportStatus.PENDING],
+        from_statuses=SIGN_FROM,
         to_status=None,
         actor=actor,
         transition="sign",
@@ -289,7 +303,7 @@ def report_amend(*, report_id: int, actor: User, findings: str, impression: str)
     _require_text(findings=findings, impression=impression)
     report = _move(
         report_id=report_id,
-        from_statuses=FINAL_STATUSES,
+        from_statuses=AMEND_FROM,
         to_status=None,
         actor=actor,
         transition="amend",
@@ -320,7 +334,7 @@ def report_ask(*, report_id: int, actor: User, question: str) -> Report:
         )
     return _move(
         report_id=report_id,
-        from_statuses=[ReportStatus.ASSIGNED, ReportStatus.PENDING],
+        from_statuses=ASK_FROM,
         to_status=ReportStatus.ADDITIONAL_DATA_REQUIRED,
         actor=actor,
         transition="ask",
@@ -348,7 +362,7 @@ def report_cancel(*, report_id: int, actor: User, reason: str = "") -> Report:
     """The study will not be reported (withdrawn, sent in error); final."""
     return _move(
         report_id=report_id,
-        from_statuses=OPEN_STATUSES,
+        from_statuses=CANCEL_FROM,
         to_status=ReportStatus.CANCELLED,
         actor=actor,
         transition="cancel",

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
+from accounts.clientinfo import ClientInfo
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from reports.models import PacsReportObject, Report, ReportStatus
 from reports.services import sync
-from accounts.clientinfo import ClientInfo
 from uploads.models import RelayAddedObject, UploadFile, UploadSession
-from uploads.services.removal import upload_admin_delete
 from uploads.selectors import relay_added_sop_instance_uids
+from uploads.services.removal import upload_admin_delete
 from uploads.tests.fixtures import client_for
 from uploads.tests.helpers import sample_paths
 from uploads.tests.test_pipeline_e2e import FINAL, send_upload, wait_for
