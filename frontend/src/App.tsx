@@ -29,6 +29,9 @@ import {
 } from "./studies";
 import { toUserError } from "./uploader";
 import { History } from "./History";
+import { Reports } from "./Reports";
+import { repliesSend, reportsForget } from "./reports";
+import { reportStateWords } from "./words";
 import { navigate, useRoute } from "./router";
 import { INSECURE_NOTICE } from "./secure";
 import { Settings } from "./Settings";
@@ -380,10 +383,12 @@ function useReportState(study: Study, online: boolean): void {
   useEffect(() => {
     if (!wanted) return;
     let live = true;
-    signedInFetch<{ status_label: string }>(`/reports/upload/${study.uploadId}`).then(
+    signedInFetch<{ status: string }>(`/reports/upload/${study.uploadId}`).then(
       (report) => {
-        if (live && study.summary && report.status_label !== study.summary.report) {
-          void db.studies.update(study.id!, { summary: { ...study.summary, report: report.status_label } });
+        // In the Reports screen's words ("Waiting for a radiologist", "Report ready").
+        const words = reportStateWords(report.status);
+        if (live && study.summary && words !== study.summary.report) {
+          void db.studies.update(study.id!, { summary: { ...study.summary, report: words } });
         }
       },
       () => undefined, // no report (yet), or offline: nothing to show
@@ -405,7 +410,7 @@ export function summaryWords(study: Study): string {
     s.skipped ? `${s.skipped} not sent` : "",
     s.sentAt ? `sent ${clock(s.sentAt)}` : "",
     s.receivedAt ? `received ${clock(s.receivedAt)}` : "",
-    s.report ? `Report: ${s.report.toLowerCase()}` : "",
+    s.report,
   ]
     .filter(Boolean)
     .join(" · ");
@@ -606,6 +611,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
   }
   async function doSignOut(discard = false) {
     if (discard) await discardAll(owner);
+    await reportsForget(owner);
     stopUploads();
     await signOut();
   }
@@ -616,6 +622,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
       <div className="toolbar">
         <span className="user">{owner}</span>
         <div className="actions">
+          {sends && <button onClick={() => navigate({ screen: "reports" })}>Reports</button>}
           <button onClick={() => navigate({ screen: "settings" })}>Settings</button>
           <button onClick={() => void askSignOut()}>Sign out</button>
         </div>
@@ -671,6 +678,10 @@ export function App() {
       void resumePreparation(activeUser);
     } else stopUploads();
   }, [activeUser]);
+  useEffect(() => {
+    // Answers to radiologists' questions written offline go as soon as the network is back.
+    if (activeUser && online) void repliesSend(activeUser).catch(() => undefined);
+  }, [activeUser, online]);
   if (session === undefined) return null;
   return (
     <>
@@ -696,7 +707,11 @@ function Screen({ route, user, expiredUser, online }: { route: ReturnType<typeof
   // The pages an email links to open whether or not someone is signed in on this device.
   if (route.screen === "verify") return <VerifyEmail token={route.token} />;
   if (route.screen === "reset") return <ResetPassword uid={route.uid} token={route.token} />;
-  if (user) return route.screen === "settings" ? <Settings key={user} username={user} online={online} /> : <Queue owner={user} online={online} />;
+  if (user) {
+    if (route.screen === "settings") return <Settings key={user} username={user} online={online} />;
+    if (route.screen === "reports") return <Reports key={user} owner={user} online={online} />;
+    return <Queue owner={user} online={online} />;
+  }
   if (route.screen === "register") return <Register />;
   if (route.screen === "forgot") return <ForgotPassword />;
   return <SignIn expiredUser={expiredUser} />;

@@ -30,7 +30,7 @@ const LABELS: Record<string, string> = { receiving: "Uploading", waiting_for_pac
 function localSummary(study: Study | undefined): string {
   const s = study?.summary;
   if (!s) return "";
-  return [s.studyDescription, s.modality, s.series ? `${s.series} series` : "", s.images ? `${s.images} images` : "", s.report ? `Report: ${s.report.toLowerCase()}` : ""].filter(Boolean).join(" · ");
+  return [s.studyDescription, s.modality, s.series ? `${s.series} series` : "", s.images ? `${s.images} images` : "", s.report].filter(Boolean).join(" · ");
 }
 
 export function History({ online, refreshKey, studies = [] }: { online: boolean; refreshKey: string; studies?: Study[] }) {

@@ -35,7 +35,7 @@ export interface FinishedSummary {
   skipped: number;
   sentAt: number | null;
   receivedAt: number | null;
-  /** The report's state in words ("Ready"), once a report exists. */
+  /** The report's state in words ("Report ready", words.ts), once a report exists. */
   report: string;
 }
 
@@ -94,6 +94,9 @@ export interface Study {
   dismissed?: boolean;
   /** The server said it can no longer retry (its bytes are gone). */
   retryGone?: boolean;
+  /** Images added to a report's study (Reports, "Add images"): the report, whose study
+   * (Study Instance UID) the upload names at init, read from the server then. */
+  addTo?: { reportId: number } | null;
 }
 
 export interface StoredBlob {
@@ -138,6 +141,43 @@ export function ackPagesFor(studyId: number, totalChunks: number, missing: Itera
   return pages;
 }
 
+/** A report as this device keeps it to show offline (reports.ts `reportRow`): nothing that
+ * names the patient (no name, ID, birth date, accession number, clinical notes, findings).
+ * The radiologist's question is kept only while it waits for an answer. */
+export interface CachedReport {
+  id: number;
+  owner: string;
+  status: string;
+  modality: string;
+  studyDescription: string;
+  serviceLevel: string;
+  uploadIds: string[];
+  /** Only while `status` is `additional_data_required`. */
+  question: string;
+  /** A PDF can be asked for (a signed version's PDF exists). */
+  pdf: boolean;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** When this device last had the owner's list of reports from the server. */
+export interface ReportListView {
+  owner: string;
+  fetchedAt: number;
+}
+
+/** An answer to a radiologist's question, kept until the server took it (sent when online). */
+export interface QueuedReply {
+  id?: number;
+  owner: string;
+  reportId: number;
+  answer: string;
+  createdAt: number;
+  /** "queued": sent when the network is back; "refused": the server said no (`error`). */
+  state: "queued" | "refused";
+  error: UserError | null;
+}
+
 export interface AuthSession {
   key: "current";
   username: string;
@@ -152,6 +192,9 @@ export class RelayDb extends Dexie {
   blobs!: Dexie.Table<StoredBlob, [number, number]>;
   ackPages!: Dexie.Table<AckPage, [number, number]>;
   auth!: EntityTable<AuthSession, "key">;
+  reports!: Dexie.Table<CachedReport, [string, number]>;
+  reportViews!: EntityTable<ReportListView, "owner">;
+  replies!: EntityTable<QueuedReply, "id">;
 
   constructor(name = "relaypacs") {
     super(name);
@@ -178,6 +221,13 @@ export class RelayDb extends Dexie {
           delete study.acked;
         });
       });
+    // Version 3: the Reports screen's offline copy and the answers waiting for the network.
+    // Nothing to carry over: the tables start empty and studies keep every field they had.
+    this.version(3).stores({
+      reports: "[owner+id], owner",
+      reportViews: "owner",
+      replies: "++id, owner, reportId",
+    });
   }
 }
 

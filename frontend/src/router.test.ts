@@ -23,6 +23,8 @@ describe("routes", () => {
 
   it("keeps the in-app screens in the hash", () => {
     expect(at("/#/settings")).toEqual({ screen: "settings" });
+    expect(at("/#/reports")).toEqual({ screen: "reports" });
+    expect(hrefOf({ screen: "reports" })).toBe("/#/reports");
     expect(at("/#/register")).toEqual({ screen: "register" });
     expect(at("/#/forgot-password")).toEqual({ screen: "forgot" });
   });

@@ -9,10 +9,11 @@ export type Route =
   | { screen: "register" }
   | { screen: "forgot" }
   | { screen: "settings" }
+  | { screen: "reports" }
   | { screen: "verify"; token: string }
   | { screen: "reset"; uid: string; token: string };
 
-const HASH_SCREENS = { "#/register": "register", "#/forgot-password": "forgot", "#/settings": "settings" } as const;
+const HASH_SCREENS = { "#/register": "register", "#/forgot-password": "forgot", "#/settings": "settings", "#/reports": "reports" } as const;
 
 export function routeOf(location: { pathname: string; search: string; hash: string }): Route {
   const query = new URLSearchParams(location.search);
@@ -33,6 +34,8 @@ export function hrefOf(route: Route): string {
       return "/#/forgot-password";
     case "settings":
       return "/#/settings";
+    case "reports":
+      return "/#/reports";
     case "verify":
       return `/verify-email?${new URLSearchParams({ token: route.token })}`;
     case "reset":

@@ -30,6 +30,8 @@ export interface NewStudy {
   serviceLevel: ServiceLevel;
   /** Each file's series, when its header was read on the device. */
   series?: (string | undefined)[];
+  /** Images added to a report's study (Reports, "Add images"). */
+  addTo?: Study["addTo"];
 }
 
 export function fileName(file: File): string {
@@ -78,6 +80,7 @@ export async function queueStudy(input: NewStudy): Promise<number> {
     serverState: null,
     error: null,
     completedAt: null,
+    ...(input.addTo ? { addTo: input.addTo } : {}),
   };
   let id = 0;
   try {

@@ -9,6 +9,7 @@ import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
 import { browserLinkEstimate, chunkSizeFor, MAX_IN_FLIGHT, nextInFlight } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
+import { addImagesMetadata, type ServerReport } from "./reports";
 import { plainError } from "./words";
 
 export const UPLOADER_LOCK = "relaypacs-uploader";
@@ -75,6 +76,26 @@ function metadataOf(fields: StudyFields | null, studyName: string): Record<strin
   }
   if (studyName) out.study_description = studyName;
   return out;
+}
+
+/** The report's study for images added to it (Reports, "Add images"), asked of the server
+ * as the upload starts, so that nothing naming the patient waits on this device. */
+async function addedImagesMetadata(study: Study, token: string): Promise<Record<string, string>> {
+  const photos = study.fields?.modality === "XC";
+  try {
+    return addImagesMetadata(await apiFetch<ServerReport>(`/reports/${study.addTo!.reportId}`, { token }), photos);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      throw new ApiError(
+        404,
+        "report_gone",
+        "The report these images were added to is no longer open to this account.",
+        "Cancel this upload; if the images are still needed, send them as a new study.",
+      );
+    }
+    if (error instanceof ApiError && error.status === 401) await accessToken(true);
+    throw error;
+  }
 }
 
 function isOnline(): boolean {
@@ -247,13 +268,15 @@ export class Uploader {
    * cancel then goes to the new upload). */
   private async init(study: Study): Promise<Study | null> {
     const token = await accessToken();
+    const added = study.addTo ? await addedImagesMetadata(study, token) : {};
     const body = {
       files: study.files.map((f) => ({ name: f.name, size: f.size, ...(f.sha256 ? { sha256: f.sha256 } : {}) })),
-      metadata: metadataOf(study.fields, study.studyName),
+      metadata: { ...added, ...metadataOf(study.fields, study.studyName) },
       clinical_notes: study.clinicalNotes,
       service_level: study.serviceLevel,
       allow_partial: study.allowPartial ?? false,
-      force_upload: study.forceUpload,
+      // Images added to a report's study are meant to join it: no duplicate check.
+      force_upload: study.forceUpload || Boolean(study.addTo),
       chunk_size: chunkSizeFor(this.measuredRate() ?? browserLinkEstimate()),
     };
     let init: InitResponse;

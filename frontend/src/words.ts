@@ -70,6 +70,8 @@ export const APP_WORDS: Record<string, Words> = {
   upload_damaged: { message: "The server's copy of this study is damaged.", hint: "Press Send again to send the study from this device." },
   no_pacs_configured: { message: "No PACS is set up on the server.", hint: "Tell your administrator; press Retry once it is set up." },
   network_unavailable: NETWORK,
+  unknown_study: { message: "The study these images were added to was not sent from this account or its clinic.", hint: "Cancel this upload and send the images as a new study." },
+  report_gone: { message: "The report these images were added to is no longer open to this account.", hint: "Cancel this upload; if the images are still needed, send them as a new study." },
 };
 
 // Where the app offers its own choices, its words say so whatever the server wrote; for
@@ -91,4 +93,40 @@ export function userWords(code: string, message: string, hint: string): Words {
 
 export function plainError(error: UserError): UserError {
   return { code: error.code, ...userWords(error.code, error.message, error.hint) };
+}
+
+/** A report's state (docs/reports.md, "States") as the sending clinic reads it. */
+export const REPORT_STATE_WORDS: Record<string, string> = {
+  assigned: "Waiting for a radiologist",
+  pending: "Being read",
+  additional_data_required: "The radiologist has a question",
+  ready: "Report ready",
+  amended: "Report corrected",
+  cancelled: "Will not be reported",
+};
+
+/** The words for a report's `status`; a state this app does not know yet still reads as words. */
+export function reportStateWords(status: string): string {
+  return REPORT_STATE_WORDS[status] ?? "Report state not known to this app";
+}
+
+// What the report endpoints can answer (docs/reports.md), in the Reports screen's words:
+// "not_found" there is a report, not an upload, and the way out is the screen's own.
+const REPORT_WORDS: Record<string, Words> = {
+  not_found: { message: "This report is no longer open to this account.", hint: "Pull the list again with Refresh; if it should be there, ask your administrator." },
+  report_not_ready: { message: "The report's PDF is not ready yet.", hint: "Wait until the report says “Report ready”, then open it again." },
+  report_state_conflict: { message: "The report changed on the server in the meantime.", hint: "Press Refresh to see where it is now; your answer is kept below if it was not sent." },
+  invalid_request: { message: "The server did not take this answer.", hint: "Write the answer again (it cannot be empty) and send it." },
+  permission_denied: { message: "This account cannot answer radiologists' questions.", hint: "Sign in with the clinician or radiographer account that sent the study." },
+  network_unavailable: { message: "The server cannot be reached.", hint: "What was loaded before is shown; connect to the network and press Refresh." },
+  bad_pdf: { message: "The server sent something that is not a PDF.", hint: "Try again in a minute; if it keeps happening, tell your administrator." },
+};
+const REPORT_ALWAYS = new Set(["not_found", "network_unavailable", "report_state_conflict"]);
+
+/** The sentences the Reports screen shows for an error of a report endpoint. */
+export function reportWords(code: string, message: string, hint: string): Words {
+  const own = REPORT_WORDS[code];
+  if (own && (REPORT_ALWAYS.has(code) || !message || namesApiField(message) || namesApiField(hint))) return own;
+  if (message && !namesApiField(message)) return { message, hint: namesApiField(hint) ? (own?.hint ?? "Try again; if it happens again, tell your administrator.") : hint };
+  return own ?? { message: "Something went wrong with this report.", hint: "Press Refresh and try again; if it happens again, tell your administrator." };
 }
