@@ -3,6 +3,9 @@
 
 VENV := .venv
 PY := $(VENV)/bin/python
+# pytest processes of `make test` (most tests wait on Orthanc, Celery or Chromium, so two
+# processes on two cores take about half the time of one).
+TEST_PROCESSES ?= 2
 
 setup:
 	@scripts/bootstrap.sh
@@ -20,12 +23,20 @@ lint: setup
 test: setup lint
 	cd frontend && npx vitest run
 	# --create-db: the test database is rebuilt from this checkout's migrations, whatever an
-	# earlier run on this machine left in it.
-	$(VENV)/bin/pytest -q --create-db
+	# earlier run on this machine left in it. -n: test modules run in TEST_PROCESSES
+	# pytest-xdist processes side by side (whole modules, --dist loadfile), each with its
+	# own test database (test_<name>_gwN), Orthanc, Celery worker and Redis database
+	# (the configured number + N, see relaypacs/settings/test.py).
+	$(VENV)/bin/pytest -q --create-db -n $(TEST_PROCESSES) --dist loadfile
 
 bench: setup
 	@scripts/bootstrap.sh --bench
 	$(PY) bench/run_all.py
+	# Live events (issue 12), statistics at 1,000,000 uploads (issue 15, PostgreSQL), and
+	# S3 storage (issue 16): each appends its figures to bench/RESULTS.md.
+	$(PY) bench/notifications_latency.py
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} $(PY) bench/analytics_stats.py
+	$(PY) bench/s3_storage.py
 
 clean:
 	rm -rf $(VENV) var

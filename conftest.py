@@ -191,3 +191,73 @@ def synthetic_dicom(tmp_path: Path) -> Any:
         return DicomFile(path, sop_uid, study_uid, path.stat().st_size)
 
     return make
+
+
+# After a transactional test the database is flushed (TRUNCATE of every table) while the
+# session's Celery worker may still be finishing that test's last task (a subscriber
+# filing a report once the upload completed): PostgreSQL then ends one of the two as a
+# deadlock. The worker's transaction ends either way, so the flush is tried again.
+FLUSH_DEADLOCK_ATTEMPTS = 5
+FLUSH_DEADLOCK_PAUSE_SECONDS = 0.5
+
+
+def _is_deadlock(error: BaseException | None) -> bool:
+    while error is not None:
+        if "deadlock detected" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_retried_on_deadlock() -> Iterator[None]:
+    import time
+
+    from django.test import TransactionTestCase
+
+    flush = TransactionTestCase._fixture_teardown
+
+    def flush_retried(self: TransactionTestCase) -> None:
+        for attempt in range(1, FLUSH_DEADLOCK_ATTEMPTS + 1):
+            try:
+                flush(self)
+                return
+            except Exception as exc:
+                if attempt == FLUSH_DEADLOCK_ATTEMPTS or not _is_deadlock(exc):
+                    raise
+                time.sleep(FLUSH_DEADLOCK_PAUSE_SECONDS)
+
+    TransactionTestCase._fixture_teardown = flush_retried  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TransactionTestCase._fixture_teardown = flush  # type: ignore[method-assign]
+
+
+def _uses_database(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    return item.get_closest_marker("django_db") is not None or any(
+        name in fixtures for name in ("db", "transactional_db", "live_server")
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test`: -n, --dist loadfile) modules are handed to the
+    processes in the order of their first test, and pytest-django moved the tests without
+    a database to the end: the slow browser and product modules (test_pwa_e2e.py alone
+    takes about 6 minutes) would start last and finish alone. End-to-end modules none of
+    whose tests use the test database go first instead (the order of the tests that use
+    it is kept)."""
+    if not getattr(config.option, "numprocesses", None):
+        return
+    by_module: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_module.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    first = {
+        module
+        for module, module_items in by_module.items()
+        if any(item.get_closest_marker("e2e") for item in module_items)
+        and not any(_uses_database(item) for item in module_items)
+    }
+    items.sort(key=lambda item: item.nodeid.split("::", 1)[0] not in first)

@@ -5,6 +5,8 @@
   libraries (django-axes, django-otp, the token blacklist) are listed under Security.
 - An account that turned on two-factor sign-in must give its one-time code here too (the
   most powerful accounts sign in here); nobody picks a device.
+- A sign-in here starts an AuthSession like the app's and the staff web's, and the
+  session ends with it (revoked, signed out everywhere, idle).
 """
 
 from __future__ import annotations
@@ -115,6 +117,30 @@ class RelayAdminSite(OTPAdminSite):
     site_header = "RelayPACS administration"
     site_title = "RelayPACS admin"
     index_title = "Manage RelayPACS"
+
+    def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """Django's admin sign-in; a successful one is tied to a new AuthSession (listed
+        among the account's signed-in devices, audited as a login), so that "sign out
+        everywhere", an administrator's revocation and the idle timeout end it as they end
+        the app's sessions (accounts.web.auth_session_guard, on every request)."""
+        response = super().login(request, extra_context)
+        user: Any = request.user
+        if request.method == "POST" and response.status_code == 302 and user.is_authenticated:
+            # Imported here: this module is loaded with the admin site, before the models.
+            from .web import AUTH_SESSION_KEY, auth_session_link
+
+            if not request.session.get(AUTH_SESSION_KEY):
+                auth_session_link(request, user=user)
+        return response
+
+    def logout(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        """Signing out of the admin ends its AuthSession too (the device leaves the list of
+        signed-in devices); signing out twice is harmless."""
+        if request.method == "POST":
+            from .web import end_linked_auth_session
+
+            end_linked_auth_session(request)
+        return super().logout(request, extra_context)
 
     def has_permission(self, request: HttpRequest) -> bool:
         user: Any = request.user

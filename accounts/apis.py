@@ -26,8 +26,8 @@ from relaypacs.openapi import error_responses
 from . import selectors, services
 from .authentication import SessionJWTAuthentication
 from .clientinfo import client_info
-from .exports import audit_csv_rows
-from .models import User
+from .exports import audit_csv_rows, audit_json_rows
+from .models import AuditOutcome, User
 from .permissions import CanReadAuditTrail
 
 
@@ -602,6 +602,17 @@ class AuditExportApi(SignedInApi):
             required=False, max_length=50, help_text="A facility code."
         )
         action = serializers.ChoiceField(choices=sorted(services.AUDIT_VOCABULARY), required=False)
+        outcome = serializers.ChoiceField(
+            choices=AuditOutcome.values,
+            required=False,
+            help_text="DICOM Event Outcome Indicator: 0 success, 4 minor, 8 serious failure.",
+        )
+
+    # The streamed rows and the download's type and name (the JSON export overrides them).
+    rows = staticmethod(audit_csv_rows)
+    content_type = "text/csv; charset=utf-8"
+    filename = "relaypacs-audit.csv"
+    export_format = "csv"
 
     @extend_schema(
         operation_id="audit_export_csv",
@@ -629,17 +640,42 @@ class AuditExportApi(SignedInApi):
             username=filters.get("user"),
             facility_code=filters.get("facility"),
             action=filters.get("action"),
+            outcome=filters.get("outcome"),
         )
+        recorded = {k: str(v) for k, v in filters.items()}
+        if self.export_format != "csv":
+            recorded["format"] = self.export_format
         services.audit_export_record(
-            user=_user(request),
-            client=client_info(request),
-            filters={k: str(v) for k, v in filters.items()},
+            user=_user(request), client=client_info(request), filters=recorded
         )
-        response = StreamingHttpResponse(
-            audit_csv_rows(events=events), content_type="text/csv; charset=utf-8"
-        )
-        response["Content-Disposition"] = 'attachment; filename="relaypacs-audit.csv"'
+        response = StreamingHttpResponse(self.rows(events=events), content_type=self.content_type)
+        response["Content-Disposition"] = f'attachment; filename="{self.filename}"'
         return response
+
+
+class AuditExportJsonApi(AuditExportApi):
+    """The same events as a JSON array (the CSV's columns; ``detail`` an object)."""
+
+    rows = staticmethod(audit_json_rows)
+    content_type = "application/json; charset=utf-8"
+    filename = "relaypacs-audit.json"
+    export_format = "json"
+
+    @extend_schema(
+        operation_id="audit_export_json",
+        summary="Download the audit trail as JSON (auditors and administrators)",
+        description="The events of the CSV export, as a JSON array of objects, streamed.",
+        parameters=[AuditExportApi.AuditExportFilterSerializer],
+        responses={
+            (200, "application/json"): OpenApiResponse(
+                {"type": "array", "items": {"type": "object"}},
+                description="One object per event, oldest first, streamed.",
+            ),
+            **error_responses(400, 401, 403, s403="permission_denied: not an auditor or admin."),
+        },
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        return super().get(request)
 
 
 def _day_start(day: date | None) -> datetime | None:

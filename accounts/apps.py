@@ -12,6 +12,11 @@ class AccountsConfig(AppConfig):
 
         subscribe(audit_domain_event)
 
+        from .audit_web import AUDIT_ROLES
+        from .web import staff_page_register
+
+        staff_page_register(label="Audit trail", url_name="audit-web:trail", roles=AUDIT_ROLES)
+
         from axes.signals import user_locked_out
         from django.db.models.signals import post_migrate
 

@@ -1,4 +1,9 @@
-"""Audit of access to patient data served by other apps' views.
+"""Middleware of the accounts app.
+
+``AuthSessionMiddleware``: a Django session tied to an AuthSession ends with it.
+
+``PatientDataAccessAuditMiddleware``: audit of access to patient data served by other
+apps' views.
 
 The upload status shows patient names and study details: reading another person's upload
 there is "DICOM Instances Accessed". Recorded after a successful response, at most once per
@@ -17,6 +22,7 @@ from .clientinfo import client_info
 from .models import User
 from .selectors import audit_upload_origin
 from .services.audit import FACILITY_OF_USER, audit_record
+from .web import auth_session_guard
 
 # URL name -> (audit action, object type, URL keyword holding the object id)
 AUDITED_READS = {
@@ -24,6 +30,20 @@ AUDITED_READS = {
 }
 # One audit row per user and upload in this many seconds of repeated reads.
 ACCESS_AUDIT_WINDOW = 3600
+
+
+class AuthSessionMiddleware:
+    """Ends a Django session whose AuthSession (the staff web's or the admin site's
+    sign-in) was revoked or idled out, before any view runs (``web.auth_session_guard``),
+    so no page, the admin site included, accepts the cookie afterwards. Goes after the
+    authentication, OTP and messages middleware. Costs nothing without a session cookie."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        auth_session_guard(request)
+        return self.get_response(request)
 
 
 class PatientDataAccessAuditMiddleware:

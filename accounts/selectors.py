@@ -23,6 +23,24 @@ def auth_sessions_active(*, user: User) -> QuerySet[AuthSession]:
     ).order_by("-last_seen_at")
 
 
+def auth_session_is_on(*, session_id: str, user_id: int) -> bool:
+    """Whether the session is neither revoked nor idle-expired, and is ``user_id``'s.
+
+    Read-only, unlike ``services.auth_session_touch``: it neither records use nor revokes
+    an idle session, so a long-lived connection (the notification stream) can check its
+    session without keeping it from idling out."""
+    import uuid  # noqa: PLC0415 - only this selector parses ids
+
+    try:
+        sid = uuid.UUID(session_id)
+    except ValueError:
+        return False
+    cutoff = timezone.now() - settings.AUTH_SESSION_IDLE_TIMEOUT
+    return AuthSession.objects.filter(
+        pk=sid, user_id=user_id, revoked_at__isnull=True, last_seen_at__gte=cutoff
+    ).exists()
+
+
 def audit_events_visible_to(*, user: User) -> QuerySet[AuditEvent]:
     """The audit events a user may read (see docs/security.md, *Audit trail*).
 
@@ -49,9 +67,10 @@ def audit_events(
     username: str | None = None,
     facility_code: str | None = None,
     action: str | None = None,
+    outcome: str | None = None,
 ) -> QuerySet[AuditEvent]:
     """The audit events ``viewer`` may read (``audit_events_visible_to``), oldest first,
-    filtered by time (``since`` <= t < ``until``), user, facility and action."""
+    filtered by time (``since`` <= t < ``until``), user, facility, action and outcome."""
     queryset = (
         audit_events_visible_to(user=viewer)
         .select_related("facility")
@@ -67,6 +86,8 @@ def audit_events(
         queryset = queryset.filter(facility__code=facility_code)
     if action:
         queryset = queryset.filter(action=action)
+    if outcome:
+        queryset = queryset.filter(outcome=outcome)
     return queryset
 
 

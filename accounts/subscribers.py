@@ -38,6 +38,7 @@ _DETAIL_KEYS = (
     "destination",
     "destination_id",
     "instances",
+    "relay_added_instances",
     "study_instance_uid",
     "series_count",
 )

@@ -28,6 +28,7 @@ urlpatterns = [
     path("2fa/confirm", apis.TwoFactorConfirmApi.as_view(), name="auth-2fa-confirm"),
     path("2fa/disable", apis.TwoFactorDisableApi.as_view(), name="auth-2fa-disable"),
     path("audit/events.csv", apis.AuditExportApi.as_view(), name="audit-export"),
+    path("audit/events.json", apis.AuditExportJsonApi.as_view(), name="audit-export-json"),
     path("me", apis.MeApi.as_view(), name="me"),
     path("me/preferences", apis.PreferencesApi.as_view(), name="me-preferences"),
     path("me/export", apis.DataExportApi.as_view(), name="me-export"),

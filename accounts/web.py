@@ -12,6 +12,9 @@
 - Apps register their pages (``staff_page_register``) so that the sign-in, the home page
   and the 403 page can point each person to the pages of their role without accounts
   importing those apps.
+- Every Django session tied to an AuthSession (this sign-in's and the admin site's) is
+  checked on every request (``auth_session_guard``): when the AuthSession ends, the cookie
+  stops opening anything, /admin/ included.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ _WEB_HINTS = {
 }
 # The Django session's key holding the id of the AuthSession the sign-in started.
 AUTH_SESSION_KEY = "relaypacs_auth_session_id"
+# Set on a request whose AuthSession auth_session_guard found on (one check per request).
+_AUTH_SESSION_CHECKED = "_relaypacs_auth_session_checked"
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,10 @@ def _start_session(
     # django-axes' count and records last_login, as the API's sign-in does.
     django_login(request, user)
     if device is not None:
-        django_otp.login(request, device)  # the admin site accepts this session's 2FA
-    session = auth_session_start(user=user, client=client_info(request))
-    request.session[AUTH_SESSION_KEY] = str(session.id)
+        # The admin site accepts this session's 2FA; the session still ends with its
+        # AuthSession there too (auth_session_guard, on every request).
+        django_otp.login(request, device)
+    auth_session_link(request, user=user)
     if next_url:
         return HttpResponseRedirect(next_url)
     return redirect("staff-home")
@@ -168,14 +174,20 @@ def _start_session(
 @csrf_protect
 def sign_out(request: HttpRequest) -> HttpResponse:
     """End the web session and its AuthSession. Signing out twice is harmless."""
+    end_linked_auth_session(request)
+    django_logout(request)
+    messages.info(request, "You have signed out.")
+    return redirect("staff-sign-in")
+
+
+def end_linked_auth_session(request: HttpRequest) -> None:
+    """Revoke (reason ``logout``, audited) the AuthSession this Django session is tied to,
+    if any; the caller then logs the Django session out. Idempotent."""
     session_id = request.session.get(AUTH_SESSION_KEY)
     if session_id:
         session = AuthSession.objects.select_related("user").filter(pk=session_id).first()
         if session is not None:
             auth_session_revoke(session=session, reason="logout", client=client_info(request))
-    django_logout(request)
-    messages.info(request, "You have signed out.")
-    return redirect("staff-sign-in")
 
 
 def _to_sign_in(request: HttpRequest) -> HttpResponse:
@@ -190,6 +202,41 @@ def _query(**params: str) -> str:
     return urlencode(params)
 
 
+def auth_session_link(request: HttpRequest, *, user: User) -> None:
+    """Start an AuthSession for ``user``, just signed in on ``request`` (django's login()
+    done), and tie the Django session to it: from now on the cookie works only while that
+    AuthSession is on (``auth_session_guard``)."""
+    session = auth_session_start(user=user, client=client_info(request))
+    request.session[AUTH_SESSION_KEY] = str(session.id)
+
+
+def _session_ended(request: HttpRequest) -> None:
+    django_logout(request)
+    messages.info(
+        request,
+        "Your session has ended (signed out from another device, or unused for a long "
+        "time). Sign in again to continue.",
+        fail_silently=True,
+    )
+
+
+def auth_session_guard(request: HttpRequest) -> None:
+    """For a Django session tied to an AuthSession (the staff web's sign-in, the admin
+    site's): if that AuthSession was revoked ("sign out everywhere", an administrator, a
+    sign-out) or idled out, end the Django session now, before any view (the admin site
+    included) sees its user; otherwise record the use (``auth_session_touch``, which
+    writes at most once a minute). Sessions not tied to one are left alone. Run on every
+    request by ``accounts.middleware.AuthSessionMiddleware``."""
+    session_id = request.session.get(AUTH_SESSION_KEY)
+    if not session_id:
+        return
+    user = request.user
+    if isinstance(user, User) and auth_session_touch(session_id=str(session_id), user_id=user.pk):
+        setattr(request, _AUTH_SESSION_CHECKED, True)  # noqa: B010 - a private mark
+        return
+    _session_ended(request)
+
+
 def staff_session_user(request: HttpRequest) -> User | None:
     """The user of a live staff web session, or None (signed out, or its AuthSession was
     revoked or idled out: then the Django session is ended as well)."""
@@ -197,13 +244,10 @@ def staff_session_user(request: HttpRequest) -> User | None:
     session_id = request.session.get(AUTH_SESSION_KEY)
     if not isinstance(user, User) or not session_id:
         return None
+    if getattr(request, _AUTH_SESSION_CHECKED, False):
+        return user  # the middleware checked it for this request
     if not auth_session_touch(session_id=str(session_id), user_id=user.pk):
-        django_logout(request)
-        messages.info(
-            request,
-            "Your session has ended (signed out from another device, or unused for a long "
-            "time). Sign in again to continue.",
-        )
+        _session_ended(request)
         return None
     return user
 

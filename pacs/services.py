@@ -131,6 +131,7 @@ def instances_store(
     on_batch: Callable[[list[InstanceOutcome]], None] | None = None,
     in_flight: int | None = None,
     heartbeat: Callable[[], None] | None = None,
+    heartbeat_seconds: float | None = None,
 ) -> list[InstanceOutcome]:
     """Send ``instances`` to ``target`` and return one outcome per instance, in order.
 
@@ -141,8 +142,10 @@ def instances_store(
     that batch's outcomes (the place to renew a lease and record progress); an exception
     it raises stops the delivery (no further batch is started, one already on the wire
     is finished) and propagates. ``heartbeat`` runs in the caller's thread before each
-    batch is started and every HEARTBEAT_SECONDS while batches are on the wire (the place
-    to renew a lease on a slow link); an exception it raises stops the delivery the same way.
+    batch is started and every ``heartbeat_seconds`` (default HEARTBEAT_SECONDS) while
+    batches are on the wire (the place to renew a lease on a slow link: a caller whose lease
+    is shorter passes a shorter interval); an exception it raises stops the delivery the
+    same way.
 
     Targets without a DICOMweb URL, and targets whose STOW-RS answers 404/405/501 while
     they have an Orthanc URL, get each file by Orthanc REST instead (POST /instances).
@@ -165,6 +168,7 @@ def instances_store(
     batches = stow_batches(instances, max_bytes=settings.PACS_STOW_BATCH_BYTES)
     outcomes: list[InstanceOutcome] = []
     wanted = settings.PACS_STOW_IN_FLIGHT if in_flight is None else in_flight
+    beat_every = HEARTBEAT_SECONDS if heartbeat_seconds is None else heartbeat_seconds
     slots = max(1, min(wanted, len(batches)))
     with _Sender(target, slots=slots) as sender:
         pending: deque[tuple[int, list[InstanceSource], Future[_Sent]]] = deque()
@@ -176,11 +180,20 @@ def instances_store(
                     pending.append((number, batch, pool.submit(sender.send, batch)))
                     if len(pending) >= slots:
                         outcomes.extend(
-                            _collect(sender, pending.popleft(), len(batches), on_batch, heartbeat)
+                            _collect(
+                                sender,
+                                pending.popleft(),
+                                len(batches),
+                                on_batch,
+                                heartbeat,
+                                beat_every,
+                            )
                         )
                 while pending:
                     outcomes.extend(
-                        _collect(sender, pending.popleft(), len(batches), on_batch, heartbeat)
+                        _collect(
+                            sender, pending.popleft(), len(batches), on_batch, heartbeat, beat_every
+                        )
                     )
             except BaseException:
                 # Start nothing more; a batch already on the wire is finished (and its
@@ -269,13 +282,14 @@ def _collect(
     total: int,
     on_batch: Callable[[list[InstanceOutcome]], None] | None,
     heartbeat: Callable[[], None] | None,
+    beat_every: float,
 ) -> list[InstanceOutcome]:
-    """Wait for one batch (beating ``heartbeat`` meanwhile), log it and hand its outcomes
-    to ``on_batch``."""
+    """Wait for one batch (beating ``heartbeat`` every ``beat_every`` seconds meanwhile),
+    log it and hand its outcomes to ``on_batch``."""
     number, batch, future = item
     while True:
         try:
-            sent = future.result(timeout=HEARTBEAT_SECONDS if heartbeat is not None else None)
+            sent = future.result(timeout=beat_every if heartbeat is not None else None)
             break
         except FutureTimeout:
             if heartbeat is not None:

@@ -1,9 +1,10 @@
-"""ASGI entry point: HTTP to Django, WebSockets to Channels (routes arrive with notifications).
+"""ASGI entry point: HTTP to Django, WebSockets to Channels (notifications.routing).
 
 Chunk PUTs sent with an upload token, the upload's hot path, are served by a lean endpoint
 in front of Django (uploads.chunk_endpoint); every other request reaches Django unchanged.
 """
 
+import atexit
 import os
 
 from django.core.asgi import get_asgi_application
@@ -15,9 +16,13 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from notifications.routing import websocket_urlpatterns  # noqa: E402
+from relaypacs.metrics import this_process_exits  # noqa: E402
 from uploads.chunk_endpoint import ChunkEndpoint  # noqa: E402
 
-websocket_urlpatterns: list = []  # filled by the notifications app
+# A web worker that stops removes its live gauges from the metrics directory (one that is
+# killed is found by `serve`'s sweep instead).
+atexit.register(this_process_exits)
 
 application = ProtocolTypeRouter(
     {

@@ -6,6 +6,8 @@ from django.shortcuts import render
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from relaypacs.metrics import metrics_view
+
 
 def app_shell(request: HttpRequest) -> HttpResponseBase:
     """The PWA's page. WhiteNoise serves frontend/dist (index.html at /) when it existed at
@@ -27,9 +29,14 @@ urlpatterns = [
     # Staff web pages (server-rendered, session cookie): sign-in, the radiologists' pages.
     path("accounts/", include("accounts.web_urls")),
     path("reports/", include("reports.web_urls")),
+    path("audit/", include("accounts.audit_web_urls")),
     path("api/v1/auth/", include("accounts.urls")),
+    path("api/v1/", include("analytics.urls")),
     path("api/v1/", include("uploads.urls")),
     path("api/v1/", include("reports.urls")),
+    path("api/v1/", include("notifications.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/v1/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Prometheus text for every process (relaypacs.metrics; token or allowlist in production).
+    path("metrics", metrics_view, name="metrics"),
 ]

@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -198,8 +199,28 @@ class ReportForUploadApi(APIView):
         return Response(ReportOutput(report).data)
 
 
+class _PdfRenderer(BaseRenderer):
+    """Lets a client ask for ``Accept: application/pdf``; the PDF itself is streamed by a
+    FileResponse, which no renderer touches."""
+
+    media_type = "application/pdf"
+    format = "pdf"
+
+    def render(
+        self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
+    ) -> bytes:
+        raise AssertionError("errors are rendered as JSON (ReportDownloadApi.handle_exception)")
+
+
 class ReportDownloadApi(APIView):
     permission_classes = [IsAuthenticated, SignedInWithAccessToken]
+    renderer_classes = [JSONRenderer, _PdfRenderer]
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error is the one JSON error shape, also for a client that accepts only PDFs.
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
 
     @extend_schema(
         operation_id="report_download",

@@ -226,6 +226,9 @@ class PacsReportObject(models.Model):
     target_key = models.CharField(max_length=120)
     outcome = models.CharField(max_length=32)
     seen_at = models.DateTimeField(default=timezone.now)
+    # Cycles in a row whose taking in of this object failed (outcome "failing" while it is
+    # tried again, "gave_up" once sync.APPLY_MAX_ATTEMPTS is reached).
+    failures = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
         constraints = [

@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13 chromium libpango-1.0-0 libpangoft2-1.0-0 poppler-utils"
-if [ "${1:-}" = "--bench" ]; then APT_PACKAGES="$APT_PACKAGES nginx-core"; fi
+# nginx-core: the tests run deploy/nginx/relaypacs.conf with it; docker-compose: they check
+# docker-compose.yml with `docker-compose config` (no Docker engine is needed for either).
+APT_PACKAGES="orthanc orthanc-dicomweb dcmtk dicom3tools libarchive13 chromium libpango-1.0-0 libpangoft2-1.0-0 poppler-utils prometheus nginx-core docker-compose"
 
 missing=""
 for pkg in $APT_PACKAGES; do
@@ -20,6 +21,16 @@ if [ -n "$missing" ]; then
   if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then
     $SUDO systemctl stop orthanc || true
     $SUDO systemctl disable orthanc || true
+  fi
+  # Likewise Debian's nginx (the tests start their own on free ports).
+  if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
+    $SUDO systemctl stop nginx || true
+    $SUDO systemctl disable nginx || true
+  fi
+  # Likewise Debian's Prometheus (its promtool checks deploy/prometheus; tests start their own).
+  if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl stop prometheus || true
+    $SUDO systemctl disable prometheus || true
   fi
 fi
 

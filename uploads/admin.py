@@ -64,6 +64,12 @@ def _by(request: HttpRequest) -> User | None:
     return request.user if isinstance(request.user, User) else None
 
 
+def _relay_added_words(count: int) -> str:
+    """The relay's own objects beside the clinic's images (the clinical note)."""
+    noun = "object" if count == 1 else "objects"
+    return f"{count} {noun} added by RelayPACS (the clinic's note)"
+
+
 def _when(moment: datetime | str | None) -> str:
     if isinstance(moment, str):
         moment = parse_datetime(moment)
@@ -257,6 +263,8 @@ class UploadSessionAdmin(admin.ModelAdmin):
             ]
             if event.detail.get("instances"):
                 extra.append(f"{event.detail['instances']} images")
+            if event.detail.get("relay_added_instances"):
+                extra.append(_relay_added_words(int(event.detail["relay_added_instances"])))
             who = f"by {event.username}" if event.username else ""
             rows.append((event.occurred_at, what, ", ".join([*extra, who] if who else extra)))
         rows.sort(key=lambda row: row[0])
@@ -274,18 +282,31 @@ class UploadSessionAdmin(admin.ModelAdmin):
         destinations = (obj.receipt or {}).get("destinations") or {}
         if not destinations:
             return "Nothing was sent to a PACS yet."
+        # The clinic's images and the relay's own objects (the clinical note) apart.
+        relay_added = set(
+            obj.files.filter(added_by_relay=True).values_list("sop_instance_uid", flat=True)
+        )
         lines = []
         for key, record in sorted(destinations.items()):
             name = record.get("name") or key
+            acknowledged = set(record.get("acknowledged") or [])
+            refused = set(record.get("failed") or {})
+            ours = len(acknowledged & relay_added)
             if record.get("confirmed_at"):
+                # Confirmation counts every instance sent, the relay's objects included.
+                confirmed = int(record.get("confirmed_instances") or 0)
+                images = max(confirmed - len(relay_added), 0)
                 status = (
-                    f"confirmed {_when(record['confirmed_at'])}: "
-                    f"{record.get('confirmed_instances', 0)} images listed by the PACS"
+                    f"confirmed {_when(record['confirmed_at'])}: {images} images listed by the PACS"
                 )
             else:
-                stored = len(record.get("acknowledged") or [])
-                refused = len(record.get("failed") or {})
-                status = f"not confirmed yet: {stored} images stored, {refused} refused"
+                stored = len(acknowledged - relay_added)
+                status = (
+                    f"not confirmed yet: {stored} images stored, "
+                    f"{len(refused - relay_added)} refused"
+                )
+            if ours:
+                status += f"; {_relay_added_words(ours)}"
             lines.append((name, status))
         return format_html(
             "<ul>{}</ul>", format_html_join("", "<li><strong>{}</strong>: {}</li>", lines)

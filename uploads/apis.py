@@ -24,6 +24,7 @@ from pacs import services as pacs_services
 from relaypacs.openapi import error_responses
 
 from . import services, storage
+from .metrics import chunk_request
 from .models import UploadSession, UploadState
 from .permissions import AccessTokenOnly
 from .selectors import upload_expires_at, upload_get_for, upload_status, uploads_list
@@ -44,6 +45,10 @@ class _MetadataSerializer(serializers.Serializer):
     modality = serializers.CharField(required=False)
     study_description = serializers.CharField(required=False)
     accession_number = serializers.CharField(required=False)
+    study_instance_uid = serializers.CharField(
+        required=False,
+        help_text="Images added to an earlier study (one this account may see): photos join it",
+    )
 
 
 class UploadInitRequest(serializers.Serializer):
@@ -191,20 +196,21 @@ class ChunkApi(APIView):
         },
     )
     def put(self, request: Request, upload_id: uuid.UUID) -> Response:
-        session = _upload(request, upload_id)
-        services.chunk_sender_ensure_owner(session=session, user_id=request.user.pk)
-        index = services.chunk_index_parse(request.query_params.get("index"))
-        try:
-            length = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            length = 0
-        receipt = services.chunk_store(
-            session=session,
-            index=index,
-            body=request._request,  # noqa: SLF001 - the raw stream, unparsed
-            length=length,
-            content_md5=request.headers.get("Content-MD5"),
-        )
+        with chunk_request() as counted:
+            session = _upload(request, upload_id)
+            services.chunk_sender_ensure_owner(session=session, user_id=request.user.pk)
+            index = services.chunk_index_parse(request.query_params.get("index"))
+            try:
+                length = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = 0
+            receipt = counted.receipt = services.chunk_store(
+                session=session,
+                index=index,
+                body=request._request,  # noqa: SLF001 - the raw stream, unparsed
+                length=length,
+                content_md5=request.headers.get("Content-MD5"),
+            )
         return Response(
             {"index": receipt.index, "received": True, "bytes_received": receipt.bytes_received}
         )
@@ -405,7 +411,9 @@ class HealthApi(APIView):
             "200 while the database, the broker and the upload storage work (`degraded` "
             "when a PACS is not reachable: uploads are kept and delivered later), 503 when "
             "one of those three fails. `checks` is given to administrators only. Each PACS "
-            "is probed at most once every 30 seconds, whoever asks."
+            "is probed at most once every 30 seconds, whoever asks; an S3 upload storage at "
+            "most once every 30 seconds per server process (a HEAD of the bucket, and a "
+            "write probe every 5 minutes)."
         ),
         responses={
             200: inline_serializer(

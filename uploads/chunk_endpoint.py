@@ -22,6 +22,7 @@ access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIREC
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import re
@@ -38,9 +39,10 @@ from django.conf import settings
 from django.db import connections
 from django.http.request import split_domain_port, validate_host
 
+from relaypacs import logging_context
 from relaypacs.errors import ApplicationError, error_body
 
-from . import services
+from . import metrics, services
 from .tokens import PREFIX
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ CHUNK_PATH = re.compile(
 # processes); more threads only contend for the GIL.
 CHUNK_THREADS = 4
 _AUTH_PREFIX = b"bearer " + PREFIX.encode()
+_REQUEST_ID_HEADER = logging_context.REQUEST_ID_HEADER.lower().encode()
 
 _executor = ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="chunk")
 _opened = threading.local()
@@ -125,13 +128,10 @@ def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[b
 
 async def _answer(send: Send, status: int, payload: dict[str, Any], *, secure: bool) -> None:
     body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": _response_headers(body, secure=secure, status=status),
-        }
-    )
+    headers = _response_headers(body, secure=secure, status=status)
+    # As RequestIdMiddleware answers every Django response.
+    headers.append((_REQUEST_ID_HEADER, logging_context.request_id_var.get().encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -177,7 +177,9 @@ def _release_connections() -> None:
 
 def _receive_in_thread(**kwargs: Any) -> services.ChunkReceipt:
     try:
-        return services.chunk_receive(**kwargs)
+        with metrics.chunk_request() as counted:
+            counted.receipt = services.chunk_receive(**kwargs)
+        return counted.receipt  # type: ignore[no-any-return]
     finally:
         _release_connections()
 
@@ -205,7 +207,18 @@ class ChunkEndpoint:
             or (settings.SECURE_SSL_REDIRECT and not secure)
         ):
             return await self.fallback(scope, receive, send)
-        await self._serve(scope, receive, send, match["upload_id"], headers, secure=secure)
+        # The ids of this request's log lines (and of the tasks it starts), as
+        # RequestIdMiddleware sets them for Django's requests; reset when it ends.
+        given = headers.get(_REQUEST_ID_HEADER, b"")
+        request_token = logging_context.request_id_var.set(
+            logging_context.request_id_from(given.decode("latin-1"))
+        )
+        upload_token = logging_context.upload_id_var.set(match["upload_id"])
+        try:
+            await self._serve(scope, receive, send, match["upload_id"], headers, secure=secure)
+        finally:
+            logging_context.request_id_var.reset(request_token)
+            logging_context.upload_id_var.reset(upload_token)
         return None
 
     async def _serve(
@@ -225,7 +238,8 @@ class ChunkEndpoint:
         # make this process wait for (and hold) up to 16 MiB of body. The server discards
         # whatever of the body still arrives.
         try:
-            services.chunk_token_read(upload_id=upload_id, upload_token=token)
+            with metrics.chunk_request():
+                services.chunk_token_read(upload_id=upload_id, upload_token=token)
         except ApplicationError as error:
             await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
             return
@@ -249,8 +263,11 @@ class ChunkEndpoint:
             length=length,
             content_md5=md5.decode("latin-1") if md5 is not None else None,
         )
+        # run_in_executor does not carry the context to the thread: copied, so that what
+        # chunk_receive logs or dispatches there has this request's ids.
+        in_context = partial(contextvars.copy_context().run, call)
         try:
-            receipt = await asyncio.get_running_loop().run_in_executor(_executor, call)
+            receipt = await asyncio.get_running_loop().run_in_executor(_executor, in_context)
         except ApplicationError as error:
             await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
             return

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
+from django.db.models.fields.json import KT
 
 from accounts.models import Role, User
 
@@ -16,6 +18,7 @@ from .models import (
     FileKind,
     PacsStatus,
     RelayAddedObject,
+    Study,
     UploadChunk,
     UploadFile,
     UploadSession,
@@ -245,3 +248,79 @@ def upload_status(*, session: UploadSession) -> dict[str, Any]:
         "completed_at": session.completed_at.isoformat() if session.completed_at else None,
         "expires_at": upload_expires_at(session=session).isoformat(),
     }
+
+
+@dataclass(frozen=True)
+class UploadFacts:
+    """What the statistics (analytics) need of an upload: no patient data."""
+
+    upload_id: uuid.UUID
+    facility_id: int | None
+    state: str
+    total_size: int
+    service_level: str
+    modality: str
+    created_at: datetime
+    received_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    next_retry_at: datetime | None
+
+
+# Uploads read per round trip by upload_facts over every upload (two queries each).
+UPLOAD_FACTS_BATCH = 2000
+# Modalities kept in statistics; a study's modality list is short codes (CT, MR, XC...).
+MODALITY_MAX_LENGTH = 16
+
+
+def _modality_of(studies: Iterable[Study], hint: str | None) -> str:
+    """The modality the clinic sent: of the first study, its first modality that is not
+    SR (the relay adds an SR note to studies), else SR; without studies (not checked yet,
+    or refused) the modality typed at init; else ""."""
+    for study in studies:
+        modalities = [str(m).upper() for m in (study.modalities or []) if m]
+        images = [m for m in modalities if m != "SR"]
+        if images or modalities:
+            return (images or modalities)[0][:MODALITY_MAX_LENGTH]
+    return (hint or "").strip().upper()[:MODALITY_MAX_LENGTH]
+
+
+def upload_facts(*, upload_ids: Iterable[uuid.UUID] | None = None) -> Iterator[UploadFacts]:
+    """The facts of the given uploads (every upload when None), streamed in batches of
+    UPLOAD_FACTS_BATCH: two queries per batch, whatever the number of studies. Uploads
+    that do not exist are left out."""
+    queryset = (
+        UploadSession.objects.order_by("pk")
+        .annotate(modality_hint=KT("metadata__modality"))
+        .only(
+            "id",
+            "facility_id",
+            "state",
+            "total_size",
+            "service_level",
+            "created_at",
+            "received_at",
+            "completed_at",
+            "failed_at",
+            "next_retry_at",
+        )
+        .prefetch_related(
+            Prefetch("studies", queryset=Study.objects.only("id", "session_id", "modalities"))
+        )
+    )
+    if upload_ids is not None:
+        queryset = queryset.filter(pk__in=list(upload_ids))
+    for session in queryset.iterator(chunk_size=UPLOAD_FACTS_BATCH):
+        yield UploadFacts(
+            upload_id=session.id,
+            facility_id=session.facility_id,
+            state=session.state,
+            total_size=session.total_size,
+            service_level=session.service_level,
+            modality=_modality_of(session.studies.all(), session.modality_hint),  # type: ignore[attr-defined]
+            created_at=session.created_at,
+            received_at=session.received_at,
+            completed_at=session.completed_at,
+            failed_at=session.failed_at,
+            next_retry_at=session.next_retry_at,
+        )

@@ -135,7 +135,9 @@ def test_demoting_an_administrator_removes_access_at_once_and_is_audited(client,
         f"/admin/accounts/user/{new_admin.pk}/change/", change_form(new_admin, role=Role.ADMIN)
     )
     assert promoted.status_code == 302
-    assert browser.get("/admin/").status_code == 200
+    # The role change revoked her sessions, the admin sign-in's too: she signs in again.
+    assert browser.get("/admin/").status_code == 302
+    assert admin_sign_in("ada").get("/admin/").status_code == 200
 
 
 def test_approving_an_account_as_administrator_gives_it_the_admin_site(client, root):

@@ -2,7 +2,7 @@ import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState, type FormEvent } from "react";
 import { getPreferences, getProfile, homeFor, offersConfirmationResend, SERVICE_LEVELS, signedInFetch, type Home } from "./account";
 import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmail } from "./AccountScreens";
-import { ApiError } from "./api";
+import { ApiError, type UploadStatus } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
 import { anythingToSend, countPicked, describeCounts, KIND_WORDS } from "./classify";
 import { db, type ServiceLevel, type Study, type StudyFields, type UserError } from "./db";
@@ -10,7 +10,11 @@ import { displayDate, displayName, summarise, type DicomHeader, type StudySummar
 import { useInstallOffer } from "./engagement";
 import { readPickedFiles } from "./fileWork";
 import type { PickedFile } from "./pickedFiles";
-import { stateLabel } from "./queueState";
+import { Dashboard } from "./Dashboard";
+import { statsForget } from "./dashboard";
+import { forgetLastId, liveFor, useListsVersion } from "./live";
+import { NotificationCentre, NotificationsButton, Toasts } from "./Notifications";
+import { fromServerState, stateLabel } from "./queueState";
 import { startUploads, stopUploads } from "./runtime";
 import {
   cancelStudy,
@@ -31,7 +35,7 @@ import { toUserError } from "./uploader";
 import { History } from "./History";
 import { Reports } from "./Reports";
 import { repliesSend, reportsForget } from "./reports";
-import { reportStateWords } from "./words";
+import { reportStateWords, STUDY_WORDS } from "./words";
 import { navigate, useRoute } from "./router";
 import { INSECURE_NOTICE } from "./secure";
 import { Settings } from "./Settings";
@@ -596,6 +600,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
   const [signingOut, setSigningOut] = useState<number | null>(null);
   const home = useHome(owner, online);
   const sends = home?.sends ?? true;
+  const listsVersion = useListsVersion();
 
   async function onPick(files: File[], kind: Picked["kind"]) {
     const entry: Picked = { files, kind, info: null, parsed: 0 };
@@ -612,6 +617,9 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
   async function doSignOut(discard = false) {
     if (discard) await discardAll(owner);
     await reportsForget(owner);
+    await statsForget(owner);
+    liveFor(null);
+    forgetLastId(owner);
     stopUploads();
     await signOut();
   }
@@ -623,6 +631,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
         <span className="user">{owner}</span>
         <div className="actions">
           {sends && <button onClick={() => navigate({ screen: "reports" })}>Reports</button>}
+          {sends && <button onClick={() => navigate({ screen: "dashboard" })}>Dashboard</button>}
           <button onClick={() => navigate({ screen: "settings" })}>Settings</button>
           <button onClick={() => void askSignOut()}>Sign out</button>
         </div>
@@ -659,7 +668,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
         ))}
       </ul>
       <StorageUse />
-      {sends && <History online={online} studies={all ?? []} refreshKey={all?.map((s) => `${s.id}:${s.state}:${s.uploadId ? 1 : 0}`).join() ?? ""} />}
+      {sends && <History online={online} studies={all ?? []} refreshKey={`${listsVersion}:${all?.map((s) => `${s.id}:${s.state}:${s.uploadId ? 1 : 0}`).join() ?? ""}`} />}
       <InstallBanner />
     </main>
   );
@@ -679,6 +688,10 @@ export function App() {
     } else stopUploads();
   }, [activeUser]);
   useEffect(() => {
+    // The live stream while signed in and online: pushed states, notifications, toasts.
+    liveFor(activeUser && online ? activeUser : null);
+  }, [activeUser, online]);
+  useEffect(() => {
     // Answers to radiologists' questions written offline go as soon as the network is back.
     if (activeUser && online) void repliesSend(activeUser).catch(() => undefined);
   }, [activeUser, online]);
@@ -687,6 +700,7 @@ export function App() {
     <>
       <header className="bar">
         <span className="brand">RelayPACS</span>
+        {activeUser && <NotificationsButton />}
       </header>
       {!online && (
         <div className="offline" role="status" data-testid="offline-banner">
@@ -699,6 +713,7 @@ export function App() {
         </div>
       )}
       <Screen route={route} user={activeUser} expiredUser={session?.expired ? session.username : undefined} online={online} />
+      {activeUser && <Toasts />}
     </>
   );
 }
@@ -709,10 +724,96 @@ function Screen({ route, user, expiredUser, online }: { route: ReturnType<typeof
   if (route.screen === "reset") return <ResetPassword uid={route.uid} token={route.token} />;
   if (user) {
     if (route.screen === "settings") return <Settings key={user} username={user} online={online} />;
-    if (route.screen === "reports") return <Reports key={user} owner={user} online={online} />;
+    if (route.screen === "reports") return <Reports key={user} owner={user} online={online} focus={route.focus} />;
+    if (route.screen === "dashboard") return <Dashboard key={user} owner={user} online={online} />;
+    if (route.screen === "notifications") return <NotificationCentre online={online} />;
+    if (route.screen === "study") return <StudyScreen key={route.uploadId} owner={user} uploadId={route.uploadId} online={online} />;
     return <Queue owner={user} online={online} />;
   }
   if (route.screen === "register") return <Register />;
   if (route.screen === "forgot") return <ForgotPassword />;
   return <SignIn expiredUser={expiredUser} />;
+}
+
+/** A study opened from a notification: its card when this device has it, and what the
+ * server knows of it (state, size, times, error) either way. */
+function StudyScreen({ owner, uploadId, online }: { owner: string; uploadId: string; online: boolean }) {
+  const local = useLiveQuery(
+    () =>
+      db.studies
+        .where("owner")
+        .equals(owner)
+        .filter((s) => s.uploadId === uploadId)
+        .first()
+        .then((s) => s ?? null),
+    [owner, uploadId],
+  );
+  const [server, setServer] = useState<UploadStatus | null>(null);
+  const [error, setError] = useState<UserError | null>(null);
+  const state = local?.state;
+  useEffect(() => {
+    if (!online) {
+      setError(STUDY_WORDS.offline);
+      return;
+    }
+    let live = true;
+    signedInFetch<UploadStatus>(`/upload/${uploadId}/status`).then(
+      (status) => {
+        if (!live) return;
+        setServer(status);
+        setError(null);
+      },
+      (e: unknown) => {
+        if (!live) return;
+        if (e instanceof ApiError && e.status === 404) setError(STUDY_WORDS.gone);
+        else if (e instanceof ApiError && e.status === 0) setError(STUDY_WORDS.offline);
+        else setError(toUserError(e));
+      },
+    );
+    return () => {
+      live = false;
+    };
+  }, [uploadId, online, state]);
+  const serverState = server ? fromServerState(server.state) : null;
+  const serverError = server?.error ? toUserError(new ApiError(0, server.error.code, server.error.message, server.error.hint ?? "")) : null;
+  return (
+    <main className="screen">
+      <div className="toolbar">
+        <h1>{STUDY_WORDS.title}</h1>
+        <div className="actions">
+          <button onClick={() => navigate({ screen: "notifications" })}>Notifications</button>
+          <button onClick={() => navigate({ screen: "home" })}>Back to studies</button>
+        </div>
+      </div>
+      {local && (
+        <ul className="studies">
+          <StudyCard study={local} online={online} />
+        </ul>
+      )}
+      {local === null && server && <p className="note">{STUDY_WORDS.notOnDevice}</p>}
+      {local === null && !server && !error && <p className="note">{STUDY_WORDS.loading}</p>}
+      {server && (
+        <dl className="facts" data-testid="server-study">
+          <dt>State</dt>
+          <dd data-testid="server-state">{serverState ? stateLabel(serverState, online) : server.state_label || server.state}</dd>
+          <dt>Size</dt>
+          <dd>{formatBytes(server.total_size)}</dd>
+          {server.studies?.length ? (
+            <>
+              <dt>Images</dt>
+              <dd>{server.studies.reduce((n, st) => n + st.instances, 0)}</dd>
+            </>
+          ) : null}
+          {server.completed_at && (
+            <>
+              <dt>Received by the PACS</dt>
+              <dd>{clock(Date.parse(server.completed_at))}</dd>
+            </>
+          )}
+        </dl>
+      )}
+      {!local && serverError && <ErrorBox error={serverError} />}
+      <ErrorBox error={error} />
+    </main>
+  );
 }

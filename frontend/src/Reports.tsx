@@ -168,11 +168,11 @@ function Question({ owner, report, reply, online }: { owner: string; report: Cac
   );
 }
 
-function ReportCard({ owner, report, reply, online }: { owner: string; report: CachedReport; reply: QueuedReply | undefined; online: boolean }) {
+function ReportCard({ owner, report, reply, online, focused = false }: { owner: string; report: CachedReport; reply: QueuedReply | undefined; online: boolean; focused?: boolean }) {
   const pdf = usePdf(report.id);
   const final = report.status === "ready" || report.status === "amended";
   return (
-    <li className={`report report-${report.status}`} data-testid="report" data-report-id={report.id} data-status={report.status}>
+    <li className={`report report-${report.status}${focused ? " focused" : ""}`} data-testid="report" data-report-id={report.id} data-status={report.status}>
       <div className="study-head">
         <span className="study-title">{titleOf(report)}</span>
         <span className="state" data-testid="report-state">
@@ -199,7 +199,7 @@ function ReportCard({ owner, report, reply, online }: { owner: string; report: C
   );
 }
 
-export function Reports({ owner, online }: { owner: string; online: boolean }) {
+export function Reports({ owner, online, focus }: { owner: string; online: boolean; focus?: number }) {
   const heading = useHeadingFocus<HTMLHeadingElement>();
   const rows = useLiveQuery(() => db.reports.where("owner").equals(owner).toArray(), [owner]);
   const view = useLiveQuery(() => db.reportViews.get(owner), [owner]);
@@ -228,6 +228,11 @@ export function Reports({ owner, online }: { owner: string; online: boolean }) {
   }, [owner, online, tick]);
 
   const reports = rows ? newestFirst(rows) : [];
+  const focused = focus !== undefined && reports.some((r) => r.id === focus);
+  useEffect(() => {
+    // Opened from a notification: bring its report's card into view.
+    if (focused) document.querySelector(`[data-report-id="${focus}"]`)?.scrollIntoView({ block: "center" });
+  }, [focused, focus]);
   const unreachable = !online || error?.code === "network_unavailable";
   const byReport = new Map((replies ?? []).map((r) => [r.reportId, r]));
   return (
@@ -257,7 +262,7 @@ export function Reports({ owner, online }: { owner: string; online: boolean }) {
       {view && rows && reports.length === 0 && <p className="note">No reports yet: a study's report appears here once the PACS has received it.</p>}
       <ul className="studies" data-testid="reports">
         {reports.map((r) => (
-          <ReportCard key={r.id} owner={owner} report={r} reply={byReport.get(r.id)} online={online} />
+          <ReportCard key={r.id} owner={owner} report={r} reply={byReport.get(r.id)} online={online} focused={r.id === focus} />
         ))}
       </ul>
       <p className="note privacy">This device keeps only each report's state and what tells the studies apart; the PDF is downloaded each time it is opened and not kept.</p>

@@ -1,5 +1,6 @@
 /** The device's queue in IndexedDB (Dexie): study records and the original file Blobs. */
 import Dexie, { type EntityTable } from "dexie";
+import type { KeptStats } from "./dashboard";
 import type { StudyState } from "./queueState";
 
 export interface UserError {
@@ -195,6 +196,7 @@ export class RelayDb extends Dexie {
   reports!: Dexie.Table<CachedReport, [string, number]>;
   reportViews!: EntityTable<ReportListView, "owner">;
   replies!: EntityTable<QueuedReply, "id">;
+  dashboard!: Dexie.Table<KeptStats, [string, string]>;
 
   constructor(name = "relaypacs") {
     super(name);
@@ -228,6 +230,9 @@ export class RelayDb extends Dexie {
       reportViews: "owner",
       replies: "++id, owner, reportId",
     });
+    // Version 4: the dashboard's last figures per period (aggregate numbers only), for the
+    // offline "cached" badge. A new table: nothing to carry over.
+    this.version(4).stores({ dashboard: "[owner+period], owner" });
   }
 }
 

@@ -47,3 +47,15 @@ describe("routes", () => {
     for (const route of routes) expect(at(hrefOf(route))).toEqual(route);
   });
 });
+
+describe("what a notification opens", () => {
+  it("reads a study's and a report's link, and writes them back", () => {
+    expect(at("/#/study/7790129D-0000-4000-8000-000000000001")).toEqual({ screen: "study", uploadId: "7790129d-0000-4000-8000-000000000001" });
+    expect(at("/#/reports/12")).toEqual({ screen: "reports", focus: 12 });
+    expect(at("/#/notifications")).toEqual({ screen: "notifications" });
+    expect(at("/#/study/<script>")).toEqual({ screen: "home" });
+    expect(hrefOf({ screen: "study", uploadId: "abc-1" })).toBe("/#/study/abc-1");
+    expect(hrefOf({ screen: "reports", focus: 12 })).toBe("/#/reports/12");
+    expect(hrefOf({ screen: "reports" })).toBe("/#/reports");
+  });
+});

@@ -9,17 +9,32 @@ export type Route =
   | { screen: "register" }
   | { screen: "forgot" }
   | { screen: "settings" }
-  | { screen: "reports" }
+  | { screen: "reports"; focus?: number }
+  | { screen: "notifications" }
+  | { screen: "dashboard" }
+  | { screen: "study"; uploadId: string }
   | { screen: "verify"; token: string }
   | { screen: "reset"; uid: string; token: string };
 
-const HASH_SCREENS = { "#/register": "register", "#/forgot-password": "forgot", "#/settings": "settings", "#/reports": "reports" } as const;
+const HASH_SCREENS = {
+  "#/register": "register",
+  "#/forgot-password": "forgot",
+  "#/settings": "settings",
+  "#/reports": "reports",
+  "#/notifications": "notifications",
+  "#/dashboard": "dashboard",
+} as const;
 
 export function routeOf(location: { pathname: string; search: string; hash: string }): Route {
   const query = new URLSearchParams(location.search);
   const path = location.pathname.replace(/\/+$/, "");
   if (path === "/verify-email") return { screen: "verify", token: query.get("token") ?? "" };
   if (path === "/reset-password") return { screen: "reset", uid: query.get("uid") ?? "", token: query.get("token") ?? "" };
+  // What a notification opens: a study by its upload, a report.
+  const study = /^#\/study\/([0-9a-fA-F-]{1,64})$/.exec(location.hash);
+  if (study) return { screen: "study", uploadId: study[1]!.toLowerCase() };
+  const report = /^#\/reports\/(\d{1,12})$/.exec(location.hash);
+  if (report) return { screen: "reports", focus: Number(report[1]) };
   const screen = HASH_SCREENS[location.hash as keyof typeof HASH_SCREENS];
   return screen ? { screen } : { screen: "home" };
 }
@@ -35,7 +50,13 @@ export function hrefOf(route: Route): string {
     case "settings":
       return "/#/settings";
     case "reports":
-      return "/#/reports";
+      return route.focus ? `/#/reports/${route.focus}` : "/#/reports";
+    case "notifications":
+      return "/#/notifications";
+    case "dashboard":
+      return "/#/dashboard";
+    case "study":
+      return `/#/study/${encodeURIComponent(route.uploadId)}`;
     case "verify":
       return `/verify-email?${new URLSearchParams({ token: route.token })}`;
     case "reset":

@@ -9,6 +9,7 @@ import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
 import { browserLinkEstimate, chunkSizeFor, MAX_IN_FLIGHT, nextInFlight } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
+import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
 import { plainError } from "./words";
 
@@ -198,7 +199,10 @@ export class Uploader {
       const studies = [...active.filter((s) => s.state === "cancelling"), ...active.filter((s) => s.state !== "cancelling")];
       const sending = studies.filter((s) => s.state === "queued" || s.state === "uploading" || s.state === "cancelling");
       if (untilSent && sending.length === 0) return;
-      let delay = studies.length ? POLL_MS : 60_000;
+      // While the live stream is connected (pushState.ts) nothing is polled: the stream
+      // wakes the engine when a study needs its status asked once.
+      const pushed = streamLive() && sending.length === 0 && !hasStatusDue();
+      let delay = studies.length && !pushed ? POLL_MS : 60_000;
       if (!isOnline()) {
         // A cancel the server never needs to hear of is done at once, offline too.
         for (const s of studies) if (s.state === "cancelling" && !s.uploadId) await studyCancelSend(s.id!);
@@ -507,6 +511,8 @@ export class Uploader {
       await studyEvent(study.id!, { type: "fail" }, { error: toUserError(null) });
       return;
     }
+    // Pushed: the stream says when this study's state changes.
+    if (!takeStatusDue(study.uploadId)) return;
     await this.applyStatus(study.id!, await this.status(study));
   }
 

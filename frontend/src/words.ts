@@ -130,3 +130,83 @@ export function reportWords(code: string, message: string, hint: string): Words 
   if (message && !namesApiField(message)) return { message, hint: namesApiField(hint) ? (own?.hint ?? "Try again; if it happens again, tell your administrator.") : hint };
   return own ?? { message: "Something went wrong with this report.", hint: "Press Refresh and try again; if it happens again, tell your administrator." };
 }
+
+// The notification centre and the live connection (docs/notifications.md), in the app's
+// words: the server's sentences for these endpoints name no choice the centre offers.
+const NOTIFICATION_ERRORS: Record<string, Words> = {
+  network_unavailable: { message: "The server cannot be reached, so the notifications cannot be brought up to date.", hint: "Connect to the network; the centre updates by itself when the connection is back." },
+  not_found: { message: "This notification is no longer on the server.", hint: "Press Refresh to load the list again." },
+  sign_in_required: SIGN_IN,
+  not_authenticated: SIGN_IN,
+  authentication_failed: SIGN_IN,
+};
+const NOTIFICATION_FALLBACK: Words = { message: "The notifications could not be loaded or changed.", hint: "Press Refresh and try again; if it happens again, tell your administrator." };
+
+export function notificationWords(code: string): Words {
+  return NOTIFICATION_ERRORS[code] ?? NOTIFICATION_FALLBACK;
+}
+
+/** The notification centre's own words. */
+export const CENTRE_WORDS = {
+  title: "Notifications",
+  button: "Notifications",
+  unread: (n: number) => (n === 1 ? "1 unread" : `${n} unread`),
+  empty: "No notifications yet. You are told here when the PACS has received a study, when a study needs you, and when a report is ready.",
+  markRead: "Mark as read",
+  markUnread: "Mark as unread",
+  markAllRead: "Mark all as read",
+  openStudy: "Open the study",
+  openReport: "Open the report",
+  refresh: "Refresh",
+  back: "Back to studies",
+  more: "Older notifications are kept on the server; the newest are shown here.",
+  offline: "You are offline: the notifications shown are those loaded before. They are brought up to date when the network is back.",
+  notLoaded: "You are offline, and the notifications have not been loaded yet. Connect to the network to see them.",
+  live: "Live: studies and reports update here as they change.",
+  notLive: "Not connected to live updates: the app checks the studies itself every few seconds and reconnects by itself.",
+  toastClose: "Close",
+  newOne: "New notification",
+};
+
+/** What the study screen (opened from a notification) says. */
+export const STUDY_WORDS = {
+  title: "Study",
+  notOnDevice: "This study is no longer on this device; what the server knows of it is shown.",
+  gone: { code: "not_found", message: "The server no longer has this study.", hint: "Go back to the studies; the history lists what this account sent." },
+  loading: "Loading the study…",
+  offline: { code: "network_unavailable", message: "The server cannot be reached, so the study cannot be shown.", hint: "Connect to the network and open it again from the notification." },
+};
+
+// The dashboard (docs/analytics.md): who gets upload statistics, and what to do otherwise.
+const DASHBOARD_ERRORS: Record<string, Words> = {
+  permission_denied: { message: "Upload statistics are for clinic staff and administrators.", hint: "Sign in with a clinician, radiographer or administrator account to see them." },
+  no_facility: { message: "This account belongs to no facility, so it has no figures to show.", hint: "Ask your administrator to set your facility." },
+  account_pending_approval: { message: "Your account is waiting for an administrator's approval.", hint: "The figures are shown once an administrator has approved the account." },
+  network_unavailable: { message: "The server cannot be reached.", hint: "The last figures this device loaded are shown, marked as cached; they are brought up to date when the network is back." },
+  sign_in_required: SIGN_IN,
+};
+const DASHBOARD_FALLBACK: Words = { message: "The figures could not be loaded.", hint: "Press Refresh; if it happens again, tell your administrator." };
+
+export function dashboardWords(code: string): Words {
+  return DASHBOARD_ERRORS[code] ?? DASHBOARD_FALLBACK;
+}
+
+export const DASHBOARD_WORDS = {
+  title: "Dashboard",
+  button: "Dashboard",
+  periods: { "1w": "1 week", "2w": "2 weeks", "1m": "1 month", "3m": "3 months", "6m": "6 months", all: "All" } as Record<string, string>,
+  uploads: "Uploads",
+  success: "Success rate",
+  average: "Average time to the PACS",
+  volume: "Data sent",
+  byModality: "By modality",
+  byLevel: "By service level",
+  trend: "Uploads per day",
+  nothing: "No uploads in this period.",
+  refresh: "Refresh",
+  back: "Back to studies",
+  cached: (when: string) => `Cached — figures of ${when}`,
+  noCache: "You are offline, and this device has not loaded these figures yet. Connect to the network to see them.",
+  updated: (when: string) => `Figures of ${when}; refreshed every minute.`,
+  levels: { routine: "Routine", urgent: "Urgent", emergency: "Emergency", stat: "STAT" } as Record<string, string>,
+};

@@ -4,8 +4,11 @@ session's test Orthanc as the PACS."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,12 @@ def _build_frontend() -> None:
 
 @pytest.fixture(scope="session")
 def frontend_dist() -> Path:
-    _build_frontend()
+    # pytest-xdist processes each run this fixture: one builds, the others wait for it
+    # and then find the build up to date (two builds at once would write one dist/).
+    lock_path = Path(tempfile.gettempdir()) / f"relaypacs-frontend-build-{os.getuid()}.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _build_frontend()
     return FRONTEND / "dist"
 
 
@@ -51,7 +59,11 @@ def product(tmp_path: Path, orthanc: Any, frontend_dist: Path) -> Iterator[Produ
         yield product
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API runs, its event loop counts as
+# running in this thread, so Django refuses database calls (SynchronousOnlyOperation) and
+# another sync_playwright() refuses to start. pytest-django runs the browser tests (no
+# database) last, but with pytest-xdist a process goes on to other modules after these.
+@pytest.fixture(scope="module")
 def playwright_instance() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

@@ -25,6 +25,7 @@ from pacs.clients.base import (
     iter_part_bytes,
 )
 from pacs.errors import PacsRejected, PacsUnavailable
+from pacs.metrics import qido_timed, stow_timed
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class DicomwebClient(PacsHttpClient):
     def base_url(self) -> str:
         return self.target.dicomweb_url.rstrip("/")
 
+    @stow_timed
     def instances_stow(self, *, parts: Sequence[DicomPart]) -> StowResponse:
         """POST ``parts`` as one STOW-RS request, streaming them as the body.
 
@@ -310,6 +312,7 @@ class DicomwebClient(PacsHttpClient):
         length = sum(len(head) + part.size + 2 for part in parts) + len(tail)
         return SizedBody(blocks(), length)
 
+    @qido_timed
     def study_sop_instance_uids(
         self,
         *,

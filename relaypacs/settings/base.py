@@ -13,6 +13,9 @@ from pathlib import Path
 
 import environ
 
+from relaypacs.logging_context import logging_config
+from relaypacs.sentry import sentry_init
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -65,13 +68,20 @@ INSTALLED_APPS = [
     "django_otp.plugins.otp_static",
     "axes",
     "channels",
+    "django_prometheus",
     "accounts",
     "pacs",
     "uploads",
     "reports",
+    "notifications",
+    "analytics",
 ]
 
 MIDDLEWARE = [
+    # First and last (django-prometheus): requests by view and status, and their latency.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # A request id for every log line of the request and of the tasks it starts.
+    "relaypacs.logging_context.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -80,10 +90,13 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A session cookie of the staff web or the admin site ends with its AuthSession.
+    "accounts.middleware.AuthSessionMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "accounts.middleware.PatientDataAccessAuditMiddleware",
     # Last, as django-axes asks: it turns a lockout on the admin sign-in into a response.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "relaypacs.urls"
@@ -169,6 +182,9 @@ else:
 # A session (one signed-in device) that has not refreshed or called the API for this long
 # ends: the device must sign in again. Long enough for a clinic closed over a weekend.
 AUTH_SESSION_IDLE_TIMEOUT = timedelta(hours=env.int("AUTH_SESSION_IDLE_HOURS", default=72))
+# The cookie of the staff web and admin site lasts at most a working day from sign-in
+# (Django's default is two weeks); its AuthSession's revocation or idle timeout ends it sooner.
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE_HOURS", default=12) * 3600
 # Email verification and password reset links stay valid this long.
 AUTH_EMAIL_LINK_MAX_AGE = timedelta(hours=env.int("AUTH_EMAIL_LINK_HOURS", default=48))
 PASSWORD_RESET_TIMEOUT = env.int("AUTH_PASSWORD_RESET_HOURS", default=2) * 3600
@@ -283,6 +299,24 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # (measured here: 3 ms of CPU per second, against 1 ms at the default).
         "polling_interval": 0.1,
     }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis hands a task that a worker took but has not acknowledged (acks_late: until it
+    # ends) to a worker again after visibility_timeout, e.g. the forwarding of a 20 GB
+    # study. That second delivery is harmless: it finds the upload's lease held (renewed
+    # during every STOW request) and does nothing (uploads/tests/test_redelivery_e2e.py).
+    # The sweep that hands such tasks back runs every tenth of it (at most every 100 s).
+    BROKER_VISIBILITY_TIMEOUT_SECONDS = env.int("BROKER_VISIBILITY_TIMEOUT_SECONDS", default=3600)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS,
+        "unacked_restore_interval": max(1, min(10, BROKER_VISIBILITY_TIMEOUT_SECONDS // 10)),
+        "unacked_restore_throttle": 1 if BROKER_VISIBILITY_TIMEOUT_SECONDS < 1000 else 10,
+    }
+# Several deployments on one Redis (or RabbitMQ vhost) keep apart with a queue each.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
+# Beat sends only while it holds a database lock, so every node may run one (serve does).
+CELERY_BEAT_SCHEDULER = "relaypacs.beat_lock:LockedScheduler"
+# A beat holding that lock but silent this long (hung, cut off) loses it to another.
+BEAT_LOCK_IDLE_SECONDS = env.int("BEAT_LOCK_IDLE_SECONDS", default=60)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -315,6 +349,24 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Uploads --------------------------------------------------------------------------
 UPLOAD_STORAGE_DIR = Path(env.str("UPLOAD_STORAGE_DIR", default=str(DATA_DIR / "uploads")))
+# Where upload bytes live: "local" (UPLOAD_STORAGE_DIR, the embedded default) or "s3" (an
+# S3-compatible bucket, for several nodes; UPLOAD_STORAGE_DIR then holds only processing's
+# scratch). Unset S3 credentials fall back to boto3's chain (AWS_* variables, instance role).
+UPLOAD_STORAGE = env.str("UPLOAD_STORAGE", default="local").lower()
+
+
+def _env_or_file(name: str) -> str:
+    """``NAME``, or the content of the file ``NAME_FILE`` names (secrets mounted as files)."""
+    if env.str(f"{name}_FILE", default=""):
+        return Path(env.str(f"{name}_FILE")).read_text().strip()
+    return env.str(name, default="")
+
+
+S3_ENDPOINT_URL = _env_or_file("S3_ENDPOINT_URL")
+S3_BUCKET = _env_or_file("S3_BUCKET")
+S3_REGION = _env_or_file("S3_REGION")
+S3_ACCESS_KEY_ID = _env_or_file("S3_ACCESS_KEY_ID")
+S3_SECRET_ACCESS_KEY = _env_or_file("S3_SECRET_ACCESS_KEY")
 UPLOAD_MAX_TOTAL_SIZE = env.int("UPLOAD_MAX_TOTAL_SIZE", default=20 * 1024**3)
 UPLOAD_MIN_CHUNK_SIZE = 256 * 1024
 UPLOAD_MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -403,22 +455,74 @@ CELERY_BEAT_SCHEDULE["reports-sync"] = {
     "schedule": REPORT_SYNC_SECONDS,
 }
 
-# --- Logging (no patient data: only ids, counts and codes are logged) -------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    # django-axes logs every sign-in at INFO; failures are in the audit trail already.
-    # Django's send_robust logs a failing subscriber's exception text, which may carry
-    # values of a study; relaypacs.events logs that subscriber and the error's type instead.
-    "loggers": {
-        "pydicom": {"level": "ERROR"},
-        "axes": {"level": "WARNING"},
-        "django.dispatch": {"level": "CRITICAL"},
-    },
+# --- Notifications (live events) ---------------------------------------------------------
+# With Redis, channels-redis wakes the web processes as soon as an event commits; without
+# it (the embedded default) each web process checks the database for its connected users
+# every NOTIFICATIONS_POLL_SECONDS. The database is the truth either way (docs/notifications.md);
+# with Redis the check is only the safety net for a wake-up the channel layer dropped.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "relaypacs:channels:"},
+        }
+    }
+NOTIFICATIONS_POLL_SECONDS = env.float(
+    "NOTIFICATIONS_POLL_SECONDS", default=5.0 if REDIS_URL else 0.2
+)
+# Mobile NATs drop idle connections after 30 s or more: a message every 25 s keeps them.
+NOTIFICATIONS_HEARTBEAT_SECONDS = env.float("NOTIFICATIONS_HEARTBEAT_SECONDS", default=25)
+# How soon an open stream notices that its session was revoked (sign-out, an administrator).
+NOTIFICATIONS_SESSION_CHECK_SECONDS = env.float("NOTIFICATIONS_SESSION_CHECK_SECONDS", default=10)
+# Events older than 7 days, used tickets and old read notifications: hourly.
+CELERY_BEAT_SCHEDULE["notifications-prune"] = {
+    "task": "notifications.tasks.notifications_prune_task",
+    "schedule": 3600,
 }
+
+# --- Metrics (GET /metrics, relaypacs.metrics) -------------------------------------------
+# With neither set, only this machine (loopback) may scrape: `serve` binds every interface.
+# Production settings require one of them (METRICS_REQUIRE_AUTH). A worker's own server
+# (METRICS_WORKER_PORT) checks the same two and always answers loopback.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if env.str("METRICS_TOKEN_FILE", default=""):
+    METRICS_TOKEN = Path(env.str("METRICS_TOKEN_FILE")).read_text().strip()
+# Addresses or networks (CIDR) allowed to scrape without the token, e.g. 10.0.0.0/8.
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=[])
+METRICS_REQUIRE_AUTH = env.bool("METRICS_REQUIRE_AUTH", default=False)
+# A Celery worker started on its own (not by `serve`, e.g. its own container) serves its
+# counters on this port when set; it needs a PROMETHEUS_MULTIPROC_DIR of its own.
+METRICS_WORKER_PORT = env.int("METRICS_WORKER_PORT", default=0)
+# Gauges computed at scrape time; each app's collector lives in its own metrics.py.
+METRICS_COLLECTORS = [
+    "relaypacs.metrics.RuntimeCollector",
+    "uploads.metrics.UploadsCollector",
+    "pacs.metrics.PacsCollector",
+    "reports.metrics.ReportsCollector",
+]
+# Beat's heartbeat (relaypacs_beat_heartbeat_timestamp_seconds): its age tells beat stopped.
+BEAT_HEARTBEAT_SECONDS = env.int("BEAT_HEARTBEAT_SECONDS", default=30)
+CELERY_BEAT_SCHEDULE["relaypacs-beat-heartbeat"] = {
+    "task": "relaypacs.metrics.beat_heartbeat",
+    "schedule": BEAT_HEARTBEAT_SECONDS,
+}
+
+# --- Logging (no patient data: only ids, counts and codes are logged) -------------------
+# "text" (readable, the default for `make run`) or "json": one object per line with the
+# request id (also in the Celery tasks a request starts) and the upload id.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env.str("LOG_LEVEL", default="INFO"))
+
+# --- Errors to Sentry (relaypacs.sentry: Django and Celery, no patient data) ----------------
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if env.str("SENTRY_DSN_FILE", default=""):
+    SENTRY_DSN = Path(env.str("SENTRY_DSN_FILE")).read_text().strip()
+sentry_init(
+    dsn=SENTRY_DSN,
+    environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+    release=env.str("SENTRY_RELEASE", default=f"relaypacs@{SPECTACULAR_SETTINGS['VERSION']}"),
+    traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+)
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 

@@ -7,7 +7,10 @@ naming it. ``python manage.py check --deploy`` reports nothing with these settin
 
 import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import environ
 from django.core.exceptions import ImproperlyConfigured
 
 # TRUSTED_PROXY_COUNT: how many reverse proxies append to X-Forwarded-For; guessing wrong
@@ -29,9 +32,54 @@ for _name in REQUIRED:
             f"default for it: set {_name} (or {_name}_FILE) and start again."
         )
 
+
+def _value_naming_its_variable(get_value):  # type: ignore[no-untyped-def]
+    """django-environ's reader, but a value that cannot be read (``PORT=eighty``) stops
+    start-up with a sentence naming the variable (the value is not repeated: it may be
+    a secret), instead of a bare ValueError."""
+
+    def read(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):  # type: ignore[no-untyped-def]
+        try:
+            return get_value(self, var, cast=cast, default=default, parse_default=parse_default)
+        except (ValueError, TypeError) as exc:
+            kind = {int: "a whole number", float: "a number"}.get(cast, "a valid value")
+            raise ImproperlyConfigured(
+                f"The environment variable {var} is malformed: it must be {kind}. "
+                f"Correct {var} and start again."
+            ) from exc
+
+    return read
+
+
+environ.Env.get_value = _value_naming_its_variable(environ.Env.get_value)
+
+
+def _check_formats() -> None:
+    """Required values whose form can be checked before anything uses them."""
+    if not os.environ["TRUSTED_PROXY_COUNT"].strip().isdigit():
+        raise ImproperlyConfigured(
+            "The environment variable TRUSTED_PROXY_COUNT is malformed: it must be the "
+            "number of reverse proxies in front (0, or 1 behind the shipped nginx)."
+        )
+    public = urlsplit(os.environ["PUBLIC_BASE_URL"])
+    if public.scheme not in {"http", "https"} or not public.netloc:
+        raise ImproperlyConfigured(
+            "The environment variable PUBLIC_BASE_URL is malformed: it must be the address "
+            "users open, such as https://relay.example.org."
+        )
+    database = urlsplit(os.environ["DATABASE_URL"])
+    if not database.scheme or database.scheme not in environ.Env.DB_SCHEMES:
+        raise ImproperlyConfigured(
+            "The environment variable DATABASE_URL is malformed: it must be a database "
+            "address such as postgres://user:password@host:5432/relaypacs."
+        )
+
+
+_check_formats()
+
 from .base import *  # noqa: E402,F403
 from .base import MIDDLEWARE, env  # noqa: E402
-from .csp import PWA_CSP_DIRECTIVES  # noqa: E402
+from .csp import PWA_CSP_DIRECTIVES, csp_header_value  # noqa: E402
 
 DEBUG = False
 if "*" in ALLOWED_HOSTS:
@@ -45,8 +93,10 @@ if "*" in ALLOWED_HOSTS:
 # claim HTTPS over plain HTTP. See docs/security.md.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-# /api/v1/health answers plain HTTP probes from the orchestrator inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+# /api/v1/health and /metrics answer plain HTTP probes and scrapes inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$", r"^metrics$"]
+# /metrics needs METRICS_TOKEN (bearer) or a scraper address in METRICS_ALLOWED_IPS.
+METRICS_REQUIRE_AUTH = True
 SECURE_HSTS_SECONDS = 31536000  # one year, as the HSTS preload list requires
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
@@ -73,6 +123,18 @@ CONTENT_SECURITY_POLICY = {
     "EXCLUDE_URL_PREFIXES": ["/api/v1/docs/", "/admin/"],
     "DIRECTIVES": _directives,
 }
+
+_PWA_CSP_HEADER = csp_header_value(_directives)
+
+
+def _pwa_page_headers(headers: Any, path: str, url: str) -> None:
+    """WhiteNoise answers the PWA's page (index.html at /) before any Django middleware, so
+    it sets the same policy on it itself."""
+    if path.endswith(".html"):
+        headers["Content-Security-Policy"] = _PWA_CSP_HEADER
+
+
+WHITENOISE_ADD_HEADERS_FUNCTION = _pwa_page_headers
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")

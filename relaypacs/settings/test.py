@@ -1,9 +1,42 @@
 """Test settings: PostgreSQL and Redis as on CI, fast password hashing."""
 
 import os
+from urllib.parse import urlsplit
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/7")
+
+# Redis's default number of databases (`databases 16` in redis.conf).
+REDIS_DATABASES = 16
+
+
+def _redis_url_of_this_test_process(name: str) -> None:
+    """Give each pytest-xdist process (gw0, gw1, ...) a Redis database of its own.
+
+    Each process starts a Celery worker that flushes its broker database at start and
+    must consume only the tasks of its own process (whose test database it reads), and
+    channel-layer groups are named after user ids that every process's database reuses:
+    process gwN uses the configured database number + N. The configured URL is kept in
+    RELAYPACS_TEST_<name>, inherited by the processes a test starts (the Celery worker
+    runs these settings too), so that each of them derives the same URL again.
+    """
+    given = os.environ.setdefault(f"RELAYPACS_TEST_{name}", os.environ.get(name, ""))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not given.startswith(("redis://", "rediss://")) or not worker.startswith("gw"):
+        return
+    parts = urlsplit(given)
+    number = int(parts.path.strip("/") or 0) + int(worker[2:])
+    if number >= REDIS_DATABASES:
+        raise RuntimeError(
+            f"pytest-xdist process {worker} would use Redis database {number}, past the "
+            f"last of {REDIS_DATABASES}: set {name} to a lower database number or run "
+            "fewer processes (-n)."
+        )
+    os.environ[name] = parts._replace(path=f"/{number}").geturl()
+
+
+for _name in ("CELERY_BROKER_URL", "REDIS_URL"):
+    _redis_url_of_this_test_process(_name)
 
 from .base import *  # noqa: E402,F403
 from .base import env  # noqa: E402

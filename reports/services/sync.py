@@ -14,6 +14,8 @@ from django.db.models import Q
 from django.utils import timezone
 from pydicom import Dataset
 
+from accounts.models import AuditOutcome
+from accounts.services.audit import audit_record
 from pacs.errors import PacsRejected, PacsUnavailable
 from pacs.selectors import PacsTarget, pacs_targets
 from relaypacs.errors import ApplicationError
@@ -55,6 +57,14 @@ RENDER_MAX_ATTEMPTS = 5
 # Versions re-queued per cycle: after an outage, a backlog drains over a few cycles
 # instead of flooding the queue at once.
 REDISPATCH_BATCH = 200
+# An object that could not be taken in (the database or the report store failed while it
+# was applied) is tried again at the next cycles; one that failed this many cycles in a row
+# fails for a reason a retry does not fix (a bug, a store that refuses it): it is recorded
+# as given up, logged as an error and audited once, and no longer retrieved at every cycle.
+APPLY_MAX_ATTEMPTS = 5
+# PacsReportObject.outcome of an object being tried again, and of one given up.
+FAILING = "failing"
+GAVE_UP = "gave_up"
 _IMPRESSION_HEADINGS = frozenset({"impression", "impressions", "conclusion", "conclusions"})
 
 
@@ -194,8 +204,9 @@ def _take_in(
     """Apply and record one object atomically: it is read once, whatever the outcome.
 
     ``content`` None: the object could not be read, and is recorded ``unreadable``. An
-    error while applying it (the database, the report store) rolls back this object only:
-    it is logged, not recorded, and tried again at the next cycle.
+    error while applying it (the database, the report store) rolls back what it applied:
+    the failure is counted (``_failure_count``) and the object tried again at the next
+    cycles, up to APPLY_MAX_ATTEMPTS in all.
     """
     try:
         with transaction.atomic():
@@ -209,7 +220,11 @@ def _take_in(
                 },
             )
             if not created:
-                return "seen"
+                # Tried again after a failure; locked, so that a cycle running at the same
+                # time does not apply it twice.
+                locked = PacsReportObject.objects.select_for_update().get(pk=record.pk)
+                if locked.outcome != FAILING:
+                    return "seen"
             if content is None:
                 outcome = "unreadable"
             else:
@@ -224,15 +239,84 @@ def _take_in(
                     outcome = "ignored"
             PacsReportObject.objects.filter(pk=record.pk).update(outcome=outcome)
     except Exception as exc:
-        # Ids and the kind of error only: messages of drivers and pydicom carry values.
+        return _failure_count(report_id=report_id, ref=ref, target=target, error=type(exc).__name__)
+    return outcome
+
+
+def _failure_count(*, report_id: int, ref: ReportObjectRef, target: PacsTarget, error: str) -> str:
+    """Record one failed attempt at taking ``ref`` into the report; returns "failed" (tried
+    again next cycle) or GAVE_UP once APPLY_MAX_ATTEMPTS attempts failed (logged as an
+    error and audited, once). Logs and audit carry ids, counts and the kind of error only:
+    messages of drivers and pydicom carry values."""
+    try:
+        with transaction.atomic():
+            record, _ = PacsReportObject.objects.select_for_update().get_or_create(
+                report_id=report_id,
+                sop_instance_uid=ref.sop_instance_uid,
+                defaults={
+                    "sop_class_uid": ref.sop_class_uid,
+                    "target_key": target.key,
+                    "outcome": FAILING,
+                },
+            )
+            if record.outcome != FAILING:
+                return "seen"  # taken in meanwhile by a cycle running at the same time
+            failures = record.failures + 1
+            given_up = failures >= APPLY_MAX_ATTEMPTS
+            PacsReportObject.objects.filter(pk=record.pk).update(
+                failures=failures, outcome=GAVE_UP if given_up else FAILING
+            )
+            if given_up:
+                facility_id = (
+                    Report.objects.filter(pk=report_id)
+                    .values_list("facility_id", flat=True)
+                    .first()
+                )
+                audit_record(
+                    action="data_import",
+                    username="relaypacs",
+                    facility_id=facility_id,
+                    outcome=AuditOutcome.MINOR_FAILURE,
+                    object_type="report",
+                    object_id=str(report_id),
+                    detail={
+                        "phase": "report_sync_gave_up",
+                        "sop_instance_uid": ref.sop_instance_uid,
+                        "sop_class_uid": ref.sop_class_uid,
+                        "attempts": failures,
+                        "error": error,
+                    },
+                )
+    except Exception as exc:
         logger.error(
-            "report sync: report %s, object %s not taken in (%s); tried again next cycle",
+            "report sync: report %s, object %s not taken in (%s), and the failure could not "
+            "be recorded (%s); tried again next cycle",
             report_id,
             ref.sop_instance_uid,
+            error,
             type(exc).__name__,
         )
         return "failed"
-    return outcome
+    if given_up:
+        logger.error(
+            "report sync: report %s, object %s not taken in (%s) in %d cycles; given up, "
+            "no longer retried",
+            report_id,
+            ref.sop_instance_uid,
+            error,
+            failures,
+        )
+        return GAVE_UP
+    logger.error(
+        "report sync: report %s, object %s not taken in (%s), attempt %d of %d; tried again "
+        "next cycle",
+        report_id,
+        ref.sop_instance_uid,
+        error,
+        failures,
+        APPLY_MAX_ATTEMPTS,
+    )
+    return "failed"
 
 
 def _listening() -> Q:
@@ -255,10 +339,11 @@ def _listening_reports() -> dict[str, list[int]]:
 
 
 def _seen(report_ids: list[int]) -> set[tuple[int, str]]:
+    """The objects taken into these reports, or given up: all but those tried again."""
     return set(
-        PacsReportObject.objects.filter(report_id__in=report_ids).values_list(
-            "report_id", "sop_instance_uid"
-        )
+        PacsReportObject.objects.filter(report_id__in=report_ids)
+        .exclude(outcome=FAILING)
+        .values_list("report_id", "sop_instance_uid")
     )
 
 

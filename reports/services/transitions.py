@@ -346,13 +346,32 @@ def report_ask(*, report_id: int, actor: User, question: str) -> Report:
 
 @transaction.atomic
 def report_reply(*, report_id: int, actor: User | None, answer: str) -> Report:
-    """The sender's answer (or a new upload of the study) returns the report to ``pending``."""
+    """The sender's answer (or a new upload of the study) returns the report to ``pending``.
+
+    An answer that arrives after the sender's new images already returned the report to
+    ``pending`` (the app sends both, and the images may reach the PACS first) is still
+    taken while that question has no answer yet: the report stays ``pending`` and the
+    radiologist reads it on the report page. Raises 409 report_state_conflict otherwise.
+    """
+    try:
+        return _move(
+            report_id=report_id,
+            from_statuses=[ReportStatus.ADDITIONAL_DATA_REQUIRED],
+            to_status=ReportStatus.PENDING,
+            actor=actor,
+            transition="reply",
+            answer=answer,
+        )
+    except ApplicationError as error:
+        if error.code != "report_state_conflict" or not answer.strip():
+            raise
     return _move(
         report_id=report_id,
-        from_statuses=[ReportStatus.ADDITIONAL_DATA_REQUIRED],
-        to_status=ReportStatus.PENDING,
+        from_statuses=[ReportStatus.PENDING],
+        to_status=None,
         actor=actor,
-        transition="reply",
+        transition="late_reply",
+        condition=~Q(question="") & Q(answer="") & Q(signing=False),
         answer=answer,
     )
 

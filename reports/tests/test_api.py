@@ -126,6 +126,10 @@ def test_the_sender_sees_their_report_and_downloads_its_pdf(api_for, setting):
     download = client.get(f"/api/v1/reports/{body['id']}/download")
     assert download.status_code == 200 and download["Content-Type"] == "application/pdf"
     assert b"".join(download.streaming_content).startswith(b"%PDF-")
+    # A client that asks for a PDF only gets it too (not 406).
+    asked = client.get(f"/api/v1/reports/{body['id']}/download", HTTP_ACCEPT="application/pdf")
+    assert asked.status_code == 200 and asked["Content-Type"] == "application/pdf"
+    assert b"".join(asked.streaming_content).startswith(b"%PDF-")
 
 
 def test_download_before_signing_is_a_409_with_a_sentence(api_for):
@@ -134,6 +138,12 @@ def test_download_before_signing_is_a_409_with_a_sentence(api_for):
     assert body.status_code == 409
     error = body.json()["error"]
     assert error["code"] == "report_not_ready" and error["message"].endswith(".")
+    # Asked for a PDF only, the error is still the one JSON error shape.
+    pdf_only = api_for(UserFactory(role=Role.ADMIN)).get(
+        f"/api/v1/reports/{report.pk}/download", HTTP_ACCEPT="application/pdf"
+    )
+    assert pdf_only.status_code == 409 and pdf_only["Content-Type"] == "application/json"
+    assert pdf_only.json()["error"]["code"] == "report_not_ready"
 
 
 def test_the_transitions_through_the_api_with_events_and_audit(

@@ -233,3 +233,23 @@ def test_a_report_being_read_by_one_radiologist_cannot_be_taken_over_by_another(
         transitions.report_claim(report_id=on_worklist.pk, actor=other)
     assert caught.value.code == "report_read_by_another"
     transitions.report_claim(report_id=on_worklist.pk, actor=radiologist)
+
+
+def test_an_answer_after_the_senders_new_images_is_still_taken_once(radiologist):
+    report = ReportFactory()
+    transitions.report_claim(report_id=report.pk, actor=radiologist)
+    transitions.report_ask(report_id=report.pk, actor=radiologist, question="Any priors?")
+    # The sender's added images reached the PACS first: back to pending, no answer yet.
+    transitions.report_reply(report_id=report.pk, actor=None, answer="")
+    report.refresh_from_db()
+    assert (report.status, report.answer) == (ReportStatus.PENDING, "")
+    transitions.report_reply(report_id=report.pk, actor=report.sender, answer="CT 2024, normal.")
+    report.refresh_from_db()
+    assert (report.status, report.answer) == (ReportStatus.PENDING, "CT 2024, normal.")
+    assert trail(report.pk)[-1].detail["transition"] == "late_reply"
+    # The question has its answer now: a second one is refused, the first is kept.
+    with pytest.raises(ApplicationError) as caught:
+        transitions.report_reply(report_id=report.pk, actor=report.sender, answer="Another.")
+    assert caught.value.code == "report_state_conflict"
+    report.refresh_from_db()
+    assert report.answer == "CT 2024, normal."

@@ -87,6 +87,9 @@ class UploadRow:
 class ChunkReceipt:
     index: int
     bytes_received: int
+    # Stored by an earlier request (a retry whose answer was lost): nothing was written.
+    duplicate: bool = False
+    size: int = 0
 
 
 def _table(model: type[Any]) -> str:
@@ -110,17 +113,21 @@ def _moment(value: Any) -> datetime | None:
     return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
+def _not_receiving(state: str) -> ApplicationError:
+    label = UploadState(state).label.lower()
+    return ApplicationError(
+        "upload_not_receiving",
+        f"This upload is no longer receiving data (it is {label}).",
+        "Check its status; start a new upload if you need to send the files again.",
+        status_code=409,
+        extra={"state": state},
+    )
+
+
 def upload_ensure_receiving(session: ChunkTarget) -> None:
     """Raises 409 ``upload_not_receiving`` or 410 ``upload_expired``."""
     if session.state != UploadState.RECEIVING:
-        label = UploadState(session.state).label.lower()
-        raise ApplicationError(
-            "upload_not_receiving",
-            f"This upload is no longer receiving data (it is {label}).",
-            "Check its status; start a new upload if you need to send the files again.",
-            status_code=409,
-            extra={"state": session.state},
-        )
+        raise _not_receiving(session.state)
     if upload_expires_at(session=session) < timezone.now():
         raise ApplicationError(
             "upload_expired",
@@ -295,11 +302,39 @@ def chunk_store(
             status_code=409,
         )
     if stored:
-        return ChunkReceipt(index=index, bytes_received=_counted_bytes(upload_pk=upload_pk))
+        return ChunkReceipt(
+            index=index,
+            bytes_received=_counted_bytes(upload_pk=upload_pk),
+            duplicate=True,
+            size=expected,
+        )
     # Same bytes as the claim: writing them again (a racing retry) is harmless.
     storage.stream_write(upload_id=session.id, offset=index * session.chunk_size, data=data)
+    if storage.stream_write_recreates():
+        _ensure_still_wanted(upload_id=session.id, upload_pk=upload_pk)
     received = _mark_stored(upload=session, upload_pk=upload_pk, index=index, size=expected)
-    return ChunkReceipt(index=index, bytes_received=received)
+    return ChunkReceipt(index=index, bytes_received=received, size=expected)
+
+
+def _ensure_still_wanted(*, upload_id: uuid.UUID, upload_pk: Any) -> None:
+    """After a write that can recreate a deleted stream (S3): when the upload was cancelled,
+    had its bytes deleted or was removed while the chunk was on its way, the chunk just
+    written is patient data nobody will delete (the deletion ran before it landed), so the
+    upload's objects are deleted again and the chunk refused (409). Deletion always follows
+    the state change that asks for it, so a chunk that lands after that deletion sees the
+    new state here. One primary-key read, in S3 mode only."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT state, files_deleted FROM {_table(UploadSession)} WHERE id = %s",  # noqa: S608
+            [upload_pk],
+        )
+        row = cursor.fetchone()
+    if row is not None and row[0] != UploadState.CANCELLED and not row[1]:
+        return
+    storage.stream_delete(upload_id=upload_id)  # on failure, the orphan sweep removes it
+    if row is None:
+        raise ApplicationError(*_NOT_FOUND, status_code=404)
+    raise _not_receiving(str(row[0]))
 
 
 def upload_token_user(*, claim: UploadTokenClaim) -> User | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from pacs import selectors as pacs_selectors
@@ -28,7 +29,7 @@ from relaypacs import events
 from .. import storage
 from ..models import FileKind, PacsStatus, Study, UploadFile, UploadSession, UploadState
 from . import transitions
-from .leases import lease_renew
+from .leases import lease_release, lease_renew
 from .removal import upload_files_delete
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,10 @@ class _NotListed(Exception):
 # sending: a poison study, or a PACS answer that kills the worker) is not tried again:
 # like processing, it stops and tells the user instead of crashing workers forever.
 MAX_FORWARDING_INTERRUPTIONS = 5
+# While a batch is on the wire the lease is renewed at least three times per lease length
+# (as processing's heartbeat), so that a slow PACS answer never lets it lapse: a lapsed
+# lease lets another worker take the upload over and send the same batches again.
+LEASE_RENEWALS_PER_LEASE = 3
 
 
 def _receipt_save(*, session: UploadSession, token: str) -> bool:
@@ -175,6 +180,10 @@ class _Delivery:
             instances=[_source(self.session.id, f) for f in files],
             on_batch=self._on_batch,
             heartbeat=self._renew,
+            heartbeat_seconds=min(
+                pacs_services.HEARTBEAT_SECONDS,
+                settings.UPLOAD_LEASE_SECONDS / LEASE_RENEWALS_PER_LEASE,
+            ),
         )
 
     def _fatal_failures(self) -> dict[str, str]:
@@ -247,7 +256,6 @@ def _complete(
     *, session: UploadSession, token: str, confirmed: list[PacsTarget], files: list[UploadFile]
 ) -> None:
     now = timezone.now()
-    records = _destinations(session)
     warnings = list(session.warnings or [])
     if (
         any(f.added_by_relay and f.pacs_status == PacsStatus.FAILED for f in files)
@@ -267,19 +275,21 @@ def _complete(
             return
         Study.objects.filter(session=session).update(pacs_state="received")
         upload_id = session.id
-        receipts = [
-            (target.name, int(records.get(target.key, {}).get("confirmed_instances") or 0))
-            for target in confirmed
-        ]
+        # The clinic's instances and the relay's own objects (the clinical note), counted
+        # apart: a receipt's ``instances`` are the images the clinic sent.
+        clinic = sum(not f.added_by_relay for f in files)
+        relay_added = sum(f.added_by_relay and f.pacs_status != PacsStatus.FAILED for f in files)
+        names = [target.name for target in confirmed]
 
         def finish() -> None:
             upload_files_delete(upload_id=upload_id)
-            for name, instances in receipts:
+            for name in names:
                 events.emit(
                     events.PACS_RECEIPT,
                     upload_id=str(upload_id),
                     destination=name,
-                    instances=instances,
+                    instances=clinic,
+                    relay_added_instances=relay_added,
                 )
             events.emit(events.UPLOAD_COMPLETED, upload_id=str(upload_id))
 
@@ -337,6 +347,19 @@ def _not_listing(target: PacsTarget, missing: set[str]) -> dict[str, Any]:
     }
 
 
+def _storage_outage(exc: BaseException) -> storage.StorageUnavailable | None:
+    """The StorageUnavailable behind an instance that could not be read, if that was why
+    (the PACS gateway wraps every read error as InstanceSourceError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, storage.StorageUnavailable):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def upload_forward(*, upload_id: uuid.UUID) -> None:
     """Deliver a processed upload to the configured PACS and confirm receipt.
 
@@ -350,6 +373,10 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
     does not list the study yet or refuses every request is skipped for the next.
     ``PACS_MODE=all``: each destination that has not confirmed yet is tried; the upload
     completes once every destination confirmed, and waits for the PACS otherwise.
+
+    When the upload storage cannot be read (``storage.StorageUnavailable``), the upload
+    stays ``forwarding``, its lease released without counting the claim, and the error is
+    raised for the task to retry (beat re-dispatches it after that).
 
     Ends in ``completed`` (confirmed per destination in ``receipt``), ``waiting_for_pacs``
     (retry at ``next_retry_at``) or ``failed`` (e.g. ``forwarding_failed`` once its lease ran
@@ -437,7 +464,20 @@ def upload_forward(*, upload_id: uuid.UUID) -> None:
     except PacsRejected as exc:
         _fail(session=session, token=token, error=exc.as_dict())
         return
-    except InstanceSourceError:
+    except InstanceSourceError as exc:
+        outage = _storage_outage(exc)
+        if outage is not None:
+            # Not the upload's fault: give it back uncounted and let the task retry.
+            released = lease_release(
+                upload_id=upload_id,
+                token=token,
+                from_state=UploadState.FORWARDING,
+                attempts=F("attempts") - 1,
+            )
+            logger.warning("upload %s waits for the upload storage: %s", upload_id, outage)
+            if released:
+                raise outage from None
+            return
         _fail(
             session=session,
             token=token,

@@ -26,6 +26,7 @@ from ..models import (
     FileKind,
     PacsStatus,
     ServiceLevel,
+    Study,
     UploadFile,
     UploadSession,
     UploadState,
@@ -48,6 +49,8 @@ METADATA_FIELDS = (
     "accession_number",
 )
 DATE_FIELDS = ("patient_birth_date", "study_date")
+# A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
+STUDY_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Longest file name kept (a relative path from a folder pick can be long).
 MAX_NAME_LENGTH = 1024
 # A CD of thousands of images is normal; beyond this a manifest is a mistake or an attack.
@@ -134,6 +137,17 @@ def manifest_parse(*, data: Any) -> UploadInit:
         text = str(value).strip()
         metadata[key] = _normalise_date(text, key) if key in DATE_FIELDS else text[:400]
     metadata = {k: v for k, v in metadata.items() if v}
+    study_uid = metadata_raw.get("study_instance_uid")
+    if study_uid is not None and study_uid != "":
+        if (
+            not isinstance(study_uid, str)
+            or len(study_uid) > 64
+            or not STUDY_UID.fullmatch(study_uid)
+        ):
+            raise _manifest_error(
+                "metadata.study_instance_uid must be a DICOM UID (digits and dots)"
+            )
+        metadata["study_instance_uid"] = study_uid
 
     notes = data.get("clinical_notes") or ""
     if not isinstance(notes, str):
@@ -231,6 +245,22 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             "The server does not have enough free disk space for this study right now.",
             "Try again later, and tell your RelayPACS administrator.",
             status_code=507,
+        )
+    study_uid = request.metadata.get("study_instance_uid")
+    if (
+        study_uid
+        and not Study.objects.filter(
+            study_instance_uid=study_uid, session__in=uploads_visible_to(user=owner)
+        ).exists()
+    ):
+        # Photos are added only to a study this account may see (one it or its facility
+        # sent): the UID alone must not let anyone write into another clinic's study.
+        raise ApplicationError(
+            "unknown_study",
+            "The study these images are meant to join was not sent from this account or "
+            "its clinic.",
+            "Send the images as a new study, or ask the clinic that sent the study to add them.",
+            status_code=404,
         )
     key = duplicate_key(metadata=request.metadata)
     preferences = user_upload_preferences(user=owner)

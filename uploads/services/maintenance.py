@@ -202,4 +202,9 @@ def upload_folders_sweep(*, now: datetime | None = None) -> int:
                 removed += 1
     if removed:
         logger.warning("sweep removed %d upload folders that no live upload owned", removed)
+    # S3 mode: a multipart upload older than the resume window belongs to no running work
+    # (a worker killed while publishing a large derived file); its parts are patient data.
+    aborted = storage.multipart_uploads_abort(older_than=now - settings.UPLOAD_RESUME_WINDOW)
+    if aborted:
+        logger.warning("sweep aborted %d unfinished multipart uploads", aborted)
     return removed

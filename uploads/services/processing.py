@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import F
 from pydicom.uid import generate_uid
 
 from relaypacs import events
@@ -32,7 +33,7 @@ from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_
 from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
 from ..models import FileKind, RelayAddedObject, Study, UploadFile, UploadSession, UploadState
 from . import transitions
-from .leases import lease_claim, lease_renew
+from .leases import lease_claim, lease_release, lease_renew
 from .removal import upload_files_delete
 
 logger = logging.getLogger(__name__)
@@ -257,6 +258,9 @@ class _Expander:
         self.over_limit: ArchiveLimitExceeded | None = None
         self.warnings: list[str] = []
         self.photos = 0
+        # What this run opened since the last storage_ensure (see there).
+        self.opened: list[BinaryIO] = []
+        self.storage_errors: list[storage.StorageUnavailable] = []
         # One budget for every archive of the upload, nested ones included.
         self.budget = ArchiveBudget(
             limits=ArchiveLimits(
@@ -282,15 +286,33 @@ class _Expander:
         return row
 
     def open(self, f: UploadFile) -> BinaryIO:
-        stream = storage.open_member(
-            upload_id=self.upload_id, offset=f.offset, size=f.size, path=f.path
-        )
+        try:
+            stream = storage.open_member(
+                upload_id=self.upload_id, offset=f.offset, size=f.size, path=f.path
+            )
+        except storage.StorageUnavailable as exc:
+            self.storage_errors.append(exc)
+            raise
+        self.opened.append(stream)
         raw = getattr(stream, "raw", None)
         if f.path and raw is not None:
             # A work-folder file's name is its path, which holds archive entry names;
             # libraries put a stream's name in log lines and exception messages.
             raw.name = f"upload file {f.position}"
         return stream
+
+    def storage_ensure(self) -> None:
+        """Raise the StorageUnavailable that a stream opened since the last call raised,
+        if one did. pydicom, Pillow, the archive readers and the clinical object turn
+        any read error into "damaged file"; an outage of the storage must not become a
+        verdict on the clinic's files (the upload waits for the storage instead)."""
+        errors = self.storage_errors + [
+            error for stream in self.opened if (error := storage.storage_failure(stream))
+        ]
+        self.opened.clear()
+        self.storage_errors.clear()
+        if errors:
+            raise errors[0]
 
     def expand_archive(self, f: UploadFile, kind: str) -> list[UploadFile]:
         folder = f"{f.position}.d"
@@ -344,9 +366,10 @@ class _Expander:
         )
         series = SeriesContext(
             uid_root=root,
-            study_instance_uid=generate_uid(
-                prefix=root, entropy_srcs=[str(self.upload_id), "study"]
-            ),
+            # The study the photos join (added to an earlier upload's study, checked at
+            # init), else a study of their own derived from the upload.
+            study_instance_uid=metadata.get("study_instance_uid")
+            or generate_uid(prefix=root, entropy_srcs=[str(self.upload_id), "study"]),
             series_instance_uid=generate_uid(
                 prefix=root, entropy_srcs=[str(self.upload_id), "photos"]
             ),
@@ -406,13 +429,45 @@ def upload_process(*, upload_id: uuid.UUID) -> bool:
     results are written only if the lease is still ours, under the row lock of that check,
     so a worker that took over is never overwritten. The archive limits hold for the
     whole upload; going over one fails it, even when a partial upload is allowed. An
-    unexpected error is raised as ProcessingCrashed, which names no file.
+    unexpected error is raised as ProcessingCrashed, which names no file. When the upload
+    storage cannot be reached (``storage.StorageUnavailable``, also where a file parser
+    swallowed it), the upload is given back uncounted (``_wait_for_storage``) and the error
+    raised for the task to retry. In S3 mode a cancelled upload publishes nothing, and what
+    a publish racing the cancel put back is deleted (``_published_for_nobody``).
     """
     token = lease_claim(upload_id=upload_id, states=[UploadState.PROCESSING])
     if token is None:
         return False
-    with _Heartbeat(upload_id=upload_id, token=token) as heartbeat:
-        return _process(upload_id=upload_id, token=token, heartbeat=heartbeat)
+    # In S3 mode the derived files are written on this node's disk only for this run.
+    with (
+        _Heartbeat(upload_id=upload_id, token=token) as heartbeat,
+        storage.work_scope(upload_id=upload_id),
+    ):
+        try:
+            return _process(upload_id=upload_id, token=token, heartbeat=heartbeat)
+        except storage.StorageUnavailable as exc:
+            if not _wait_for_storage(upload_id=upload_id, token=token, error=exc):
+                return False
+            raise
+
+
+def _wait_for_storage(
+    *, upload_id: uuid.UUID, token: str, error: storage.StorageUnavailable
+) -> bool:
+    """The upload storage is down: give the upload back (still ``processing``, lease
+    released) without counting this claim among its attempts, so that an outage never
+    brings it to MAX_PROCESSING_ATTEMPTS (``processing_failed``, bytes deleted). The
+    task retries with backoff, then beat re-dispatches it (UNCLAIMED_GRACE after it was
+    given back) until the storage is back. False when the lease was not ours any more."""
+    released = lease_release(
+        upload_id=upload_id,
+        token=token,
+        from_state=UploadState.PROCESSING,
+        attempts=F("attempts") - 1,
+    )
+    # The message names the operation and S3's error code only.
+    logger.warning("upload %s waits for the upload storage: %s", upload_id, error)
+    return released
 
 
 def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool:
@@ -429,6 +484,7 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
     current: UploadFile | None = None
     try:
         while queue and expander.over_limit is None and not heartbeat.lost.is_set():
+            expander.storage_ensure()  # the previous file's verdict was not an outage
             f, depth = queue.popleft()
             current = f
             if f.size == 0:
@@ -480,9 +536,11 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             else:
                 f.kind = FileKind.SKIPPED if inspection.kind == "skipped" else FileKind.REJECTED
                 f.reason = inspection.reason[:500]
-    except DatabaseError:
+        expander.storage_ensure()
+    except (DatabaseError, storage.StorageUnavailable):
         raise  # retried by the task; its message names no file
     except Exception as exc:
+        expander.storage_ensure()  # an outage some library turned into its own error
         if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
             # Cancelled (its files were deleted under us) or taken over: nothing to report.
             logger.info("upload %s: stopped while processing; not ours any more", upload_id)
@@ -594,6 +652,7 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             first_position=expander.next_position,
         )
     except ClinicalObjectFailed as exc:
+        expander.storage_ensure()  # not made because the storage was down: wait for it
         logger.error("%s; the study is sent without it", exc)
         added = []
         warnings.append(
@@ -602,6 +661,14 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
         )
     needs_person = bool(mismatches)
     next_state = UploadState.NEEDS_CONFIRMATION if needs_person else UploadState.FORWARDING
+    expander.storage_ensure()
+    # Still ours? A cancelled upload's bytes were deleted: publishing would put derived
+    # files (patient data) back into the bucket for nobody.
+    if not lease_renew(upload_id=upload_id, token=token, state=UploadState.PROCESSING):
+        logger.info("upload %s: lease lost before its derived files were published", upload_id)
+        return False
+    # Before the upload moves on: forwarding may run on another node (S3 mode).
+    storage.work_publish(upload_id=upload_id)
     with transaction.atomic():
         moved = transitions.upload_checked(
             upload_id=upload_id, token=token, needs_confirmation=needs_person, warnings=warnings
@@ -623,4 +690,17 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             transaction.on_commit(
                 lambda: events.emit(events.UPLOAD_NEEDS_CONFIRMATION, upload_id=str(upload_id))
             )
+    if not moved:
+        _published_for_nobody(upload_id=upload_id)
     return moved and next_state == UploadState.FORWARDING
+
+
+def _published_for_nobody(*, upload_id: uuid.UUID) -> None:
+    """The upload left processing while its derived files were being published. If it was
+    cancelled or its bytes deleted (their deletion may have run before the publish), delete
+    what the publish put back; a worker that took over keeps its own files (it published
+    them after its work_reset). On failure the orphan sweep removes them."""
+    row = UploadSession.objects.filter(pk=upload_id).values_list("state", "files_deleted").first()
+    if row is None or row[0] == UploadState.CANCELLED or row[1]:
+        storage.stream_delete(upload_id=upload_id)
+        logger.info("upload %s: removed the derived files of a cancelled upload", upload_id)

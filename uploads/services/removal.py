@@ -24,6 +24,12 @@ def upload_files_delete(*, upload_id: uuid.UUID) -> bool:
     if not storage.stream_delete(upload_id=upload_id):
         return False
     UploadSession.objects.filter(pk=upload_id, files_deleted=False).update(files_deleted=True)
+    if storage.stream_write_recreates():
+        # A racing retry of a chunk can land in the bucket after the first pass (S3 puts
+        # recreate what was deleted). Such a chunk re-reads the upload after landing
+        # (chunks._ensure_still_wanted): if that read came before the mark above, this
+        # second pass, after the mark, removes it; if after, the chunk removes itself.
+        storage.stream_delete(upload_id=upload_id)
     return True
 
 

@@ -22,8 +22,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
+
+from relaypacs import events
 
 from ..models import UploadSession, UploadState
 from .leases import lease_claim, lease_release
@@ -72,6 +75,11 @@ def _move(
     return queryset.update(updated_at=timezone.now(), **changes) == 1
 
 
+def _emit_after_commit(name: str, *, upload_id: uuid.UUID) -> None:
+    """The progress event of a transition that happened, once its transaction commits."""
+    transaction.on_commit(lambda: events.emit(name, upload_id=str(upload_id)))
+
+
 def upload_received(*, upload_id: uuid.UUID) -> bool:
     """``receiving`` → ``processing``: every chunk arrived; the processing task is queued
     by the caller (``dispatched_at`` says so)."""
@@ -89,14 +97,18 @@ def upload_received(*, upload_id: uuid.UUID) -> bool:
 def upload_checked(
     *, upload_id: uuid.UUID, token: str, needs_confirmation: bool, warnings: list[str]
 ) -> bool:
-    """``processing`` → ``forwarding`` (or ``needs_confirmation``), by the lease holder."""
-    return lease_release(
+    """``processing`` → ``forwarding`` (or ``needs_confirmation``), by the lease holder.
+    Emits ``upload.forwarding`` after commit (the caller emits ``upload.needs_confirmation``)."""
+    moved = lease_release(
         upload_id=upload_id,
         token=token,
         from_state=UploadState.PROCESSING,
         state=UploadState.NEEDS_CONFIRMATION if needs_confirmation else UploadState.FORWARDING,
         warnings=warnings,
     )
+    if moved and not needs_confirmation:
+        _emit_after_commit(events.UPLOAD_FORWARDING, upload_id=upload_id)
+    return moved
 
 
 def upload_processing_failed(*, upload_id: uuid.UUID, token: str, error: dict[str, str]) -> bool:
@@ -147,11 +159,22 @@ def upload_expired(
 
 def upload_forwarding_claim(*, upload_id: uuid.UUID) -> str | None:
     """``forwarding`` (unleased or lease ran out) or ``waiting_for_pacs`` (retry time
-    came) → ``forwarding`` under a new lease, in one UPDATE. Returns the lease token, or
-    None when the upload is not ours to forward (cancelled, held, not due)."""
+    came) → ``forwarding`` under a new lease, in one conditional UPDATE per state left
+    (a state is in one of them at a time). Returns the lease token, or
+    None when the upload is not ours to forward (cancelled, held, not due). A claim out
+    of ``waiting_for_pacs`` emits ``upload.forwarding`` after commit (the state changed)."""
+    token = lease_claim(
+        upload_id=upload_id,
+        states=[UploadState.WAITING_FOR_PACS],
+        due_only=True,
+        to_state=UploadState.FORWARDING,
+    )
+    if token is not None:
+        _emit_after_commit(events.UPLOAD_FORWARDING, upload_id=upload_id)
+        return token
     return lease_claim(
         upload_id=upload_id,
-        states=[UploadState.FORWARDING, UploadState.WAITING_FOR_PACS],
+        states=[UploadState.FORWARDING],
         due_only=True,
         to_state=UploadState.FORWARDING,
     )
@@ -178,8 +201,9 @@ def upload_waits_for_pacs(
     next_retry_at: datetime,
     error: dict[str, Any],
 ) -> bool:
-    """``forwarding`` → ``waiting_for_pacs`` until ``next_retry_at``, by the lease holder."""
-    return lease_release(
+    """``forwarding`` → ``waiting_for_pacs`` until ``next_retry_at``, by the lease holder.
+    Emits ``upload.waiting_for_pacs`` after commit."""
+    moved = lease_release(
         upload_id=upload_id,
         token=token,
         from_state=UploadState.FORWARDING,
@@ -188,6 +212,9 @@ def upload_waits_for_pacs(
         next_retry_at=next_retry_at,
         error=error,
     )
+    if moved:
+        _emit_after_commit(events.UPLOAD_WAITING_FOR_PACS, upload_id=upload_id)
+    return moved
 
 
 def upload_forwarding_failed(*, upload_id: uuid.UUID, token: str, error: dict[str, Any]) -> bool:
@@ -204,9 +231,10 @@ def upload_forwarding_failed(*, upload_id: uuid.UUID, token: str, error: dict[st
 
 
 def upload_confirmed(*, upload_id: uuid.UUID) -> bool:
-    """``needs_confirmation`` → ``forwarding``: a person confirmed; the caller queues it."""
+    """``needs_confirmation`` → ``forwarding``: a person confirmed; the caller queues it.
+    Emits ``upload.forwarding`` after commit."""
     now = timezone.now()
-    return _move(
+    moved = _move(
         upload_id=upload_id,
         from_states=[UploadState.NEEDS_CONFIRMATION],
         state=UploadState.FORWARDING,
@@ -214,6 +242,9 @@ def upload_confirmed(*, upload_id: uuid.UUID) -> bool:
         next_retry_at=None,
         dispatched_at=now,
     )
+    if moved:
+        _emit_after_commit(events.UPLOAD_FORWARDING, upload_id=upload_id)
+    return moved
 
 
 def upload_retry_due(*, upload_id: uuid.UUID) -> bool:
@@ -231,9 +262,10 @@ def upload_retried(*, upload_id: uuid.UUID) -> bool:
     """``failed`` → ``forwarding``: a person pressed retry; the caller queues it. Only a
     failure of delivery (the checks passed; DELIVERY_FAILURE_CODES) and only while the files
     remain (cleanup marks them gone before deleting them): an upload the checks refused is
-    never sent, not even in the moment before its bytes are deleted."""
+    never sent, not even in the moment before its bytes are deleted. Emits
+    ``upload.forwarding`` after commit."""
     now = timezone.now()
-    return _move(
+    moved = _move(
         upload_id=upload_id,
         from_states=[UploadState.FAILED],
         files_deleted=False,
@@ -249,6 +281,9 @@ def upload_retried(*, upload_id: uuid.UUID) -> bool:
         attempts=0,
         dispatched_at=now,
     )
+    if moved:
+        _emit_after_commit(events.UPLOAD_FORWARDING, upload_id=upload_id)
+    return moved
 
 
 def upload_cancelled(*, upload_id: uuid.UUID) -> bool:

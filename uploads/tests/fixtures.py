@@ -137,3 +137,7 @@ def celery_worker(
     worker.start()
     yield worker
     worker.stop()
+
+
+# The S3 protocol server (moto, a process of its own) of the S3-mode tests, for every app.
+from uploads.tests.s3_server import s3_server, s3_settings  # noqa: E402, F401

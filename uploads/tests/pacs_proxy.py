@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,8 +91,12 @@ class PacsProxy:
 
     ``hold_stow(after=n)`` lets n more STOW-RS requests through, then holds each next one
     (its body received, not yet forwarded) until ``release()``: a PACS that is slow to
-    answer. A held request whose client hangs up (a killed worker) is dropped, never
-    forwarded, as a PACS never sees a request whose sender died before it was delivered.
+    answer. ``hold_stow(passing=uids)`` holds every STOW-RS request except those whose
+    instances are all in ``uids``: with batches in flight side by side, which one arrives
+    first depends on the machine's load, so a test that means "the first batch is
+    answered" names that batch's instances. A held request whose client hangs up (a
+    killed worker) is dropped, never forwarded, as a PACS never sees a request whose
+    sender died before it was delivered.
     """
 
     def __init__(self, upstream: str) -> None:
@@ -100,6 +104,7 @@ class PacsProxy:
         self.requests: list[ProxiedRequest] = []
         self._lock = threading.Condition()
         self._let_through: int | None = None  # None: nothing is held
+        self._passing: frozenset[str] = frozenset()  # instances whose requests pass
         self._held = 0
         self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -140,14 +145,16 @@ class PacsProxy:
 
     # Holding -------------------------------------------------------------------------
 
-    def hold_stow(self, *, after: int = 0) -> None:
+    def hold_stow(self, *, after: int = 0, passing: Collection[str] = ()) -> None:
         with self._lock:
             self._let_through = after
+            self._passing = frozenset(passing)
             self._released.clear()
 
     def release(self) -> None:
         with self._lock:
             self._let_through = None
+            self._passing = frozenset()
             self._released.set()
             self._lock.notify_all()
 
@@ -165,9 +172,11 @@ class PacsProxy:
                     raise AssertionError("the PACS proxy did not see what the test waited for")
                 self._lock.wait(timeout=min(remaining, 0.1))
 
-    def _should_hold(self) -> bool:
+    def _should_hold(self, uids: tuple[str, ...]) -> bool:
         with self._lock:
             if self._let_through is None:
+                return False
+            if uids and self._passing.issuperset(uids):
                 return False
             if self._let_through > 0:
                 self._let_through -= 1
@@ -217,7 +226,11 @@ class PacsProxy:
                 path = self.path.split("?", 1)[0]
                 is_stow = self.command == "POST" and path.rstrip("/").endswith("/studies")
                 uids = tuple(stow_part_uids(self.headers.get("Content-Type", ""), body))
-                if is_stow and proxy._should_hold() and not proxy._wait_released(self.connection):
+                if (
+                    is_stow
+                    and proxy._should_hold(uids)
+                    and not proxy._wait_released(self.connection)
+                ):
                     proxy._record(ProxiedRequest(self.command, path, 0, False, uids, received_at))
                     self.close_connection = True
                     return
@@ -278,9 +291,19 @@ def worker_with(worker: Any, **env: str) -> Iterator[Any]:
         worker.start()
 
 
+# The proxied worker's PACS timeout outlasts any hold, so that a held request ends only by
+# release() or by its sender dying, never by the worker giving up on a slow answer and
+# sending it again (how long a test holds depends on how loaded the machine is).
+PROXIED_PACS_TIMEOUT_SECONDS = HOLD_LIMIT_SECONDS + 30
+
+
 def proxied_pacs_env(proxy: PacsProxy) -> dict[str, str]:
     """Worker environment making ``proxy`` its environment-configured PACS."""
-    return {"PACS_DICOMWEB_URL": proxy.dicomweb_url, "PACS_ORTHANC_URL": proxy.url}
+    return {
+        "PACS_DICOMWEB_URL": proxy.dicomweb_url,
+        "PACS_ORTHANC_URL": proxy.url,
+        "PACS_TIMEOUT_SECONDS": str(PROXIED_PACS_TIMEOUT_SECONDS),
+    }
 
 
 @contextmanager

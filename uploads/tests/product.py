@@ -51,8 +51,8 @@ def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str
         REDISPATCH_INTERVAL_SECONDS="2",
         UPLOAD_LEASE_SECONDS="5",
         WEB_WORKERS="1",
-        **overrides,
     )
+    env.update(overrides)
     return env
 
 

@@ -124,6 +124,56 @@ def test_the_upload_page_shows_state_size_timeline_files_and_receipt(admin_clien
     assert "Retry sending to the PACS" not in content and "Cancel this upload" not in content
 
 
+def test_the_receipt_counts_the_clinics_images_and_the_relays_note_apart(admin_client):
+    confirmed_at = timezone.now()
+    upload = make_upload(
+        completed_at=confirmed_at,
+        destination="Main PACS",
+        receipt={
+            "destinations": {
+                "env:Main PACS": {
+                    "name": "Main PACS",
+                    "acknowledged": ["1.2.3", "1.2.4", "2.25.9"],
+                    "failed": {},
+                    "confirmed_at": confirmed_at.isoformat(),
+                    "confirmed_instances": 3,  # every instance sent, the note included
+                },
+                "db:7": {"name": "Second PACS", "acknowledged": ["1.2.3", "2.25.9"]},
+            }
+        },
+    )
+    for position, (uid, relay) in enumerate([("1.2.3", False), ("1.2.4", False), ("2.25.9", True)]):
+        UploadFile.objects.create(
+            session=upload,
+            position=position,
+            name=f"file-{position}.dcm",
+            size=1000,
+            offset=0,
+            kind=FileKind.DICOM,
+            sop_instance_uid=uid,
+            pacs_status=PacsStatus.STORED,
+            added_by_relay=relay,
+        )
+    audit_record(
+        action="instances_transferred",
+        object_type="upload",
+        object_id=str(upload.id),
+        detail={
+            "phase": "acknowledged",
+            "destination": "Main PACS",
+            "instances": 2,
+            "relay_added_instances": 1,
+        },
+    )
+
+    content = admin_client.get(f"/admin/uploads/uploadsession/{upload.pk}/change/").content.decode()
+    note = "1 object added by RelayPACS (the clinic&#x27;s note)"
+    assert f"2 images listed by the PACS; {note}" in content
+    assert f"not confirmed yet: 1 images stored, 0 refused; {note}" in content
+    assert f"Main PACS, 2 images, {note}" in content  # the timeline
+    assert "3 images" not in content
+
+
 def test_the_list_shows_state_and_level_before_ids_and_readable_sizes(admin_client):
     make_upload()
     page = admin_client.get("/admin/uploads/uploadsession/")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import subprocess
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import pydicom
 import pytest
 from pydicom import dcmread
 
+from accounts.models import AuditEvent
 from accounts.tests.factories import FacilityFactory, UserFactory
 from uploads import storage
 from uploads.clinical_object import (
@@ -238,6 +240,17 @@ def test_the_note_reaches_the_pacs_in_a_series_of_its_own_beside_the_untouched_i
     receipt = next(iter(status["pacs"]["receipt"].values()))
     assert receipt["acknowledged_instances"] == 1 and receipt["confirmed_instances"] == 1
     assert sum(s["instances"] for s in status["studies"]) == 1
+    # So does the pacs.receipt event (and the audit entry it leaves), the note apart.
+    deadline = time.monotonic() + 30
+    while not (
+        acknowledged := AuditEvent.objects.filter(
+            action="instances_transferred", object_id=upload["upload_id"]
+        ).filter(detail__phase="acknowledged")
+    ).exists():
+        assert time.monotonic() < deadline, "no pacs.receipt audit entry"
+        time.sleep(0.1)
+    detail = acknowledged.get().detail
+    assert (detail["instances"], detail["relay_added_instances"]) == (1, 1)
     assert not storage.stream_exists(upload_id=upload["upload_id"])  # no PHI left behind
 
 

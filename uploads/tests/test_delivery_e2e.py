@@ -14,6 +14,7 @@ import pytest
 from pacs.models import DeliveredInstance, PacsDestination
 from uploads.models import UploadFile, UploadSession, UploadState
 from uploads.services.forwarding import upload_forward
+from uploads.tests.fixtures import TEST_LEASE_SECONDS
 from uploads.tests.helpers import sample_paths, sop_uid
 from uploads.tests.pacs_proxy import pacs_proxy, proxied_pacs_env, second_orthanc, worker_with
 from uploads.tests.synthetic import write_study
@@ -150,7 +151,8 @@ def test_cancel_while_a_slow_pacs_receives_stops_forwarding_for_good(
     proxied.reset()
     # Two instances per STOW-RS request (the test worker's batches are 4 MiB): 4 requests.
     paths = write_study(tmp_path / "study", instances=8, instance_bytes=3 * 512 * 1024)
-    proxied.hold_stow(after=1)  # the first request is answered, the next ones wait
+    # The first request is answered, the next ones wait.
+    proxied.hold_stow(passing={sop_uid(p) for p in paths[:2]})
     offset = celery_worker.log_path.stat().st_size
     upload = send_upload(api, paths, shuffle=False)
     # Two requests are on the wire (PACS_STOW_IN_FLIGHT), waiting for the slow PACS.
@@ -168,11 +170,39 @@ def test_cancel_while_a_slow_pacs_receives_stops_forwarding_for_good(
     # Nothing the worker learned after the cancel was written, and nothing more was sent.
     assert list(files.values_list("pacs_status", flat=True)) == at_cancel
     stow = proxied.stow_requests()
-    assert len(stow) == 3 and all(r.received_at < cancelled_at for r in stow)
+    assert all(r.received_at < cancelled_at for r in stow), "sent after the cancel"
+    # Three distinct batches, each sent once: none resent (by a worker that gave up on the
+    # slow answer, or took the upload over when a lease lapsed) and none abandoned.
+    assert all(r.forwarded for r in stow)
+    assert len({r.sop_instance_uids for r in stow}) == len(stow) == 3
+    assert set(proxied.sent_counts().values()) == {1}
     # The PACS holds what was on the wire at the cancel, and none of the rest.
     on_the_wire = {uid for r in stow for uid in r.sop_instance_uids}
     assert orthanc_clean.sop_instance_uids() == on_the_wire
     assert len(on_the_wire) == 6 < len(paths)
+
+
+def test_a_pacs_answering_slower_than_the_lease_is_not_sent_anything_twice(
+    api, celery_worker, proxied, orthanc_clean, tmp_path
+):
+    """The worker renews its lease while a slow PACS holds its batches: a lapsed lease
+    would let another worker take the upload over and send the same batches again."""
+    proxied.reset()
+    paths = write_study(tmp_path / "study", instances=8, instance_bytes=3 * 512 * 1024)
+    proxied.hold_stow(passing={sop_uid(p) for p in paths[:2]})
+    upload = send_upload(api, paths, shuffle=False)
+    proxied.wait_until(lambda proxy: proxy.held == 2)
+    # Longer than two leases of the test worker (and much shorter than its PACS timeout
+    # behind the proxy): time has to pass for a lease to lapse.
+    time.sleep(2 * TEST_LEASE_SECONDS + 1)
+    assert proxied.held == 2 and len(proxied.stow_requests()) == 1
+    session = UploadSession.objects.get(pk=upload["upload_id"])
+    assert session.state == UploadState.FORWARDING and session.lease_expiries == 0
+    proxied.release()
+
+    assert wait_for(api, upload["upload_id"], FINAL)["state"] == "completed"
+    assert proxied.sent_counts() == {sop_uid(p): 1 for p in paths}
+    assert orthanc_clean.sop_instance_uids() == {sop_uid(p) for p in paths}
 
 
 def test_cancel_while_processing_sends_nothing(

@@ -159,7 +159,8 @@ def test_worker_killed_during_forwarding_delivers_each_instance_once(
         pacs_proxy(orthanc_clean.url) as pacs,
         worker_with(celery_worker, **proxied_pacs_env(pacs)),
     ):
-        pacs.hold_stow(after=1)  # the first request is answered; the next ones wait
+        # The first request is answered; the next ones wait.
+        pacs.hold_stow(passing=set(uids[:2]))
         upload = send_upload(api, paths, shuffle=False)
         files = UploadFile.objects.filter(session_id=upload["upload_id"], kind="dicom")
         pacs.wait_until(lambda proxy: proxy.held == 2)  # on the wire (PACS_STOW_IN_FLIGHT)

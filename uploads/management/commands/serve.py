@@ -8,6 +8,7 @@ stops the whole relay, and Ctrl-C (or SIGTERM) stops everything it started.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -25,6 +26,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from pacs.local_orthanc import LocalOrthanc
+from relaypacs import metrics
+from relaypacs.logging_context import uvicorn_logging_config
 
 # Static files the product never serves (see _start).
 STATIC_NOT_SERVED = ["*.map", "redoc"]
@@ -33,6 +36,9 @@ STOP_GRACE_SECONDS = 15
 # A child that dies more often than this within the window is broken, not unlucky.
 MAX_RESTARTS = 5
 RESTART_WINDOW_SECONDS = 60
+# How often the metrics files of processes that exited are marked dead (their live gauges
+# removed; their counters stay in the totals).
+METRICS_SWEEP_SECONDS = 10
 
 
 def _lan_addresses() -> list[str]:
@@ -150,7 +156,8 @@ class Command(BaseCommand):
     def _start(self, options: dict[str, Any]) -> None:
         data_dir = Path(settings.DATA_DIR)
         self.stdout.write(f"RelayPACS data directory: {data_dir}")
-        call_command("migrate", interactive=False, verbosity=0)
+        # Several nodes may start at once on one PostgreSQL: one migrates, the others wait.
+        call_command("migrate_locked", verbosity=0)
         # Source maps and ReDoc (the API docs are Swagger UI) are not served: skipping them
         # halves the files compressed at every start.
         call_command(
@@ -158,6 +165,13 @@ class Command(BaseCommand):
         )
         env = {**os.environ, "DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         env.setdefault("DJANGO_SETTINGS_MODULE", os.environ["DJANGO_SETTINGS_MODULE"])
+        # Every web and Celery process counts into files here and /metrics sums them
+        # (prometheus-client's multiprocess mode); emptied before any of them starts.
+        self.metrics_dir = Path(
+            os.environ.get(metrics.MULTIPROC_ENV) or data_dir / "prometheus-multiproc"
+        )
+        metrics.multiproc_dir_reset(self.metrics_dir)
+        env[metrics.MULTIPROC_ENV] = str(self.metrics_dir)
         if settings.PACS_EMBEDDED:
             orthanc = LocalOrthanc(
                 data_dir=data_dir / "orthanc",
@@ -240,6 +254,11 @@ class Command(BaseCommand):
             "--timeout-graceful-shutdown",
             "10",
         ]
+        if settings.LOG_FORMAT == "json":
+            # uvicorn configures its own loggers: the same JSON lines as the product's.
+            log_config = logs / "uvicorn-logging.json"
+            log_config.write_text(json.dumps(uvicorn_logging_config()))
+            web += ["--log-config", str(log_config)]
         self._spawn("web", [*web, "--port", str(settings.PORT)], env)
         self.stdout.write(
             f"RelayPACS is starting on {browser_url(host=options['host'], port=settings.PORT)} "
@@ -279,7 +298,11 @@ class Command(BaseCommand):
     def _supervise(self) -> None:
         """Restart a child that died (a crashed or killed worker must not stop the relay);
         give up and stop everything when one keeps dying."""
+        swept = time.monotonic()
         while not self.stopping:
+            if time.monotonic() - swept > METRICS_SWEEP_SECONDS:
+                metrics.dead_processes_mark(self.metrics_dir)
+                swept = time.monotonic()
             for position, (name, child) in enumerate(self.children):
                 if child.poll() is None or self.stopping:
                     continue

@@ -1,9 +1,10 @@
-"""Where upload bytes live. The only module that touches the upload files on disk.
+"""Upload bytes on local disk: the embedded default (``UPLOAD_STORAGE=local``).
 
 An upload is one sparse assembly file, ``<UPLOAD_STORAGE_DIR>/<id>/stream.bin``, sized at
 init; each chunk is written straight to its offset, so there is no merge copy. Files of
-the manifest are byte ranges of it, read back through ``open_range``. An S3 backend can
-replace this module's functions in its own issue.
+the manifest are byte ranges of it, read back through ``open_range``. Derived files
+(unpacked, converted, re-wrapped) live in ``<id>/work/``. Called only through
+``uploads.storage``, which picks this backend or the S3 one.
 """
 
 from __future__ import annotations
@@ -221,3 +222,13 @@ def storage_check() -> tuple[str, str]:
     except OSError as exc:
         return "failing", f"upload storage is not writable: {exc.strerror}"
     return "ok", f"{free_bytes() // (1024 * 1024)} MiB free"
+
+
+def work_publish(*, upload_id: uuid.UUID) -> None:
+    """Nothing to do: the work folder is where every reader (one node) finds the files."""
+
+
+@contextmanager
+def work_scope(*, upload_id: uuid.UUID) -> Iterator[None]:
+    """Nothing to do: the work folder is the derived files' durable home on local disk."""
+    yield

@@ -1,0 +1,266 @@
+"""Every write of the statistics: the rollups kept up to date from the domain events, the
+PWA's network reports, a rebuild from scratch, and the cache of the answers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from relaypacs import events
+from uploads.selectors import UploadFacts, upload_facts
+
+from .contributions import RollupKey, bucket_key, contribution_of, rollup_keys
+from .models import ROLLUP_FIELDS, UploadRollup, UploadTimeline
+
+logger = logging.getLogger(__name__)
+
+# The cache key whose value is part of every cached answer's key: changing it (an upload
+# ended) makes every cached answer unreachable at once, in every process sharing the cache.
+STATS_CACHE_VERSION_KEY = "analytics:stats:version"
+# Rows written per INSERT by a rebuild, and uploads read per batch.
+REBUILD_BATCH = 2000
+
+
+def stats_cache_invalidate() -> None:
+    """Forget every cached statistics answer (an upload ended). Idempotent."""
+    cache.set(STATS_CACHE_VERSION_KEY, uuid.uuid4().hex, timeout=None)
+
+
+def _row_filter(key: RollupKey) -> dict[str, Any]:
+    grain, day, facility_id, modality, service_level, outcome = key
+    where: dict[str, Any] = {
+        "grain": grain,
+        "day": date.fromisoformat(day),
+        "modality": modality,
+        "service_level": service_level,
+        "outcome": outcome,
+    }
+    if facility_id is None:
+        where["facility__isnull"] = True
+    else:
+        where["facility_id"] = facility_id
+    return where
+
+
+def _rollup_apply(*, key: RollupKey, delta: dict[str, int]) -> None:
+    """Add ``delta`` to the row of ``key``, creating it when missing; a row left with no
+    upload is deleted. Runs in the caller's transaction."""
+    rows = UploadRollup.objects.filter(**_row_filter(key))
+    changes = {name: F(name) + amount for name, amount in delta.items()}
+    if rows.update(**changes) == 0:
+        if any(amount < 0 for amount in delta.values()):
+            logger.warning("analytics: a rollup row to take an upload from was missing")
+            return
+        grain, day, facility_id, modality, service_level, outcome = key
+        try:
+            with transaction.atomic():
+                UploadRollup.objects.create(
+                    grain=grain,
+                    day=date.fromisoformat(day),
+                    facility_id=facility_id,
+                    modality=modality,
+                    service_level=service_level,
+                    outcome=outcome,
+                    **delta,
+                )
+        except IntegrityError:
+            # Another upload created the row since our UPDATE: add to it.
+            rows.update(**changes)
+    elif delta.get("uploads", 0) < 0:
+        rows.filter(uploads__lte=0).delete()
+
+
+def _recount(*, timeline: UploadTimeline, facts: UploadFacts) -> bool:
+    """Move the upload's contribution in the rollups from what was counted to what its
+    facts say now. Returns whether anything changed (nothing does for an event delivered
+    twice). The caller holds the timeline row's lock."""
+    new = contribution_of(facts=facts, timeline=timeline)
+    old = timeline.counted
+    if old == new:
+        return False
+    deltas: dict[RollupKey, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for counted, sign in ((old, -1), (new, 1)):
+        if not counted:
+            continue
+        for key in rollup_keys(bucket_key(counted)):
+            for name, amount in counted["values"].items():
+                deltas[key][name] += sign * amount
+    # Rows are locked in one order (their key's), so two uploads moving between the same
+    # buckets cannot deadlock.
+    for key in sorted(deltas, key=lambda k: tuple(str(p) for p in k)):
+        delta = {name: amount for name, amount in deltas[key].items() if amount}
+        if delta:
+            _rollup_apply(key=key, delta=delta)
+    timeline.counted = new
+    return True
+
+
+def _timeline_locked(upload_id: uuid.UUID) -> UploadTimeline:
+    UploadTimeline.objects.get_or_create(upload_id=upload_id)
+    return UploadTimeline.objects.select_for_update().get(pk=upload_id)
+
+
+def _key(value: Any) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+@transaction.atomic
+def upload_event_record(*, upload_id: uuid.UUID, name: str) -> bool:
+    """Record an upload's domain event and bring its contribution to the rollups up to
+    date. Idempotent: an event delivered twice is counted once (first times are kept,
+    retries are told apart by their retry or failure time). Returns whether the rollups
+    changed. An upload that no longer exists keeps what it was counted for."""
+    facts = next(upload_facts(upload_ids=[upload_id]), None)
+    if facts is None:
+        return False
+    timeline = _timeline_locked(upload_id)
+    now = timezone.now()
+    if name in (events.UPLOAD_NEEDS_CONFIRMATION, events.UPLOAD_FORWARDING):
+        timeline.checked_at = timeline.checked_at or now
+    if name == events.UPLOAD_NEEDS_CONFIRMATION:
+        timeline.confirmation_asked_at = timeline.confirmation_asked_at or now
+    elif name == events.UPLOAD_FORWARDING:
+        timeline.forwarding_at = timeline.forwarding_at or now
+        if timeline.last_failure_key and timeline.last_failure_key != timeline.retried_failure_key:
+            # Sending again after a failure: a person pressed retry.
+            timeline.manual_retries += 1
+            timeline.retried_failure_key = timeline.last_failure_key
+    elif name == events.UPLOAD_WAITING_FOR_PACS:
+        wait = _key(facts.next_retry_at)
+        if wait and wait != timeline.last_wait_key:
+            timeline.pacs_waits += 1
+            timeline.last_wait_key = wait
+    elif name == events.UPLOAD_FAILED:
+        timeline.last_failure_key = _key(facts.failed_at) or timeline.last_failure_key
+    changed = _recount(timeline=timeline, facts=facts)
+    timeline.save()
+    return changed
+
+
+@dataclass(frozen=True)
+class NetworkReport:
+    """The network as the PWA saw it while sending one upload (totals for the upload)."""
+
+    bytes_sent: int
+    active_seconds: float
+    outages: int
+    offline_seconds: float
+    retried_chunks: int
+
+
+@transaction.atomic
+def upload_telemetry_record(*, upload_id: uuid.UUID, report: NetworkReport) -> None:
+    """Keep the PWA's latest network report of the upload (it replaces an earlier one, so
+    sending it twice is harmless) and count it in the rollups."""
+    facts = next(upload_facts(upload_ids=[upload_id]), None)
+    if facts is None:
+        return
+    timeline = _timeline_locked(upload_id)
+    timeline.telemetry_at = timezone.now()
+    timeline.network_bytes = report.bytes_sent
+    timeline.network_ms = int(report.active_seconds * 1000)
+    timeline.outages = report.outages
+    timeline.outage_ms = int(report.offline_seconds * 1000)
+    timeline.retried_chunks = report.retried_chunks
+    _recount(timeline=timeline, facts=facts)
+    timeline.save()
+
+
+def _batches(facts: Iterator[UploadFacts]) -> Iterator[list[UploadFacts]]:
+    batch: list[UploadFacts] = []
+    for item in facts:
+        batch.append(item)
+        if len(batch) >= REBUILD_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def rollups_recomputed() -> tuple[dict[RollupKey, dict[str, int]], dict[uuid.UUID, Any]]:
+    """The rollups recomputed from scratch: every upload's facts (uploads.selectors) with
+    what the events told about it, plus what was counted for uploads deleted since.
+    Returns the sums per bucket and each upload's contribution. Reads only."""
+    totals: dict[RollupKey, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ROLLUP_FIELDS, 0))
+    contributions: dict[uuid.UUID, Any] = {}
+    for batch in _batches(upload_facts()):
+        timelines = UploadTimeline.objects.in_bulk([f.upload_id for f in batch])
+        for facts in batch:
+            counted = contribution_of(facts=facts, timeline=timelines.get(facts.upload_id))
+            contributions[facts.upload_id] = counted
+    gone = UploadTimeline.objects.exclude(counted=None).values_list("upload_id", "counted")
+    for upload_id, stored in gone.iterator(chunk_size=REBUILD_BATCH):
+        contributions.setdefault(upload_id, stored)
+    for counted in contributions.values():
+        for key in rollup_keys(bucket_key(counted)):
+            sums = totals[key]
+            for name, amount in counted["values"].items():
+                sums[name] += amount
+    return dict(totals), contributions
+
+
+def rollups_current() -> dict[RollupKey, dict[str, int]]:
+    """The rollups as stored, in the shape of ``rollups_recomputed``."""
+    out: dict[RollupKey, dict[str, int]] = {}
+    fields = ("grain", "day", "facility_id", "modality", "service_level", "outcome")
+    for row in UploadRollup.objects.values(*fields, *ROLLUP_FIELDS).iterator(
+        chunk_size=REBUILD_BATCH
+    ):
+        key = (
+            row["grain"],
+            row["day"].isoformat(),
+            row["facility_id"],
+            row["modality"],
+            row["service_level"],
+            row["outcome"],
+        )
+        out[key] = {name: int(row[name]) for name in ROLLUP_FIELDS}
+    return out
+
+
+@transaction.atomic
+def rollups_rebuild() -> int:
+    """Throw the rollups away and write them again from ``rollups_recomputed``, recording
+    each upload's contribution (uploads older than this app get a timeline). For a backfill
+    or a repair; safe to run twice. Returns the number of rollup rows written."""
+    totals, contributions = rollups_recomputed()
+    UploadRollup.objects.all().delete()
+    rows = []
+    for (grain, day, facility_id, modality, service_level, outcome), sums in totals.items():
+        rows.append(
+            UploadRollup(
+                grain=grain,
+                day=date.fromisoformat(day),
+                facility_id=facility_id,
+                modality=modality,
+                service_level=service_level,
+                outcome=outcome,
+                **sums,
+            )
+        )
+    UploadRollup.objects.bulk_create(rows, batch_size=REBUILD_BATCH)
+    known = set(UploadTimeline.objects.values_list("upload_id", flat=True))
+    UploadTimeline.objects.bulk_create(
+        [
+            UploadTimeline(upload_id=u, counted=c)
+            for u, c in contributions.items()
+            if u not in known
+        ],
+        batch_size=REBUILD_BATCH,
+    )
+    changed = [
+        UploadTimeline(upload_id=u, counted=c) for u, c in contributions.items() if u in known
+    ]
+    UploadTimeline.objects.bulk_update(changed, ["counted"], batch_size=REBUILD_BATCH)
+    transaction.on_commit(stats_cache_invalidate)
+    return len(rows)

@@ -1,0 +1,445 @@
+"""docker-compose.yml and .env.example as shipped. No Docker engine runs here, so: Debian's
+``docker-compose config`` must accept the file, and the product must start from exactly
+the environment and commands the file gives ``migrate``, ``web`` and ``worker`` (through
+deploy/docker/entrypoint.sh, as in the image), with only the other containers' host names
+and the container paths mapped to this machine: a fresh PostgreSQL database, this run's
+Redis, the test Orthanc and a real S3 protocol server (moto) for MinIO. It must pass
+``check --deploy``, migrate, serve through the shipped nginx conf and deliver an upload."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+import yaml
+
+from uploads.tests.helpers import free_port, iter_file_chunks, manifest, sop_uid
+from uploads.tests.synthetic import write_study
+
+from .deploy_support import (
+    REPO,
+    fresh_postgres_database,
+    running_nginx,
+    this_runs_redis_url,
+)
+
+pytestmark = pytest.mark.e2e
+
+ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
+HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
+ONE_SHOT = {"migrate", "minio-init", "backup"}
+START_SECONDS = 240
+PASSWORD = "a long admin password"
+
+
+def compose_binary() -> str:
+    found = shutil.which("docker-compose")
+    if not found:
+        pytest.fail("docker-compose is not installed: run scripts/bootstrap.sh.")
+    return found
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``docker-compose config`` of the shipped file with .env.example as the .env: the
+    file exactly as docker-compose reads it (variables filled in, anchors merged)."""
+    work = tmp_path_factory.mktemp("compose")
+    shutil.copy(REPO / "docker-compose.yml", work / "docker-compose.yml")
+    shutil.copy(REPO / ".env.example", work / ".env")
+    out = subprocess.run(
+        [compose_binary(), "--project-directory", str(work), "config"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    config: dict[str, Any] = yaml.safe_load(out.stdout)
+    return config
+
+
+def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
+    services = compose["services"]
+    assert set(services) >= {
+        "nginx",
+        "web",
+        "worker",
+        "beat",
+        "migrate",
+        "db",
+        "redis",
+        "minio",
+        "minio-init",
+        "orthanc",
+        "prometheus",
+        "grafana",
+        "postgres-exporter",
+        "redis-exporter",
+    }
+    for name, service in services.items():
+        if name in ONE_SHOT:
+            assert service.get("restart") == "no", name
+        else:
+            assert service["healthcheck"]["test"], name
+    for name in ("web", "worker", "beat"):
+        needs = services[name]["depends_on"]
+        assert needs["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert needs["minio-init"] == {"condition": "service_completed_successfully"}, name
+        assert services[name]["environment"]["DJANGO_SETTINGS_MODULE"] == (
+            "relaypacs.settings.production"
+        )
+    # Scalable: no fixed name and no host port on web (nginx is the way in).
+    assert "container_name" not in services["web"] and "ports" not in services["web"]
+    assert services["worker"]["environment"]["METRICS_WORKER_PORT"] == "9808"
+    assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert services["web"]["environment"]["METRICS_TOKEN_FILE"] == (
+        "/run/secrets/relaypacs_metrics_token"
+    )
+    assert "relaypacs_metrics_token" in services["web"]["secrets"][0]["source"] or any(
+        s["source"] == "relaypacs_metrics_token" for s in services["web"]["secrets"]
+    )
+    mounts = " ".join(str(v) for v in services["nginx"]["volumes"])
+    assert "deploy/nginx/relaypacs.conf" in mounts
+    # Named volumes for every service's state.
+    assert set(compose["volumes"]) >= {"pgdata", "redisdata", "miniodata", "orthancdata", "data"}
+    assert "mc mb" in " ".join(services["minio-init"]["command"])
+
+
+# Settings that are not for a compose deployment: the embedded default's own knobs
+# (`serve`'s ports and local PACS), test and development switches, ones compose sets.
+NOT_FOR_COMPOSE = {
+    "PYTEST_XDIST_WORKER",
+    "HOST",
+    "PORT",
+    "HTTPS_PORT",
+    "PACS_EMBEDDED_PORT",
+    "PACS_EMBEDDED_DICOM_PORT",
+    "DEBUG",
+    "CELERY_TASK_ALWAYS_EAGER",
+    "STATIC_ROOT",
+    "EMAIL_BACKEND",
+    "METRICS_REQUIRE_AUTH",
+    "METRICS_TOKEN",
+    "SECRET_KEY",
+    "PACS_PASSWORD_FILE",
+    "EMAIL_HOST_PASSWORD_FILE",
+    "SENTRY_DSN_FILE",
+    "SENTRY_RELEASE",
+    "ARCHIVE_MAX_EXPANDED_BYTES",
+}
+
+
+def test_every_setting_of_the_product_is_in_env_example_or_the_compose_file(compose):
+    names: set[str] = set()
+    pattern = re.compile(
+        r"""(?:env\.(?:str|int|bool|float|list|db)|_env_or_file|environ\.get)\(\s*["']([A-Z][A-Z0-9_]+)["']"""
+    )
+    for path in [*(REPO / "relaypacs" / "settings").glob("*.py"), REPO / "relaypacs" / "sentry.py"]:
+        names |= set(pattern.findall(path.read_text()))
+    names -= NOT_FOR_COMPOSE
+    example = {
+        line.split("=", 1)[0].lstrip("# ").strip()
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and re.match(r"^#? ?[A-Z][A-Z0-9_]+=", line)
+    }
+    given = set(compose["services"]["web"]["environment"]) | set(
+        compose["services"]["worker"]["environment"]
+    )
+    missing = sorted(n for n in names if n not in example and n not in given)
+    assert not missing, f"not in .env.example nor docker-compose.yml: {missing}"
+
+
+# --- The product with the compose environment --------------------------------------------
+
+
+def mapped_environment(
+    service: dict[str, Any],
+    *,
+    database_url: str,
+    redis_url: str,
+    orthanc: Any,
+    s3: Any,
+    root: Path,
+    ports: dict[str, int],
+    queue: str,
+) -> dict[str, str]:
+    """The service's environment from the compose file, with what names another container
+    or a path inside this one mapped to this machine; every other value as given."""
+    env = {k: str(v) for k, v in service["environment"].items()}
+    user, password = orthanc.auth
+
+    def host_of(url: str) -> str:
+        return urlsplit(url).hostname or ""
+
+    assert host_of(env["DATABASE_URL"]) == "db"
+    env["DATABASE_URL"] = database_url
+    for name in ("REDIS_URL", "CELERY_BROKER_URL"):
+        assert host_of(env[name]) == "redis", name
+        env[name] = redis_url  # one Redis database for this run
+    assert host_of(env["PACS_DICOMWEB_URL"]) == host_of(env["PACS_ORTHANC_URL"]) == "orthanc"
+    env["PACS_DICOMWEB_URL"], env["PACS_ORTHANC_URL"] = orthanc.dicomweb_url, orthanc.url
+    env["PACS_USERNAME"], env["PACS_PASSWORD"] = user, password
+    assert host_of(env["S3_ENDPOINT_URL"]) == "minio"
+    env["S3_ENDPOINT_URL"] = s3.endpoint_url
+    # Container paths: /data (the volume), /tmp, /run/secrets (the secrets).
+    for name, value in list(env.items()):
+        if value.startswith("/data"):
+            env[name] = str(root / "data") + value[len("/data") :]
+        elif value.startswith("/tmp/"):  # noqa: S108
+            env[name] = str(root / "tmp") + value[len("/tmp") :]
+        elif value.startswith("/run/secrets/"):
+            env[name] = str(root / "secrets" / value.rsplit("/", 1)[1])
+    for name, port in ports.items():
+        if name in env:
+            env[name] = str(port)
+    # The Redis here is shared by other test runs: a queue of this test's own, so that no
+    # other run's worker takes these tasks (what CELERY_QUEUE is for).
+    env["CELERY_QUEUE"] = queue
+    # This machine's programs: the image's python is the checkout's virtualenv.
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    env["HOME"] = str(root)
+    return env
+
+
+@contextmanager
+def started(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_until(check: Any, *, what: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while not check():
+        assert process.poll() is None, f"{what} exited:\n{log.read_text()[-5000:]}"
+        assert time.monotonic() < deadline, f"{what} never became ready:\n{log.read_text()[-5000:]}"
+        time.sleep(0.5)
+
+
+def healthy(service: str, env: dict[str, str]) -> bool:
+    return (
+        subprocess.run(
+            [env["PATH"].split(":")[0] + "/python", str(HEALTHCHECK), service],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        == 0
+    )
+
+
+def test_the_product_runs_with_exactly_the_compose_environment(
+    compose, orthanc_clean, s3_server, tmp_path
+):
+    services = compose["services"]
+    root = tmp_path
+    for directory in ("data", "tmp", "secrets"):
+        (root / directory).mkdir()
+    for secret in ("relaypacs_secret_key", "relaypacs_metrics_token"):
+        (root / "secrets" / secret).write_text(secrets.token_urlsafe(48) + "\n")
+    bucket = services["web"]["environment"]["S3_BUCKET"]
+    try:
+        s3_server.client().create_bucket(Bucket=bucket)  # what minio-init does
+    except s3_server.client().exceptions.BucketAlreadyOwnedByYou:
+        pass
+    redis_url = this_runs_redis_url()
+    ports = {"PORT": free_port(), "METRICS_WORKER_PORT": free_port()}
+    queue = f"relaypacs-compose-test-{secrets.token_hex(4)}"
+
+    with ExitStack() as stack, fresh_postgres_database("h8_compose") as database_url:
+        envs = {
+            name: mapped_environment(
+                services[name],
+                database_url=database_url,
+                redis_url=redis_url,
+                orthanc=orthanc_clean,
+                s3=s3_server,
+                root=root,
+                ports=ports,
+                queue=queue,
+            )
+            for name in ("migrate", "web", "worker")
+        }
+        # The environments differ only where the compose file says so.
+        common = set(envs["web"]) & set(envs["worker"])
+        assert all(envs["web"][k] == envs["worker"][k] for k in common)
+
+        # migrate: check --deploy (start-up validation), then the locked migrate.
+        migrate = subprocess.run(
+            [str(ENTRYPOINT), *services["migrate"]["command"]],
+            cwd=REPO,
+            env=envs["migrate"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+        assert "System check identified no issues" in migrate.stdout + migrate.stderr
+
+        web_log, worker_log = root / "web.log", root / "worker.log"
+        web = stack.enter_context(
+            started([str(ENTRYPOINT), *services["web"]["command"]], envs["web"], web_log)
+        )
+        worker = stack.enter_context(
+            started([str(ENTRYPOINT), *services["worker"]["command"]], envs["worker"], worker_log)
+        )
+        # The compose health checks, run as the containers would.
+        wait_until(lambda: healthy("web", envs["web"]), what="web", process=web, log=web_log)
+        wait_until(
+            lambda: healthy("worker", envs["worker"]), what="worker", process=worker, log=worker_log
+        )
+
+        nginx = stack.enter_context(running_nginx(root / "nginx", upstreams=[ports["PORT"]]))
+        host = services["web"]["environment"]["ALLOWED_HOSTS"].split(",")[0]
+        http = requests.Session()
+        http.trust_env = False
+        http.verify = str(nginx.cert)
+        http.headers["Host"] = host  # as a browser opening https://<RELAYPACS_HOST>/
+        base = nginx.https_base
+
+        subprocess.run(
+            [str(ENTRYPOINT), "python", "manage.py", "createsuperuser", "--noinput"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=120,
+            env={
+                **envs["web"],
+                "DJANGO_SUPERUSER_USERNAME": "admin",
+                "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+                "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
+            },
+        )
+        login = http.post(
+            f"{base}/api/v1/auth/login",
+            json={"username": "admin", "password": PASSWORD},
+            timeout=60,
+        )
+        assert login.status_code == 200, login.text
+        auth = {"Authorization": f"Bearer {login.json()['access']}"}
+        health = http.get(f"{base}/api/v1/health", headers=auth, timeout=60).json()
+        assert health["status"] == "ok", health
+        assert health["checks"]["database"]["state"] == "ok", health
+        assert health["checks"]["storage"]["state"] == "ok", health
+
+        paths = write_study(root / "study", instances=3, instance_bytes=2 * 1024 * 1024)
+        chunk_size = 1024 * 1024
+        init = http.post(
+            f"{base}/api/v1/upload/init",
+            json=manifest(paths, chunk_size=chunk_size),
+            headers=auth,
+            timeout=60,
+        )
+        assert init.status_code == 201, init.text
+        upload = init.json()
+        token = {"Authorization": f"Bearer {upload['upload_token']}"}
+        for index, data in iter_file_chunks(paths, chunk_size):
+            md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324
+            put = http.put(
+                f"{base}/api/v1/upload/{upload['upload_id']}/chunk?index={index}",
+                data=data,
+                headers={**token, "Content-MD5": md5, "Content-Type": "application/octet-stream"},
+                timeout=60,
+            )
+            assert put.status_code == 200, put.text
+        # The chunks are in the compose bucket (UPLOAD_STORAGE=s3), not on this disk.
+        assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) > 0
+        local = [p for p in (root / "data" / "uploads").rglob("*") if p.is_file()]
+        assert not [p for p in local if p.stat().st_size >= chunk_size], local
+        done = http.post(
+            f"{base}/api/v1/upload/{upload['upload_id']}/complete", headers=token, timeout=60
+        )
+        assert done.status_code == 202, done.text
+        deadline = time.monotonic() + 180
+        while True:
+            status = http.get(
+                f"{base}/api/v1/upload/{upload['upload_id']}/status", headers=token, timeout=60
+            ).json()
+            if status["state"] in {"completed", "failed"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert status["state"] == "completed", (status, worker_log.read_text()[-3000:])
+        for path in paths:
+            assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+        # The worker's own metrics port (what Prometheus scrapes as worker:9808).
+        scraped = requests.get(
+            f"http://127.0.0.1:{ports['METRICS_WORKER_PORT']}/metrics", timeout=30
+        )
+        assert scraped.status_code == 200
+        # The web's /metrics wants the token from the secret file.
+        token_file = Path(envs["web"]["METRICS_TOKEN_FILE"])
+        assert http.get(f"{base}/metrics", timeout=30).status_code in {401, 403}
+        metrics = http.get(
+            f"{base}/metrics",
+            headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+            timeout=30,
+        )
+        assert metrics.status_code == 200 and "relaypacs_chunks_received_total" in metrics.text
+
+
+def test_start_up_validation_names_a_missing_or_malformed_variable(compose, tmp_path):
+    base_env = {
+        k: str(v)
+        for k, v in compose["services"]["migrate"]["environment"].items()
+        if not str(v).startswith("/run/secrets/")
+    }
+    base_env.update(
+        PATH=f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin",
+        DATA_DIR=str(tmp_path / "data"),
+        REPORT_STORAGE_DIR=str(tmp_path / "data" / "reports"),
+        UPLOAD_STORAGE_DIR=str(tmp_path / "data" / "uploads"),
+        SECRET_KEY="a-test-secret-key-that-is-long-enough-for-check-deploy-0123456789",
+    )
+    base_env.pop("SECRET_KEY_FILE", None)
+    cases = {
+        "PUBLIC_BASE_URL": (None, "PUBLIC_BASE_URL"),
+        "TRUSTED_PROXY_COUNT": ("one", "TRUSTED_PROXY_COUNT"),
+        "DATABASE_URL": ("not a url", "DATABASE_URL"),
+        "UPLOAD_STORAGE": ("nfs", "UPLOAD_STORAGE"),
+        "PACS_TIMEOUT_SECONDS": ("two minutes", "PACS_TIMEOUT_SECONDS"),
+    }
+    for name, (value, named) in cases.items():
+        env = dict(base_env)
+        if value is None:
+            del env[name]
+        else:
+            env[name] = value
+        out = subprocess.run(
+            [str(ENTRYPOINT), "python", "manage.py", "check"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode != 0, name
+        # A settings error: its last line is the sentence; a system check: its message.
+        last = (out.stderr.strip().splitlines() or [""])[-1]
+        assert named in last or f"{named} is '" in out.stderr, (name, out.stderr[-2000:])

@@ -1,0 +1,71 @@
+"""``manage.py migrate_locked``: ``migrate`` that several nodes may run at the same moment.
+
+On PostgreSQL it holds a session-level advisory lock while it migrates, so when several
+containers or machines start together one migrates and the others wait, then find nothing
+left to do. ``migrate`` alone would let two of them create the same table at once and one
+would fail. On SQLite (one machine, the embedded default) the database file's own lock is
+enough and it is plain ``migrate``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DEFAULT_DB_ALIAS, connections
+
+# Any fixed 64-bit number that nothing else in the database uses as an advisory lock:
+# "RelayPACS migrate" in the letters' ASCII codes, cut to fit.
+MIGRATE_LOCK_ID = 0x52_50_41_43_53_4D_49_47
+# Long enough for the slowest migration of a large database on another node; the waiting
+# node then stops with a sentence instead of hanging a deployment for ever.
+LOCK_WAIT_SECONDS = 900
+# How often a waiting node tries the lock again.
+LOCK_POLL_SECONDS = 0.5
+
+
+class Command(BaseCommand):
+    help = (
+        "Apply database migrations, one node at a time: on PostgreSQL an advisory lock "
+        "makes nodes that start together wait for each other."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--database", default=DEFAULT_DB_ALIAS)
+        parser.add_argument(
+            "--lock-wait",
+            type=float,
+            default=LOCK_WAIT_SECONDS,
+            help="Seconds to wait for another node's migration before giving up.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        database = options["database"]
+        verbosity = options["verbosity"]
+        connection = connections[database]
+        if connection.vendor != "postgresql":
+            call_command("migrate", database=database, interactive=False, verbosity=verbosity)
+            return
+        with connection.cursor() as cursor:
+            deadline = time.monotonic() + options["lock_wait"]
+            waited = False
+            while True:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", [MIGRATE_LOCK_ID])
+                if cursor.fetchone()[0]:
+                    break
+                if time.monotonic() > deadline:
+                    raise CommandError(
+                        f"Another node has been migrating the database for more than "
+                        f"{options['lock_wait']:.0f} seconds. Check that node's log; start "
+                        "this one again once its migration has finished."
+                    )
+                if not waited and verbosity:
+                    self.stdout.write("Another node is migrating the database; waiting for it.")
+                waited = True
+                time.sleep(LOCK_POLL_SECONDS)
+            try:
+                call_command("migrate", database=database, interactive=False, verbosity=verbosity)
+            finally:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK_ID])

@@ -1,0 +1,45 @@
+"""``manage.py restore <backup folder>``: into an empty database and report store only;
+``--dry-run`` checks the backup and the target and changes nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from relaypacs.errors import ApplicationError
+from uploads.management.backups import backup_restore, restore_plan
+
+
+class Command(BaseCommand):
+    help = "Restore a backup made by `manage.py backup` into an empty database and report store."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("backup", help="The backup's folder (relaypacs-backup-<time>).")
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Check the backup and the target, and say what would happen; change nothing.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        backup = Path(options["backup"])
+        try:
+            if options["dry_run"]:
+                plan = restore_plan(backup=backup)
+                empty = not plan.database_tables and not plan.report_files
+                self.stdout.write(
+                    f"The backup of {plan.created_at} ({plan.engine}) is whole. "
+                    + (
+                        "The target is empty: a restore would go ahead."
+                        if empty
+                        else f"The target is not empty ({plan.database_tables} tables, "
+                        f"{plan.report_files} report files): a restore would be refused."
+                    )
+                )
+                return
+            plan = backup_restore(backup=backup)
+        except ApplicationError as exc:
+            raise CommandError(f"{exc.message} {exc.hint}") from exc
+        self.stdout.write(f"Restored the backup of {plan.created_at} from {backup}.")
