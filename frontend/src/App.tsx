@@ -29,12 +29,12 @@ import {
   resumeStudy,
   retryStudy,
   sendAgain,
-  unfinishedStudies,
 } from "./studies";
 import { toUserError } from "./uploader";
 import { History } from "./History";
 import { Reports } from "./Reports";
-import { repliesSend, reportsForget } from "./reports";
+import { repliesExpire, repliesForget, repliesSend, reportsForget } from "./reports";
+import { leftChoices, leftOnDevice, leftWords, somethingLeft, type LeftOnDevice } from "./signOut";
 import { reportStateWords, STUDY_WORDS } from "./words";
 import { navigate, useRoute } from "./router";
 import { INSECURE_NOTICE } from "./secure";
@@ -597,7 +597,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
   const all = useLiveQuery(() => db.studies.where("owner").equals(owner).reverse().sortBy("createdAt"), [owner]);
   const studies = all?.filter((s) => !s.dismissed);
   const [picked, setPicked] = useState<Picked | null>(null);
-  const [signingOut, setSigningOut] = useState<number | null>(null);
+  const [signingOut, setSigningOut] = useState<LeftOnDevice | null>(null);
   const home = useHome(owner, online);
   const sends = home?.sends ?? true;
   const listsVersion = useListsVersion();
@@ -610,12 +610,15 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
   }
 
   async function askSignOut() {
-    const left = await unfinishedStudies(owner);
-    if (left.length) setSigningOut(left.length);
+    const left = await leftOnDevice(owner);
+    if (somethingLeft(left)) setSigningOut(left);
     else await doSignOut();
   }
   async function doSignOut(discard = false) {
     if (discard) await discardAll(owner);
+    // Answers to the radiologist may describe the patient: none outlives the sign-out (the
+    // warning said so when some were not sent yet).
+    await repliesForget(owner);
     await reportsForget(owner);
     await statsForget(owner);
     liveFor(null);
@@ -638,13 +641,15 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
       </div>
       {signingOut !== null && (
         <div className="dialog" role="alertdialog" aria-label="Sign out">
-          <p>{signingOut === 1 ? "1 study is" : `${signingOut} studies are`} not yet received by the PACS.</p>
+          {leftWords(signingOut).map((line) => (
+            <p key={line}>{line}</p>
+          ))}
           <div className="actions">
             <button className="primary" onClick={() => setSigningOut(null)}>
-              Stay signed in and finish them
+              {leftChoices(signingOut).stay}
             </button>
             <button className="danger" onClick={() => void doSignOut(true)}>
-              Discard them and sign out
+              {leftChoices(signingOut).discard}
             </button>
           </div>
         </div>
@@ -681,6 +686,11 @@ export function App() {
   // Restart the uploader only when the user or the session's validity changes, not on every
   // token refresh.
   const activeUser = session && !session.expired ? session.username : null;
+  useEffect(() => {
+    // At start-up: refused answers to the radiologist nobody sent again or discarded within
+    // a week leave the device (they may describe the patient).
+    void repliesExpire().catch(() => undefined);
+  }, []);
   useEffect(() => {
     if (activeUser) {
       startUploads(activeUser);

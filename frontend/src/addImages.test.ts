@@ -82,4 +82,23 @@ describe("images added to a report's study", () => {
     expect(study?.error).toMatchObject({ code: "report_gone", message: "The report these images were added to is no longer open to this account." });
     expect(study?.error?.hint).toContain("Cancel this upload");
   });
+
+  it("take the report's patient and study fields over those typed on this device", async () => {
+    const { inits, fetch } = serverWithReport();
+    await signInOnDevice();
+    vi.stubGlobal("fetch", fetch);
+    const typed = { ...PHOTO_FIELDS, patientName: "SMITH^JOHN", patientId: "LOCAL-1", studyDate: "20200101", accessionNumber: "ACC-LOCAL", patientSex: "M" };
+    await queuedStudy(16, 2, { fields: typed, studyName: "Typed name", addTo: { reportId: 9 } });
+    await new Uploader(OWNER, new AbortController().signal).run({ untilSent: true });
+    expect(inits).toHaveLength(1);
+    expect(inits[0]!.metadata).toMatchObject({
+      study_instance_uid: REPORT.study_instance_uid,
+      patient_name: "DOE^JANE",
+      patient_id: "PID-77",
+      study_date: "20261201",
+      accession_number: "ACC-9",
+      study_description: "CT head",
+      modality: "XC",
+    });
+  });
 });

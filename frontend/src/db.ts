@@ -177,6 +177,8 @@ export interface QueuedReply {
   /** "queued": sent when the network is back; "refused": the server said no (`error`). */
   state: "queued" | "refused";
   error: UserError | null;
+  /** When the server refused it: a refused answer is deleted 7 days later (`repliesExpire`). */
+  refusedAt?: number | null;
 }
 
 export interface AuthSession {

@@ -6,8 +6,9 @@ import "fake-indexeddb/auto";
 import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { db } from "./db";
-import { addImagesMetadata, newestFirst, replyQueue, replyRetry, repliesSend, reportError, reportPdf, reportRow, reportsForget, reportsRefresh, REPORT_DOWNLOAD_PATH, shownAsOf, type ServerReport } from "./reports";
-import { OWNER, signInOnDevice, until } from "./testkit";
+import { addImagesMetadata, newestFirst, REFUSED_REPLY_KEEP_MS, replyQueue, replyRetry, repliesExpire, repliesForget, repliesSend, reportError, reportPdf, reportRow, reportsForget, reportsRefresh, REPORT_DOWNLOAD_PATH, shownAsOf, type ServerReport } from "./reports";
+import { OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
+import { leftChoices, leftOnDevice, leftWords } from "./signOut";
 import { ApiError } from "./api";
 import { namesApiField, REPORT_STATE_WORDS, reportStateWords } from "./words";
 
@@ -206,6 +207,65 @@ describe("answers to the radiologist's question", () => {
     expect(error).toMatchObject({ code: "invalid_request" });
     expect((error as { message: string }).message).not.toBe("");
     expect(await db.replies.count()).toBe(0);
+  });
+});
+
+describe("answers left on the device", () => {
+  const DAY = 24 * 3600 * 1000;
+
+  it("signing out warns of unsent answers, queued or refused, and deleting them leaves none of the owner's", async () => {
+    await db.studies.clear();
+    server.reachable = false;
+    await db.replies.bulkAdd([
+      { owner: OWNER, reportId: 1, answer: "The wound is on the left knee.", createdAt: 1, state: "queued", error: null },
+      { owner: OWNER, reportId: 2, answer: "Prior CT attached.", createdAt: 2, state: "refused", error: null, refusedAt: 3 },
+      { owner: "other", reportId: 3, answer: "Not mine.", createdAt: 3, state: "queued", error: null },
+    ]);
+    const left = await leftOnDevice(OWNER);
+    expect(left).toEqual({ studies: 0, replies: 2 });
+    expect(leftWords(left)).toEqual(["2 answers to the radiologist are not yet sent; signing out deletes them from this device."]);
+    expect(leftChoices(left)).toEqual({ stay: "Stay signed in and send them", discard: "Delete them and sign out" });
+    await repliesForget(OWNER);
+    expect(await leftOnDevice(OWNER)).toEqual({ studies: 0, replies: 0 });
+    expect((await db.replies.toArray()).map((r) => r.owner)).toEqual(["other"]);
+  });
+
+  it("the warning names unfinished studies and answers together, in the words studies had", async () => {
+    await db.studies.clear();
+    await queuedStudy(16, 1);
+    await db.replies.add({ owner: OWNER, reportId: 1, answer: "Yes.", createdAt: 1, state: "queued", error: null });
+    const left = await leftOnDevice(OWNER);
+    expect(left).toEqual({ studies: 1, replies: 1 });
+    expect(leftWords(left)).toEqual(["1 study is not yet received by the PACS.", "1 answer to the radiologist is not yet sent; signing out deletes it from this device."]);
+    expect(leftWords({ studies: 1, replies: 0 })).toEqual(["1 study is not yet received by the PACS."]);
+    expect(leftChoices({ studies: 1, replies: 0 })).toEqual({ stay: "Stay signed in and finish them", discard: "Discard them and sign out" });
+    await db.studies.clear();
+    await db.blobs.clear();
+  });
+
+  it("a refused answer is deleted at start-up a week after the refusal; queued ones and fresh refusals stay", async () => {
+    const now = 1_900_000_000_000;
+    await db.replies.bulkAdd([
+      { owner: OWNER, reportId: 1, answer: "old refused", createdAt: now - 30 * DAY, state: "refused", error: null, refusedAt: now - 8 * DAY },
+      { owner: "other", reportId: 2, answer: "old refused, no refusal time", createdAt: now - 8 * DAY, state: "refused", error: null },
+      { owner: OWNER, reportId: 3, answer: "refused yesterday", createdAt: now - 30 * DAY, state: "refused", error: null, refusedAt: now - DAY },
+      { owner: OWNER, reportId: 4, answer: "queued long ago", createdAt: now - 30 * DAY, state: "queued", error: null },
+    ]);
+    expect(REFUSED_REPLY_KEEP_MS).toBe(7 * DAY);
+    expect(await repliesExpire(now)).toBe(2);
+    expect((await db.replies.toArray()).map((r) => r.answer).sort()).toEqual(["queued long ago", "refused yesterday"]);
+  });
+
+  it("a refusal is dated, and sending again clears the date", async () => {
+    server.reports.set(5, serverReport(5, { status: "pending" }));
+    const before = Date.now();
+    const id = await replyQueue({ owner: OWNER, reportId: 5, answer: "Here it is." });
+    await until(async () => (await db.replies.get(id))?.state === "refused");
+    const refused = (await db.replies.get(id))!;
+    expect(refused.refusedAt).toBeGreaterThanOrEqual(before);
+    server.reachable = false;
+    await replyRetry(refused);
+    expect((await db.replies.get(id))?.refusedAt).toBeNull();
   });
 });
 

@@ -92,12 +92,33 @@ export async function reportsRefresh(owner: string, now = Date.now()): Promise<C
   return rows;
 }
 
-/** Forget the account's saved reports (signing out): queued answers stay until sent. */
+/** Forget the account's saved reports (signing out); its answers are `repliesForget`'s. */
 export async function reportsForget(owner: string): Promise<void> {
   await db.transaction("rw", db.reports, db.reportViews, async () => {
     await db.reports.where("owner").equals(owner).delete();
     await db.reportViews.delete(owner);
   });
+}
+
+/** The owner's answers not yet taken by the server (queued or refused): signing out warns of them. */
+export async function unsentReplies(owner: string): Promise<number> {
+  return db.replies.where("owner").equals(owner).count();
+}
+
+/** Delete the owner's answers, sent or not (signing out, once the user agreed to lose them):
+ * they may describe the patient and must not stay on a shared device. */
+export async function repliesForget(owner: string): Promise<void> {
+  await db.replies.where("owner").equals(owner).delete();
+}
+
+/** How long a refused answer is kept for "Send again" or "Discard" before it is deleted. */
+export const REFUSED_REPLY_KEEP_MS = 7 * 24 * 3600 * 1000;
+
+/** Delete every refused answer older than `REFUSED_REPLY_KEEP_MS` (at start-up, any
+ * account): counted from the refusal, or from when it was written for rows without one.
+ * Returns how many were deleted. */
+export async function repliesExpire(now = Date.now()): Promise<number> {
+  return db.replies.filter((r) => r.state === "refused" && now - (r.refusedAt ?? r.createdAt) > REFUSED_REPLY_KEEP_MS).delete();
 }
 
 /** Queue the answer to report `reportId`'s question and send it now when the network
@@ -135,7 +156,7 @@ async function sendRound(owner: string): Promise<number> {
       report = await signedInFetch<ServerReport>(`/reports/${reply.reportId}/reply`, { method: "POST", json: { answer: reply.answer } });
     } catch (error) {
       if (error instanceof ApiError && (error.transient || error.code === "sign_in_required")) return sent;
-      await db.replies.update(reply.id!, { state: "refused", error: reportError(error) });
+      await db.replies.update(reply.id!, { state: "refused", error: reportError(error), refusedAt: Date.now() });
       continue;
     }
     await db.transaction("rw", db.replies, db.reports, async () => {
@@ -149,7 +170,7 @@ async function sendRound(owner: string): Promise<number> {
 
 /** Queue a refused answer again (the user pressed "Send again"). */
 export async function replyRetry(reply: QueuedReply): Promise<void> {
-  await db.replies.update(reply.id!, { state: "queued", error: null });
+  await db.replies.update(reply.id!, { state: "queued", error: null, refusedAt: null });
   void repliesSend(reply.owner).catch(() => undefined);
 }
 

@@ -73,6 +73,11 @@ export class FakeUploadServer {
   cancelAnswer = 204;
   /** False: every request fails as fetch fails without a network. */
   reachable = true;
+  /** The network reports (`POST …/telemetry` bodies) received, and what it answers. */
+  readonly telemetry: Record<string, unknown>[] = [];
+  telemetryAnswer = 204;
+  /** Chunks whose first request arrives damaged (a 400 `checksum_mismatch`, sent again). */
+  readonly damagedOnce = new Set<number>();
   /** Awaited before `init` answers (to cancel while it is on its way). */
   beforeInit: () => Promise<void> | void = () => undefined;
 
@@ -120,6 +125,7 @@ export class FakeUploadServer {
       this.chunkRequests.push(index);
       this.onChunkRequest(index);
       if (this.hold(index)) await new Promise<void>((answer) => this.held.push({ index, answer }));
+      if (this.damagedOnce.delete(index)) return json(400, { error: { code: "checksum_mismatch", message: "The chunk arrived damaged.", hint: "" } });
       this.received.add(index);
       return json(200, { index, received: true });
     }
@@ -127,6 +133,11 @@ export class FakeUploadServer {
       if (this.received.size < this.totalChunks) return json(409, { error: { code: "upload_incomplete", message: "Chunks are missing.", hint: "" } });
       this.state = "processing";
       return json(202, { upload_id: this.uploadId, state: this.state });
+    }
+    if (method === "POST" && action === "/telemetry") {
+      this.telemetry.push(JSON.parse(String(init.body)) as Record<string, unknown>);
+      if (this.telemetryAnswer !== 204) return json(this.telemetryAnswer, { error: { code: "server_error", message: "The server had a problem.", hint: "" } });
+      return json(204, null);
     }
     if (method === "DELETE" && action === "") {
       if (this.cancelAnswer === 204) this.state = "cancelled";

@@ -12,6 +12,7 @@ import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } 
 import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
 import { plainError } from "./words";
+import { NetworkMeter, telemetrySend } from "./telemetry";
 
 export const UPLOADER_LOCK = "relaypacs-uploader";
 export const SYNC_TAG = "relaypacs-upload";
@@ -160,8 +161,31 @@ export class Uploader {
   private samples: [number, number][] = [];
   private failures = 0;
   private progress: Progress | null = null;
+  /** The network each upload of this run saw, per study (telemetry.ts). */
+  private readonly meters = new Map<number, NetworkMeter>();
 
   constructor(private readonly owner: string, private readonly signal: AbortSignal) {}
+
+  private meterOf(id: number): NetworkMeter {
+    let meter = this.meters.get(id);
+    if (!meter) this.meters.set(id, (meter = new NetworkMeter()));
+    return meter;
+  }
+
+  /** The studies being sent lost the network: an outage for each until chunks go again. */
+  private wentOffline(studies: Study[]): void {
+    const now = Date.now();
+    for (const s of studies) if (s.state === "queued" || s.state === "uploading") this.meterOf(s.id!).offline(now);
+  }
+
+  /** Send the upload's network figures once its chunks are all acknowledged; in the
+   * background, and whatever happens to it, the upload goes on. */
+  private reportNetwork(study: Study): void {
+    const meter = this.meters.get(study.id!);
+    this.meters.delete(study.id!);
+    if (!meter || !study.uploadId) return;
+    void telemetrySend(study.uploadId, study.uploadToken, meter.report(), this.signal).catch(() => undefined);
+  }
 
   /** Look at the queue again now (new study, back online, resumed). */
   wake(): void {
@@ -206,6 +230,7 @@ export class Uploader {
       if (!isOnline()) {
         // A cancel the server never needs to hear of is done at once, offline too.
         for (const s of studies) if (s.state === "cancelling" && !s.uploadId) await studyCancelSend(s.id!);
+        this.wentOffline(sending);
         for (const s of sending) await studyEvent(s.id!, { type: "offline" });
         if (untilSent) return;
         await this.wait(60_000);
@@ -221,6 +246,7 @@ export class Uploader {
         if (error instanceof ApiError && (error.transient || error.code === "sign_in_required")) {
           // Offline, server restarting, or sign-in needed: keep the queue, try again later.
           this.failures += 1;
+          this.wentOffline(sending);
           for (const s of sending) await studyEvent(s.id!, { type: "offline" });
           if (untilSent) return;
           delay = error.code === "sign_in_required" ? 60_000 : backoffDelay(this.failures);
@@ -275,7 +301,9 @@ export class Uploader {
     const added = study.addTo ? await addedImagesMetadata(study, token) : {};
     const body = {
       files: study.files.map((f) => ({ name: f.name, size: f.size, ...(f.sha256 ? { sha256: f.sha256 } : {}) })),
-      metadata: { ...added, ...metadataOf(study.fields, study.studyName) },
+      // Images added to a report: the server's study and patient fields win over anything
+      // typed on this device, so the images join the report's patient, never another.
+      metadata: { ...metadataOf(study.fields, study.studyName), ...added },
       clinical_notes: study.clinicalNotes,
       service_level: study.serviceLevel,
       allow_partial: study.allowPartial ?? false,
@@ -371,12 +399,16 @@ export class Uploader {
       );
     }
     let complete: boolean;
+    const meter = this.meterOf(study.id!);
+    meter.sending();
     try {
       complete = await this.sendChunks(study, blobs, missing);
     } finally {
+      meter.idle();
       await this.writeProgress(study.id!, true);
     }
     if (!complete) return; // paused, cancelled or offline
+    this.reportNetwork(study);
     try {
       await this.withUploadToken(study, (token) => apiFetch(`/upload/${study.uploadId}/complete`, { method: "POST", token }));
     } catch (error) {
@@ -426,6 +458,7 @@ export class Uploader {
     const contentMd5 = hexToBase64(await md5(body));
     for (let attempt = 0; ; attempt++) {
       const began = Date.now();
+      this.meterOf(study.id!).chunkSent(index, body.length);
       try {
         await this.withUploadToken(study, (token) =>
           apiFetch(`/upload/${study.uploadId}/chunk?index=${index}`, {

@@ -65,8 +65,12 @@ def test_dashboard_shows_the_upload_and_its_cached_figures_offline(
     assert periods[-1] == "1m", periods
 
     # The period switch asks for that period.
-    with page.expect_request(STATS_1W):
+    with page.expect_response(STATS_1W) as week:
         page.get_by_role("button", name="1 week").click()
+    # The app reported the upload's network figures (POST .../telemetry) as it sent it.
+    network = week.value.json()["network"]
+    assert network["uploads_reported"] == 1, network
+    assert network["average_throughput_bytes_per_second"], network
     expect(page.get_by_role("button", name="1 week")).to_have_attribute("aria-pressed", "true")
     expect(page.get_by_test_id("kpi-uploads")).to_contain_text("1")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
