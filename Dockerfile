@@ -43,8 +43,9 @@ COPY --from=pwa /src/frontend/dist frontend/dist
 RUN DJANGO_SETTINGS_MODULE=relaypacs.settings.dev DATA_DIR=/tmp/build \
         python manage.py collectstatic --noinput --verbosity 0 --ignore '*.map' --ignore redoc \
     && rm -rf /tmp/build \
-    && mkdir -p /data \
-    && chown relaypacs:relaypacs /data
+    && mkdir -p /data /backups \
+    && chown relaypacs:relaypacs /data /backups \
+    && chmod 0700 /backups
 USER relaypacs
 VOLUME ["/data"]
 EXPOSE 8000

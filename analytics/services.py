@@ -4,6 +4,7 @@ PWA's network reports, a rebuild from scratch, and the cache of the answers."""
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,12 +12,15 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from relaypacs import events
+from relaypacs.errors import ApplicationError
+from uploads.models import UploadSession
 from uploads.selectors import UploadFacts, upload_facts
 
 from .contributions import RollupKey, bucket_key, contribution_of, rollup_keys
@@ -120,10 +124,14 @@ def upload_event_record(*, upload_id: uuid.UUID, name: str) -> bool:
     date. Idempotent: an event delivered twice is counted once (first times are kept,
     retries are told apart by their retry or failure time). Returns whether the rollups
     changed. An upload that no longer exists keeps what it was counted for."""
+    if next(upload_facts(upload_ids=[upload_id]), None) is None:
+        return False
+    timeline = _timeline_locked(upload_id)
+    # Read again under the lock: facts read before it could predate a change another
+    # event already counted (completed), which this one would then count back.
     facts = next(upload_facts(upload_ids=[upload_id]), None)
     if facts is None:
         return False
-    timeline = _timeline_locked(upload_id)
     now = timezone.now()
     if name in (events.UPLOAD_NEEDS_CONFIRMATION, events.UPLOAD_FORWARDING):
         timeline.checked_at = timeline.checked_at or now
@@ -158,14 +166,61 @@ class NetworkReport:
     retried_chunks: int
 
 
+# How far a network report may go beyond the upload it describes: outages and retried
+# chunks at most this many times its chunks (plus a few for a tiny upload), bytes sent
+# (retries included) at most as many whole chunks, seconds at most the resume
+# window or the upload's age, whichever is longer. Beyond that the report is not the
+# app's, and a huge figure would overflow the day's shared rollup row for everyone.
+TELEMETRY_COUNT_FACTOR = 10
+TELEMETRY_COUNT_SLACK = 100
+
+
+def _telemetry_check(
+    *, report: NetworkReport, chunk_size: int, total_chunks: int, created_at: Any
+) -> None:
+    seconds_max = max(
+        settings.UPLOAD_RESUME_WINDOW.total_seconds(),
+        (timezone.now() - created_at).total_seconds() + 3600,
+    )
+    counts_max = TELEMETRY_COUNT_FACTOR * max(total_chunks, 1) + TELEMETRY_COUNT_SLACK
+    limits: list[tuple[str, float, float]] = [
+        ("bytes_sent", report.bytes_sent, counts_max * max(chunk_size, 1)),
+        ("active_seconds", report.active_seconds, seconds_max),
+        ("offline_seconds", report.offline_seconds, seconds_max),
+        ("outages", report.outages, counts_max),
+        ("retried_chunks", report.retried_chunks, counts_max),
+    ]
+    for name, value, most in limits:
+        if not math.isfinite(value) or value < 0 or value > most:
+            raise ApplicationError(
+                "invalid_telemetry",
+                f"The network report's {name} ({value:g}) is not possible for this upload: "
+                f"it must be between 0 and {most:g}.",
+                "Send the totals the app measured for this upload; nothing was recorded.",
+                extra={"field": name},
+            )
+
+
 @transaction.atomic
 def upload_telemetry_record(*, upload_id: uuid.UUID, report: NetworkReport) -> None:
     """Keep the PWA's latest network report of the upload (it replaces an earlier one, so
-    sending it twice is harmless) and count it in the rollups."""
-    facts = next(upload_facts(upload_ids=[upload_id]), None)
-    if facts is None:
+    sending it twice is harmless) and count it in the rollups. A figure the upload could
+    not have produced (see TELEMETRY_*) is refused with ApplicationError (400) before
+    anything is written."""
+    size = (
+        UploadSession.objects.filter(pk=upload_id)
+        .values_list("chunk_size", "total_chunks", "created_at")
+        .first()
+    )
+    if size is None:
+        return
+    _telemetry_check(report=report, chunk_size=size[0], total_chunks=size[1], created_at=size[2])
+    if next(upload_facts(upload_ids=[upload_id]), None) is None:
         return
     timeline = _timeline_locked(upload_id)
+    facts = next(upload_facts(upload_ids=[upload_id]), None)  # under the lock (see above)
+    if facts is None:
+        return
     timeline.telemetry_at = timezone.now()
     timeline.network_bytes = report.bytes_sent
     timeline.network_ms = int(report.active_seconds * 1000)

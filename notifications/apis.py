@@ -278,7 +278,7 @@ async def notifications_stream(request: HttpRequest) -> HttpResponseBase:
     after = live.parse_position(
         request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
     )
-    stream = live.Stream(auth=auth)
+    stream = live.Stream(auth=auth, transport="sse")
 
     async def body() -> AsyncIterator[bytes]:
         yield f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode()

@@ -58,6 +58,7 @@ REPORT_EVENTS = frozenset(
         events.REPORT_ADDITIONAL_DATA_REQUIRED,
         events.REPORT_AMENDED,
         events.REPORT_CANCELLED,
+        events.REPORT_ANSWERED,
     }
 )
 
@@ -181,6 +182,9 @@ def report_event_deliver(*, name: str, report_id: int, payload: dict[str, Any]) 
             drafts[sender] = NotificationDraft(
                 NotificationKind.REPORT_ADDITIONAL_DATA_REQUIRED, title, body
             )
+    elif name == events.REPORT_ANSWERED and assignee_id is not None:
+        title, body = texts.report_answered(label=label)
+        drafts[assignee_id] = NotificationDraft(NotificationKind.REPORT_ANSWERED, title, body)
     as_of = _as_of(state=facts.status, updated_at=facts.updated_at)
     appended = 0
     for user_id, draft in drafts.items():

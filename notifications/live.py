@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from relaypacs.errors import ApplicationError
 
-from . import selectors, wakeup
+from . import metrics, selectors, wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +310,10 @@ class Stream:
     (``ready`` and ``reset`` carry the position too, so a client always knows where it is).
     """
 
-    def __init__(self, *, auth: StreamAuth) -> None:
+    def __init__(self, *, auth: StreamAuth, transport: str = "websocket") -> None:
         self.auth = auth
+        self.transport = transport
+        self.opened_at = timezone.now()
         self.position: int | None = None
         self.repositioned = asyncio.Event()
         # Counts resume() calls: a database read that started before the latest resume
@@ -382,6 +384,9 @@ class Stream:
                 # Moved before the send: a resume during the send then overrides it.
                 self.position = int(event["id"])
                 yield event
+                metrics.event_delivered(
+                    event=event, stream_opened_at=self.opened_at, transport=self.transport
+                )
                 next_heartbeat = time.monotonic() + heartbeat
                 if resumes != self.resumes:
                     resumed = True

@@ -62,6 +62,7 @@ class NotificationKind(models.TextChoices):
     REPORT_ASSIGNED = "report_assigned", "Report assigned"
     REPORT_READY = "report_ready", "Report ready"
     REPORT_ADDITIONAL_DATA_REQUIRED = "report_additional_data_required", "Additional data required"
+    REPORT_ANSWERED = "report_answered", "Question answered"
 
 
 class Notification(models.Model):

@@ -112,6 +112,15 @@ def report_ready(*, label: str) -> tuple[str, str]:
     )
 
 
+def report_answered(*, label: str) -> tuple[str, str]:
+    """A fixed body: the sender's answer is free text that may name the patient, so it is
+    shown only on the report page, never in a notification."""
+    return (
+        f"Answer about the {_mid(label)}",
+        f"The sender answered your question about the {_mid(label)}. Open the report to read it.",
+    )
+
+
 def report_question(*, label: str) -> tuple[str, str]:
     """A fixed body: the radiologist's question is free text that may name the patient,
     so it is shown only inside the app (the reports API), never in a notification."""

@@ -39,6 +39,8 @@ from django.conf import settings
 from django.db import Error, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 
+# PostgreSQL's idle_session_timeout exists from version 14 on.
+IDLE_SESSION_TIMEOUT_SINCE = 140000
 logger = logging.getLogger(__name__)
 
 # The advisory lock's key, two int4 ("RPAC", "beat"): advisory locks are per database,
@@ -122,10 +124,15 @@ class BeatLock:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", list(LOCK_KEY))
                 (taken,) = cursor.fetchone()
-                if taken:
+                if taken and getattr(connection, "pg_version", 0) >= IDLE_SESSION_TIMEOUT_SINCE:
                     cursor.execute(
                         "SELECT set_config('idle_session_timeout', %s, false)",
                         [f"{_idle_session_timeout()}s"],
+                    )
+                elif taken:
+                    logger.warning(
+                        "PostgreSQL before 14 has no idle_session_timeout: a beat that hangs "
+                        "while it holds the beat lock keeps it until its process ends."
                     )
         except Error as exc:
             logger.warning(

@@ -33,6 +33,9 @@ REPORT_READY = "report.ready"  # final, signed, and its PDF is stored
 REPORT_ADDITIONAL_DATA_REQUIRED = "report.additional_data_required"
 REPORT_AMENDED = "report.amended"  # a new signed version superseded the earlier one
 REPORT_CANCELLED = "report.cancelled"
+# The sender answered the radiologist's question after new images had already returned the
+# report to pending: no status change, so the assignee learns of the answer from this.
+REPORT_ANSWERED = "report.answered"
 
 
 def emit(name: str, **payload: Any) -> None:

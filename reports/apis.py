@@ -228,7 +228,14 @@ class ReportDownloadApi(APIView):
         responses={
             (200, "application/pdf"): bytes,
             **error_responses(
-                401, 404, 409, s409="report_not_ready: the report has no signed PDF yet."
+                401,
+                404,
+                409,
+                500,
+                503,
+                s409="report_not_ready: the report has no signed PDF yet.",
+                s500="report_pdf_missing: the PDF is missing from the report store.",
+                s503="report_store_unavailable: the report store cannot be reached just now.",
             ),
         },
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from django.conf import settings
-from django.core.files.storage import FileSystemStorage
 from django.db import models
 from django.utils import timezone
+
+from .store import ReportStoreStorage
 
 
 class ReportStatus(models.TextChoices):
@@ -37,11 +38,13 @@ class ReportSource(models.TextChoices):
     FHIR = "fhir", "FHIR"
 
 
-def letterhead_storage() -> FileSystemStorage:
-    """Logos live in the report store, so a letterhead is backed up with the reports.
+def letterhead_storage() -> ReportStoreStorage:
+    """Logos live in the report store (``letterheads/`` of REPORT_STORAGE_DIR, or of the
+    bucket's ``reports/`` prefix in S3 mode), so a letterhead is backed up with the reports
+    and every node reads it. The store picks its backend at each call.
 
-    A callable, so that migrations refer to it rather than to this machine's path."""
-    return FileSystemStorage(location=settings.REPORT_STORAGE_DIR / "letterheads")
+    A callable, so that migrations refer to it rather than to this machine's storage."""
+    return ReportStoreStorage(location="letterheads")
 
 
 class Letterhead(models.Model):
@@ -165,8 +168,8 @@ class ReportVersion(models.Model):
 
     The PDF is written once (``pdf_path`` from empty to set, by reports.services.pdf);
     ``superseded`` turns true when a later version's PDF is stored. ``pdf_path`` is
-    relative to REPORT_STORAGE_DIR. ``render_dispatched_at`` and ``render_attempts`` are
-    bookkeeping of its render task (reports.services.sync.reports_pdf_redispatch), not
+    its name in the report store (reports.store). ``render_dispatched_at`` and
+    ``render_attempts`` are bookkeeping of its render task (reports.services.sync.reports_pdf_redispatch), not
     part of the signed version.
     """
 
@@ -227,8 +230,11 @@ class PacsReportObject(models.Model):
     outcome = models.CharField(max_length=32)
     seen_at = models.DateTimeField(default=timezone.now)
     # Cycles in a row whose taking in of this object failed (outcome "failing" while it is
-    # tried again, "gave_up" once sync.APPLY_MAX_ATTEMPTS is reached).
+    # tried again, "gave_up" once sync.APPLY_GIVE_UP_AFTER has passed since the first
+    # failure, ``seen_at``, with at least sync.APPLY_MAX_ATTEMPTS failures).
     failures = models.PositiveSmallIntegerField(default=0)
+    # A failing object is not tried before this time (growing intervals, sync.retry_delay).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

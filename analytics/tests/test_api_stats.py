@@ -235,3 +235,37 @@ def test_the_app_reports_the_network_it_saw(
     from analytics.services import rollups_current, rollups_recomputed
 
     assert rollups_current() == rollups_recomputed()[0]
+
+
+@pytest.mark.parametrize(
+    "absurd",
+    [
+        {"outages": 10**12},
+        {"active_seconds": 1e300},
+        {"offline_seconds": 1e12},
+        {"bytes_sent": 2**62},
+        {"retried_chunks": 2**31 - 1},
+        {"outages": 2**31 - 1},
+    ],
+)
+def test_an_impossible_network_report_is_refused_and_changes_nothing(
+    made: Any, people: dict[str, Any], api_for: Any, absurd: dict[str, Any]
+) -> None:
+    from analytics.models import UploadRollup
+    from analytics.services import rollups_current, rollups_recomputed
+
+    upload = UploadSession.objects.get(pk=made["direct"])
+    api = api_for(people["alice"])
+    url = f"/api/v1/upload/{upload.pk}/telemetry"
+    before = list(UploadRollup.objects.order_by("pk").values())
+    answer = api.post(url, absurd, format="json")
+    assert answer.status_code == 400, answer.content
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_telemetry"
+    assert error["field"] == next(iter(absurd))
+    assert "not possible for this upload" in error["message"]
+    assert list(UploadRollup.objects.order_by("pk").values()) == before
+    # A sensible report afterwards is still counted, and the rollups add up.
+    assert api.post(url, {"outages": 2, "retried_chunks": 1}, format="json").status_code == 204
+    assert api.get(STATS).json()["network"]["outages"] == 2
+    assert rollups_current() == rollups_recomputed()[0]

@@ -250,3 +250,31 @@ def test_when_one_of_the_pool_takes_a_report_the_others_offers_are_withdrawn(
     # Pending again later (an answer to a question): nobody is told twice.
     events.emit(events.REPORT_PENDING, report_id=report.pk, status="pending", assignee_id=taker.pk)
     assert Event.objects.filter(type="report.claimed").count() == 1
+
+
+def test_a_late_answer_notifies_the_assignee_in_fixed_words(technician):
+    reader = UserFactory(role=Role.RADIOLOGIST, facility=None)
+    report = ReportFactory(
+        sender=technician,
+        facility=technician.facility,
+        assignee=reader,
+        question="Any prior CT?",
+        answer="Secret Patient PID-4242 had one.",
+    )
+    events.emit(
+        events.REPORT_ANSWERED,
+        report_id=report.pk,
+        sender_id=technician.pk,
+        assignee_id=reader.pk,
+        status="pending",
+    )
+    answered = Notification.objects.get(user=reader)
+    assert answered.kind == "report_answered"
+    assert answered.report_id == report.pk
+    assert answered.body.startswith("The sender answered your question about the CT study sent ")
+    assert answered.body.endswith(". Open the report to read it.")
+    assert "had one" not in answered.body and "had one" not in answered.title
+    _no_patient_data(answered)
+    # The sender follows the report without a notification of their own answer.
+    assert Event.objects.filter(user=technician, type="report.answered").exists()
+    assert not Notification.objects.filter(user=technician).exists()

@@ -78,6 +78,35 @@ def test_websocket_sends_live_events_after_ready(signed_in, fast_stream):
     asyncio.run(scenario())
 
 
+def _delivered_count(transport: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "relaypacs_event_delivery_seconds_count", {"transport": transport}
+    )
+    return value or 0.0
+
+
+def test_live_events_are_timed_and_a_replayed_backlog_is_not(signed_in, fast_stream):
+    async def scenario() -> None:
+        # Two events stored before the stream opens: replayed, not timed.
+        await _append(signed_in.user.pk)
+        await _append(signed_in.user.pk)
+        before = _delivered_count("websocket")
+        ws = _ws(_bearer(signed_in.access))
+        connected, _ = await ws.connect(timeout=TIMEOUT)
+        assert connected
+        await ws.send_json_to({"type": "resume", "after": 0})
+        assert await _next(ws) == {"type": "ready", "id": 0}
+        assert [(await _next(ws))["id"] for _ in range(2)] == [1, 2]
+        await _append(signed_in.user.pk)
+        assert (await _next(ws))["id"] == 3
+        await ws.disconnect()
+        assert _delivered_count("websocket") == before + 1
+
+    asyncio.run(scenario())
+
+
 def test_websocket_resume_replays_exactly_what_was_missed_in_order(signed_in, fast_stream):
     async def scenario() -> None:
         for name in ["upload.started", "upload.received", "upload.forwarding", "upload.completed"]:

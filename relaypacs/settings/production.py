@@ -33,12 +33,25 @@ for _name in REQUIRED:
         )
 
 
+BOOLEAN_FALSE_STRINGS = ("false", "off", "no", "n", "0")
+
+
 def _value_naming_its_variable(get_value):  # type: ignore[no-untyped-def]
     """django-environ's reader, but a value that cannot be read (``PORT=eighty``) stops
     start-up with a sentence naming the variable (the value is not repeated: it may be
     a secret), instead of a bare ValueError."""
 
     def read(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):  # type: ignore[no-untyped-def]
+        raw = os.environ.get(var)
+        if cast is bool and raw is not None:
+            # django-environ reads any word it does not know as False: EMAIL_USE_TLS=ture
+            # would quietly send mail without TLS.
+            word = raw.strip().lower()
+            if word and word not in environ.Env.BOOLEAN_TRUE_STRINGS + BOOLEAN_FALSE_STRINGS:
+                raise ImproperlyConfigured(
+                    f"The environment variable {var} is malformed: it must be true or false. "
+                    f"Correct {var} and start again."
+                )
         try:
             return get_value(self, var, cast=cast, default=default, parse_default=parse_default)
         except (ValueError, TypeError) as exc:

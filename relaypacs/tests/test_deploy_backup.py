@@ -104,6 +104,11 @@ def test_backup_drop_restore_gives_back_every_table_and_report(tmp_path):
         backups = sorted(p for p in target.iterdir())
         assert len(backups) == 2 and all(p.name.startswith("relaypacs-backup-") for p in backups)
         backup = backups[-1]
+        # Patient data: readable by the backing-up user only.
+        assert backup.stat().st_mode & 0o777 == 0o700
+        assert all(f.stat().st_mode & 0o077 == 0 for f in backup.iterdir()), [
+            (f.name, oct(f.stat().st_mode)) for f in backup.iterdir()
+        ]
 
         # A restore over existing data is refused and changes nothing.
         refused = _manage(env, "restore", str(backup), check=False)

@@ -424,6 +424,8 @@ def test_start_up_validation_names_a_missing_or_malformed_variable(compose, tmp_
         "DATABASE_URL": ("not a url", "DATABASE_URL"),
         "UPLOAD_STORAGE": ("nfs", "UPLOAD_STORAGE"),
         "PACS_TIMEOUT_SECONDS": ("two minutes", "PACS_TIMEOUT_SECONDS"),
+        # django-environ alone reads an unknown word as false (mail without TLS).
+        "EMAIL_USE_TLS": ("ture", "EMAIL_USE_TLS"),
     }
     for name, (value, named) in cases.items():
         env = dict(base_env)

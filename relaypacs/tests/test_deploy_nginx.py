@@ -331,6 +331,10 @@ def test_the_access_log_keeps_no_query_string_or_referer(stack):
     assert not [line for line in lines if "Patientname" in line or "?" in line], lines[-5:]
 
 
+def test_metrics_are_not_published_through_nginx(stack):
+    assert stack.http.get(f"{stack.base}/metrics", timeout=30).status_code == 404
+
+
 def test_plain_http_is_sent_to_https(stack):
     response = stack.http.get(
         f"{stack.nginx.http_base}/api/v1/health", allow_redirects=False, timeout=30

@@ -10,10 +10,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
-from accounts.models import Facility
+from accounts.models import Facility, User
 from uploads.models import Study, UploadSession, UploadState
 
 from ..models import Report, ReportStatus
+from ..selectors import reports_visible_to
 from .transitions import report_created, report_reply
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,13 @@ def _facility(session: UploadSession) -> Facility | None:
     # wins; the owner's facility of today is the fallback for uploads made before it existed.
     facility: Facility | None = getattr(session, "facility", None)
     return facility if facility is not None else session.owner.facility
+
+
+def _may_see(*, user: User | None, report: Report) -> bool:
+    """Whether ``user`` could see ``report`` before this upload (the reports API's rule)."""
+    if user is None:
+        return False
+    return reports_visible_to(user=user).filter(pk=report.pk).exists()
 
 
 def _report_for_study(*, session: UploadSession, study: Study, facility: Facility | None) -> None:
@@ -69,6 +77,20 @@ def _report_for_study(*, session: UploadSession, study: Study, facility: Facilit
         )
     with transaction.atomic():
         attached = report.uploads.filter(pk=session.pk).exists()
+        if not attached and not created and not _may_see(user=session.owner, report=report):
+            # The files carry the Study Instance UID of a study a colleague sent, whose
+            # report this sender may not see (a clinician, whose reports are those of their
+            # own uploads). Attaching the upload would show them that report, and the
+            # images would answer a question that was not theirs: the upload stays out of
+            # it (its images are in the PACS study all the same). One report per study and
+            # facility, so no second report is opened. Logged by ids only.
+            logger.warning(
+                "upload %s not attached to report %s of its study: its sender may not see "
+                "that report",
+                session.pk,
+                report.pk,
+            )
+            return
         if not attached:
             report.uploads.add(session)
         if created:
@@ -82,7 +104,9 @@ def reports_open_for_upload(*, upload_id: str) -> int:
     """Open (or attach to) the report of each study the upload delivered.
 
     One report per Study Instance UID and facility: a later upload of the same study
-    attaches to it, and answers a question the radiologist asked. Idempotent: the same
+    attaches to it, and answers a question the radiologist asked, when its sender could
+    already see that report; otherwise (a colleague's report this sender may not see) the
+    upload is attached to no report and the report is left as it was (docs/reports.md). Idempotent: the same
     event delivered twice changes nothing the second time. Returns the number of studies.
     """
     try:

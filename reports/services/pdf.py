@@ -1,12 +1,13 @@
 """Report PDFs: rendered with WeasyPrint (PDF/A-3b) or kept as the PACS sent them, stored
-once in the report store (REPORT_STORAGE_DIR) and never rewritten."""
+once in the report store (reports.store: REPORT_STORAGE_DIR, or the bucket's ``reports/``
+prefix in S3 mode) and never rewritten."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
-import os
-import tempfile
+import mimetypes
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +19,7 @@ from django.utils import timezone
 from accounts.models import User
 from relaypacs.errors import ApplicationError
 
+from .. import store
 from ..models import Letterhead, Report, ReportSource, ReportVersion
 from .audit import report_audit
 from .transitions import report_pdf_stored
@@ -38,18 +40,24 @@ _SERVICE_LEVEL_LABELS = {
 
 
 def report_storage_dir() -> Path:
+    """The local report store's folder (REPORT_STORAGE_DIR; unused in S3 mode)."""
     return Path(settings.REPORT_STORAGE_DIR)
 
 
-def _local_fetcher(allowed_roots: list[Path]) -> Any:
-    """A WeasyPrint URL fetcher that reads the product's fonts and the facility's logo and
-    refuses every other URL (no remote fetch, no other local file)."""
+def _local_fetcher(allowed_roots: list[Path], *, data_urls: tuple[str, ...] = ()) -> Any:
+    """A WeasyPrint URL fetcher that reads the product's fonts (files under
+    ``allowed_roots``) and the facility's logo (one of ``data_urls``, made from the report
+    store's bytes) and refuses every other URL (no remote fetch, no other local file, no
+    other data: URL)."""
     from weasyprint.urls import URLFetcher
 
     roots = [root.resolve() for root in allowed_roots]
+    allowed_data = frozenset(data_urls)
 
     class LocalOnlyFetcher(URLFetcher):  # type: ignore[misc]
         def fetch(self, url: str, headers: Any = None) -> Any:
+            if url in allowed_data:
+                return super().fetch(url, headers)
             if url.startswith("file://"):
                 from urllib.parse import unquote, urlparse
 
@@ -58,7 +66,7 @@ def _local_fetcher(allowed_roots: list[Path]) -> Any:
                     return super().fetch(url, headers)
             raise ValueError("The report PDF only uses files shipped with RelayPACS.")
 
-    return LocalOnlyFetcher(allowed_protocols=["file"])
+    return LocalOnlyFetcher(allowed_protocols=["file", "data"])
 
 
 def _dicom_date(value: str) -> str:
@@ -67,16 +75,39 @@ def _dicom_date(value: str) -> str:
     return value
 
 
-def report_pdf_html(*, report: Report, version: ReportVersion) -> str:
-    """The HTML a version's PDF is made from (templates/reports/report_pdf.html)."""
-    letterhead = (
-        Letterhead.objects.filter(facility=report.facility).first() if report.facility else None
-    )
-    logo_url = ""
-    if letterhead is not None and letterhead.logo:
-        logo_path = Path(letterhead.logo.path)
-        if logo_path.is_file():
-            logo_url = logo_path.resolve().as_uri()
+def _letterhead(report: Report) -> Letterhead | None:
+    if report.facility is None:
+        return None
+    return Letterhead.objects.filter(facility=report.facility).first()
+
+
+def _logo_data_url(letterhead: Letterhead | None) -> str:
+    """The letterhead's logo as a data: URL read from the report store ("" without one).
+
+    Read through the store on every backend, so that the renderer never opens a path of
+    the store nor fetches a URL. A logo that is missing from the store is left out (the
+    report is still worth its PDF). Raises ReportStoreUnavailable (the render is retried).
+    """
+    if letterhead is None or not letterhead.logo or not letterhead.logo.name:
+        return ""
+    name = letterhead.logo.name
+    try:
+        # A logo is a small image that WeasyPrint holds decoded in memory anyway.
+        with letterhead.logo.storage.open(name) as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        logger.warning("letterhead %s: its logo is missing from the report store", letterhead.pk)
+        return ""
+    kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def report_pdf_html(*, report: Report, version: ReportVersion, logo_url: str | None = None) -> str:
+    """The HTML a version's PDF is made from (templates/reports/report_pdf.html);
+    ``logo_url`` is the letterhead logo's data: URL (read from the store when None)."""
+    letterhead = _letterhead(report)
+    if logo_url is None:
+        logo_url = _logo_data_url(letterhead)
     context = {
         "report": report,
         "version": version,
@@ -104,36 +135,15 @@ def report_pdf_bytes(*, report: Report, version: ReportVersion) -> bytes:
     # process; the upload pipeline in the same worker relies on damaged photos failing.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-    html = report_pdf_html(report=report, version=version)
+    logo_url = _logo_data_url(_letterhead(report))
+    html = report_pdf_html(report=report, version=version, logo_url=logo_url)
     document = HTML(
         string=html,
         base_url=FONTS_DIR.as_uri() + "/",
-        url_fetcher=_local_fetcher([FONTS_DIR, report_storage_dir() / "letterheads"]),
+        url_fetcher=_local_fetcher([FONTS_DIR], data_urls=(logo_url,) if logo_url else ()),
     )
     data: bytes = document.write_pdf(pdf_variant=PDF_VARIANT)
     return data
-
-
-def _write_once(*, relative: str, data: bytes) -> None:
-    """Write ``data`` at ``relative`` in the report store, durably: a crash leaves either
-    no file or the whole file.
-
-    Each writer has its own temporary file (in the same folder, so that the rename is
-    atomic): two workers writing the same name at once never mix their bytes, and the
-    last rename leaves one whole file (the same bytes, as the name holds their digest).
-    """
-    path = report_storage_dir() / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _pdf_attach(*, version: ReportVersion, data: bytes) -> ReportVersion:
@@ -151,7 +161,8 @@ def _pdf_attach(*, version: ReportVersion, data: bytes) -> ReportVersion:
     # The digest in the name: a renderer never overwrites another version's file, and
     # two renders of one version (byte-identical) write the same name.
     relative = f"{version.report_id}/v{version.number}-{sha256[:16]}.pdf"
-    _write_once(relative=relative, data=data)
+    # Write-once in the store: two renders racing on one name store the same bytes once.
+    store.write_once(relative=relative, data=data)
     stored = ReportVersion.objects.filter(pk=version.pk, pdf_path="").update(
         pdf_path=relative,
         pdf_sha256=sha256,
@@ -163,7 +174,7 @@ def _pdf_attach(*, version: ReportVersion, data: bytes) -> ReportVersion:
         # Another run stored it first. Its file may be this very path (the same bytes):
         # only a file the database does not point at is ours to remove.
         if version.pdf_path != relative:
-            (report_storage_dir() / relative).unlink(missing_ok=True)
+            store.delete(relative=relative)
         logger.info("report %s version %s: PDF already stored", version.report_id, version.number)
         return version
     try:
@@ -200,8 +211,10 @@ def report_pdf_open(
 ) -> tuple[ReportVersion, IO[bytes]]:
     """The stored PDF of the current version (or of version ``number``), opened for reading.
 
-    Audited as an access to the report. Raises ApplicationError 409 when the report has no
-    PDF yet and 404 for a version number it does not have.
+    Streamed from the report store (S3 mode: from the bucket, in blocks). Audited as an
+    access to the report. Raises ApplicationError 409 when the report has no PDF yet, 404
+    for a version number it does not have, 503 when the store cannot be reached and 500
+    when the PDF is missing from it.
     """
     from django.http import Http404
 
@@ -219,7 +232,25 @@ def report_pdf_open(
                 "You will be able to download it once the radiologist has signed it.",
                 status_code=409,
             )
-    handle = open(report_storage_dir() / version.pdf_path, "rb")  # noqa: SIM115
+    try:
+        handle = store.open(relative=version.pdf_path)
+    except FileNotFoundError:
+        logger.error("report %s version %s: PDF missing from the store", report.pk, version.number)
+        raise ApplicationError(
+            "report_pdf_missing",
+            "The PDF of this report is missing from the report store.",
+            "Tell your RelayPACS administrator: the report store may need restoring from a backup.",
+            status_code=500,
+        ) from None
+    except store.ReportStoreUnavailable:
+        logger.error("report %s: the report store cannot be reached", report.pk)
+        raise ApplicationError(
+            "report_store_unavailable",
+            "The server could not reach its report store just now, so the PDF cannot be "
+            "downloaded.",
+            "Try again in a minute; tell your RelayPACS administrator if this keeps happening.",
+            status_code=503,
+        ) from None
     report_audit(
         action="report_accessed",
         report_id=report.pk,

@@ -58,10 +58,17 @@ RENDER_MAX_ATTEMPTS = 5
 # instead of flooding the queue at once.
 REDISPATCH_BATCH = 200
 # An object that could not be taken in (the database or the report store failed while it
-# was applied) is tried again at the next cycles; one that failed this many cycles in a row
-# fails for a reason a retry does not fix (a bug, a store that refuses it): it is recorded
-# as given up, logged as an error and audited once, and no longer retrieved at every cycle.
+# was applied) is tried again at later cycles, at growing intervals (APPLY_RETRY_FIRST,
+# doubled at each failure up to APPLY_RETRY_LONGEST), so that an outage of the report
+# store or of the database of a day is ridden out. One that still fails APPLY_GIVE_UP_AFTER
+# after its first failure, and has failed at least APPLY_MAX_ATTEMPTS times, fails for a
+# reason a retry does not fix (a bug, a store that refuses it): it is recorded as given
+# up, logged as an error and audited once, and no longer retrieved at every cycle. The
+# command ``manage.py reports_sync_retry`` makes the next cycle try given-up objects again.
 APPLY_MAX_ATTEMPTS = 5
+APPLY_RETRY_FIRST = timedelta(minutes=5)
+APPLY_RETRY_LONGEST = timedelta(hours=6)
+APPLY_GIVE_UP_AFTER = timedelta(hours=24)
 # PacsReportObject.outcome of an object being tried again, and of one given up.
 FAILING = "failing"
 GAVE_UP = "gave_up"
@@ -243,10 +250,15 @@ def _take_in(
     return outcome
 
 
+def retry_delay(failures: int) -> timedelta:
+    """How long after its ``failures``-th failure in a row an object is tried again."""
+    return min(APPLY_RETRY_FIRST * 2 ** min(max(failures - 1, 0), 16), APPLY_RETRY_LONGEST)
+
+
 def _failure_count(*, report_id: int, ref: ReportObjectRef, target: PacsTarget, error: str) -> str:
     """Record one failed attempt at taking ``ref`` into the report; returns "failed" (tried
-    again next cycle) or GAVE_UP once APPLY_MAX_ATTEMPTS attempts failed (logged as an
-    error and audited, once). Logs and audit carry ids, counts and the kind of error only:
+    again after ``retry_delay``) or GAVE_UP once it has failed for APPLY_GIVE_UP_AFTER and
+    at least APPLY_MAX_ATTEMPTS times (logged as an error and audited, once). Logs and audit carry ids, counts and the kind of error only:
     messages of drivers and pydicom carry values."""
     try:
         with transaction.atomic():
@@ -262,9 +274,14 @@ def _failure_count(*, report_id: int, ref: ReportObjectRef, target: PacsTarget, 
             if record.outcome != FAILING:
                 return "seen"  # taken in meanwhile by a cycle running at the same time
             failures = record.failures + 1
-            given_up = failures >= APPLY_MAX_ATTEMPTS
+            now = timezone.now()
+            given_up = (
+                failures >= APPLY_MAX_ATTEMPTS and now - record.seen_at >= APPLY_GIVE_UP_AFTER
+            )
             PacsReportObject.objects.filter(pk=record.pk).update(
-                failures=failures, outcome=GAVE_UP if given_up else FAILING
+                failures=failures,
+                outcome=GAVE_UP if given_up else FAILING,
+                next_attempt_at=None if given_up else now + retry_delay(failures),
             )
             if given_up:
                 facility_id = (
@@ -300,7 +317,7 @@ def _failure_count(*, report_id: int, ref: ReportObjectRef, target: PacsTarget, 
     if given_up:
         logger.error(
             "report sync: report %s, object %s not taken in (%s) in %d cycles; given up, "
-            "no longer retried",
+            "no longer retried (manage.py reports_sync_retry tries it again)",
             report_id,
             ref.sop_instance_uid,
             error,
@@ -308,13 +325,12 @@ def _failure_count(*, report_id: int, ref: ReportObjectRef, target: PacsTarget, 
         )
         return GAVE_UP
     logger.error(
-        "report sync: report %s, object %s not taken in (%s), attempt %d of %d; tried again "
-        "next cycle",
+        "report sync: report %s, object %s not taken in (%s), attempt %d; tried again in %s",
         report_id,
         ref.sop_instance_uid,
         error,
         failures,
-        APPLY_MAX_ATTEMPTS,
+        retry_delay(failures),
     )
     return "failed"
 
@@ -339,11 +355,27 @@ def _listening_reports() -> dict[str, list[int]]:
 
 
 def _seen(report_ids: list[int]) -> set[tuple[int, str]]:
-    """The objects taken into these reports, or given up: all but those tried again."""
+    """The objects taken into these reports, given up, or failing and not due to be tried
+    again yet: all but those tried again this cycle."""
+    due = Q(outcome=FAILING) & (
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now())
+    )
     return set(
         PacsReportObject.objects.filter(report_id__in=report_ids)
-        .exclude(outcome=FAILING)
+        .exclude(due)
         .values_list("report_id", "sop_instance_uid")
+    )
+
+
+def reports_sync_retry(*, report_id: int | None = None) -> int:
+    """Make the next cycle try the given-up objects again (of one report, or all), with a
+    fresh APPLY_GIVE_UP_AFTER: after the cause (an outage, a bug) was fixed. Returns how
+    many objects were reset."""
+    given_up = PacsReportObject.objects.filter(outcome=GAVE_UP)
+    if report_id is not None:
+        given_up = given_up.filter(report_id=report_id)
+    return given_up.update(
+        outcome=FAILING, failures=0, next_attempt_at=None, seen_at=timezone.now()
     )
 
 

@@ -365,7 +365,7 @@ def report_reply(*, report_id: int, actor: User | None, answer: str) -> Report:
     except ApplicationError as error:
         if error.code != "report_state_conflict" or not answer.strip():
             raise
-    return _move(
+    report = _move(
         report_id=report_id,
         from_statuses=[ReportStatus.PENDING],
         to_status=None,
@@ -374,6 +374,18 @@ def report_reply(*, report_id: int, actor: User | None, answer: str) -> Report:
         condition=~Q(question="") & Q(answer="") & Q(signing=False),
         answer=answer,
     )
+    # The status stays pending, so _move told no one: say the answer arrived (its text is
+    # not in the event; the assignee reads it on the report page).
+    payload = {
+        "report_id": report.pk,
+        "facility_id": report.facility_id,
+        "sender_id": report.sender_id,
+        "assignee_id": report.assignee_id,
+        "actor_id": actor.pk if actor is not None else None,
+        "status": report.status,
+    }
+    transaction.on_commit(lambda: events.emit(events.REPORT_ANSWERED, **payload))
+    return report
 
 
 @transaction.atomic

@@ -253,3 +253,24 @@ def test_an_answer_after_the_senders_new_images_is_still_taken_once(radiologist)
     assert caught.value.code == "report_state_conflict"
     report.refresh_from_db()
     assert report.answer == "CT 2024, normal."
+
+
+def test_a_late_answer_tells_the_assignee_that_it_arrived(
+    radiologist, emitted, django_capture_on_commit_callbacks
+):
+    report = ReportFactory()
+    transitions.report_claim(report_id=report.pk, actor=radiologist)
+    transitions.report_ask(report_id=report.pk, actor=radiologist, question="Any priors?")
+    transitions.report_reply(report_id=report.pk, actor=None, answer="")
+    emitted.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        transitions.report_reply(
+            report_id=report.pk, actor=report.sender, answer="CT 2024, normal."
+        )
+    assert [name for name, _ in emitted] == [events.REPORT_ANSWERED]
+    payload = emitted[0][1]
+    assert payload["report_id"] == report.pk
+    assert payload["assignee_id"] == radiologist.pk
+    assert payload["status"] == ReportStatus.PENDING
+    # The answer's text is not in the event.
+    assert "CT 2024" not in repr(payload)

@@ -128,3 +128,37 @@ def test_a_failing_subscriber_is_logged_without_the_text_of_its_error(caplog):
         events.domain_event.disconnect(failing)
     ours = [r.getMessage() for r in caplog.records if r.name == "relaypacs.events"]
     assert len(ours) == 1 and "ValueError" in ours[0] and "Secret" not in ours[0]
+
+
+def test_a_study_uid_of_a_report_the_sender_may_not_see_attaches_nothing(
+    django_capture_on_commit_callbacks,
+):
+    from reports.selectors import reports_visible_to
+
+    radiographer = UserFactory(role=Role.RADIOGRAPHER)
+    clinician = UserFactory(role=Role.CLINICIAN, facility=radiographer.facility)
+    uid = generate_uid()
+    with django_capture_on_commit_callbacks(execute=True):
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(completed_upload(radiographer, uid).id))
+    report = Report.objects.get()
+    radiologist = UserFactory(role=Role.RADIOLOGIST)
+    transitions.report_ask(report_id=report.pk, actor=radiologist, question="The priors?")
+    # A clinician's files carry the colleague's Study Instance UID.
+    theirs = completed_upload(clinician, uid)
+    with django_capture_on_commit_callbacks(execute=True):
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(theirs.id))
+    report.refresh_from_db()
+    assert Report.objects.count() == 1
+    assert report.status == ReportStatus.ADDITIONAL_DATA_REQUIRED
+    assert (report.question, report.answer) == ("The priors?", "")
+    assert list(report.uploads.all()) != [] and theirs not in report.uploads.all()
+    assert not reports_visible_to(user=clinician).filter(pk=report.pk).exists()
+    # A colleague who already sees the facility's reports (a radiographer) attaches, and
+    # their images answer the question as before.
+    colleague = UserFactory(role=Role.RADIOGRAPHER, facility=radiographer.facility)
+    with django_capture_on_commit_callbacks(execute=True):
+        events.emit(events.UPLOAD_COMPLETED, upload_id=str(completed_upload(colleague, uid).id))
+    report.refresh_from_db()
+    assert report.status == ReportStatus.PENDING
+    assert report.uploads.count() == 2
+    assert not reports_visible_to(user=clinician).filter(pk=report.pk).exists()

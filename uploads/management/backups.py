@@ -1,12 +1,19 @@
 """Backups of what RelayPACS cannot get back from elsewhere: the database and the report
-store (signed reports' PDFs and letterheads, REPORT_STORAGE_DIR). Upload bytes are
-temporary (delivered to the PACS, then removed) and are not backed up.
+store (signed reports' PDFs and letterheads: REPORT_STORAGE_DIR, or the ``reports/``
+prefix of S3_BUCKET when UPLOAD_STORAGE=s3). Upload bytes are temporary (delivered to the
+PACS, then removed) and are not backed up.
 
 A backup is a folder ``relaypacs-backup-<UTC time>`` holding ``database.dump``
 (PostgreSQL: ``pg_dump`` custom format) or ``database.sqlite3`` (SQLite: its online backup
-API, consistent while the product runs), ``reports.tar`` and ``manifest.json`` (what is
-inside, with SHA-256 sums). It is written under a hidden name and renamed when complete,
-so a folder with the final name is always a whole backup.
+API, consistent while the product runs), ``reports.tar`` (every file of the report store,
+streamed from the folder or the bucket through ``reports.store``) and ``manifest.json``
+(what is inside, with SHA-256 sums of each file and of each report store file). It is
+written under a hidden name and renamed when complete, so a folder with the final name is
+always a whole backup. A restore writes the report files back through the same store, so
+a backup of one kind of store restores into the other (local disk to S3 and back).
+
+The report store is reached through ``reports.store`` (its only way in), imported where
+used: backups are the whole product's, kept here beside the other operations commands.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.db import connections
 
 from relaypacs.errors import ApplicationError
@@ -46,6 +52,38 @@ class BackupPlan:
     created_at: str
     database_tables: int
     report_files: int
+
+
+class _HashingReader:
+    """A reader that hashes what is read through it (tarfile copies in blocks)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._raw.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _reports_tar_write(path: Path) -> dict[str, str]:
+    """Copy every report store file into the tar at ``path``, streamed; returns each
+    file's SHA-256. Raises ReportStoreUnavailable, OSError."""
+    from reports import store
+
+    digests: dict[str, str] = {}
+    with tarfile.open(path, "w") as tar:
+        for name, size in store.files():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            info.mtime = int(datetime.now(tz=UTC).timestamp())
+            info.mode = 0o644
+            with store.open(relative=name) as handle:
+                reader = _HashingReader(handle)
+                tar.addfile(info, reader)  # type: ignore[arg-type]
+            digests[name] = reader.digest.hexdigest()
+    return digests
 
 
 def _sha256(path: Path) -> str:
@@ -97,8 +135,15 @@ def _run(argv: list[str], env: dict[str, str], what: str) -> None:
             "Install the PostgreSQL client (apt-get install postgresql-client).",
         ) from exc
     if done.returncode != 0:
-        # The tool's own last line says what failed (no data is in it).
-        detail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        # The tool's own last error line says what failed. Its CONTEXT, DETAIL and similar
+        # lines can quote a row of a table (patient data): they are never repeated.
+        lines = [
+            line
+            for line in done.stderr.strip().splitlines()
+            if not line.lstrip().startswith(("CONTEXT:", "DETAIL:", "HINT:", "LINE ", "QUERY:"))
+            and '"' not in line
+        ]
+        detail = (lines or [f"{argv[0]} ended with code {done.returncode}"])[-1]
         raise ApplicationError(
             "backup_failed" if what == "backed up" else "restore_failed",
             f"The database could not be {what}: {detail}",
@@ -117,7 +162,10 @@ def backup_create(*, target: Path, keep: int) -> Path:
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
     final = target / f"{PREFIX}{stamp}"
     partial = target / f".{PREFIX}{stamp}.partial"
-    partial.mkdir()
+    # Patient data: the backup is the reading user's only (folders 0700, files 0600),
+    # whatever the process's umask.
+    partial.mkdir(mode=0o700)
+    previous_umask = os.umask(0o077)
     try:
         db = _database()
         if engine == "postgresql":
@@ -145,22 +193,30 @@ def backup_create(*, target: Path, keep: int) -> Path:
                 source.backup(copy)
             copy.close()
             source.close()
+        from reports import store
+
         reports_tar = partial / "reports.tar"
-        report_dir = Path(settings.REPORT_STORAGE_DIR)
-        with tarfile.open(reports_tar, "w") as tar:
-            if report_dir.is_dir():
-                for path in sorted(report_dir.rglob("*")):
-                    if path.is_file() and not path.is_symlink():
-                        tar.add(path, arcname=str(path.relative_to(report_dir)), recursive=False)
+        try:
+            report_digests = _reports_tar_write(reports_tar)
+        except store.ReportStoreUnavailable as exc:
+            raise ApplicationError(
+                "backup_report_store_unavailable",
+                f"The report store ({store.where()}) could not be read, so no backup was made.",
+                "Check that the S3 bucket is reachable with the configured credentials, "
+                "then run the backup again.",
+            ) from exc
         manifest = {
             "format": FORMAT_VERSION,
             "created_at": datetime.now(tz=UTC).isoformat(),
             "engine": engine,
+            "report_store": store.backend_name(),
             "files": {p.name: _sha256(p) for p in (database_file, reports_tar)},
+            "report_files": report_digests,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
         partial.rename(final)
     finally:
+        os.umask(previous_umask)
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
     backups_prune(target=target, keep=keep)
@@ -217,10 +273,17 @@ def restore_plan(*, backup: Path) -> BackupPlan:
             f"This backup is of a {manifest['engine']} database; this server uses {engine}.",
             "Restore it into a server with the same kind of database.",
         )
-    report_dir = Path(settings.REPORT_STORAGE_DIR)
-    report_files = (
-        sum(1 for p in report_dir.rglob("*") if p.is_file()) if report_dir.is_dir() else 0
-    )
+    from reports import store
+
+    try:
+        report_files = sum(1 for _ in store.files())
+    except store.ReportStoreUnavailable as exc:
+        raise ApplicationError(
+            "restore_report_store_unavailable",
+            f"The report store ({store.where()}) could not be read. Nothing was restored.",
+            "Check that the S3 bucket is reachable with the configured credentials, then "
+            "run the restore again.",
+        ) from exc
     return BackupPlan(
         backup=backup,
         engine=engine,
@@ -242,8 +305,9 @@ def backup_restore(*, backup: Path) -> BackupPlan:
             "restore_target_not_empty",
             f"The target is not empty: the database has {plan.database_tables} tables and "
             f"the report store {plan.report_files} files. Nothing was restored.",
-            "Restore into a new, empty database and an empty REPORT_STORAGE_DIR (or drop "
-            "and recreate them once you are sure they hold nothing you need).",
+            "Restore into a new, empty database and an empty report store (REPORT_STORAGE_DIR, "
+            "or the bucket's reports/ prefix in S3 mode), or empty them once you are sure "
+            "they hold nothing you need.",
             status_code=409,
         )
     db = _database()
@@ -273,8 +337,41 @@ def backup_restore(*, backup: Path) -> BackupPlan:
             source.backup(target)
         target.close()
         source.close()
-    report_dir = Path(settings.REPORT_STORAGE_DIR)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(backup / "reports.tar") as tar:
-        tar.extractall(report_dir, filter="data")  # no paths out of the folder, no links
+    # The manifest was checked by restore_plan; read again only for the report sums.
+    manifest = json.loads((backup / MANIFEST).read_text())
+    _reports_tar_restore(backup=backup, digests=manifest.get("report_files"))
     return plan
+
+
+def _reports_tar_restore(*, backup: Path, digests: dict[str, str] | None) -> None:
+    """Write every regular file of the backup's reports.tar into the report store (local
+    folder or bucket), streamed, checking each against the manifest's SHA-256 when the
+    backup has them (backups made before they were recorded have not)."""
+    from reports import store
+
+    with tarfile.open(backup / "reports.tar") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue  # no links, devices or folders (folders come with their files)
+            source = tar.extractfile(member)
+            if source is None:
+                continue
+            with source:
+                reader = _HashingReader(source)
+                try:
+                    # The store refuses absolute names and ".." (nothing lands outside it).
+                    store.write_once(relative=member.name, data=reader)  # type: ignore[arg-type]
+                except ValueError as exc:
+                    raise ApplicationError(
+                        "backup_invalid",
+                        "The backup's reports.tar names a file outside the report store.",
+                        "Restore a backup made by `manage.py backup`.",
+                    ) from exc
+            expected = (digests or {}).get(member.name)
+            if expected is not None and reader.digest.hexdigest() != expected:
+                store.delete(relative=member.name)  # the store was empty: it was this one
+                raise ApplicationError(
+                    "backup_damaged",
+                    f"The backup's report file {member.name} differs from what was backed up.",
+                    "Restore another backup, or copy this one again from where it is kept.",
+                )

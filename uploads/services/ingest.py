@@ -49,6 +49,17 @@ METADATA_FIELDS = (
     "accession_number",
 )
 DATE_FIELDS = ("patient_birth_date", "study_date")
+# The fields images joining an earlier study (metadata.study_instance_uid) take from that
+# study's Study row, whatever was typed (Study has them under the same names).
+STUDY_OWN_FIELDS = (
+    "patient_name",
+    "patient_id",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_description",
+    "accession_number",
+)
 # A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
 STUDY_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Longest file name kept (a relative path from a folder pick can be long).
@@ -246,13 +257,26 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             "Try again later, and tell your RelayPACS administrator.",
             status_code=507,
         )
-    study_uid = request.metadata.get("study_instance_uid")
-    if (
-        study_uid
-        and not Study.objects.filter(
+    metadata = request.metadata
+    study_uid = metadata.get("study_instance_uid")
+    joined = (
+        Study.objects.filter(
             study_instance_uid=study_uid, session__in=uploads_visible_to(user=owner)
-        ).exists()
-    ):
+        )
+        .order_by("-id")
+        .first()
+        if study_uid
+        else None
+    )
+    if joined is not None:
+        # The images join that study: its patient and study, as the server recorded them
+        # from the study's DICOM files, go into the converted images, never what was typed
+        # (a typo, or another patient, would put a second patient in one PACS study).
+        metadata = {
+            **{k: v for k, v in metadata.items() if k not in STUDY_OWN_FIELDS},
+            **{k: getattr(joined, k) for k in STUDY_OWN_FIELDS if getattr(joined, k)},
+        }
+    if study_uid and joined is None:
         # Photos are added only to a study this account may see (one it or its facility
         # sent): the UID alone must not let anyone write into another clinic's study.
         raise ApplicationError(
@@ -262,7 +286,7 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             "Send the images as a new study, or ask the clinic that sent the study to add them.",
             status_code=404,
         )
-    key = duplicate_key(metadata=request.metadata)
+    key = duplicate_key(metadata=metadata)
     preferences = user_upload_preferences(user=owner)
     if not request.force_upload and preferences.duplicate_detection:
         earlier = _find_duplicate(owner=owner, key=key)
@@ -291,7 +315,7 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
             total_size=total,
             chunk_size=chunk_size,
             total_chunks=math.ceil(total / chunk_size),
-            metadata=request.metadata,
+            metadata=metadata,
             clinical_notes=request.clinical_notes,
             service_level=request.service_level or preferences.service_level,
             allow_partial=request.allow_partial,

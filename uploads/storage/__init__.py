@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 
@@ -44,6 +44,8 @@ __all__ = [
     "multipart_uploads_abort",
     "open_member",
     "open_range",
+    "s3_bucket",
+    "s3_client",
     "storage_check",
     "storage_failure",
     "storage_root",
@@ -214,6 +216,20 @@ def multipart_uploads_abort(*, older_than: datetime) -> int:
     from . import s3
 
     return s3.multipart_uploads_abort(older_than=older_than)
+
+
+def s3_client() -> Any:
+    """The process's boto3 S3 client for the S3_* settings (shared with other stores of
+    the same bucket, e.g. ``reports.store``). Imports boto3 only when called."""
+    from . import s3
+
+    return s3.client()
+
+
+def s3_bucket() -> str:
+    """``S3_BUCKET``. Upload bytes use only its ``uploads/`` prefix (and ``health/`` for
+    probes): every other prefix is another store's and never swept here."""
+    return str(settings.S3_BUCKET)
 
 
 def storage_check() -> tuple[str, str]:

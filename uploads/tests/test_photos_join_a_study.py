@@ -69,3 +69,52 @@ def test_a_study_of_another_clinic_or_no_study_is_refused(api, tmp_path, upload_
         assert response.status_code == status, response.json()
         error = response.json()["error"]
         assert error["code"] == code and error["message"] and error["hint"]
+
+
+@pytest.mark.e2e
+def test_photos_joining_a_study_carry_its_patient_not_the_typed_one(
+    api, tmp_path, upload_storage_dir, orthanc_clean
+):
+    from pydicom import dcmread
+
+    from uploads.models import UploadSession
+    from uploads.services.forwarding import upload_forward
+
+    study_uid = delivered_study_uid(api)
+    study = Study.objects.get(study_instance_uid=study_uid)
+    assert study.patient_name and study.patient_name != "Doe^Jane"
+    upload_id = received_upload(
+        api,
+        [photo(tmp_path / "wound.jpg")],
+        metadata={
+            "patient_name": "Doe^Jane",
+            "patient_id": "OTHER-1",
+            "patient_birth_date": "19010101",
+            "patient_sex": "F",
+            "accession_number": "TYPED-ACC",
+            "study_date": "20000101",
+            "study_description": "Typed description",
+            "study_instance_uid": study_uid,
+        },
+        force_upload=True,
+    )
+    session = UploadSession.objects.get(pk=upload_id)
+    assert session.metadata["patient_name"] == study.patient_name  # the study's, at init
+    assert "Doe^Jane" not in str(session.metadata)
+    upload_process(upload_id=upload_id)
+    upload_forward(upload_id=upload_id)
+    session.refresh_from_db()
+    assert session.state == "completed", session.error
+    converted = UploadFile.objects.filter(session_id=upload_id, parent__isnull=False).get()
+    header = dcmread(
+        io.BytesIO(orthanc_clean.instance_file(converted.sop_instance_uid)),
+        stop_before_pixels=True,
+    )
+    assert header.StudyInstanceUID == study_uid
+    assert str(header.PatientName) == study.patient_name
+    assert header.PatientID == study.patient_id
+    assert header.get("PatientBirthDate", "") == study.patient_birth_date
+    assert header.get("PatientSex", "") == study.patient_sex
+    assert header.get("AccessionNumber", "") == study.accession_number
+    assert header.get("StudyDate", "") == study.study_date
+    assert header.get("StudyDescription", "") == study.study_description
