@@ -393,12 +393,22 @@ def test_the_product_runs_with_exactly_the_compose_environment(
             f"http://127.0.0.1:{ports['METRICS_WORKER_PORT']}/metrics", timeout=30
         )
         assert scraped.status_code == 200
-        # The web's /metrics wants the token from the secret file.
+        # Not published through nginx; Prometheus scrapes web:8000 itself, with the token
+        # from the secret file.
+        assert http.get(f"{base}/metrics", timeout=30).status_code == 404
         token_file = Path(envs["web"]["METRICS_TOKEN_FILE"])
-        assert http.get(f"{base}/metrics", timeout=30).status_code in {401, 403}
-        metrics = http.get(
-            f"{base}/metrics",
-            headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+        web = f"http://127.0.0.1:{ports['PORT']}"
+        as_prometheus = {"Host": "web:8000"}  # the scrape target in prometheus.yml
+        assert requests.get(f"{web}/metrics", headers=as_prometheus, timeout=30).status_code in {
+            401,
+            403,
+        }
+        metrics = requests.get(
+            f"{web}/metrics",
+            headers={
+                **as_prometheus,
+                "Authorization": f"Bearer {token_file.read_text().strip()}",
+            },
             timeout=30,
         )
         assert metrics.status_code == 200 and "relaypacs_chunks_received_total" in metrics.text
