@@ -37,6 +37,8 @@ from django.core.files import File
 from django.core.files.storage import Storage
 from django.utils.deconstruct import deconstructible
 
+from uploads.storage.streams import SeekableRaw
+
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "reports/"
@@ -177,7 +179,7 @@ def _s3_write_once(relative: str, data: bytes | IO[bytes]) -> None:
         raise ReportStoreConflict(f"report store: {relative} already holds other bytes")
 
 
-class _S3ObjectReader(io.RawIOBase):
+class _S3ObjectReader(SeekableRaw):
     """A seekable reader of one object, streamed from one GET (a ranged GET after a seek
     elsewhere): memory is one buffer whatever the size. Seeking to the end and back (as
     Django's FileResponse does to learn the length) costs no request."""
@@ -200,12 +202,6 @@ class _S3ObjectReader(io.RawIOBase):
         self._size = int(response["ContentLength"])
         self._pos = 0
         self._body_pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def _drop(self) -> None:
         body, self._body = self._body, None
@@ -251,14 +247,6 @@ class _S3ObjectReader(io.RawIOBase):
         self._pos += len(data)
         self._body_pos += len(data)
         return len(data)
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def close(self) -> None:
         if not self.closed:

@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from .streams import SeekableRaw
+
 logger = logging.getLogger(__name__)
 
 # Copy granularity for chunk writes and range reads: large enough for few syscalls,
@@ -78,7 +80,7 @@ def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview)
         os.close(fd)
 
 
-class _RangeRaw(io.RawIOBase):
+class _RangeRaw(SeekableRaw):
     """A read-only, seekable window ``[offset, offset+size)`` of a file (positional reads)."""
 
     def __init__(self, path: Path, offset: int, size: int) -> None:
@@ -87,12 +89,6 @@ class _RangeRaw(io.RawIOBase):
         self._size = size
         self._pos = 0
         self.name = f"range:{offset}+{size}"
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         remaining = self._size - self._pos
@@ -106,20 +102,6 @@ class _RangeRaw(io.RawIOBase):
             )
         self._pos += read
         return read
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = pos
-        elif whence == io.SEEK_CUR:
-            self._pos += pos
-        elif whence == io.SEEK_END:
-            self._pos = self._size + pos
-        if self._pos < 0:
-            self._pos = 0
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def close(self) -> None:
         if not self.closed:

@@ -73,6 +73,7 @@ from django.conf import settings
 from relaypacs.errors import ApplicationError
 
 from . import StorageUnavailable, local
+from .streams import SeekableRaw
 
 logger = logging.getLogger(__name__)
 
@@ -329,20 +330,15 @@ def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview)
         raise _unavailable(upload_id, "store a chunk of", exc) from None
 
 
-class _ViewBody(io.RawIOBase):
+class _ViewBody(SeekableRaw):
     """A seekable file over a memoryview, so that a chunk (up to 16 MiB) goes to
     ``put_object`` without a copy of it: botocore reads the body in blocks, once for its
     checksum and once for sending, seeking back in between."""
 
     def __init__(self, view: memoryview) -> None:
         self._view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        self._size = len(self._view)
         self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         with memoryview(buffer) as target, target.cast("B") as octets:
@@ -350,14 +346,6 @@ class _ViewBody(io.RawIOBase):
             octets[:count] = self._view[self._pos : self._pos + count]
         self._pos += count
         return count
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def __len__(self) -> int:
         return len(self._view)
@@ -394,7 +382,7 @@ def _chunk_size(upload_id: uuid.UUID) -> int:
 Locator = Callable[[int], tuple[str, int, int]]
 
 
-class _S3RangeRaw(io.RawIOBase):
+class _S3RangeRaw(SeekableRaw):
     """A read-only, seekable window of ``size`` bytes laid over one or more objects,
     streamed with ranged GETs into the caller's buffer (see the module docstring)."""
 
@@ -413,12 +401,6 @@ class _S3RangeRaw(io.RawIOBase):
         # The outage this reader raised, for callers whose parser swallowed it
         # (uploads.storage.storage_failure).
         self.storage_error: StorageUnavailable | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
 
     def _drop(self) -> None:
         body, self._body = self._body, None
@@ -496,20 +478,6 @@ class _S3RangeRaw(io.RawIOBase):
         if isinstance(error, StorageUnavailable):
             self.storage_error = error
         return error
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = pos
-        elif whence == io.SEEK_CUR:
-            self._pos += pos
-        elif whence == io.SEEK_END:
-            self._pos = self._size + pos
-        if self._pos < 0:
-            self._pos = 0
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
     def close(self) -> None:
         if not self.closed:
