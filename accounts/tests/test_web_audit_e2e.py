@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from uploads.tests.product import REPO, RunningProduct, running_product
+from uploads.tests.product import REPO, RunningProduct, manage, running_product, totp_now
 
 pytestmark = pytest.mark.e2e
 
@@ -53,27 +51,8 @@ print(json.dumps([e.detail["filters"].get("format") for e in
 """
 
 
-def manage(product: RunningProduct, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=product.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def last_json(output: str) -> Any:
     return json.loads(output.strip().splitlines()[-1])
-
-
-def totp_now(key_hex: str) -> str:
-    from django_otp.oath import totp
-
-    return f"{totp(bytes.fromhex(key_hex)):06d}"
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import requests
 
 from uploads.tests.helpers import HttpUploader
-from uploads.tests.product import REPO, RunningProduct, running_product
+from uploads.tests.product import REPO, RunningProduct, manage, running_product, totp_now
 from uploads.tests.synthetic import ROOT, write_instance
 
 pytestmark = pytest.mark.e2e
@@ -66,25 +65,6 @@ for report in Report.objects.all():
     UploadSession.objects.filter(reports=report).update(created_at=when, completed_at=when)
 print("{}")
 """
-
-
-def manage(product: RunningProduct, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=REPO,
-        env=product.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def totp_now(key_hex: str) -> str:
-    from django_otp.oath import totp
-
-    return f"{totp(bytes.fromhex(key_hex)):06d}"
 
 
 def study(directory: Path, *, patient: str, description: str, numbers: list[int]) -> list[Path]:

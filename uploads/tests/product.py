@@ -88,3 +88,24 @@ def running_product(tmp_path: Path, orthanc: Any, **overrides: str) -> Iterator[
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def manage(product: RunningProduct, *args: str) -> str:
+    """``manage.py`` with the running product's environment (its database); its output."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=product.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def totp_now(key_hex: str) -> str:
+    """The current code of a TOTP device with this key (hex), as the user's app shows it."""
+    from django_otp.oath import totp
+
+    return f"{totp(bytes.fromhex(key_hex)):06d}"
