@@ -3,16 +3,13 @@ workers (so that a scrape must sum processes), JSON logs, and an administrator s
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import requests
 
-from uploads.tests.product import REPO, RunningProduct, running_product
+from uploads.tests.product import RunningProduct, admin_access_token, running_product
 
 
 @dataclass
@@ -34,23 +31,4 @@ def product(tmp_path_factory: pytest.TempPathFactory, orthanc: Any) -> Iterator[
         LOG_FORMAT="json",
         BEAT_HEARTBEAT_SECONDS="2",
     ) as running:
-        subprocess.run(
-            [sys.executable, "manage.py", "createsuperuser", "--noinput"],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            timeout=120,
-            env={
-                **running.env,
-                "DJANGO_SUPERUSER_USERNAME": "admin",
-                "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
-                "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
-            },
-        )
-        login = requests.post(
-            f"{running.base}/api/v1/auth/login",
-            json={"username": "admin", "password": "a long admin password"},
-            timeout=30,
-        )
-        assert login.status_code == 200, login.text
-        yield SignedInProduct(running, login.json()["access"])
+        yield SignedInProduct(running, admin_access_token(running.base, running.env))

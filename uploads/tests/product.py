@@ -109,3 +109,28 @@ def totp_now(key_hex: str) -> str:
     from django_otp.oath import totp
 
     return f"{totp(bytes.fromhex(key_hex)):06d}"
+
+
+def admin_access_token(base: str, env: dict[str, str]) -> str:
+    """Create the product's first administrator (as the README says) and sign it in; its
+    access token."""
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={
+            **env,
+            "DJANGO_SUPERUSER_USERNAME": "admin",
+            "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
+            "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
+        },
+    )
+    login = requests.post(
+        f"{base}/api/v1/auth/login",
+        json={"username": "admin", "password": "a long admin password"},
+        timeout=30,
+    )
+    assert login.status_code == 200, login.text
+    return str(login.json()["access"])

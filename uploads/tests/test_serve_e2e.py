@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from uploads.tests.helpers import (
     sample_paths,
     sop_uid,
 )
-from uploads.tests.product import REPO, START_TIMEOUT, running_product
+from uploads.tests.product import START_TIMEOUT, admin_access_token, running_product
 from uploads.tests.synthetic import write_study
 
 pytestmark = pytest.mark.e2e
@@ -42,29 +40,6 @@ def product(tmp_path, orthanc):
         }
 
 
-def sign_in(base: str, env: dict[str, str]) -> str:
-    subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=60,
-        env={
-            **env,
-            "DJANGO_SUPERUSER_USERNAME": "admin",
-            "DJANGO_SUPERUSER_PASSWORD": "a long admin password",
-            "DJANGO_SUPERUSER_EMAIL": "admin@example.org",
-        },
-    )
-    login = requests.post(
-        f"{base}/api/v1/auth/login",
-        json={"username": "admin", "password": "a long admin password"},
-        timeout=10,
-    )
-    assert login.status_code == 200, login.text
-    return login.json()["access"]
-
-
 def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
     base, env, process = product["base"], product["env"], product["process"]
     health = requests.get(f"{base}/api/v1/health", timeout=10).json()
@@ -84,7 +59,7 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
     assert secure.status_code == 200
 
     # manage.py run with the same environment reaches the same database.
-    access = sign_in(base, env)
+    access = admin_access_token(base, env)
     detailed = requests.get(
         f"{base}/api/v1/health", headers={"Authorization": f"Bearer {access}"}, timeout=10
     ).json()
@@ -110,7 +85,7 @@ def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, ortha
 
 def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_clean, tmp_path):
     base, env, process = product["base"], product["env"], product["process"]
-    access = sign_in(base, env)
+    access = admin_access_token(base, env)
     client = HttpUploader(base, access, CHUNK)
     paths = write_study(tmp_path / "study", instances=40, instance_bytes=3 * 1024 * 1024)
     upload = client.init(paths)
