@@ -200,14 +200,23 @@ def test_pushed_states_stop_polling_and_the_centre_marks_and_opens(
     screenshots(page, "pwa-notifications")
 
     first = items.nth(0)
-    first.get_by_role("button", name="Mark as read").click()
+    with page.expect_response(lambda response: response.url.endswith("/read")):
+        first.get_by_role("button", name="Mark as read").click()
     expect(first).to_have_attribute("data-read", "true")
     expect(page.get_by_test_id("centre-unread")).to_have_text("1 unread")
     expect(page.get_by_test_id("unread-count")).to_have_text("1")
-    first.get_by_role("button", name="Mark as unread").click()
+    with page.expect_response(lambda response: response.url.endswith("/unread")):
+        first.get_by_role("button", name="Mark as unread").click()
     expect(first).to_have_attribute("data-read", "false")
     expect(page.get_by_test_id("centre-unread")).to_have_text("2 unread")
-    page.get_by_role("button", name="Mark all as read").click()
+    # The centre shows the change at once; the server's answer is awaited before the
+    # reload below, which would otherwise cancel a request still on its way.
+    with page.expect_response(
+        lambda response: response.url.endswith("/api/v1/notifications/read-all"),
+        timeout=RECONNECT_TIMEOUT_MS,
+    ) as read_all:
+        page.get_by_role("button", name="Mark all as read").click()
+    assert read_all.value.ok, read_all.value.status
     expect(page.get_by_test_id("centre-unread")).to_have_text("0 unread")
     expect(page.get_by_test_id("unread-count")).to_have_count(0)
     expect(page.locator('[data-testid="notification"][data-read="false"]')).to_have_count(0)
