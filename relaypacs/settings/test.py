@@ -35,8 +35,34 @@ def _redis_url_of_this_test_process(name: str) -> None:
     os.environ[name] = parts._replace(path=f"/{number}").geturl()
 
 
+def _redis_databases_do_not_overlap() -> None:
+    """Refuse two configured Redis URLs whose per-process ranges overlap.
+
+    With -n 2, CELERY_BROKER_URL=.../7 and REDIS_URL=.../8 would give gw1's broker and
+    gw0's cache the same database 8 (each Celery worker flushes its broker database at
+    start). The same database for both names is fine: they are then shared on purpose.
+    """
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    ranges = {}
+    for name in ("CELERY_BROKER_URL", "REDIS_URL"):
+        given = os.environ.get(f"RELAYPACS_TEST_{name}", "")
+        if given.startswith(("redis://", "rediss://")):
+            parts = urlsplit(given)
+            base = int(parts.path.strip("/") or 0)
+            ranges[name] = (parts.netloc, base, set(range(base, base + count)))
+    if len(ranges) == 2:
+        (host_a, base_a, a), (host_b, base_b, b) = ranges.values()
+        if host_a == host_b and base_a != base_b and a & b:
+            raise RuntimeError(
+                f"CELERY_BROKER_URL (database {base_a}) and REDIS_URL (database {base_b}) "
+                f"would share Redis databases between the {count} test processes: give them "
+                f"the same database, or numbers at least {count} apart."
+            )
+
+
 for _name in ("CELERY_BROKER_URL", "REDIS_URL"):
     _redis_url_of_this_test_process(_name)
+_redis_databases_do_not_overlap()
 
 from .base import *  # noqa: E402,F403
 from .base import env  # noqa: E402
