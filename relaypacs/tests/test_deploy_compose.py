@@ -123,6 +123,7 @@ def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
 # (`serve`'s ports and local PACS), test and development switches, ones compose sets.
 NOT_FOR_COMPOSE = {
     "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
     "HOST",
     "PORT",
     "HTTPS_PORT",
