@@ -44,6 +44,16 @@ UPLOAD_STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=STAGE_BUCKETS,
 )
+BACKUPS = Counter(
+    "relaypacs_backups_total",
+    "Scheduled backups (manage.py backup's daily run by beat), by outcome: written or "
+    "failed (the log and the audit trail say why).",
+    ["outcome"],
+)
+# Both outcomes exist at 0 from the start, so that the first failure is an increase an alert
+# sees (deploy/prometheus/alerts.yml, RelayPacsBackupFailed), not a new series.
+for _outcome in ("written", "failed"):
+    BACKUPS.labels(outcome=_outcome)
 PACS_RETRIES = Counter(
     "relaypacs_upload_pacs_retries_total",
     "Times an upload was put back to wait for an unreachable PACS (a retry scheduled).",

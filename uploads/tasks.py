@@ -75,3 +75,12 @@ def upload_folders_sweep() -> int:
     from .services.maintenance import upload_folders_sweep as sweep
 
     return sweep()
+
+
+# No autoretry: a failed backup is logged, counted and audited by the service, and the
+# next day's run tries again (an hour-long dump retried at once would repeat its cause).
+@shared_task(acks_late=True)
+def backup_scheduled_task() -> str | None:
+    from .management.backups import backup_scheduled
+
+    return backup_scheduled()

@@ -10,7 +10,8 @@ const names = [...new Set([...doc.matchAll(/`([a-z][a-z0-9_.]*)`/g)].map((m) => 
 const table = doc.slice(doc.indexOf("## Error codes"), doc.indexOf("Errors stored on a failed upload"));
 const tableCodes = table.split("\n").filter((l) => l.startsWith("| 4") || l.startsWith("| 5")).flatMap((l) => [...l.split("|")[2]!.matchAll(/`([a-z_]+)`/g)].map((m) => m[1]!));
 const stored = doc.slice(doc.indexOf("Errors stored on a failed upload"), doc.indexOf("## Inputs"));
-const fieldsNamed = new Set(["rejected_files"]); // "see `rejected_files`": a field, not a code
+// "see `rejected_files`", "lists in `missing_chunks`": fields, not codes.
+const fieldsNamed = new Set(["rejected_files", "missing_chunks"]);
 const storedCodes = [...stored.matchAll(/`([a-z]+(?:_[a-z]+)+)`/g)].map((m) => m[1]!).filter((n) => !fieldsNamed.has(n));
 const codes = [...new Set([...tableCodes, ...storedCodes])];
 

@@ -12,6 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 from relaypacs.logging_context import logging_config
 from relaypacs.sentry import sentry_init
@@ -347,6 +349,28 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 
+# --- Backups (uploads/management/backups.py, docs/deployment.md) ------------------------
+# A folder, or s3://<bucket>/<prefix>; empty: DATA_DIR/backups, or the backups/ prefix of
+# S3_BUCKET when UPLOAD_STORAGE=s3.
+BACKUP_TARGET = env.str("BACKUP_TARGET", default="")
+BACKUP_KEEP = env.int("BACKUP_KEEP", default=7)
+# Beat's daily backup at this time of day, HH:MM in TIME_ZONE (UTC), or "off".
+BACKUP_SCHEDULE = env.str("BACKUP_SCHEDULE", default="02:30").strip().lower()
+if BACKUP_SCHEDULE != "off":
+    try:
+        _backup_hour, _backup_minute = (int(part) for part in BACKUP_SCHEDULE.split(":"))
+        if not (0 <= _backup_hour < 24 and 0 <= _backup_minute < 60):
+            raise ValueError(BACKUP_SCHEDULE)
+    except ValueError:
+        raise ImproperlyConfigured(
+            "The environment variable BACKUP_SCHEDULE is malformed: it must be a time of "
+            'day as HH:MM (e.g. 02:30) or "off". Correct BACKUP_SCHEDULE and start again.'
+        ) from None
+    CELERY_BEAT_SCHEDULE["backup-daily"] = {
+        "task": "uploads.tasks.backup_scheduled_task",
+        "schedule": crontab(hour=_backup_hour, minute=_backup_minute),
+    }
+
 # --- Uploads --------------------------------------------------------------------------
 UPLOAD_STORAGE_DIR = Path(env.str("UPLOAD_STORAGE_DIR", default=str(DATA_DIR / "uploads")))
 # Where upload bytes live: "local" (UPLOAD_STORAGE_DIR, the embedded default) or "s3" (an
@@ -479,6 +503,21 @@ CELERY_BEAT_SCHEDULE["notifications-prune"] = {
     "task": "notifications.tasks.notifications_prune_task",
     "schedule": 3600,
 }
+# --- Web Push (docs/notifications.md, "Web Push") ---
+# The VAPID key pair that signs every push: VAPID_PRIVATE_KEY (or VAPID_PRIVATE_KEY_FILE),
+# PEM or base64url; without it one is made once in DATA_DIR/push (production settings
+# never make one: they take it from the environment or leave Web Push off).
+VAPID_PRIVATE_KEY = _env_or_file("VAPID_PRIVATE_KEY")
+WEB_PUSH_KEY_DIR = DATA_DIR / "push"
+WEB_PUSH_KEYS_FROM_DATA_DIR = True
+# The contact push services see (mailto: or https:); default: PUBLIC_BASE_URL if it is
+# https, else DEFAULT_FROM_EMAIL's address.
+VAPID_SUBJECT = env.str("VAPID_SUBJECT", default="")
+WEB_PUSH_ENABLED = env.bool("WEB_PUSH_ENABLED", default=True)
+# Push services only take https endpoints; tests point subscriptions at a local http one.
+WEB_PUSH_ALLOW_INSECURE_ENDPOINTS = env.bool("WEB_PUSH_ALLOW_INSECURE_ENDPOINTS", default=False)
+# A push waits this long at the push service for a device that is off (its `TTL`).
+WEB_PUSH_TTL_SECONDS = env.int("WEB_PUSH_TTL_SECONDS", default=24 * 3600)
 
 # --- Metrics (GET /metrics, relaypacs.metrics) -------------------------------------------
 # With neither set, only this machine (loopback) may scrape: `serve` binds every interface.

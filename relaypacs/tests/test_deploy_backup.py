@@ -46,15 +46,19 @@ print("REPORT", report.pk)
 def _manage(
     env: dict[str, str], *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
-        check=check,
     )
+    if check:
+        assert done.returncode == 0, (
+            f"manage.py {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+        )
+    return done
 
 
 def _tables(database_url: str) -> dict[str, list[tuple[object, ...]]]:

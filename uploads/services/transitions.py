@@ -12,6 +12,7 @@ racing, exactly one wins, and the loser sees False and stops. No other code writ
                               │                 forwarding ─waits─▶ waiting_for_pacs
                               ▼                      ▲ └──claim (when due)──┘
                             failed ─retried─▶ forwarding
+    processing … waiting_for_pacs ─lost in a restore─▶ failed
     every state but completed and cancelled ─cancelled─▶ cancelled
 """
 
@@ -153,6 +154,34 @@ def upload_expired(
         .filter(created_at__lt=idle_since)
         .filter(Q(last_chunk_at__isnull=True) | Q(last_chunk_at__lt=idle_since))
         .update(state=UploadState.FAILED, failed_at=now, updated_at=now, error=error)
+        == 1
+    )
+
+
+# Past receiving, an upload needs every byte it received (processing reads them again).
+PAST_RECEIVING_STATES = (
+    UploadState.PROCESSING,
+    UploadState.NEEDS_CONFIRMATION,
+    UploadState.FORWARDING,
+    UploadState.WAITING_FOR_PACS,
+)
+
+
+def upload_lost_in_restore(*, upload_id: uuid.UUID, now: datetime, error: dict[str, str]) -> bool:
+    """Any state in PAST_RECEIVING_STATES → ``failed``: after a restore, bytes it needs
+    are gone and the client no longer sends them (uploads.services.recovery). Drops the
+    lease: a worker still holding it finds every later write refused."""
+    return (
+        UploadSession.objects.filter(pk=upload_id, state__in=PAST_RECEIVING_STATES).update(
+            state=UploadState.FAILED,
+            failed_at=now,
+            updated_at=now,
+            lease_until=None,
+            lease_owner="",
+            next_retry_at=None,
+            dispatched_at=None,
+            error=error,
+        )
         == 1
     )
 
@@ -306,6 +335,7 @@ def upload_cancelled(*, upload_id: uuid.UUID) -> bool:
 
 __all__ = [
     "CANCELLABLE_STATES",
+    "PAST_RECEIVING_STATES",
     "upload_cancelled",
     "upload_checked",
     "upload_confirmed",
@@ -313,6 +343,7 @@ __all__ = [
     "upload_expired",
     "upload_forwarding_claim",
     "upload_forwarding_failed",
+    "upload_lost_in_restore",
     "upload_poisoned",
     "upload_processing_failed",
     "upload_received",

@@ -40,6 +40,7 @@ from .local import BLOCK_SIZE
 __all__ = [
     "BLOCK_SIZE",
     "StorageUnavailable",
+    "chunks_present",
     "free_bytes",
     "multipart_uploads_abort",
     "open_member",
@@ -115,6 +116,16 @@ def stream_create(*, upload_id: uuid.UUID, size: int) -> None:
 def stream_exists(*, upload_id: uuid.UUID) -> bool:
     """Whether anything of the upload is still stored."""
     return bool(_backend().stream_exists(upload_id=upload_id))
+
+
+def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
+    """Which of ``offsets`` (starts of chunks marked stored) still have their bytes: after
+    a restore, an upload's rows may name chunks whose bytes were never backed up. Local
+    disk: all of them while the assembly file exists (chunks are written into it in place
+    before they are marked stored), none without it. S3: the chunk objects listed (one
+    LIST per 1,000 chunks). Raises StorageUnavailable."""
+    found: set[int] = _backend().chunks_present(upload_id=upload_id, offsets=offsets)
+    return found
 
 
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:

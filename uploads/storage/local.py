@@ -63,6 +63,11 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return _stream_path(upload_id).exists()
 
 
+def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
+    """All of ``offsets`` while the assembly file exists, none without it."""
+    return set(offsets) if _stream_path(upload_id).is_file() else set()
+
+
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:
     """Write ``data`` at ``offset`` of the assembly file, flushed to disk when configured.
 

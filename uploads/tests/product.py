@@ -34,10 +34,19 @@ class RunningProduct:
 
 def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str]:
     """The environment of `make run` pointed at the test Orthanc, with short timings."""
+    # Not inherited: the test session's own (reports/tests/conftest.py exports its session
+    # report store in REPORT_STORAGE_DIR); the product keeps its reports in DATA_DIR/reports.
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE"}
+        if k
+        not in {
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "REDIS_URL",
+            "DJANGO_SETTINGS_MODULE",
+            "REPORT_STORAGE_DIR",
+        }
     }
     user, password = orthanc.auth
     env.update(

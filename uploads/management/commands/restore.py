@@ -1,9 +1,10 @@
-"""``manage.py restore <backup folder>``: into an empty database and report store only;
-``--dry-run`` checks the backup and the target and changes nothing."""
+"""``manage.py restore <backup>`` (a folder, or ``s3://bucket/prefix/relaypacs-backup-<time>``):
+into an empty database and report store only; ``--dry-run`` checks the backup and the
+target and changes nothing. Uploads under way at backup time are reconciled afterwards
+(``uploads.services.recovery``)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
@@ -16,7 +17,10 @@ class Command(BaseCommand):
     help = "Restore a backup made by `manage.py backup` into an empty database and report store."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("backup", help="The backup's folder (relaypacs-backup-<time>).")
+        parser.add_argument(
+            "backup",
+            help="The backup: its folder, or s3://bucket/prefix/relaypacs-backup-<time>.",
+        )
         parser.add_argument(
             "--dry-run",
             action="store_true",
@@ -24,7 +28,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        backup = Path(options["backup"])
+        backup = str(options["backup"])
         try:
             if options["dry_run"]:
                 plan = restore_plan(backup=backup)
@@ -39,7 +43,15 @@ class Command(BaseCommand):
                     )
                 )
                 return
-            plan = backup_restore(backup=backup)
+            outcome = backup_restore(backup=backup)
         except ApplicationError as exc:
             raise CommandError(f"{exc.message} {exc.hint}") from exc
-        self.stdout.write(f"Restored the backup of {plan.created_at} from {backup}.")
+        self.stdout.write(f"Restored the backup of {outcome.plan.created_at} from {backup}.")
+        if outcome.uploads is None:
+            self.stdout.write(
+                "The backup is of an older release: run `manage.py migrate_locked`, then "
+                "`manage.py reconcile_uploads` before starting web and worker, so that "
+                "uploads under way at backup time ask again for the chunks they lost."
+            )
+        else:
+            self.stdout.write(outcome.uploads.sentence())

@@ -253,6 +253,16 @@ class Command(BaseCommand):
             "--no-access-log",
             "--timeout-graceful-shutdown",
             "10",
+            # Longer than nginx keeps an idle upstream connection (keepalive_timeout 3s in
+            # deploy/nginx/relaypacs.conf): the proxy, not uvicorn, closes it first, so
+            # it never reuses one uvicorn just closed (a 502 for a streamed chunk).
+            "--timeout-keep-alive",
+            "5",
+            # Browsers offer permessage-deflate; each accepted connection would keep its own
+            # zlib state (zlib's defaults: some 300 KB allocated), for live-event messages
+            # of a few hundred bytes.
+            "--ws-per-message-deflate",
+            "false",
         ]
         if settings.LOG_FORMAT == "json":
             # uvicorn configures its own loggers: the same JSON lines as the product's.
