@@ -7,7 +7,7 @@ it, so the two agree by construction wherever the events arrived.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -32,10 +32,12 @@ def outcome_of(state: str) -> str:
 
 
 def _ms(start: datetime | None, end: datetime | None) -> int | None:
-    """Whole milliseconds from start to end (never negative), or None if one is unknown."""
+    """Whole milliseconds from start to end (never negative), or None if one is unknown.
+    Exact integer arithmetic (floored), as the set-based rebuild computes it in SQL: a
+    float of seconds times 1000 would now and then be one millisecond short."""
     if start is None or end is None:
         return None
-    return max(int((end - start).total_seconds() * 1000), 0)
+    return max((end - start) // timedelta(milliseconds=1), 0)
 
 
 def contribution_of(*, facts: UploadFacts, timeline: UploadTimeline | None) -> dict[str, Any]:

@@ -77,8 +77,11 @@ class UploadRollup(models.Model):
 
     grain = models.CharField(max_length=5, choices=Grain.choices, default=Grain.DAY)
     day = models.DateField()
+    # A facility can be deleted only once its uploads are (uploads protect it); its
+    # statistics then go with it (CASCADE): kept, they would block the deletion, and moved
+    # to "no facility" they would merge into other rows and be another clinic's figures.
     facility = models.ForeignKey(
-        "accounts.Facility", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "accounts.Facility", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
     modality = models.CharField(max_length=16, blank=True)
     service_level = models.CharField(max_length=16)
@@ -124,7 +127,15 @@ class UploadRollup(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.day} {self.facility_id} {self.modality} {self.service_level} {self.outcome}"
+        # Shown by the admin (e.g. what deleting a facility deletes): a sentence.
+        uploads = "1 upload" if self.uploads == 1 else f"{self.uploads} uploads"
+        what = ", ".join(
+            part
+            for part in (self.modality or "", self.service_level, self.get_outcome_display())
+            if part
+        )
+        when = f"in {self.day:%B %Y}" if self.grain == Grain.MONTH else f"on {self.day}"
+        return f"Statistics of {uploads} {when} ({what})."
 
 
 class UploadTimeline(models.Model):

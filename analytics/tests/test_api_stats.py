@@ -200,7 +200,7 @@ def test_the_statistics_read_a_fixed_number_of_queries(
         assert api.get(STATS, {"period": "all"}).status_code == 200
     assert len(large) == len(small)
     reads = [q["sql"] for q in large.captured_queries if "analytics_uploadrollup" in q["sql"]]
-    assert len(reads) == 5  # outcomes, modality, service level, day, facility
+    assert len(reads) == 4  # days (and from them the totals), modality, service level, facility
     assert not any("uploads_uploadsession" in q["sql"] for q in large.captured_queries)
 
 

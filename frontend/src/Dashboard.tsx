@@ -1,11 +1,37 @@
 /** The dashboard of clinic staff and administrators (docs/analytics.md): four KPI cards,
- * the modality pie, service-level bars and the daily trend, for a period; refreshed every
- * minute; offline, the last figures this device loaded, marked "cached" with their time.
+ * the modality pie, service-level bars and the daily trend, for a period and filters
+ * (facility for administrators, modality, service level), and for administrators a table
+ * of the facilities; refreshed every minute; offline, the last figures this device loaded
+ * for that view, marked "cached" with their time; "Download CSV" saves the view's export.
  * The charts are a few SVG elements drawn here (no chart library: Recharts would add about
  * 118 kB gzipped to an app of about 90 kB for three simple charts). */
 import { useLiveQuery } from "dexie-react-hooks";
 import { useEffect, useState } from "react";
-import { dashboardError, linePoints, percent, PERIODS, pieSlices, REFRESH_MS, seconds, statsKept, statsRefresh, type Period, type Stats } from "./dashboard";
+import { saveFile } from "./account";
+import { ApiError } from "./api";
+import {
+  COMMON_MODALITIES,
+  csvFileName,
+  dashboardError,
+  facilitiesKnown,
+  filtersStore,
+  filtersStored,
+  linePoints,
+  NO_FILTERS,
+  percent,
+  PERIODS,
+  pieSlices,
+  REFRESH_MS,
+  seconds,
+  SERVICE_LEVELS,
+  statsCsv,
+  statsKept,
+  statsRefresh,
+  viewKey,
+  type Period,
+  type Stats,
+  type StatsFilters,
+} from "./dashboard";
 import type { UserError } from "./db";
 import { navigate } from "./router";
 import { formatBytes } from "./studies";
@@ -108,20 +134,110 @@ function Trend({ stats }: { stats: Stats }) {
   );
 }
 
+function FacilityTable({ stats }: { stats: Stats }) {
+  const rows = stats.by_facility ?? [];
+  if (!rows.length) return <p className="note">{W.nothing}</p>;
+  const C = W.facilityColumns;
+  return (
+    <div className="table-scroll">
+      <table className="facility-table" data-testid="facility-table">
+        <thead>
+          <tr>
+            <th scope="col">{C.facility}</th>
+            <th scope="col">{C.uploads}</th>
+            <th scope="col">{C.success}</th>
+            <th scope="col">{C.average}</th>
+            <th scope="col">{C.bytes}</th>
+          </tr>
+        </thead>
+        <tbody>
+          {rows.map((f) => (
+            <tr key={f.facility_id ?? "none"} data-testid="facility-row">
+              <th scope="row">{f.facility_name}</th>
+              <td>{f.uploads}</td>
+              <td>{percent(f.success_rate)}</td>
+              <td>{seconds(f.average_upload_seconds)}</td>
+              <td>{formatBytes(f.bytes)}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function Filters({ owner, stats, filters, onChange }: { owner: string; stats: Stats | null; filters: StatsFilters; onChange: (f: StatsFilters) => void }) {
+  const admin = stats?.scope === "all_facilities" || Boolean(filters.facility);
+  const facilities = facilitiesKnown(owner);
+  if (filters.facility && !facilities.some((f) => f.code === filters.facility)) facilities.push({ code: filters.facility, name: filters.facility });
+  const modalities = [...new Set([...COMMON_MODALITIES, ...(stats?.by_modality ?? []).map((m) => m.modality).filter((m) => m && m !== "unknown"), ...(filters.modality ? [filters.modality] : [])])].sort();
+  const set = (name: keyof StatsFilters) => (e: React.ChangeEvent<HTMLSelectElement>) => onChange({ ...filters, [name]: e.target.value });
+  const any = Boolean(filters.facility || filters.modality || filters.service_level);
+  return (
+    <fieldset className="filters" data-testid="filters">
+      <legend>{W.filters}</legend>
+      {admin && (
+        <label>
+          {W.facility}
+          <select value={filters.facility} onChange={set("facility")}>
+            <option value="">{W.everyFacility}</option>
+            {facilities.map((f) => (
+              <option key={f.code} value={f.code}>
+                {f.name}
+              </option>
+            ))}
+          </select>
+        </label>
+      )}
+      <label>
+        {W.modality}
+        <select value={filters.modality} onChange={set("modality")}>
+          <option value="">{W.everyModality}</option>
+          {modalities.map((m) => (
+            <option key={m} value={m}>
+              {m}
+            </option>
+          ))}
+        </select>
+      </label>
+      <label>
+        {W.serviceLevel}
+        <select value={filters.service_level} onChange={set("service_level")}>
+          <option value="">{W.everyLevel}</option>
+          {SERVICE_LEVELS.map((l) => (
+            <option key={l} value={l}>
+              {W.levels[l]}
+            </option>
+          ))}
+        </select>
+      </label>
+      {any && (
+        <button type="button" className="link" onClick={() => onChange(NO_FILTERS)}>
+          {W.clearFilters}
+        </button>
+      )}
+    </fieldset>
+  );
+}
+
 export function Dashboard({ owner, online }: { owner: string; online: boolean }) {
   const heading = useHeadingFocus<HTMLHeadingElement>();
   const [period, setPeriod] = useState<Period>(storedPeriod);
+  const [filters, setFilters] = useState<StatsFilters>(() => filtersStored(owner));
   const [error, setError] = useState<UserError | null>(null);
   const [loading, setLoading] = useState(false);
   const [tick, setTick] = useState(0);
-  const found = useLiveQuery(() => statsKept(owner, period).then((k) => k ?? null), [owner, period]);
-  // Until the new period's row is read, the query still holds the previous period's.
-  const kept = found && found.period !== period ? undefined : found;
+  const [csvState, setCsvState] = useState<"idle" | "busy">("idle");
+  const [csvError, setCsvError] = useState<string | null>(null);
+  const view = viewKey(period, filters);
+  const found = useLiveQuery(() => statsKept(owner, period, filters).then((k) => k ?? null), [owner, view]);
+  // Until the new view's row is read, the query still holds the previous view's.
+  const kept = found && found.period !== view ? undefined : found;
   useEffect(() => {
     if (!online) return;
     let live = true;
     setLoading(true);
-    statsRefresh(owner, period).then(
+    statsRefresh(owner, period, filters).then(
       () => live && setError(null),
       (e: unknown) => live && setError(dashboardError(e)),
     ).finally(() => live && setLoading(false));
@@ -130,7 +246,31 @@ export function Dashboard({ owner, online }: { owner: string; online: boolean })
       live = false;
       clearInterval(timer);
     };
-  }, [owner, period, online, tick]);
+    // `view` stands for period and filters.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [owner, view, online, tick]);
+
+  function filter(next: StatsFilters) {
+    setFilters(next);
+    filtersStore(owner, next);
+  }
+
+  async function download() {
+    setCsvError(null);
+    if (!online) {
+      setCsvError(W.downloadOffline);
+      return;
+    }
+    setCsvState("busy");
+    try {
+      saveFile(csvFileName(period), await statsCsv(period, filters), "text/csv");
+    } catch (e) {
+      const offline = e instanceof ApiError && e.code === "network_unavailable";
+      setCsvError(offline ? W.downloadOffline : W.downloadFailed(e instanceof ApiError ? e.message : dashboardError(e).message));
+    } finally {
+      setCsvState("idle");
+    }
+  }
 
   function choose(p: Period) {
     setPeriod(p);
@@ -153,9 +293,17 @@ export function Dashboard({ owner, online }: { owner: string; online: boolean })
           <button onClick={() => setTick((t) => t + 1)} disabled={!online || loading}>
             {W.refresh}
           </button>
+          <button onClick={() => void download()} disabled={csvState === "busy"}>
+            {csvState === "busy" ? W.downloading : W.download}
+          </button>
           <button onClick={() => navigate({ screen: "home" })}>{W.back}</button>
         </div>
       </div>
+      {csvError && (
+        <p className="error" role="alert" data-testid="csv-error">
+          {csvError}
+        </p>
+      )}
       <div className="periods" role="group" aria-label="Period">
         {PERIODS.map((p) => (
           <button key={p} className={p === period ? "period selected" : "period"} aria-pressed={p === period} onClick={() => choose(p)}>
@@ -163,6 +311,7 @@ export function Dashboard({ owner, online }: { owner: string; online: boolean })
           </button>
         ))}
       </div>
+      <Filters owner={owner} stats={stats} filters={filters} onChange={filter} />
       {unreachable && kept && (
         <p className="cached-badge" role="status" data-testid="cached-badge">
           {W.cached(when(kept.fetchedAt))}
@@ -194,6 +343,12 @@ export function Dashboard({ owner, online }: { owner: string; online: boolean })
             <h2>{W.trend}</h2>
             <Trend stats={stats} />
           </section>
+          {stats.by_facility && (
+            <section className="section">
+              <h2>{W.byFacility}</h2>
+              <FacilityTable stats={stats} />
+            </section>
+          )}
           {!unreachable && <p className="note">{W.updated(when(stats.generated_at))}</p>}
         </>
       )}

@@ -2,7 +2,25 @@
  * KPI cards, and the charts' geometry. */
 import "fake-indexeddb/auto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { keptStats, linePoints, percent, pieSlices, seconds, statsForget, statsKept, statsRefresh, type Stats } from "./dashboard";
+import { ApiError } from "./api";
+import {
+  facilitiesKnown,
+  filtersStore,
+  filtersStored,
+  keptStats,
+  linePoints,
+  NO_FILTERS,
+  percent,
+  pieSlices,
+  seconds,
+  statsCsv,
+  statsForget,
+  statsKept,
+  statsQuery,
+  statsRefresh,
+  viewKey,
+  type Stats,
+} from "./dashboard";
 import { db } from "./db";
 import { OWNER, signInOnDevice } from "./testkit";
 
@@ -20,7 +38,8 @@ function answer(): Stats & Record<string, unknown> {
     by_modality: [{ modality: "CT", ...figures, extra: "x" } as Stats["by_modality"][number]],
     by_service_level: [{ service_level: "urgent", ...figures }],
     daily: [{ date: "2026-12-01", ...figures }],
-    by_facility: [{ facility_id: 3, facility_code: "north", facility_name: "North Clinic", ...figures }],
+    scope: "all_facilities",
+    by_facility: [{ facility_id: 3, facility_code: "north", facility_name: "North Clinic", ...figures, extra: "y" } as NonNullable<Stats["by_facility"]>[number]],
     network: { outages: 2 },
     generated_at: "2026-12-01T15:20:03Z",
     cached: false,
@@ -31,33 +50,78 @@ describe("the dashboard's figures", () => {
   beforeEach(async () => {
     await Promise.all([db.dashboard.clear(), db.auth.clear()]);
     await signInOnDevice();
+    // The browser's localStorage (Node has none).
+    const store = new Map<string, string>();
+    vi.stubGlobal("localStorage", { getItem: (k: string) => store.get(k) ?? null, setItem: (k: string, v: string) => store.set(k, v), removeItem: (k: string) => store.delete(k) });
   });
   afterEach(() => vi.unstubAllGlobals());
 
-  it("keeps the last answer per period, with only the numbers it draws", async () => {
+  it("keeps the last answer per period and filters, with only the numbers it draws", async () => {
     const calls: string[] = [];
     vi.stubGlobal("fetch", async (url: string) => {
       calls.push(String(url));
       return new Response(JSON.stringify(answer()), { status: 200, headers: { "Content-Type": "application/json" } });
     });
-    await statsRefresh(OWNER, "1m", 1000);
-    expect(calls).toEqual(["/api/v1/upload/stats?period=1m"]);
+    await statsRefresh(OWNER, "1m", NO_FILTERS, 1000);
+    const ct = { ...NO_FILTERS, modality: "CT", service_level: "urgent" };
+    await statsRefresh(OWNER, "1m", ct, 2000);
+    expect(calls).toEqual(["/api/v1/upload/stats?period=1m", "/api/v1/upload/stats?period=1m&modality=CT&service_level=urgent"]);
     const kept = await statsKept(OWNER, "1m");
     expect(kept?.fetchedAt).toBe(1000);
     expect(kept?.stats.total_uploads).toBe(4);
+    expect((await statsKept(OWNER, "1m", ct))?.fetchedAt).toBe(2000);
+    expect(await statsKept(OWNER, "1m", { ...ct, service_level: "" })).toBeUndefined();
     const text = JSON.stringify(kept);
-    expect(text).not.toContain("North Clinic");
     expect(text).not.toContain("extra");
     expect(text).not.toContain("outages");
     expect(await statsKept(OWNER, "1w")).toBeUndefined();
+    // The administrator's facilities are remembered for the facility filter.
+    expect(facilitiesKnown(OWNER)).toEqual([{ code: "north", name: "North Clinic" }]);
+    filtersStore(OWNER, ct);
+    expect(filtersStored(OWNER)).toEqual(ct);
     await statsForget(OWNER);
     expect(await statsKept(OWNER, "1m")).toBeUndefined();
+    expect(await statsKept(OWNER, "1m", ct)).toBeUndefined();
+    expect(filtersStored(OWNER)).toEqual(NO_FILTERS);
+    expect(facilitiesKnown(OWNER)).toEqual([]);
   });
 
-  it("keeps exactly the fields of the charts", () => {
+  it("keeps exactly the fields of the charts and the facility table", () => {
     const kept = keptStats(answer());
-    expect(Object.keys(kept).sort()).toEqual(["average_upload_seconds", "by_modality", "by_service_level", "daily", "generated_at", "period", "since", "success_rate", "total_bytes", "total_uploads", "until"]);
+    expect(Object.keys(kept).sort()).toEqual(["average_upload_seconds", "by_facility", "by_modality", "by_service_level", "daily", "generated_at", "period", "scope", "since", "success_rate", "total_bytes", "total_uploads", "until"]);
     expect(kept.by_modality[0]).toEqual({ modality: "CT", ...figures });
+    expect(kept.by_facility?.[0]).toEqual({ facility_id: 3, facility_code: "north", facility_name: "North Clinic", ...figures });
+    const staff = keptStats({ ...answer(), scope: "facility", by_facility: undefined });
+    expect("by_facility" in staff || "scope" in staff).toBe(false);
+  });
+
+  it("names a view by its period and the filters that are set", () => {
+    expect(statsQuery("1w", NO_FILTERS)).toBe("period=1w");
+    expect(viewKey("1w", NO_FILTERS)).toBe("1w");
+    const f = { facility: "north clinic", modality: "", service_level: "stat" };
+    expect(statsQuery("all", f)).toBe("period=all&facility=north+clinic&service_level=stat");
+    expect(viewKey("all", f)).toBe("period=all&facility=north+clinic&service_level=stat");
+  });
+
+  it("fetches the CSV of the view with the access token, and says why it could not", async () => {
+    const asked: [string, string | null][] = [];
+    vi.stubGlobal("fetch", async (url: string, init: RequestInit) => {
+      asked.push([String(url), new Headers(init.headers).get("Authorization")]);
+      return new Response("date,facility\r\n2026-12-01,north\r\n", { status: 200, headers: { "Content-Type": "text/csv" } });
+    });
+    expect(await statsCsv("1m", { ...NO_FILTERS, facility: "north" })).toBe("date,facility\r\n2026-12-01,north\r\n");
+    expect(asked[0]![0]).toBe("/api/v1/upload/stats/export?period=1m&facility=north");
+    expect(asked[0]![1]).toMatch(/^Bearer .+/);
+
+    vi.stubGlobal("fetch", async () => {
+      throw new TypeError("Failed to fetch");
+    });
+    await expect(statsCsv("1m", NO_FILTERS)).rejects.toMatchObject({ code: "network_unavailable" });
+
+    vi.stubGlobal("fetch", async () => new Response(JSON.stringify({ error: { code: "permission_denied", message: "You can see the statistics of your own facility only.", hint: "" } }), { status: 403 }));
+    const refused = await statsCsv("1m", NO_FILTERS).catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(ApiError);
+    expect((refused as ApiError).message).toBe("You can see the statistics of your own facility only.");
   });
 
   it("words the KPI values", () => {
