@@ -65,6 +65,15 @@ def content_md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data).digest()).decode()  # the protocol's checksum
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of the file at ``path``, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(STOW_READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def chunk_count(paths: Sequence[Path], chunk_size: int = CHUNK_SIZE) -> int:
     """How many chunks the concatenation of ``paths`` makes."""
     total = sum(p.stat().st_size for p in paths)
@@ -275,10 +284,18 @@ class RelayClient:
         if response.status_code != status:
             raise RuntimeError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
 
-    def init(self, paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE) -> dict[str, Any]:
-        """Open an upload of ``paths``; the answer of ``upload/init``."""
+    def init(
+        self, paths: Sequence[Path], *, chunk_size: int = CHUNK_SIZE, sha256: bool = False
+    ) -> dict[str, Any]:
+        """Open an upload of ``paths``; the answer of ``upload/init``. With ``sha256`` each
+        file's SHA-256 goes in the manifest, as the PWA sends it (processing then checks
+        every file against it)."""
         manifest = {
-            "files": [{"name": p.name, "size": p.stat().st_size} for p in paths],
+            "files": [
+                {"name": p.name, "size": p.stat().st_size}
+                | ({"sha256": file_sha256(p)} if sha256 else {})
+                for p in paths
+            ],
             "chunk_size": chunk_size,
         }
         response = self.http.post(

@@ -274,13 +274,19 @@ def create_bench_user(env: Mapping[str, str]) -> None:
 
 
 def _spawn(
-    stack: ExitStack, argv: list[str], env: Mapping[str, str], log: Path, *, first_signal: int
+    stack: ExitStack,
+    argv: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    first_signal: int,
+    cwd: Path = REPO,
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` in its own session, logging to ``log``; stopped when ``stack`` closes."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
             argv,
-            cwd=REPO,
+            cwd=cwd,
             env={**env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -295,18 +301,27 @@ def _healthy(base: str) -> bool:
     return requests.get(f"{base}/api/v1/health", timeout=2).status_code == 200
 
 
-def start_relay(stack: ExitStack, directory: Path, pacs: LocalOrthanc, **extra_env: str) -> Relay:
+def start_relay(
+    stack: ExitStack, directory: Path, pacs: LocalOrthanc, *, code: Path = REPO, **extra_env: str
+) -> Relay:
     """``manage.py serve`` exactly as ``make run`` starts it, forwarding to ``pacs``.
 
-    Waits until the API answers, then creates the benchmark user. Stopped with SIGINT
-    (Ctrl-C), which serve handles by stopping its children.
+    ``code``: the source tree it runs from (another copy of the code, to compare a change
+    with what it changes in one run). Waits until the API answers, then creates the
+    benchmark user. Stopped with SIGINT (Ctrl-C), which serve handles by stopping its
+    children.
     """
     (port,) = free_ports(1)
     directory.mkdir(parents=True, exist_ok=True)
     env = relay_env(directory / "data", port, pacs, **extra_env)
     log = directory / "serve.log"
     process = _spawn(
-        stack, [sys.executable, "manage.py", "serve"], env, log, first_signal=signal.SIGINT
+        stack,
+        [sys.executable, "manage.py", "serve"],
+        env,
+        log,
+        first_signal=signal.SIGINT,
+        cwd=code,
     )
     base = f"http://127.0.0.1:{port}"
     wait_until(lambda: _healthy(base), what="manage.py serve", process=process, log=log)

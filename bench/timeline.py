@@ -77,7 +77,7 @@ def forward_steps(log: Path, *, completed_posted: float, completed_seen: float) 
             f"STOW-RS, {len(batches)} batches, with per-batch bookkeeping", last_batch - forward_in
         ),
         Step(
-            "confirm (QIDO-RS), record receipt, client's next status poll",
+            "confirm (the PACS lists every instance), record receipt, client's next status poll",
             completed_seen - last_batch,
         ),
     ]

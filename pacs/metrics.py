@@ -30,7 +30,8 @@ STOW_REQUEST_SECONDS = Histogram(
 )
 QIDO_REQUEST_SECONDS = Histogram(
     "relaypacs_qido_request_seconds",
-    "QIDO-RS listings of a study's instances (every page), by destination.",
+    "Listings of a study's instances that confirm receipt (QIDO-RS, or Orthanc's tools/find "
+    "where the destination has an Orthanc URL), by destination.",
     ["destination"],
     buckets=REQUEST_BUCKETS,
 )

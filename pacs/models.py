@@ -25,7 +25,10 @@ class PacsDestination(models.Model):
         "Orthanc REST URL",
         max_length=500,
         blank=True,
-        help_text="For Orthanc only: used when DICOMweb is not available.",
+        help_text=(
+            "For Orthanc only: checks faster that images arrived, and sends them when "
+            "DICOMweb is not available."
+        ),
     )
     username = models.CharField(max_length=200, blank=True)
     password = models.CharField(max_length=500, blank=True)

@@ -58,6 +58,11 @@ STOW_BATCH_MAX_INSTANCES = 500
 HEARTBEAT_SECONDS = 30.0
 # Rows per INSERT of receipts: one round trip for a typical study, bounded for a huge one.
 DELIVERY_RECORD_BATCH = 500
+# Connect and read timeout of the receipt check's first try through Orthanc's index
+# (tools/find) where QIDO-RS is there as well: a page answers in well under a second, so
+# a REST URL that does not answer within this is given up for QIDO-RS, instead of holding
+# the confirmation for the target's full timeout (120 s by default).
+INDEX_FIRST_TIMEOUT_SECONDS = 5.0
 
 # The health endpoint is anonymous (load balancers, monitors, anyone on the network): each
 # PACS is probed at most once in this time, whatever the request rate or the number of
@@ -446,7 +451,15 @@ def _batch_rest(client: OrthancClient, batch: list[InstanceSource]) -> list[Inst
 class _Lister:
     """Lists a study's instances on one target: QIDO-RS, or Orthanc's tools/find for
     REST-only targets and once QIDO-RS answered 404/405/501 where an Orthanc URL is set.
-    A QIDO-RS 404 without an Orthanc URL means the study is unknown there."""
+    A QIDO-RS 404 without an Orthanc URL means the study is unknown there.
+
+    ``index``: where both URLs are set, an Orthanc client (with a short timeout, see
+    INDEX_FIRST_TIMEOUT_SECONDS) asked first through tools/find; QIDO-RS is asked
+    instead, for this and every later study, once Orthanc's REST API refuses (e.g. a
+    proxy that publishes DICOMweb only) or cannot be reached (5xx, refused connection,
+    timeout) while DICOMweb still works. Both read Orthanc's index, but QIDO-RS builds a
+    DICOM JSON document of fifteen attributes per instance: for a study of 2,000 images
+    1.5-2 s here, tools/find 0.2 s."""
 
     def __init__(
         self,
@@ -454,15 +467,32 @@ class _Lister:
         *,
         dicomweb: DicomwebClient | None,
         orthanc: OrthancClient | None,
+        index: OrthancClient | None = None,
     ) -> None:
         self.target = target
         self.dicomweb = dicomweb
         self.orthanc = orthanc
         self.use_rest = dicomweb is None
+        self.index = index if dicomweb is not None else None
 
     def listed(self, *, study_instance_uid: str, expected: Collection[str]) -> set[str]:
         """The SOP Instance UIDs listed for the study (paging stops once all of
         ``expected`` were seen). Raises PacsUnavailable, PacsRejected."""
+        if self.index is not None:
+            try:
+                return self.index.study_sop_instance_uids(
+                    study_instance_uid=study_instance_uid, expected=expected
+                )
+            except (PacsRejected, PacsUnavailable) as exc:
+                # Code and status only: the detail of a transport error is the
+                # library's text, which need not stay free of what was asked.
+                logger.info(
+                    "PACS %s: Orthanc's REST API did not list (%s, HTTP %s); using QIDO-RS",
+                    self.target.name,
+                    exc.code,
+                    exc.http_status,
+                )
+                self.index = None
         if not self.use_rest and self.dicomweb is not None:
             try:
                 return self.dicomweb.study_sop_instance_uids(
@@ -487,9 +517,10 @@ def instances_confirm(
 ) -> set[str]:
     """The SOP Instance UIDs of ``sop_instance_uids_by_study`` that ``target`` does NOT list.
 
-    Asks QIDO-RS once per study (paged); REST-only targets, and targets whose QIDO-RS
-    answers 404/405/501 while they have an Orthanc URL, are asked through Orthanc's
-    tools/find. A QIDO-RS 404 without an Orthanc URL means the study is unknown there.
+    Asks once per study (paged): Orthanc's tools/find where the target has an Orthanc
+    URL (QIDO-RS if its REST API refuses or cannot be reached), else QIDO-RS; targets
+    whose QIDO-RS answers 404/405/501 while they have an Orthanc URL are asked through
+    tools/find too. A QIDO-RS 404 without an Orthanc URL means the study is unknown there.
     Read-only and safe to repeat.
 
     Raises PacsUnavailable when the PACS cannot be reached, PacsRejected when it refuses.
@@ -500,7 +531,14 @@ def instances_confirm(
     with ExitStack() as clients:
         dicomweb = clients.enter_context(DicomwebClient(target)) if target.dicomweb_url else None
         orthanc = clients.enter_context(OrthancClient(target)) if target.orthanc_url else None
-        lister = _Lister(target, dicomweb=dicomweb, orthanc=orthanc)
+        index = None
+        if dicomweb is not None and orthanc is not None:
+            index = clients.enter_context(
+                OrthancClient(
+                    target, timeout=min(INDEX_FIRST_TIMEOUT_SECONDS, target.timeout_seconds)
+                )
+            )
+        lister = _Lister(target, dicomweb=dicomweb, orthanc=orthanc, index=index)
         for study_uid, sop_uids in sop_instance_uids_by_study.items():
             expected = set(sop_uids)
             if not expected:

@@ -20,9 +20,15 @@ case "$command" in
         metrics_dir_reset
         # --no-proxy-headers: the client address is the product's business
         # (TRUSTED_PROXY_COUNT, accounts/clientinfo.py), never uvicorn's guess.
+        # --timeout-keep-alive 5: longer than nginx keeps an idle upstream connection
+        # (keepalive_timeout 3s, deploy/nginx/relaypacs.conf), so nginx closes it first
+        # and never reuses one uvicorn just closed (a 502 for a streamed chunk).
+        # --ws-per-message-deflate false: no zlib state per WebSocket for small events
+        # (as `manage.py serve` runs it).
         exec python -m uvicorn relaypacs.asgi:application \
             --host 0.0.0.0 --port "${PORT:-8000}" --workers "${WEB_WORKERS:-2}" \
-            --no-proxy-headers --no-access-log --timeout-graceful-shutdown 10
+            --no-proxy-headers --no-access-log --timeout-graceful-shutdown 10 \
+            --timeout-keep-alive 5 --ws-per-message-deflate false
         ;;
     worker)
         metrics_dir_reset

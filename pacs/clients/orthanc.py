@@ -15,6 +15,7 @@ import requests
 
 from pacs.clients.base import DicomPart, PacsHttpClient, SizedBody, iter_part_bytes
 from pacs.errors import PacsRejected
+from pacs.metrics import qido_timed
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class OrthancClient(PacsHttpClient):
         uid = tags.get("SOPInstanceUID") if isinstance(tags, dict) else None
         return uid.strip() if isinstance(uid, str) else None
 
+    @qido_timed
     def study_sop_instance_uids(
         self,
         *,

@@ -1,14 +1,20 @@
 """PACS that answer differently from Orthanc, played by a proxy in front of the real one:
-QIDO-RS pages capped at 100 results, STOW-RS answers in DICOM XML or without a body."""
+QIDO-RS pages capped at 100 results, STOW-RS answers in DICOM XML or without a body,
+an Orthanc REST API that refuses, fails or cannot be reached while DICOMweb works."""
 
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 from xml.etree import ElementTree
 
 import pytest
 
+from pacs import services as pacs_services
 from pacs.clients.dicomweb import DicomwebClient
 from pacs.errors import PacsNotListing, PacsUnavailable
 from pacs.services import instances_confirm, instances_store
@@ -208,3 +214,120 @@ def test_a_2xx_stow_answer_without_body_for_what_the_pacs_does_not_list_is_retri
     assert isinstance(caught.value, PacsUnavailable)  # retryable, not a refusal
     assert caught.value.code == "pacs_not_listing"
     assert caught.value.http_status == 200
+
+
+def rest_refused(exchange: Exchange) -> tuple[int, str, bytes]:
+    """A proxy that publishes DICOMweb only: Orthanc's REST API answers 403."""
+    if "/dicom-web" not in exchange.path:
+        return 403, "text/plain", b"Forbidden"
+    return exchange.status, exchange.content_type, exchange.body
+
+
+def test_confirm_asks_orthancs_index_where_an_orthanc_url_is_set(orthanc_clean, large_study):
+    with pacs_proxy(orthanc_clean.url) as proxy:
+        target = orthanc_clean.target(dicomweb_url=f"{proxy.url}/dicom-web", orthanc_url=proxy.url)
+
+        missing = instances_confirm(
+            target=target, sop_instance_uids_by_study={STUDY_UID: large_study}
+        )
+
+        assert missing == set()
+        assert proxy.count(path_contains="/tools/find") >= 1
+        assert proxy.count(path_contains="/dicom-web") == 0  # no QIDO-RS
+
+
+def test_confirm_asks_qido_when_orthancs_rest_api_is_refused(orthanc_clean, large_study):
+    with pacs_proxy(orthanc_clean.url, rest_refused) as proxy:
+        target = orthanc_clean.target(dicomweb_url=f"{proxy.url}/dicom-web", orthanc_url=proxy.url)
+
+        missing = instances_confirm(
+            target=target,
+            sop_instance_uids_by_study={
+                STUDY_UID: large_study,
+                "1.2.826.0.1.3680043.10.543.404": {"1.2.826.0.1.3680043.10.543.404.1"},
+            },
+        )
+
+        assert missing == {"1.2.826.0.1.3680043.10.543.404.1"}
+        assert proxy.count(path_contains="/tools/find") == 1  # refused once, then QIDO-RS only
+        assert proxy.count(method="GET", path_contains="/dicom-web") >= 2
+
+
+def find_answers_502(exchange: Exchange) -> tuple[int, str, bytes]:
+    """A gateway in front of Orthanc's REST API that fails; DICOMweb still works."""
+    if exchange.path.endswith("/tools/find"):
+        return 502, "text/plain", b"Bad Gateway"
+    return exchange.status, exchange.content_type, exchange.body
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that refuses connections: bound (so no one else takes it), not listening."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port that accepts connections (in the kernel's backlog) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+def test_confirm_asks_qido_when_orthancs_rest_api_answers_502(orthanc_clean, large_study):
+    with pacs_proxy(orthanc_clean.url, find_answers_502) as proxy:
+        target = orthanc_clean.target(dicomweb_url=f"{proxy.url}/dicom-web", orthanc_url=proxy.url)
+
+        missing = instances_confirm(
+            target=target,
+            sop_instance_uids_by_study={
+                STUDY_UID: large_study,
+                "1.2.826.0.1.3680043.10.543.404": {"1.2.826.0.1.3680043.10.543.404.1"},
+            },
+        )
+
+        assert missing == {"1.2.826.0.1.3680043.10.543.404.1"}
+        assert proxy.count(path_contains="/tools/find") == 1  # failed once, then QIDO-RS only
+        assert proxy.count(method="GET", path_contains="/dicom-web") >= 2
+
+
+def test_confirm_asks_qido_when_orthancs_rest_url_refuses_connections(
+    orthanc_clean, large_study, closed_port, caplog
+):
+    with pacs_proxy(orthanc_clean.url) as proxy:
+        target = orthanc_clean.target(
+            dicomweb_url=f"{proxy.url}/dicom-web", orthanc_url=f"http://127.0.0.1:{closed_port}"
+        )
+
+        with caplog.at_level(logging.INFO, logger="pacs.services"):
+            missing = instances_confirm(
+                target=target, sop_instance_uids_by_study={STUDY_UID: large_study}
+            )
+
+        assert missing == set()
+        assert proxy.count(method="GET", path_contains="/dicom-web") >= 1  # QIDO-RS answered
+    assert "using QIDO-RS" in caplog.text
+    assert STUDY_UID not in caplog.text  # what was asked stays out of the log
+
+
+def test_confirm_gives_a_silent_orthanc_rest_url_up_for_qido_quickly(
+    orthanc_clean, large_study, silent_port, monkeypatch
+):
+    monkeypatch.setattr(pacs_services, "INDEX_FIRST_TIMEOUT_SECONDS", 0.5)
+    with pacs_proxy(orthanc_clean.url) as proxy:
+        target = orthanc_clean.target(
+            dicomweb_url=f"{proxy.url}/dicom-web", orthanc_url=f"http://127.0.0.1:{silent_port}"
+        )
+        started = time.monotonic()
+
+        missing = instances_confirm(
+            target=target, sop_instance_uids_by_study={STUDY_UID: large_study}
+        )
+
+        assert missing == set()
+        # The short timeout, not the target's 120 s, then QIDO-RS.
+        assert time.monotonic() - started < 10
+        assert proxy.count(method="GET", path_contains="/dicom-web") >= 1

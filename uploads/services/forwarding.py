@@ -59,6 +59,9 @@ MAX_FORWARDING_INTERRUPTIONS = 5
 # (as processing's heartbeat), so that a slow PACS answer never lets it lapse: a lapsed
 # lease lets another worker take the upload over and send the same batches again.
 LEASE_RENEWALS_PER_LEASE = 3
+# Rows per UPDATE of delivery outcomes: a batch holds at most 500 instances
+# (pacs.services.STOW_BATCH_MAX_INSTANCES), and SQLite takes up to 999 parameters.
+OUTCOME_UPDATE_BATCH = 500
 
 
 def _receipt_save(*, session: UploadSession, token: str) -> bool:
@@ -108,10 +111,20 @@ class _Delivery:
             "updated_at": timezone.now().isoformat(),
         }
         self.session.receipt = receipt
+        # One UPDATE per distinct outcome (usually one per batch: every instance stored),
+        # not bulk_update's CASE over every row, which cost 0.7 s of the worker's time for
+        # a study of 2,000 images here, while the next batch waited for it.
+        by_outcome: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for f in changed:
+            by_outcome[(f.pacs_status, f.pacs_reason)].append(f.pk)
         with transaction.atomic():
             if not _receipt_save(session=self.session, token=self.token):
                 raise _LeaseLost
-            UploadFile.objects.bulk_update(changed, ["pacs_status", "pacs_reason"], batch_size=500)
+            for (status, reason), pks in sorted(by_outcome.items()):
+                for start in range(0, len(pks), OUTCOME_UPDATE_BATCH):
+                    UploadFile.objects.filter(
+                        pk__in=pks[start : start + OUTCOME_UPDATE_BATCH]
+                    ).update(pacs_status=status, pacs_reason=reason)
 
     def _on_batch(self, outcomes: list[InstanceOutcome]) -> None:
         changed = []

@@ -24,7 +24,9 @@ Reading a file of the manifest (``open_range``) finds its chunk objects from its
 and the upload's chunk size (the size of chunk 0, asked once per process with a HEAD),
 then streams ranged GETs: a window starts at ``MIN_WINDOW`` and grows ``WINDOW_GROWTH``
 times per sequential GET up to ``MAX_WINDOW`` (never past a chunk object's end), so memory
-is bounded by one buffer whatever the file size.
+is bounded by one buffer whatever the file size. A long read (hashing, forwarding) sends
+the GET of its next window while it reads the current one (``READ_AHEAD_WINDOW``): the
+wait for each window's first byte overlaps the reading of the window before.
 
 S3 requests per chunk: receiving it is 1 PUT. Processing and forwarding read it back
 with about one ranged GET per pass (a sequential read needs one GET per chunk object,
@@ -58,8 +60,9 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,6 +81,10 @@ from .streams import SeekableRaw
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "uploads/"
+# Where backups go in the product's bucket by default (uploads.management.backups), and
+# the age past which an unfinished multipart upload there belongs to no running backup.
+BACKUP_PREFIX = "backups/"
+BACKUP_UNFINISHED_AGE = timedelta(days=1)
 # Health probes live outside KEY_PREFIX, so the orphan sweep never sees them.
 PROBE_PREFIX = "health/"
 # A bucket has no free space to speak of: what free_bytes answers, so that init's
@@ -91,6 +98,15 @@ OFFSET_DIGITS = 20
 MIN_WINDOW = 64 * 1024
 WINDOW_GROWTH = 4
 MAX_WINDOW = 8 * 1024 * 1024
+# A reader that reads on in windows of at least READ_AHEAD_WINDOW, or in blocks larger
+# than its buffer (hashing, forwarding: 1 MiB), sends the GET of its next window while
+# it reads the current one: with one object per 1 MiB chunk a 1 GB read is about 1,000
+# GETs, and a round trip each adds up (20 ms each is 20 s). A header read sends nothing
+# ahead. One GET ahead per reader, in a pool of READ_AHEAD_THREADS per process (readers
+# of two worker slots and a web process's thread pool); a reader that seeks or closes
+# leaves at most one window unread.
+READ_AHEAD_WINDOW = 1024 * 1024
+READ_AHEAD_THREADS = 8
 # A reader leaving a response with at most this much unread drains it, so the connection
 # goes back to the pool; with more unread, closing (a new connection) is cheaper.
 DRAIN_BYTES = 64 * 1024
@@ -148,6 +164,7 @@ _chunk_sizes_lock = threading.Lock()
 # work_publish): open_member reads those from the scratch folder, all others from the
 # bucket. In memory on purpose: a scratch folder left by a killed process is never read.
 _scratch_active: set[uuid.UUID] = set()
+_read_ahead_pools: dict[int, ThreadPoolExecutor] = {}
 
 
 def client(*, probe: bool = False) -> Any:
@@ -315,6 +332,22 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return bool(uploads.get("Uploads")) or local.work_dir(upload_id=upload_id).parent.exists()
 
 
+def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
+    """The ``offsets`` whose chunk objects are in the bucket (1 LIST per 1,000 chunks)."""
+    prefix = f"{_upload_prefix(upload_id)}chunks/"
+    found: set[int] = set()
+    try:
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=_bucket(), Prefix=prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                tail = str(item["Key"])[len(prefix) :]
+                if tail.isdigit() and int(tail) in offsets:
+                    found.add(int(tail))
+    except (ClientError, BotoCoreError) as exc:
+        raise _storage_error(f"list the chunks of upload {upload_id}", exc) from None
+    return found
+
+
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:
     """Put one chunk as its own object (1 PUT), durable in the bucket when this returns.
 
@@ -382,6 +415,31 @@ def _chunk_size(upload_id: uuid.UUID) -> int:
 Locator = Callable[[int], tuple[str, int, int]]
 
 
+def _read_ahead_pool() -> ThreadPoolExecutor:
+    """This process's read-ahead threads (made after a fork, never inherited)."""
+    with _clients_lock:
+        pool = _read_ahead_pools.get(os.getpid())
+        if pool is None:
+            _read_ahead_pools.clear()
+            pool = ThreadPoolExecutor(READ_AHEAD_THREADS, thread_name_prefix="s3-read-ahead")
+            _read_ahead_pools[os.getpid()] = pool
+        return pool
+
+
+def _discard(response: Future[Any] | None) -> None:
+    """Drop a read-ahead response nobody will read: its GET is not sent if it is still
+    queued (all READ_AHEAD_THREADS busy), else its body is closed once it has come."""
+
+    def close(done: Future[Any]) -> None:
+        try:
+            done.result()["Body"].close()
+        except Exception:  # noqa: BLE001,S110  (a failed read-ahead nobody waits for)
+            pass
+
+    if response is not None and not response.cancel():
+        response.add_done_callback(close)
+
+
 class _S3RangeRaw(SeekableRaw):
     """A read-only, seekable window of ``size`` bytes laid over one or more objects,
     streamed with ranged GETs into the caller's buffer (see the module docstring)."""
@@ -397,6 +455,8 @@ class _S3RangeRaw(SeekableRaw):
         self._body_left = 0
         self._window = MIN_WINDOW
         self._sequential_at = -1  # where the last fully read response ended
+        # The GET of the window after the open body, sent ahead: (future, position, length).
+        self._ahead: tuple[Future[Any], int, int] | None = None
         self.name = name
         # The outage this reader raised, for callers whose parser swallowed it
         # (uploads.storage.storage_failure).
@@ -414,18 +474,30 @@ class _S3RangeRaw(SeekableRaw):
         finally:
             body.close()
 
-    def _open(self) -> None:
+    def _get(self, key: str, start: int, length: int) -> Any:
+        return self._client.get_object(
+            Bucket=self._bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+        )
+
+    def _open(self, want: int) -> None:
+        """Open the GET of the window at the position (the one sent ahead, if that is
+        it); on a long read (see READ_AHEAD_WINDOW; ``want`` is the caller's read) send
+        the GET of the following window."""
         self._drop()
-        key, start, left = self._locate(self._pos)
         if self._pos == self._sequential_at:
             self._window = min(self._window * WINDOW_GROWTH, MAX_WINDOW)
         else:
             self._window = MIN_WINDOW
-        length = min(self._window, left)
+        ahead, self._ahead = self._ahead, None
         try:
-            response = self._client.get_object(
-                Bucket=self._bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-            )
+            if ahead is not None and ahead[1] == self._pos:
+                length = ahead[2]
+                response = ahead[0].result()
+            else:
+                _discard(ahead[0] if ahead else None)
+                key, start, left = self._locate(self._pos)
+                length = min(self._window, left)
+                response = self._get(key, start, length)
         except ClientError as exc:
             if _is_missing(exc):
                 raise FileNotFoundError(errno.ENOENT, f"{self.name}: object missing") from None
@@ -436,6 +508,11 @@ class _S3RangeRaw(SeekableRaw):
         self._body = response["Body"]
         self._body_pos = self._pos
         self._body_left = length
+        following = self._pos + length
+        if following < self._size and (self._window >= READ_AHEAD_WINDOW or want > READ_BUFFER):
+            key, start, left = self._locate(following)
+            size = min(min(self._window * WINDOW_GROWTH, MAX_WINDOW), left)
+            self._ahead = (_read_ahead_pool().submit(self._get, key, start, size), following, size)
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         remaining = self._size - self._pos
@@ -448,7 +525,7 @@ class _S3RangeRaw(SeekableRaw):
             data = b""
             for attempt in range(READ_ATTEMPTS):
                 if self._body is None or self._body_pos != self._pos:
-                    self._open()  # its errors go to the caller: botocore retried the GET
+                    self._open(want)  # its errors go to the caller: botocore retried the GET
                 try:
                     data = self._body.read(min(want, self._body_left))
                     if data:
@@ -482,6 +559,8 @@ class _S3RangeRaw(SeekableRaw):
     def close(self) -> None:
         if not self.closed:
             self._drop()
+            ahead, self._ahead = self._ahead, None
+            _discard(ahead[0] if ahead else None)
         super().close()
 
 
@@ -662,20 +741,24 @@ def stored_uploads() -> Iterator[tuple[uuid.UUID, datetime]]:
 
 def multipart_uploads_abort(*, older_than: datetime) -> int:
     """Abort every unfinished multipart upload under KEY_PREFIX started before
-    ``older_than`` (a worker killed while publishing a large derived file); returns how
-    many. Idempotent. Raises ClientError/BotoCoreError."""
+    ``older_than`` (a worker killed while publishing a large derived file), and under
+    BACKUP_PREFIX started before ``older_than`` and at least BACKUP_UNFINISHED_AGE ago (a
+    worker killed mid-backup; a backup runs far shorter); returns how many. Idempotent.
+    Raises ClientError/BotoCoreError."""
     s3 = client()
     bucket = _bucket()
     aborted = 0
-    for page in s3.get_paginator("list_multipart_uploads").paginate(
-        Bucket=bucket, Prefix=KEY_PREFIX
-    ):
-        for upload in page.get("Uploads", []):
-            if upload["Initiated"] < older_than:
-                s3.abort_multipart_upload(
-                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-                aborted += 1
+    backup_cut_off = min(older_than, datetime.now(tz=UTC) - BACKUP_UNFINISHED_AGE)
+    for prefix, cut_off in ((KEY_PREFIX, older_than), (BACKUP_PREFIX, backup_cut_off)):
+        for page in s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=prefix
+        ):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < cut_off:
+                    s3.abort_multipart_upload(
+                        Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
     return aborted
 
 

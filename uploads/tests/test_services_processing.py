@@ -87,11 +87,11 @@ class SlowStep:
         self.release = threading.Event()
         self.real = processing._sha256_of
 
-    def __call__(self, *, upload_id: uuid.UUID, f: UploadFile) -> str:
+    def __call__(self, *, upload_id: uuid.UUID, f: UploadFile, stop: Any = None) -> str:
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(60), "the test never let the slow step finish"
-        return self.real(upload_id=upload_id, f=f)
+        return self.real(upload_id=upload_id, f=f, stop=stop)
 
 
 def process_in_thread(pool: ThreadPoolExecutor, upload_id: uuid.UUID) -> Any:
