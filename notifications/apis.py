@@ -7,10 +7,8 @@ and answers errors in the one error shape.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +27,7 @@ from relaypacs.errors import ApplicationError, error_body
 from relaypacs.openapi import error_responses
 from uploads.tokens import UploadTokenClaim
 
-from . import live, selectors, services
+from . import live, push, selectors, services
 from .models import Notification, NotificationKind
 
 logger = logging.getLogger(__name__)
@@ -232,17 +230,6 @@ class StreamTicketApi(APIView):
 
 # --- Server-Sent Events -----------------------------------------------------------------
 
-# EventSource waits this long before reconnecting on its own (the stream's `retry:`).
-SSE_RETRY_MILLISECONDS = 3000
-
-
-def sse_message(message: dict[str, Any]) -> bytes:
-    """One SSE message: ``id:`` (event number; not on heartbeats) and one ``data:`` line."""
-    data = json.dumps(message, separators=(",", ":"))
-    if message.get("type") == "heartbeat" or "id" not in message:
-        return f"data: {data}\n\n".encode()
-    return f"id: {message['id']}\ndata: {data}\n\n".encode()
-
 
 @csrf_exempt  # no cookie authentication here; other methods get the 405 error body
 async def notifications_stream(request: HttpRequest) -> HttpResponseBase:
@@ -251,6 +238,11 @@ async def notifications_stream(request: HttpRequest) -> HttpResponseBase:
     Auth: ``Authorization: Bearer <access token>`` or ``?ticket=``. Resume: the
     ``Last-Event-ID`` header (EventSource's own reconnect) or ``?last_event_id=`` (a new
     EventSource made with a new ticket). See docs/notifications.md.
+
+    Under the ASGI application, GET requests are served by the lean endpoint in front of
+    Django (sse_endpoint.py) with the same ``live.sse_open``; this view answers the rest
+    (other methods, hosts not allowed, plain HTTP under SECURE_SSL_REDIRECT) and the tests
+    that call Django directly.
     """
     if request.method != "GET":
         refused = JsonResponse(
@@ -264,10 +256,10 @@ async def notifications_stream(request: HttpRequest) -> HttpResponseBase:
         refused["Allow"] = "GET"
         return refused
     try:
-        auth = await live.in_db_thread(
-            live.stream_authenticate,
+        body = await live.sse_open(
             authorization=request.headers.get("Authorization", ""),
             ticket=request.GET.get("ticket", ""),
+            last_event_id=request.headers.get("Last-Event-ID") or request.GET.get("last_event_id"),
         )
     except ApplicationError as exc:
         response = JsonResponse(
@@ -275,23 +267,91 @@ async def notifications_stream(request: HttpRequest) -> HttpResponseBase:
         )
         response["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
-    after = live.parse_position(
-        request.headers.get("Last-Event-ID") or request.GET.get("last_event_id")
-    )
-    stream = live.Stream(auth=auth, transport="sse")
-
-    async def body() -> AsyncIterator[bytes]:
-        yield f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode()
-        try:
-            async for message in stream.messages(after=after):
-                yield sse_message(message)
-        except Exception as exc:  # noqa: BLE001 - end the response: the client reconnects
-            logger.warning(
-                "notification stream of user %s failed: %s", auth.user_id, type(exc).__name__
-            )
-            yield sse_message(live.STREAM_FAILED)
-
-    streaming = StreamingHttpResponse(body(), content_type="text/event-stream; charset=utf-8")
-    streaming["Cache-Control"] = "no-cache, no-store"
-    streaming["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    streaming = StreamingHttpResponse(body, content_type=live.SSE_CONTENT_TYPE)
+    for name, value in live.SSE_HEADERS.items():
+        streaming[name] = value
     return streaming
+
+
+# --- Web Push subscriptions ---------------------------------------------------------------
+
+
+def _session_id(request: Request) -> uuid.UUID | None:
+    """The signed-in device (accounts AuthSession) of the access token, from its ``sid``."""
+    auth: Any = request.auth
+    sid = auth.get("sid") if auth is not None else None
+    try:
+        return uuid.UUID(str(sid)) if sid else None
+    except ValueError:
+        return None
+
+
+_PUSH_STATUS = inline_serializer(
+    "PushStatus",
+    {
+        "vapid_public_key": serializers.CharField(
+            help_text="The server's VAPID public key (base64url, the uncompressed P-256 "
+            "point): pushManager.subscribe's applicationServerKey. Empty when push is off."
+        ),
+        "subscribed": serializers.BooleanField(help_text="This device has a subscription."),
+        "enabled": serializers.BooleanField(help_text="Web Push is set up on this server."),
+    },
+)
+_SUBSCRIBED = inline_serializer("PushSubscribed", {"subscribed": serializers.BooleanField()})
+
+
+class PushSubscriptionInput(serializers.Serializer):
+    """``PushSubscription.toJSON()`` as the browser gives it (checked in push.py)."""
+
+    endpoint = serializers.CharField()
+    expirationTime = serializers.IntegerField(required=False, allow_null=True)  # noqa: N815
+    keys = inline_serializer(
+        "PushSubscriptionKeys",
+        {"p256dh": serializers.CharField(), "auth": serializers.CharField()},
+    )
+
+
+class PushSubscriptionApi(APIView):
+    """This device's Web Push subscription: one per signed-in device (docs/notifications.md)."""
+
+    permission_classes = [IsAuthenticated, SignedInWithAccessToken]
+
+    @extend_schema(
+        operation_id="push_subscription_status",
+        responses={200: _PUSH_STATUS, **error_responses(401, 403)},
+        description="The VAPID public key to subscribe with, whether this device (the "
+        "session of the access token) is subscribed, and whether push is set up.",
+    )
+    def get(self, request: Request) -> Response:
+        status = push.push_status(session_id=_session_id(request))
+        return Response(
+            {
+                "vapid_public_key": status.vapid_public_key,
+                "subscribed": status.subscribed,
+                "enabled": status.enabled,
+            }
+        )
+
+    @extend_schema(
+        operation_id="push_subscription_save",
+        request=PushSubscriptionInput,
+        responses={201: _SUBSCRIBED, 200: _SUBSCRIBED, **error_responses(400, 401, 403, 409)},
+        description="Store `PushSubscription.toJSON()` as this device's subscription: 201 "
+        "when new, 200 when it replaced this device's earlier one. Endpoints must be https.",
+    )
+    def post(self, request: Request) -> Response:
+        body = request.data if isinstance(request.data, dict) else {}
+        created = push.push_subscription_save(
+            user_id=_user_id(request), session_id=_session_id(request), subscription=body
+        )
+        return Response({"subscribed": True}, status=201 if created else 200)
+
+    @extend_schema(
+        operation_id="push_subscription_delete",
+        request=None,
+        responses={204: None, **error_responses(401, 403)},
+        description="Delete this device's subscription (idempotent).",
+    )
+    def delete(self, request: Request) -> Response:
+        push.push_subscription_delete(session_id=_session_id(request))
+        return Response(status=204)

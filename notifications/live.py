@@ -1,4 +1,6 @@
-"""The live stream of a user, shared by both transports (SSE view and WebSocket consumer).
+"""The live stream of a user, shared by both transports: SSE (the lean endpoint,
+sse_endpoint.py, and the Django view behind it drive the same ``sse_open``) and the
+WebSocket consumer.
 
 One ``Hub`` per web process (per event loop) learns when a connected user has new events:
 with a channel layer (``REDIS_URL``) from a wake-up message to the process's own channel,
@@ -12,9 +14,10 @@ number seen there is committed). Each connection then reads its events from the 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,10 +95,11 @@ def _not_authenticated(message: str, code: str = "not_authenticated") -> Applica
 
 
 def _session_on(*, user_id: int, session_id: str | None) -> bool:
-    """Whether the stream may go on: the user is active and the session (``sid``) is
-    neither revoked nor idle (accounts.selectors.auth_session_is_on). Read-only: an open
-    stream is not use of the session, so the idle timeout runs while only the stream is
-    open (the app's API calls and token refreshes are the use)."""
+    """Whether a stream may open: the user is active and the session (``sid``) is neither
+    revoked nor idle (accounts.selectors.auth_session_is_on). Read-only: an open stream is
+    not use of the session, so the idle timeout runs while only the stream is open (the
+    app's API calls and token refreshes are the use). Open streams are checked together
+    by their hub (Hub._check_sessions)."""
     # Imported here: this module is imported while the app registry loads.
     from accounts.models import User  # noqa: PLC0415
     from accounts.selectors import auth_session_is_on  # noqa: PLC0415
@@ -162,10 +166,23 @@ def stream_authenticate(*, authorization: str, ticket: str) -> StreamAuth:
 
 
 class Hub:
-    """The wake-ups of one event loop's connections, by user."""
+    """The wake-ups of one event loop's connections, by user, and the checks of their
+    sessions: one query for all of them every NOTIFICATIONS_SESSION_CHECK_SECONDS (a
+    query per connection would be 100 a second for 1,000 connections)."""
 
     def __init__(self) -> None:
         self.listeners: dict[int, set[asyncio.Event]] = {}
+        # (user id, session id) of the connected streams -> how many; those found ended.
+        self.sessions: dict[tuple[int, str | None], int] = {}
+        self.ended: set[tuple[int, str | None]] = set()
+        self.session_task: asyncio.Task[None] | None = None
+        # Reads of a user's events in flight, by (user, after): the streams of one user
+        # woken together share one (see events_after); numbered in the order they began.
+        self.reads: dict[tuple[int, int], tuple[int, asyncio.Future[selectors.CatchUp]]] = {}
+        self.reads_started = 0
+        # reads_started when each user was last woken: a read numbered that or later
+        # began after the wake-up, so it sees the events the wake-up is for.
+        self.wake_floor: dict[int, int] = {}
         self.known: dict[int, int] = {}
         self.task: asyncio.Task[None] | None = None
         self.layer_task: asyncio.Task[None] | None = None
@@ -176,11 +193,15 @@ class Hub:
         self.groups_lock = asyncio.Lock()
         self.pending: set[asyncio.Task[None]] = set()
 
-    def register(self, user_id: int) -> asyncio.Event:
+    def register(self, user_id: int, session_id: str | None = None) -> asyncio.Event:
         wake = asyncio.Event()
         self.listeners.setdefault(user_id, set()).add(wake)
+        key = (user_id, session_id)
+        self.sessions[key] = self.sessions.get(key, 0) + 1
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._poll())
+        if self.session_task is None or self.session_task.done():
+            self.session_task = asyncio.get_running_loop().create_task(self._check_sessions())
         if self.layer is not None:
             if self.layer_task is None or self.layer_task.done():
                 self.layer_task = asyncio.get_running_loop().create_task(self._listen())
@@ -192,7 +213,13 @@ class Hub:
                 task.add_done_callback(self.pending.discard)
         return wake
 
-    def unregister(self, user_id: int, wake: asyncio.Event) -> None:
+    def unregister(self, user_id: int, wake: asyncio.Event, session_id: str | None = None) -> None:
+        key = (user_id, session_id)
+        if key in self.sessions:
+            self.sessions[key] -= 1
+            if self.sessions[key] <= 0:
+                del self.sessions[key]
+                self.ended.discard(key)
         waiting = self.listeners.get(user_id)
         if waiting is None:
             return
@@ -200,10 +227,62 @@ class Hub:
         if not waiting:
             del self.listeners[user_id]
             self.known.pop(user_id, None)
+            self.wake_floor.pop(user_id, None)
 
     def _wake(self, user_id: int) -> None:
+        self.wake_floor[user_id] = self.reads_started
         for wake in self.listeners.get(user_id, ()):
             wake.set()
+
+    async def events_after(self, *, user_id: int, after: int, floor: int) -> selectors.CatchUp:
+        """``selectors.events_after``, read once for all this process's streams that ask
+        for the same (user, position) while it runs: the ten devices of a user woken by
+        one event make one query, not ten. A stream joins only a read numbered ``floor``
+        or later (``wake_floor`` of its user when it took its wake-up; ``reads_started``
+        for its first read), which began after the wake-up and so sees every event it
+        was woken for."""
+        key = (user_id, after)
+        running = self.reads.get(key)
+        if running is None or running[0] < floor or running[1].done():
+            future = asyncio.ensure_future(
+                in_db_thread(selectors.events_after, user_id=user_id, after=after)
+            )
+            running = (self.reads_started, future)
+            self.reads_started += 1
+            self.reads[key] = running
+
+            def forget(_: object, key: tuple[int, int] = key, mine: Any = running) -> None:
+                if self.reads.get(key) is mine:
+                    del self.reads[key]
+
+            future.add_done_callback(forget)
+        return await asyncio.shield(running[1])
+
+    def session_ended(self, user_id: int, session_id: str | None) -> bool:
+        """Whether the last check found this stream's session ended (revoked, idle, or
+        its user deactivated)."""
+        return (user_id, session_id) in self.ended
+
+    async def _check_sessions(self) -> None:
+        """Every NOTIFICATIONS_SESSION_CHECK_SECONDS: which of the connected streams'
+        sessions are still on (notifications.selectors.stream_sessions_on, the rule of
+        accounts.selectors.auth_session_is_on: read-only, so an open stream does not keep
+        its session from idling out); the streams of one that ended are woken and close.
+        Stops when nobody is connected."""
+        while self.sessions:
+            await asyncio.sleep(float(settings.NOTIFICATIONS_SESSION_CHECK_SECONDS))
+            keys = list(self.sessions)
+            try:
+                on = await in_db_thread(selectors.stream_sessions_on, keys=keys)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a database hiccup: try again next time
+                logger.warning("notification session check failed: %s", type(exc).__name__)
+                continue
+            for key in keys:
+                if key not in on and key in self.sessions and key not in self.ended:
+                    self.ended.add(key)
+                    self._wake(key[0])
 
     async def _sync_groups(self) -> None:
         """Make this process's channel a member of exactly its connected users' groups."""
@@ -330,30 +409,39 @@ class Stream:
     async def messages(self, *, after: int | None) -> AsyncIterator[dict[str, Any]]:
         user_id = self.auth.user_id
         central = hub()
-        wake = central.register(user_id)
+        wake = central.register(user_id, self.auth.session_id)
         try:
             self.position = after
-            async for message in self._run(wake):
+            async for message in self._run(wake, central):
                 yield message
         finally:
-            central.unregister(user_id, wake)
+            central.unregister(user_id, wake, self.auth.session_id)
 
-    async def _run(self, wake: asyncio.Event) -> AsyncIterator[dict[str, Any]]:
+    async def _run(self, wake: asyncio.Event, central: Hub) -> AsyncIterator[dict[str, Any]]:
         """The loop behind ``messages``. ``self.position`` is the last id sent (or asked
         for by a resume); it is moved only by a read begun after the latest resume, so a
         resume that arrives while a read is in flight (``self.resumes`` changed) is kept:
         the read's result is dropped and the loop starts again from the resume."""
         user_id = self.auth.user_id
         heartbeat = float(settings.NOTIFICATIONS_HEARTBEAT_SECONDS)
-        check = float(settings.NOTIFICATIONS_SESSION_CHECK_SECONDS)
         next_heartbeat = time.monotonic() + heartbeat
-        next_check = time.monotonic() + check
         owe_ready = True
+        # Whether there may be events to read: not after a wait that timed out (a
+        # heartbeat, the expiry) with no wake-up, as the hub wakes on every new event.
+        need_read = True
         while True:
             wake.clear()
             if self.repositioned.is_set():
                 self.repositioned.clear()
                 owe_ready = True
+                need_read = True
+            # The first read after (re)positioning is this stream's own; a woken one may
+            # share a read begun since the wake-up.
+            floor = (
+                central.reads_started
+                if owe_ready
+                else central.wake_floor.get(user_id, central.reads_started)
+            )
             resumes = self.resumes
             if self.position is None:
                 last = await in_db_thread(selectors.event_last_seq, user_id=user_id)
@@ -366,9 +454,12 @@ class Stream:
                 if resumes != self.resumes:
                     continue
             after = self.position
-            batch = await in_db_thread(selectors.events_after, user_id=user_id, after=after)
-            if resumes != self.resumes:
-                continue
+            if need_read:
+                batch = await central.events_after(user_id=user_id, after=after, floor=floor)
+                if resumes != self.resumes:
+                    continue
+            else:
+                batch = selectors.CatchUp(position=after)
             if batch.reset:
                 self.position = batch.position
                 yield {
@@ -396,24 +487,16 @@ class Stream:
             if timezone.now() >= self.auth.expires_at:
                 yield {"type": "closed", "reason": "token_expired"}
                 return
-            if time.monotonic() >= next_check:
-                on = await in_db_thread(
-                    _session_on, user_id=user_id, session_id=self.auth.session_id
-                )
-                if not on:
-                    yield {"type": "closed", "reason": "session_ended"}
-                    return
-                next_check = time.monotonic() + check
+            if central.session_ended(user_id, self.auth.session_id):
+                yield {"type": "closed", "reason": "session_ended"}
+                return
             if time.monotonic() >= next_heartbeat:
                 yield {"type": "heartbeat"}
                 next_heartbeat = time.monotonic() + heartbeat
             if self.repositioned.is_set():
                 continue
             until_expiry = (self.auth.expires_at - timezone.now()).total_seconds()
-            timeout = max(
-                0.0,
-                min(next_heartbeat, next_check) - time.monotonic(),
-            )
+            timeout = max(0.0, next_heartbeat - time.monotonic())
             timeout = min(timeout, max(0.0, until_expiry))
             waits = {
                 asyncio.ensure_future(wake.wait()),
@@ -424,6 +507,7 @@ class Stream:
             finally:
                 for waiting in waits:
                     waiting.cancel()
+            need_read = wake.is_set() or self.repositioned.is_set()
 
 
 def parse_position(value: str | None) -> int | None:
@@ -433,6 +517,52 @@ def parse_position(value: str | None) -> int | None:
     return int(str(value).strip())
 
 
+# --- Server-Sent Events framing (the SSE view and the lean endpoint, sse_endpoint.py) ----
+
+# EventSource waits this long before reconnecting on its own (the stream's `retry:`).
+SSE_RETRY_MILLISECONDS = 3000
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+# Besides the content type, on every stream (both ways of serving it).
+SSE_HEADERS: dict[str, str] = {
+    "Cache-Control": "no-cache, no-store",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
+}
+
+
+def sse_message(message: dict[str, Any]) -> bytes:
+    """One SSE message: ``id:`` (event number; not on heartbeats) and one ``data:`` line."""
+    data = json.dumps(message, separators=(",", ":"))
+    if message.get("type") == "heartbeat" or "id" not in message:
+        return f"data: {data}\n\n".encode()
+    return f"id: {message['id']}\ndata: {data}\n\n".encode()
+
+
+async def sse_body(*, auth: StreamAuth, after: int | None) -> AsyncGenerator[bytes, None]:
+    """The bytes of an SSE stream: ``retry:``, then each message of ``Stream.messages``;
+    a failure ends it with STREAM_FAILED (the client reconnects with its last id)."""
+    stream = Stream(auth=auth, transport="sse")
+    yield f"retry: {SSE_RETRY_MILLISECONDS}\n\n".encode()
+    try:
+        async for message in stream.messages(after=after):
+            yield sse_message(message)
+    except Exception as exc:  # noqa: BLE001 - end the response: the client reconnects
+        logger.warning(
+            "notification stream of user %s failed: %s", auth.user_id, type(exc).__name__
+        )
+        yield sse_message(STREAM_FAILED)
+
+
+async def sse_open(
+    *, authorization: str, ticket: str, last_event_id: str | None
+) -> AsyncGenerator[bytes, None]:
+    """Authenticate an SSE stream (``stream_authenticate``, in the streams' threads) and
+    give its body, resuming after ``last_event_id`` (the Last-Event-ID header, else the
+    ``last_event_id`` parameter; None or not a number: from now). Raises ApplicationError
+    (401) before anything is sent."""
+    auth = await in_db_thread(stream_authenticate, authorization=authorization, ticket=ticket)
+    return sse_body(auth=auth, after=parse_position(last_event_id))
+
+
 __all__ = [
     "Hub",
     "Stream",
@@ -440,5 +570,8 @@ __all__ = [
     "hub",
     "in_db_thread",
     "parse_position",
+    "sse_body",
+    "sse_message",
+    "sse_open",
     "stream_authenticate",
 ]

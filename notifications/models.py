@@ -113,3 +113,28 @@ class StreamTicket(models.Model):
 
     def __str__(self) -> str:
         return f"ticket of user {self.user_id}"
+
+
+class PushSubscription(models.Model):
+    """One device's Web Push subscription: what ``PushSubscription.toJSON()`` gave the PWA.
+
+    One per signed-in device (the accounts ``AuthSession`` of the access token that posted
+    it): signing out deletes it, and so does the session row's deletion (CASCADE). An
+    endpoint belongs to one browser profile, so it is kept once: a second sign-in on the
+    same browser takes it over (the earlier account's pushes must not reach it).
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    session = models.OneToOneField(
+        "accounts.AuthSession", on_delete=models.CASCADE, related_name="+"
+    )
+    endpoint = models.CharField(max_length=2048, unique=True)
+    # The browser's P-256 public key (65 bytes) and auth secret (16 bytes), base64url.
+    p256dh = models.CharField(max_length=100)
+    auth = models.CharField(max_length=32)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    last_delivered_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"push subscription of user {self.user_id}"

@@ -222,3 +222,47 @@ def report_claim_recipients(*, report_id: int, assignee_id: int) -> list[int]:
     return sorted(
         user_id for user_id, last in offered.items() if (last or 0) > told.get(user_id, -1)
     )
+
+
+# Sessions asked about per query (well under every database's limit of parameters).
+SESSION_CHECK_BATCH = 500
+
+
+def stream_sessions_on(*, keys: list[tuple[int, str | None]]) -> set[tuple[int, str | None]]:
+    """Of ``(user id, session id)`` pairs of open streams, those that may go on: the user
+    is active and the session (None: a token without one) is neither revoked nor idle,
+    the rule of ``accounts.selectors.auth_session_is_on``, for many at once (two queries
+    per SESSION_CHECK_BATCH). Read-only."""
+    from django.conf import settings  # noqa: PLC0415
+    from django.utils import timezone  # noqa: PLC0415
+
+    from accounts.models import AuthSession, User  # noqa: PLC0415 - app registry
+
+    cutoff = timezone.now() - settings.AUTH_SESSION_IDLE_TIMEOUT
+    on: set[tuple[int, str | None]] = set()
+    for start in range(0, len(keys), SESSION_CHECK_BATCH):
+        batch = keys[start : start + SESSION_CHECK_BATCH]
+        active = set(
+            User.objects.filter(pk__in={u for u, _ in batch}, is_active=True).values_list(
+                "pk", flat=True
+            )
+        )
+        sids: dict[uuid.UUID, str] = {}
+        for _, sid in batch:
+            if sid is not None:
+                try:
+                    sids[uuid.UUID(sid)] = sid
+                except ValueError:
+                    continue
+        live = {
+            (user_id, sids[pk])
+            for pk, user_id in AuthSession.objects.filter(
+                pk__in=list(sids), revoked_at__isnull=True, last_seen_at__gte=cutoff
+            ).values_list("pk", "user_id")
+        }
+        on.update(
+            (user_id, sid)
+            for user_id, sid in batch
+            if user_id in active and (sid is None or (user_id, sid) in live)
+        )
+    return on

@@ -14,6 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -21,7 +22,7 @@ from django.utils import timezone
 
 from relaypacs.errors import ApplicationError
 
-from . import wakeup
+from . import push, wakeup
 from .models import Event, EventCounter, Notification, NotificationKind, StreamTicket
 
 # The stream event (not a domain event) telling the reading pool a report was taken.
@@ -84,7 +85,8 @@ def event_append(
     increasing and commit in order. An event with a notification (or
     ``with_unread_count``) carries ``unread_count``, counted after the lock is taken: of
     two concurrent changes of one user's read state, the later event has the later count.
-    Wakes the web processes after commit. Not idempotent: each call is a new event (a
+    Wakes the web processes after commit, and queues a notification's Web Push to the
+    user's devices (push.notification_push_queue). Not idempotent: each call is a new event (a
     domain event delivered twice makes two).
     """
     upload_uuid = uuid.UUID(str(upload_id)) if upload_id else None
@@ -114,6 +116,11 @@ def event_append(
                 created_at=now,
             )
             data["notification"] = notification_payload(notification=made)
+            # Pushed to the user's devices once it is committed (push.py).
+            transaction.on_commit(
+                partial(push.notification_push_queue, notification_id=made.pk, user_id=user_id),
+                robust=True,  # a broker that is down loses the push, never the event
+            )
         if notification is not None or with_unread_count:
             data["unread_count"] = _unread_count(user_id=user_id)
         event = Event.objects.create(
@@ -262,8 +269,9 @@ def stream_ticket_redeem(*, ticket: str) -> StreamTicket | None:
 
 
 def notifications_prune(*, now: datetime | None = None) -> int:
-    """Delete events older than EVENT_RETENTION, used or expired tickets, and read
-    notifications older than READ_NOTIFICATION_RETENTION; returns the events deleted.
+    """Delete events older than EVENT_RETENTION, used or expired tickets, read
+    notifications older than READ_NOTIFICATION_RETENTION and push subscriptions of ended
+    sessions; returns the events deleted.
     Safe to run twice, in batches of PRUNE_BATCH."""
     now = now or timezone.now()
     deleted = 0
@@ -280,4 +288,5 @@ def notifications_prune(*, now: datetime | None = None) -> int:
     Notification.objects.filter(
         read_at__isnull=False, created_at__lt=now - READ_NOTIFICATION_RETENTION
     ).delete()
+    push.push_subscriptions_of_ended_sessions_delete()
     return deleted

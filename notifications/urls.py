@@ -6,6 +6,11 @@ from . import apis
 urlpatterns = [
     path("notifications", apis.NotificationListApi.as_view(), name="notifications-list"),
     path("notifications/stream", apis.notifications_stream, name="notifications-stream"),
+    path(
+        "notifications/push-subscriptions",
+        apis.PushSubscriptionApi.as_view(),
+        name="notifications-push-subscriptions",
+    ),
     path("notifications/ticket", apis.StreamTicketApi.as_view(), name="notifications-ticket"),
     path(
         "notifications/read-all",

@@ -1,7 +1,9 @@
 """ASGI entry point: HTTP to Django, WebSockets to Channels (notifications.routing).
 
 Chunk PUTs sent with an upload token, the upload's hot path, are served by a lean endpoint
-in front of Django (uploads.chunk_endpoint); every other request reaches Django unchanged.
+in front of Django (uploads.chunk_endpoint), and so is the GET of the SSE event stream, a
+long-held connection (notifications.sse_endpoint); every other request reaches Django
+unchanged.
 """
 
 import atexit
@@ -17,6 +19,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+from notifications.sse_endpoint import SseEndpoint  # noqa: E402
 from relaypacs.metrics import this_process_exits  # noqa: E402
 from uploads.chunk_endpoint import ChunkEndpoint  # noqa: E402
 
@@ -26,7 +29,7 @@ atexit.register(this_process_exits)
 
 application = ProtocolTypeRouter(
     {
-        "http": ChunkEndpoint(fallback=django_asgi_app),
+        "http": SseEndpoint(fallback=ChunkEndpoint(fallback=django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

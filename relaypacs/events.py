@@ -36,6 +36,9 @@ REPORT_CANCELLED = "report.cancelled"
 # The sender answered the radiologist's question after new images had already returned the
 # report to pending: no status change, so the assignee learns of the answer from this.
 REPORT_ANSWERED = "report.answered"
+# A signed-in device's session ended (sign-out, "sign out other devices", an administrator,
+# a password change, theft detection, idleness): ``session_id``, ``user_id``.
+ACCOUNT_SESSION_REVOKED = "account.session_revoked"
 
 
 def emit(name: str, **payload: Any) -> None:

@@ -23,6 +23,7 @@ from rest_framework_simplejwt.settings import api_settings
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from relaypacs import events
 from relaypacs.errors import ApplicationError
 
 from ..clientinfo import ClientInfo
@@ -322,6 +323,11 @@ def auth_session_revoke(*, session: AuthSession, reason: str, client: ClientInfo
         object_type="session",
         object_id=str(session.id),
         detail={"reason": reason},
+    )
+    # The device's Web Push subscription (notifications) ends with it.
+    session_id, user_id = str(session.id), session.user_id
+    transaction.on_commit(
+        lambda: events.emit(events.ACCOUNT_SESSION_REVOKED, session_id=session_id, user_id=user_id)
     )
 
 

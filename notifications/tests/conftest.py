@@ -85,3 +85,7 @@ def fast_stream(settings: Any) -> Any:
 
 def now() -> Any:
     return timezone.now()
+
+
+# The stand-in push service of the Web Push tests (push_service.py).
+from .push_service import push_service  # noqa: E402, F401

@@ -151,3 +151,35 @@ WHITENOISE_ADD_HEADERS_FUNCTION = _pwa_page_headers
 
 # --- Email ------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+
+# --- Web Push ---------------------------------------------------------------------------
+# The VAPID key comes from the environment (VAPID_PRIVATE_KEY or VAPID_PRIVATE_KEY_FILE):
+# every web replica and worker must sign with the key the browsers subscribed with, so
+# none makes its own. Without it Web Push is off (the app still notifies while open).
+WEB_PUSH_KEYS_FROM_DATA_DIR = False
+
+
+def _check_web_push() -> None:
+    from notifications.vapid import VapidKeyInvalid, private_key_parse, subject_is_valid
+
+    if VAPID_PRIVATE_KEY:
+        try:
+            private_key_parse(VAPID_PRIVATE_KEY)
+        except VapidKeyInvalid as exc:
+            raise ImproperlyConfigured(
+                f"{exc} Correct VAPID_PRIVATE_KEY and start again."
+            ) from None
+    if WEB_PUSH_ALLOW_INSECURE_ENDPOINTS:
+        raise ImproperlyConfigured(
+            "WEB_PUSH_ALLOW_INSECURE_ENDPOINTS is for tests only: it lets the server send "
+            "to http and loopback addresses. Remove it from the environment and start again."
+        )
+    if VAPID_SUBJECT and not subject_is_valid(VAPID_SUBJECT):
+        raise ImproperlyConfigured(
+            "The environment variable VAPID_SUBJECT is malformed: it must be a mailto: "
+            "address or an https:// address without a path, such as "
+            "mailto:pacs-admin@example.org. Correct VAPID_SUBJECT and start again."
+        )
+
+
+_check_web_push()

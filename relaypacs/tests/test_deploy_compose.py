@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from uploads.tests.helpers import free_port, iter_file_chunks, manifest, sop_uid
 from uploads.tests.synthetic import write_study
@@ -141,6 +143,8 @@ NOT_FOR_COMPOSE = {
     "SENTRY_DSN_FILE",
     "SENTRY_RELEASE",
     "ARCHIVE_MAX_EXPANDED_BYTES",
+    "WEB_PUSH_ALLOW_INSECURE_ENDPOINTS",  # tests only: http push endpoints on loopback
+    "VAPID_PRIVATE_KEY",  # compose gives VAPID_PRIVATE_KEY_FILE (a secret)
 }
 
 
@@ -264,6 +268,13 @@ def test_the_product_runs_with_exactly_the_compose_environment(
         (root / directory).mkdir()
     for secret in ("relaypacs_secret_key", "relaypacs_metrics_token"):
         (root / "secrets" / secret).write_text(secrets.token_urlsafe(48) + "\n")
+    # What `openssl ecparam -name prime256v1 -genkey -noout` writes (docs/compose.md).
+    vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (root / "secrets" / "relaypacs_vapid_private_key").write_bytes(vapid)
     bucket = services["web"]["environment"]["S3_BUCKET"]
     try:
         s3_server.client().create_bucket(Bucket=bucket)  # what minio-init does
@@ -348,6 +359,16 @@ def test_the_product_runs_with_exactly_the_compose_environment(
         assert health["status"] == "ok", health
         assert health["checks"]["database"]["state"] == "ok", health
         assert health["checks"]["storage"]["state"] == "ok", health
+        # Web Push is on, signed with the key of the secret file (not one made on the disk).
+        push = http.get(
+            f"{base}/api/v1/notifications/push-subscriptions", headers=auth, timeout=60
+        ).json()
+        public = serialization.load_pem_private_key(vapid, password=None).public_key()
+        point = public.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        assert push["enabled"] is True, push
+        assert push["vapid_public_key"] == base64.urlsafe_b64encode(point).decode().rstrip("=")
 
         paths = write_study(root / "study", instances=3, instance_bytes=2 * 1024 * 1024)
         chunk_size = 1024 * 1024

@@ -1,0 +1,1 @@
+"""Clients of the external systems the notifications app speaks to."""
