@@ -35,8 +35,16 @@ bench: setup
 	# Live events (issue 12), statistics at 1,000,000 uploads (issue 15, PostgreSQL), and
 	# S3 storage (issue 16): each appends its figures to bench/RESULTS.md.
 	$(PY) bench/notifications_latency.py
+	# 1,000 stream connections on `serve` (issue 13): memory per connection, latency.
+	$(PY) bench/notifications_connections.py
 	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} $(PY) bench/analytics_stats.py
 	$(PY) bench/s3_storage.py
+	# 50 clinics at once through nginx to two web nodes (issue 17; PostgreSQL and Redis,
+	# a database of its own that it creates and drops; `--quick` checks the bench itself):
+	# each clinic on an 8 Mbit/s link (the goal's case), then all 50 flat out (a stress
+	# figure: 150 chunks in flight queue for 2 cores).
+	$(PY) bench/load_clinics.py --link-mbit 8
+	$(PY) bench/load_clinics.py
 
 clean:
 	rm -rf $(VENV) var

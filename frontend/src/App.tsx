@@ -34,11 +34,13 @@ import { toUserError } from "./uploader";
 import { History } from "./History";
 import { Reports } from "./Reports";
 import { repliesExpire, repliesForget, repliesSend, reportsForget } from "./reports";
-import { leftChoices, leftOnDevice, leftWords, somethingLeft, type LeftOnDevice } from "./signOut";
+import { deviceForget, leftChoices, leftOnDevice, leftWords, somethingLeft, type LeftOnDevice } from "./signOut";
 import { reportStateWords, STUDY_WORDS } from "./words";
 import { navigate, useRoute } from "./router";
 import { INSECURE_NOTICE } from "./secure";
 import { Settings } from "./Settings";
+import { followServiceWorker } from "./push";
+import { PushOffer } from "./PushOffer";
 import { ErrorBox } from "./ui";
 import { VirtualList } from "./VirtualList";
 
@@ -624,6 +626,8 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
     liveFor(null);
     forgetLastId(owner);
     stopUploads();
+    // This device's push subscription goes before the session does (never holding it up).
+    await deviceForget();
     await signOut();
   }
 
@@ -665,6 +669,7 @@ function Queue({ owner, online }: { owner: string; online: boolean }) {
         </section>
       )}
       {sends && <UploadButton onPick={(f, k) => void onPick(f, k)} />}
+      {sends && <PushOffer owner={owner} online={online} />}
       {(sends || (studies?.length ?? 0) > 0) && <h2>Studies</h2>}
       {sends && studies && studies.length === 0 && <p className="note">No studies yet. Press “Upload study” to send one.</p>}
       <ul className="studies">
@@ -701,6 +706,8 @@ export function App() {
     // The live stream while signed in and online: pushed states, notifications, toasts.
     liveFor(activeUser && online ? activeUser : null);
   }, [activeUser, online]);
+  // A notification clicked opens its screen here; a push reloads the notifications.
+  useEffect(() => followServiceWorker(activeUser !== null), [activeUser]);
   useEffect(() => {
     // Answers to radiologists' questions written offline go as soon as the network is back.
     if (activeUser && online) void repliesSend(activeUser).catch(() => undefined);

@@ -1,5 +1,6 @@
 /** The signed-in user's own settings: profile, password, two-step sign-in, signed-in
- * devices, upload preferences and a copy of their data. Each section loads and saves on its
+ * devices, upload preferences, a copy of their data, and this device's own (notifications
+ * when the app is closed, storage used, clear local data, the app's version). Each section loads and saves on its
  * own, so one failing does not hide the others. */
 import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from "react";
 import {
@@ -33,9 +34,12 @@ import {
   type TwoFactorStatus,
 } from "./account";
 import { formError, type FormError } from "./formErrors";
+import { version as APP_VERSION } from "../package.json";
+import { pushDisable, pushEnable, pushStatus, PUSH_WORDS, type PushState } from "./push";
 import { navigate } from "./router";
 import { PASSWORD_HELP } from "./AccountScreens";
 import { INSECURE_NOTICE } from "./secure";
+import { clearChoices, clearWords, deviceLeft, localDataClear, somethingOnDevice, type DeviceLeft } from "./signOut";
 import { formatBytes } from "./studies";
 import { ErrorBox, Field, Notice, useFormAction, useHeadingFocus } from "./ui";
 
@@ -581,23 +585,132 @@ function DataSection() {
   );
 }
 
-function ThisDevice() {
+function PushSection() {
+  const { data: state, setData, error: loadError, reload } = useLoad<PushState>(pushStatus);
+  const action = useFormAction(PUSH_WORDS.offline);
+  if (loadError && !state) return <LoadFailed error={loadError} onRetry={reload} />;
+  if (!state) return <p className="note">Loading…</p>;
+  const sentence = { on: PUSH_WORDS.on, off: PUSH_WORDS.off, denied: PUSH_WORDS.denied, unavailable: PUSH_WORDS.unavailable, unsupported: PUSH_WORDS.unsupported }[state];
+  return (
+    <div className="form">
+      <p data-testid="push-state" data-state={state}>
+        {sentence}
+      </p>
+      <ErrorBox error={action.error} />
+      <Notice>{action.done}</Notice>
+      {(state === "on" || state === "off") && (
+        <div className="actions">
+          <button
+            type="button"
+            className={state === "off" ? "primary" : undefined}
+            disabled={action.busy}
+            onClick={() =>
+              void action.run(async () => {
+                const after = state === "off" ? await pushEnable() : await pushDisable();
+                setData(after);
+                return after === "off" && state === "on" ? PUSH_WORDS.turnedOff : "";
+              })
+            }
+          >
+            {state === "off" ? PUSH_WORDS.enable : PUSH_WORDS.disable}
+          </button>
+        </div>
+      )}
+    </div>
+  );
+}
+
+function StorageSection({ owner }: { owner: string }) {
   const [storage, setStorage] = useState("");
+  // The first confirmation, then the refusal while something is unsent (and its own confirmation).
+  const [asking, setAsking] = useState<"no" | "clear" | "unsent">("no");
+  const [left, setLeft] = useState<DeviceLeft | null>(null);
+  const action = useFormAction();
   useEffect(() => {
     void navigator.storage?.estimate?.().then((e) => {
       if (e.quota) setStorage(`${formatBytes(e.usage ?? 0)} used of ${formatBytes(e.quota)} this browser allows.`);
     });
   }, []);
+  const clear = (discard: boolean) =>
+    void action.run(async () => {
+      try {
+        await localDataClear(owner, { discard });
+      } catch (error) {
+        // Nothing was cleared: back to the "Clear local data" button the error points to.
+        setAsking("no");
+        throw error;
+      }
+      return "";
+    });
+  return (
+    <div className="form">
+      <p className="note">
+        Studies waiting to be sent are kept on this device until the PACS has them, then their patient data is removed.{" "}
+        <span data-testid="storage-used">{storage}</span>
+      </p>
+      <ErrorBox error={action.error} />
+      {asking === "no" && (
+        <div className="actions">
+          <button type="button" className="quiet-danger" onClick={() => setAsking("clear")}>
+            Clear local data
+          </button>
+        </div>
+      )}
+      {asking === "clear" && (
+        <div className="dialog" role="alertdialog" aria-label="Clear local data">
+          <p>Clearing deletes everything this app keeps on this device, for every account, and signs you out. Your account and what the server has are kept.</p>
+          <div className="actions">
+            <button
+              type="button"
+              className="danger"
+              disabled={action.busy}
+              onClick={() =>
+                // Every account's unsent studies, answers and cancels: clearing deletes them all.
+                void deviceLeft(owner).then(
+                  (found) => {
+                    if (!somethingOnDevice(found)) return clear(false);
+                    setLeft(found);
+                    setAsking("unsent");
+                  },
+                  (error: unknown) => action.setError(formError(error)),
+                )
+              }
+            >
+              {action.busy ? "Clearing…" : "Clear and sign out"}
+            </button>
+            <button type="button" onClick={() => setAsking("no")}>
+              Cancel
+            </button>
+          </div>
+        </div>
+      )}
+      {asking === "unsent" && left && (
+        <div className="dialog" role="alertdialog" aria-label="Not sent yet">
+          {clearWords(left).map((line) => (
+            <p key={line}>{line}</p>
+          ))}
+          <div className="actions">
+            <button type="button" className="primary" onClick={() => setAsking("no")}>
+              {clearChoices(left).keep}
+            </button>
+            <button type="button" className="danger" disabled={action.busy} onClick={() => clear(true)}>
+              {action.busy ? "Clearing…" : clearChoices(left).discard}
+            </button>
+          </div>
+        </div>
+      )}
+    </div>
+  );
+}
+
+function AboutSection() {
   const secure = window.isSecureContext;
   return (
-    <div className="form" data-testid="this-device">
-      <p className="note">
-        Studies waiting to be sent are kept on this device until the PACS has them, then their patient data is removed. {storage}
-      </p>
-      <p className="note" data-testid="offline-ability">
-        {secure ? "This device can keep and send studies while offline or with the app closed." : INSECURE_NOTICE}
-      </p>
-    </div>
+    // One line under the storage (a phone's settings stay one short scroll).
+    <p className="note" data-testid="this-device">
+      <span data-testid="offline-ability">{secure ? "This device can keep and send studies while offline or with the app closed." : INSECURE_NOTICE}</span>{" "}
+      <span data-testid="app-version">App version {APP_VERSION}.</span>
+    </p>
   );
 }
 
@@ -647,7 +760,13 @@ export function Settings({ username, online }: { username: string; online: boole
         </Group>
       )}
       <Group id="device" title="This device">
-        <ThisDevice />
+        <Section id="push" title="Notifications">
+          <PushSection />
+        </Section>
+        <Section id="storage" title="Storage and version">
+          <StorageSection owner={username} />
+          <AboutSection />
+        </Section>
       </Group>
     </main>
   );

@@ -7,6 +7,7 @@
  * uses, read by React with `useSyncExternalStore`. */
 import { signedInFetch } from "./account";
 import { ApiError } from "./api";
+import { badgeFollow } from "./badge";
 import type { UserError } from "./db";
 import type { ServerNotification, StreamMessage } from "./liveStream";
 import { notificationWords } from "./words";
@@ -165,3 +166,5 @@ export class Centre {
 }
 
 export const centre = new Centre();
+// The app icon's badge shows the unread count whenever the centre has it (badge.ts).
+badgeFollow(centre);

@@ -194,17 +194,18 @@ export class Uploader {
 
   private wait(ms: number): Promise<void> {
     return new Promise((resolve) => {
+      // Stopped between two waits: let go at once (a stop must not sleep out a minute
+      // holding the upload lock).
+      if (this.signal.aborted) return resolve();
+      const signal = this.signal;
       const timer = setTimeout(done, ms);
-      const onAbort = () => done();
-      this.signal.addEventListener("abort", onAbort);
+      signal.addEventListener("abort", done);
       function done() {
         clearTimeout(timer);
+        signal.removeEventListener("abort", done);
         resolve();
       }
-      this.wakeUp = () => {
-        this.signal.removeEventListener("abort", onAbort);
-        done();
-      };
+      this.wakeUp = done;
     });
   }
 
