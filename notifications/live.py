@@ -510,11 +510,18 @@ class Stream:
             need_read = wake.is_set() or self.repositioned.is_set()
 
 
+# An event number fits a bigint: at most 19 digits.
+POSITION_MAX_DIGITS = 19
+
+
 def parse_position(value: str | None) -> int | None:
-    """A Last-Event-ID (or ``after``) value: a non-negative integer, else None (from now)."""
-    if value is None or not str(value).strip().isdigit():
+    """A Last-Event-ID (or ``after``) value: a non-negative integer of ASCII digits, else
+    None (from now). "²" passes str.isdigit() but not int(); a 5,000-digit one passes both
+    checks but not Python's int-string limit: neither may fail a request."""
+    text = "" if value is None else str(value).strip()
+    if not text or len(text) > POSITION_MAX_DIGITS or not (text.isascii() and text.isdigit()):
         return None
-    return int(str(value).strip())
+    return int(text)
 
 
 # --- Server-Sent Events framing (the SSE view and the lean endpoint, sse_endpoint.py) ----
@@ -559,8 +566,9 @@ async def sse_open(
     give its body, resuming after ``last_event_id`` (the Last-Event-ID header, else the
     ``last_event_id`` parameter; None or not a number: from now). Raises ApplicationError
     (401) before anything is sent."""
+    after = parse_position(last_event_id)  # before the ticket is spent
     auth = await in_db_thread(stream_authenticate, authorization=authorization, ticket=ticket)
-    return sse_body(auth=auth, after=parse_position(last_event_id))
+    return sse_body(auth=auth, after=after)
 
 
 __all__ = [

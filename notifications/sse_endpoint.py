@@ -108,6 +108,16 @@ def _security_headers(*, secure: bool) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+# What a client is told when opening its stream failed unexpectedly (the database down):
+# it reconnects by itself, and polls meanwhile.
+_STREAM_NOT_OPENED = ApplicationError(
+    "server_error",
+    "The server could not open the live updates.",
+    "The app tries again by itself; tell your administrator if this keeps happening.",
+    status_code=500,
+)
+
+
 async def _refuse(send: Send, error: ApplicationError, *, secure: bool) -> None:
     """The error as the view answers it: the one error shape, with WWW-Authenticate."""
     body = json.dumps(error_body(error.code, error.message, error.hint, **error.extra)).encode()
@@ -184,6 +194,10 @@ class SseEndpoint:
             )
         except ApplicationError as error:
             await _refuse(send, error, secure=secure)
+            return
+        except Exception as exc:  # noqa: BLE001 - the error shape, never uvicorn's bare 500
+            logger.error("A notification stream could not be opened: %s", type(exc).__name__)
+            await _refuse(send, _STREAM_NOT_OPENED, secure=secure)
             return
         # The stream runs until it ends (session ended, token expired, failure) or the
         # client goes away, whichever comes first; the other is then cancelled.

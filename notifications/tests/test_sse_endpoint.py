@@ -369,3 +369,29 @@ async def _raw(app: Any, path: str, headers: dict[str, str]) -> tuple[int, dict[
     body = await get.body()
     await get.leave()
     return status, answered, body
+
+
+@pytest.mark.parametrize("value", ["²", "1²", "9" * 5000, "-1", " ", "1e3", "3"])
+def test_a_last_event_id_that_is_not_a_plain_number_means_from_now(value):
+    # "²" passes str.isdigit() but not int(); 5,000 digits pass both but not Python's limit.
+    assert live.parse_position(value) == (3 if value == "3" else None)
+
+
+def test_an_unexpected_failure_opening_a_stream_is_the_error_shape_not_a_bare_500(
+    signed_in, monkeypatch
+):
+    def database_down(**kwargs: Any) -> Any:
+        raise ConnectionError("the database is down")
+
+    monkeypatch.setattr(live, "stream_authenticate", database_down)
+
+    async def scenario() -> None:
+        status, headers, body = await _answer(
+            lean, STREAM, {"Authorization": f"Bearer {signed_in.access}"}
+        )
+        assert status == 500
+        assert body["error"]["code"] == "server_error"
+        assert body["error"]["message"] == "The server could not open the live updates."
+        assert headers["x-content-type-options"] == "nosniff"
+
+    asyncio.run(scenario())
