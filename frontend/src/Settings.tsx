@@ -628,7 +628,7 @@ function StorageSection({ owner }: { owner: string }) {
   const action = useFormAction();
   useEffect(() => {
     void navigator.storage?.estimate?.().then((e) => {
-      if (e.quota) setStorage(`${formatBytes(e.usage ?? 0)} used of ${formatBytes(e.quota)} this browser allows.`);
+      if (e.quota) setStorage(`${formatBytes(e.usage ?? 0)} used of ${formatBytes(e.quota)}.`);
     });
   }, []);
   const clear = (discard: boolean) =>
@@ -645,8 +645,7 @@ function StorageSection({ owner }: { owner: string }) {
   return (
     <div className="form">
       <p className="note">
-        Studies waiting to be sent are kept on this device until the PACS has them, then their patient data is removed.{" "}
-        <span data-testid="storage-used">{storage}</span>
+        <span data-testid="storage-used">{storage}</span> Unsent studies stay here until the PACS has them.
       </p>
       <ErrorBox error={action.error} />
       {asking === "no" && (
@@ -708,7 +707,7 @@ function AboutSection() {
   return (
     // One line under the storage (a phone's settings stay one short scroll).
     <p className="note" data-testid="this-device">
-      <span data-testid="offline-ability">{secure ? "This device can keep and send studies while offline or with the app closed." : INSECURE_NOTICE}</span>{" "}
+      <span data-testid="offline-ability">{secure ? "Works offline and with the app closed." : INSECURE_NOTICE}</span>{" "}
       <span data-testid="app-version">App version {APP_VERSION}.</span>
     </p>
   );

@@ -320,11 +320,13 @@ def test_settings_are_grouped_with_one_primary_action_each_and_the_piece_size_in
     counts = filled_buttons_per_group(page)
     assert all(n <= 1 for n in counts.values()), counts
     # Grouped (the password and two-step forms open on demand, at most three devices listed
-    # before "Show all"), it is no longer a 2,800 px scroll on a phone: about 2,200 px with one
-    # device signed in, 2,400 with many.
+    # before "Show all"), it was no longer a 2,800 px scroll on a phone: about 2,200 px with one
+    # device signed in, 2,400 with many. The "This device" group of issue 13 (notifications
+    # on or off, storage and version, clear local data) adds about 300 px: 2,700 with many
+    # devices, still under what the ungrouped page was without that group.
     expect(page.get_by_test_id("session").first).to_be_visible()
     height = page.evaluate("document.documentElement.scrollHeight")
-    assert height < 2500, height
+    assert height < 2800, height
     # The piece size is advanced, and in words, not KiB.
     piece = page.get_by_label("Piece size")
     expect(piece).to_be_hidden()

@@ -111,7 +111,8 @@ class Cluster:
             node = random.choice(self.nodes)  # noqa: S311
             try:
                 response = requests.request(method, node.base + path, timeout=60, **kwargs)
-            except requests.ConnectionError as exc:
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                # Refused, or cut mid-answer by the SIGKILL: the PWA sends the chunk again.
                 last = exc
                 with self.lock:
                     self.connection_errors += 1
