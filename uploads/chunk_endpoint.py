@@ -37,9 +37,11 @@ from urllib.parse import parse_qs
 
 from django.conf import settings
 from django.db import connections
-from django.http.request import split_domain_port, validate_host
 
 from relaypacs import logging_context
+from relaypacs.asgi_requests import request_headers as _headers
+from relaypacs.asgi_requests import request_host_allowed as _host_allowed
+from relaypacs.asgi_requests import request_is_secure as _is_secure
 from relaypacs.errors import ApplicationError, error_body
 
 from . import metrics, services
@@ -66,38 +68,6 @@ _REQUEST_ID_HEADER = logging_context.REQUEST_ID_HEADER.lower().encode()
 
 _executor = ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="chunk")
 _opened = threading.local()
-
-
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    """Request headers by lower-case name; repeated ones joined with commas, as Django does."""
-    headers: dict[bytes, bytes] = {}
-    for name, value in scope["headers"]:
-        name = name.lower()
-        headers[name] = headers[name] + b"," + value if name in headers else value
-    return headers
-
-
-def _is_secure(scope: Scope, headers: dict[bytes, bytes]) -> bool:
-    """As Django's ``request.is_secure()``: the trusted proxy's header when it is present
-    (its first value decides), else the connection's scheme."""
-    proxy = settings.SECURE_PROXY_SSL_HEADER
-    if proxy:
-        name, value = proxy
-        header = headers.get(name.removeprefix("HTTP_").replace("_", "-").lower().encode())
-        if header is not None:
-            return header.decode("latin-1").split(",", 1)[0].strip() == value
-    return scope.get("scheme") == "https"
-
-
-def _host_allowed(headers: dict[bytes, bytes]) -> bool:
-    """As Django's ``request.get_host()``: the host checked against ALLOWED_HOSTS."""
-    forwarded = headers.get(b"x-forwarded-host") if settings.USE_X_FORWARDED_HOST else None
-    host = (forwarded if forwarded is not None else headers.get(b"host", b"")).decode("latin-1")
-    domain, _port = split_domain_port(host)
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    return bool(domain) and validate_host(domain, allowed)
 
 
 def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[bytes, bytes]]:
