@@ -31,6 +31,7 @@ from relaypacs import logging_context
 from relaypacs.asgi_requests import request_headers as _headers
 from relaypacs.asgi_requests import request_host_allowed as _host_allowed
 from relaypacs.asgi_requests import request_is_secure as _is_secure
+from relaypacs.asgi_requests import security_middleware_headers
 from relaypacs.errors import ApplicationError, error_body
 
 from . import live
@@ -57,22 +58,7 @@ def _security_headers(*, secure: bool) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = []
     if settings.SECURE_CONTENT_TYPE_NOSNIFF:
         headers.append((b"x-content-type-options", b"nosniff"))
-    if settings.SECURE_REFERRER_POLICY:
-        policy = settings.SECURE_REFERRER_POLICY
-        if not isinstance(policy, str):
-            policy = ",".join(policy)
-        headers.append((b"referrer-policy", policy.encode()))
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        headers.append(
-            (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode())
-        )
-    if secure and settings.SECURE_HSTS_SECONDS:
-        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            hsts += "; includeSubDomains"
-        if settings.SECURE_HSTS_PRELOAD:
-            hsts += "; preload"
-        headers.append((b"strict-transport-security", hsts.encode()))
+    headers.extend(security_middleware_headers(secure=secure))
     headers.append((b"x-frame-options", str(settings.X_FRAME_OPTIONS).upper().encode()))
     headers.append((_REQUEST_ID_HEADER, logging_context.request_id_var.get().encode()))
     return headers

@@ -1,6 +1,6 @@
 """What the lean ASGI endpoints in front of Django (uploads/chunk_endpoint.py,
 notifications/sse_endpoint.py) read of a request exactly as Django would: its headers, whether
-it came over HTTPS, whether its host is allowed."""
+it came over HTTPS, whether its host is allowed; and the headers SecurityMiddleware adds."""
 
 from __future__ import annotations
 
@@ -42,3 +42,26 @@ def request_host_allowed(headers: dict[bytes, bytes]) -> bool:
     if settings.DEBUG and not allowed:
         allowed = [".localhost", "127.0.0.1", "[::1]"]
     return bool(domain) and validate_host(domain, allowed)
+
+
+def security_middleware_headers(*, secure: bool) -> list[tuple[bytes, bytes]]:
+    """Referrer-Policy, Cross-Origin-Opener-Policy and (over HTTPS) Strict-Transport-Security,
+    as Django's SecurityMiddleware adds them to a response."""
+    headers: list[tuple[bytes, bytes]] = []
+    if settings.SECURE_REFERRER_POLICY:
+        policy = settings.SECURE_REFERRER_POLICY
+        if not isinstance(policy, str):
+            policy = ",".join(policy)
+        headers.append((b"referrer-policy", policy.encode()))
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append(
+            (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode())
+        )
+    if secure and settings.SECURE_HSTS_SECONDS:
+        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            hsts += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            hsts += "; preload"
+        headers.append((b"strict-transport-security", hsts.encode()))
+    return headers

@@ -42,6 +42,7 @@ from relaypacs import logging_context
 from relaypacs.asgi_requests import request_headers as _headers
 from relaypacs.asgi_requests import request_host_allowed as _host_allowed
 from relaypacs.asgi_requests import request_is_secure as _is_secure
+from relaypacs.asgi_requests import security_middleware_headers
 from relaypacs.errors import ApplicationError, error_body
 
 from . import metrics, services
@@ -78,19 +79,7 @@ def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[b
         (b"x-content-type-options", b"nosniff"),
         (b"vary", b"Authorization"),
     ]
-    if settings.SECURE_REFERRER_POLICY:
-        headers.append((b"referrer-policy", str(settings.SECURE_REFERRER_POLICY).encode()))
-    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
-        headers.append(
-            (b"cross-origin-opener-policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY.encode())
-        )
-    if secure and settings.SECURE_HSTS_SECONDS:
-        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
-        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
-            hsts += "; includeSubDomains"
-        if settings.SECURE_HSTS_PRELOAD:
-            hsts += "; preload"
-        headers.append((b"strict-transport-security", hsts.encode()))
+    headers.extend(security_middleware_headers(secure=secure))
     if status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="api"'))
     return headers
