@@ -289,6 +289,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     # Losing one is harmless: upload state and leases live in the database and beat
     # re-dispatches any work whose lease expired.
     BROKER_DIR.mkdir(parents=True, exist_ok=True)
+    # kombu's filesystem transport, with message files that appear only once written
+    # (a worker could take a half-written one and die on it).
+    CELERY_BROKER_TRANSPORT = "relaypacs.embedded_broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR),
         "data_folder_out": str(BROKER_DIR),
