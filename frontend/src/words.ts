@@ -71,7 +71,7 @@ export const APP_WORDS: Record<string, Words> = {
   upload_lost_in_restore: { message: "The server was restored from a backup after this study arrived, and its copy of the study was lost.", hint: "Press Send again to send the study from this device." },
   no_pacs_configured: { message: "No PACS is set up on the server.", hint: "Tell your administrator; press Retry once it is set up." },
   network_unavailable: NETWORK,
-  unknown_study: { message: "The study these images were added to was not sent from this account or its clinic.", hint: "Cancel this upload and send the images as a new study." },
+  unknown_study: { message: "The study these images were added to was not sent from this account or its clinic, or an administrator has removed it from RelayPACS.", hint: "Cancel this upload and send the images as a new study." },
   report_gone: { message: "The report these images were added to is no longer open to this account.", hint: "Cancel this upload; if the images are still needed, send them as a new study." },
 };
 

@@ -282,7 +282,7 @@ def upload_init(*, owner: User, request: UploadInit) -> UploadSession:
         raise ApplicationError(
             "unknown_study",
             "The study these images are meant to join was not sent from this account or "
-            "its clinic.",
+            "its clinic, or an administrator has removed it from RelayPACS.",
             "Send the images as a new study, or ask the clinic that sent the study to add them.",
             status_code=404,
         )

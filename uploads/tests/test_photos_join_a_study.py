@@ -118,3 +118,25 @@ def test_photos_joining_a_study_carry_its_patient_not_the_typed_one(
     assert header.get("AccessionNumber", "") == study.accession_number
     assert header.get("StudyDate", "") == study.study_date
     assert header.get("StudyDescription", "") == study.study_description
+
+
+def test_a_study_whose_upload_an_administrator_deleted_is_refused_with_that_reason(
+    api, tmp_path, upload_storage_dir
+):
+    from uploads.models import UploadSession
+
+    study_uid = delivered_study_uid(api)
+    UploadSession.objects.filter(studies__study_instance_uid=study_uid).delete()
+    response = api.post(
+        "/api/v1/upload/init",
+        {
+            "files": [{"name": "wound.jpg", "size": 100}],
+            "metadata": {"study_instance_uid": study_uid},
+        },
+        format="json",
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == "unknown_study"
+    assert "an administrator has removed it" in error["message"]
+    assert error["hint"].startswith("Send the images as a new study")
