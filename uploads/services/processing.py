@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import shutil
 import threading
@@ -49,6 +50,12 @@ RENEW_EVERY_SECONDS = 10.0
 # within an hour even on a slow disk; four hours is a hang, not work.
 MAX_PROCESSING_SECONDS = 4 * 3600.0
 HASH_BLOCK = 1024 * 1024
+# Files of the manifest up to this size are read once into memory, hashed inline and
+# checked from that copy (head, header): for 2,000 files of 0.5 MB, three opens per file
+# and the hand-over of each to a hash thread cost more than the hashing itself
+# (bench/RESULTS.md). One HASH_BLOCK, so memory stays at one block and a lost lease still
+# stops the loop within about 1 MiB (it is checked before each file).
+INLINE_MAX_BYTES = HASH_BLOCK
 # Enough of a file's start to recognise ZIP, RAR, JPEG and PNG signatures.
 HEAD_BYTES = 16
 # Archives inside an archive are unpacked once more; deeper nesting is not followed.
@@ -93,7 +100,8 @@ HASH_THREADS = 2
 
 
 class _Hashes:
-    """The SHA-256 of every manifest file that was sent with one, computed in HASH_THREADS
+    """The SHA-256 of every manifest file larger than INLINE_MAX_BYTES that was sent with
+    one (smaller ones are hashed inline, see ``_inline``), computed in HASH_THREADS
     threads in manifest order, ahead of the loop that checks the files. ``of(f)`` gives
     the hex digest (computed now when it was not queued) and raises what hashing raised
     (StorageUnavailable, OSError, and _HashingStopped once ``lost`` is set). Every hash
@@ -111,7 +119,7 @@ class _Hashes:
         self._ahead: dict[int, Future[str]] = {
             f.pk: self._pool.submit(_sha256_of, upload_id=upload_id, f=f, stop=self._stopped)
             for f in files
-            if f.sha256 and f.size
+            if f.sha256 and f.size and not _inline(f)
         }
 
     def _stopped(self) -> bool:
@@ -126,6 +134,12 @@ class _Hashes:
     def close(self) -> None:
         self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _inline(f: UploadFile) -> bool:
+    """Whether ``f`` is checked from one in-memory read (see INLINE_MAX_BYTES): files of
+    the manifest only, derived files are read from the work folder as they are."""
+    return not f.path and 0 < f.size <= INLINE_MAX_BYTES
 
 
 def _checked_fields_save(files: list[UploadFile]) -> None:
@@ -576,12 +590,23 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             if f.size == 0:
                 f.kind, f.reason = FileKind.SKIPPED, "empty file"
                 continue
-            if f.sha256 and hashes.of(f) != f.sha256:
+            # A small file is read once: hashed, sniffed and its header parsed from that copy.
+            whole: bytes | None = None
+            if _inline(f):
+                with expander.open(f) as stream:
+                    whole = stream.read(f.size)
+                sha256 = hashlib.sha256(whole).hexdigest() if f.sha256 else ""
+            else:
+                sha256 = hashes.of(f) if f.sha256 else ""
+            if f.sha256 and sha256 != f.sha256:
                 f.kind = FileKind.REJECTED
                 f.reason = "the file changed on the way: its SHA-256 does not match the one sent"
                 continue
-            with expander.open(f) as stream:
-                head = stream.read(HEAD_BYTES)
+            if whole is not None:
+                head = whole[:HEAD_BYTES]
+            else:
+                with expander.open(f) as stream:
+                    head = stream.read(HEAD_BYTES)
             archive = archive_kind(head)
             photo = image_kind(head)
             if archive:
@@ -596,8 +621,11 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             if photo:
                 queue.extend((c, depth + 1) for c in expander.convert_photo(f, photo))
                 continue
-            with expander.open(f) as stream:
-                inspection = inspect_instance(stream=stream, size=f.size, name=f.name)
+            if whole is not None:
+                inspection = inspect_instance(stream=io.BytesIO(whole), size=f.size, name=f.name)
+            else:
+                with expander.open(f) as stream:
+                    inspection = inspect_instance(stream=stream, size=f.size, name=f.name)
             if (
                 inspection.kind == "skipped"
                 and "no DICM" in inspection.reason

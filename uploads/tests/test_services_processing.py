@@ -41,10 +41,15 @@ CHUNK = 256 * 1024
 PATIENT_FOLDER = "MUSTERMANN^ERIKA"
 
 
-def received_upload(api: Any, paths: list[Path], **extra: Any) -> uuid.UUID:
+def received_upload(
+    api: Any, paths: list[Path], files: list[dict[str, Any]] | None = None, **extra: Any
+) -> uuid.UUID:
     """Send ``paths`` as one upload and leave it ``processing``, as ``complete`` does, but
-    without queueing the task."""
-    init = api.post("/api/v1/upload/init", manifest(paths, chunk_size=CHUNK, **extra), "json")
+    without queueing the task. ``files``: the manifest's entries, if not those of ``paths``."""
+    body = manifest(paths, chunk_size=CHUNK, **extra)
+    if files is not None:
+        body["files"] = files
+    init = api.post("/api/v1/upload/init", body, "json")
     assert init.status_code == 201, init.json()
     upload_id = uuid.UUID(init.json()["upload_id"])
     for index, data in iter_file_chunks(paths, CHUNK):
@@ -79,19 +84,21 @@ def zip_data(entries: list[tuple[str, bytes]], compression: int = 0) -> bytes:
 
 
 class SlowStep:
-    """Makes the SHA-256 pass of the first file wait until the test lets it go: one step
-    of processing longer than the lease. The real hash runs afterwards."""
+    """Makes the header check of the first file wait until the test lets it go: one step
+    of processing longer than the lease. The real check runs afterwards. (The header
+    check, not the SHA-256: small files are hashed inline, large ones in threads, and
+    every DICOM file's header is checked.)"""
 
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
-        self.real = processing._sha256_of
+        self.real = processing.inspect_instance
 
-    def __call__(self, *, upload_id: uuid.UUID, f: UploadFile, stop: Any = None) -> str:
+    def __call__(self, *, stream: Any, size: int, name: str) -> Any:
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(60), "the test never let the slow step finish"
-        return self.real(upload_id=upload_id, f=f, stop=stop)
+        return self.real(stream=stream, size=size, name=name)
 
 
 def process_in_thread(pool: ThreadPoolExecutor, upload_id: uuid.UUID) -> Any:
@@ -113,7 +120,7 @@ def test_processing_keeps_its_lease_through_a_step_longer_than_the_lease(api, se
     upload_id = received_upload(api, paths)
     slow = SlowStep()
     with (
-        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        mock.patch.object(processing, "inspect_instance", autospec=True, side_effect=slow),
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         outcome = process_in_thread(pool, upload_id)
@@ -145,7 +152,7 @@ def test_a_worker_stuck_in_one_file_lets_its_lease_lapse_after_the_maximum_time(
     upload_id = received_upload(api, sample_paths()[:2])
     slow = SlowStep()
     with (
-        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        mock.patch.object(processing, "inspect_instance", autospec=True, side_effect=slow),
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         outcome = process_in_thread(pool, upload_id)
@@ -169,7 +176,7 @@ def test_a_worker_that_lost_its_lease_writes_no_results(api, settings):
     upload_id = received_upload(api, sample_paths()[:3])
     slow = SlowStep()
     with (
-        mock.patch.object(processing, "_sha256_of", autospec=True, side_effect=slow),
+        mock.patch.object(processing, "inspect_instance", autospec=True, side_effect=slow),
         ThreadPoolExecutor(max_workers=1) as pool,
     ):
         outcome = process_in_thread(pool, upload_id)
@@ -309,3 +316,79 @@ def test_no_archive_entry_name_reaches_a_log_line_or_an_error(api, caplog, tmp_p
     assert "share its path" in reasons[f"cd.zip/{folder}/DICOM/IM1/IM3"]
     assert "share its path" in reasons[f"referral.rar/{folder}/IM1/IM2"]
     assert "damaged" in reasons[f"cd.zip/{folder}/inner.zip"]
+
+
+# --- small files checked from one read (issue 17) --------------------------------------
+
+
+def _outcomes(upload_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    return list(
+        UploadFile.objects.filter(session_id=upload_id)
+        .order_by("position")
+        .values_list(
+            "position",
+            "kind",
+            "reason",
+            "sop_class_uid",
+            "sop_instance_uid",
+            "study_instance_uid",
+            "series_instance_uid",
+        )
+    )
+
+
+def test_small_files_read_once_end_as_when_streamed(api, tmp_path, monkeypatch):
+    # Every verdict a file of the manifest can get from the hash, the head and the header:
+    # good, duplicate, truncated, trailing bytes, not DICOM, header-less (wrapped), empty,
+    # and a file whose bytes differ from the SHA-256 sent.
+    good = sample_paths()
+    data = good[0].read_bytes()
+    made = {
+        "truncated.dcm": data[: len(data) // 2],
+        "trailing.dcm": data + b"\0" * 10,
+        "notes.txt": b"not an image, just words\n" * 20,
+        "bare.dcm": data[132 + _meta_length(data) :],
+        "empty.dcm": b"",
+        "changed.dcm": good[1].read_bytes(),
+    }
+    paths = [*good, good[0]]
+    for name, content in made.items():
+        (tmp_path / name).write_bytes(content)
+        paths.append(tmp_path / name)
+    assert all(p.stat().st_size <= processing.INLINE_MAX_BYTES for p in paths)
+
+    def upload() -> uuid.UUID:
+        files = manifest(paths)["files"]
+        files[-1]["sha256"] = "ab" * 32  # "changed.dcm" changed on the way
+        return received_upload(api, paths, files, allow_partial=True)
+
+    streamed = upload()
+    with monkeypatch.context() as patch:
+        patch.setattr(processing, "INLINE_MAX_BYTES", 0)  # every file read as before
+        upload_process(upload_id=streamed)
+    read_once = upload()
+    with mock.patch.object(processing, "_sha256_of", autospec=True) as hashed_apart:
+        upload_process(upload_id=read_once)
+    hashed_apart.assert_not_called()  # hashed inline, from the one read
+
+    expected = _outcomes(streamed)
+    assert _outcomes(read_once) == expected
+    by_position = {row[0]: row[1:3] for row in expected}
+    first = len(good)
+    assert [by_position[p][0] for p in range(first)] == [FileKind.DICOM] * first
+    assert by_position[first][0] == FileKind.SKIPPED  # the same image twice
+    assert by_position[first + 1][1].startswith("the file is truncated")
+    assert by_position[first + 2][1].endswith("unreadable bytes after its last element")
+    assert by_position[first + 3] == (FileKind.SKIPPED, "a text file, not a DICOM image")
+    assert by_position[first + 4][0] == FileKind.CONVERTED  # header added
+    assert by_position[first + 5] == (FileKind.SKIPPED, "empty file")
+    assert by_position[first + 6] == (
+        FileKind.REJECTED,
+        "the file changed on the way: its SHA-256 does not match the one sent",
+    )
+
+
+def _meta_length(data: bytes) -> int:
+    """Bytes of the file meta group after the preamble and DICM (its group length + 12)."""
+    assert data[128:132] == b"DICM" and data[132:136] == b"\x02\x00\x00\x00"
+    return int.from_bytes(data[140:144], "little") + 12
