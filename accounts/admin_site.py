@@ -68,6 +68,23 @@ ADMIN_SECTIONS: list[tuple[str, str, list[tuple[str, str, str]]]] = [
     ),
     ("audit", "Audit", [("accounts", "auditevent", "Audit trail")]),
     ("reports", "Reports", []),  # every model of the reports app
+    (
+        "notifications",
+        "Notifications",
+        [
+            ("notifications", "notification", "Notifications"),
+            ("notifications", "pushsubscription", "Web Push subscriptions (devices)"),
+            ("notifications", "event", "Live stream events (history)"),
+        ],
+    ),
+    (
+        "statistics",
+        "Statistics",
+        [
+            ("analytics", "uploadrollup", "Upload statistics (rollups)"),
+            ("analytics", "uploadtimeline", "Upload timelines"),
+        ],
+    ),
 ]
 # Apps whose every model belongs to a section without being listed one by one.
 _WHOLE_APPS = {"reports": "reports"}

@@ -37,6 +37,8 @@ AUDIT_VOCABULARY: dict[str, tuple[str, str]] = {
         "110137 User Security Attributes Changed",
     ),
     "lockout_records_changed": ("110113 Security Alert", "110129 Security Configuration"),
+    # An administrator deleted a device's Web Push subscription (notifications admin).
+    "push_subscription_revoked": ("110113 Security Alert", "110129 Security Configuration"),
     "data_import": ("110107 Data Import", ""),
     "instances_transferred": ("110104 DICOM Instances Transferred", ""),
     "instances_accessed": ("110103 DICOM Instances Accessed", ""),

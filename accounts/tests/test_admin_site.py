@@ -188,7 +188,16 @@ def test_the_index_is_grouped_into_sections_in_order(client, root):
     response = client.get("/admin/")
     assert response.status_code == 200
     sections = [app["name"] for app in response.context["app_list"]]
-    assert sections == ["People", "Uploads", "PACS", "Security", "Audit", "Reports"]
+    assert sections == [
+        "People",
+        "Uploads",
+        "PACS",
+        "Security",
+        "Audit",
+        "Reports",
+        "Notifications",
+        "Statistics",
+    ]
     by_name = {
         app["name"]: [m["name"] for m in app["models"]] for app in response.context["app_list"]
     }
