@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import json
 import os
 import re
 import secrets
@@ -19,10 +21,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import requests
 import yaml
@@ -42,10 +46,26 @@ from .deploy_support import (
 pytestmark = pytest.mark.e2e
 
 ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
+MONITORING_ROLE_SCRIPT = REPO / "deploy" / "postgres" / "initdb" / "10-monitoring-role.sh"
 HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
 ONE_SHOT = {"migrate", "minio-init", "backup"}
 START_SECONDS = 240
 PASSWORD = "a long admin password"
+
+
+def compose_config(work: Path) -> dict[str, Any]:
+    """``docker-compose config`` of the shipped file in ``work`` (with its ``.env``)."""
+    shutil.copy(REPO / "docker-compose.yml", work / "docker-compose.yml")
+    out = subprocess.run(
+        [compose_binary(), "--project-directory", str(work), "config"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    config: dict[str, Any] = yaml.safe_load(out.stdout)
+    return config
 
 
 def compose_binary() -> str:
@@ -60,18 +80,8 @@ def compose(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``docker-compose config`` of the shipped file with .env.example as the .env: the
     file exactly as docker-compose reads it (variables filled in, anchors merged)."""
     work = tmp_path_factory.mktemp("compose")
-    shutil.copy(REPO / "docker-compose.yml", work / "docker-compose.yml")
     shutil.copy(REPO / ".env.example", work / ".env")
-    out = subprocess.run(
-        [compose_binary(), "--project-directory", str(work), "config"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    config: dict[str, Any] = yaml.safe_load(out.stdout)
-    return config
+    return compose_config(work)
 
 
 def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
@@ -161,11 +171,218 @@ def test_every_setting_of_the_product_is_in_env_example_or_the_compose_file(comp
         for line in (REPO / ".env.example").read_text().splitlines()
         if "=" in line and re.match(r"^#? ?[A-Z][A-Z0-9_]+=", line)
     }
-    given = set(compose["services"]["web"]["environment"]) | set(
-        compose["services"]["worker"]["environment"]
-    )
-    missing = sorted(n for n in names if n not in example and n not in given)
+    given: set[str] = set()
+    for service in APP_SERVICES:
+        given |= set(compose["services"][service]["environment"])
+    # A secret read from a file counts as given (NAME_FILE, the compose secret).
+    listed = example | given
+    missing = sorted(n for n in names if n not in listed and f"{n}_FILE" not in listed)
     assert not missing, f"not in .env.example nor docker-compose.yml: {missing}"
+
+
+# --- Each service gets only what it needs ---------------------------------------------------
+
+APP_SERVICES = ("web", "worker", "beat", "migrate", "backup")
+# Every variable of the stack that carries a credential (a password, key, token, or an
+# address with a password in it), wherever it is read.
+CREDENTIALS = {
+    "DATABASE_URL",
+    "SECRET_KEY",
+    "SECRET_KEY_FILE",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "S3_SECRET_ACCESS_KEY_FILE",
+    "PACS_PASSWORD",
+    "PACS_PASSWORD_FILE",
+    "PACS_TOKEN",
+    "EMAIL_HOST_PASSWORD",
+    "EMAIL_HOST_PASSWORD_FILE",
+    "METRICS_TOKEN",
+    "METRICS_TOKEN_FILE",
+    "VAPID_PRIVATE_KEY",
+    "VAPID_PRIVATE_KEY_FILE",
+    "SENTRY_DSN",
+    "SENTRY_DSN_FILE",
+    "POSTGRES_PASSWORD",
+    "POSTGRES_PASSWORD_FILE",
+    "POSTGRES_MONITOR_PASSWORD_FILE",
+    "DATA_SOURCE_NAME",
+    "DATA_SOURCE_PASS",
+    "DATA_SOURCE_PASS_FILE",
+    "MINIO_ROOT_USER_FILE",
+    "MINIO_ROOT_PASSWORD",
+    "MINIO_ROOT_PASSWORD_FILE",
+    "ORTHANC__REGISTERED_USERS",
+    "GF_SECURITY_ADMIN_PASSWORD",
+    "GF_SECURITY_ADMIN_PASSWORD__FILE",
+}
+# Names that look like credentials and are not: paths, rates, hours.
+NOT_CREDENTIALS = {
+    "PACS_CLIENT_KEY",  # a path to the key file, not the key
+    "THROTTLE_PASSWORD_RESET",
+    "AUTH_PASSWORD_RESET_HOURS",
+    "UPLOAD_TOKEN_RECHECK_SECONDS",
+    "DATA_SOURCE_URI",  # host, port and database, no password
+    "DATA_SOURCE_USER",
+}
+_LOOKS_SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY(_|$)|DSN|REGISTERED_USERS|DATA_SOURCE")
+_APP_BASE = {"DATABASE_URL", "SECRET_KEY_FILE", "SENTRY_DSN"}
+_WEB_AND_WORKER = _APP_BASE | {
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY_FILE",
+    "PACS_PASSWORD",
+    "PACS_TOKEN",
+    "EMAIL_HOST_PASSWORD",
+    "METRICS_TOKEN_FILE",
+    "VAPID_PRIVATE_KEY_FILE",
+}
+# service -> (its credential variables, the compose secrets mounted in it)
+EXPECTED_CREDENTIALS: dict[str, tuple[set[str], set[str]]] = {
+    "web": (
+        _WEB_AND_WORKER,
+        {
+            "relaypacs_secret_key",
+            "relaypacs_s3_secret_key",
+            "relaypacs_metrics_token",
+            "relaypacs_vapid_private_key",
+        },
+    ),
+    "worker": (
+        _WEB_AND_WORKER,
+        {
+            "relaypacs_secret_key",
+            "relaypacs_s3_secret_key",
+            "relaypacs_metrics_token",
+            "relaypacs_vapid_private_key",
+        },
+    ),
+    # Only schedules: Redis and its lock in the database.
+    "beat": (_APP_BASE, {"relaypacs_secret_key"}),
+    # check --deploy reaches the bucket; backup writes to it.
+    "migrate": (
+        _APP_BASE | {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY_FILE"},
+        {"relaypacs_secret_key", "relaypacs_s3_secret_key"},
+    ),
+    "backup": (
+        _APP_BASE | {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY_FILE"},
+        {"relaypacs_secret_key", "relaypacs_s3_secret_key"},
+    ),
+    "db": ({"POSTGRES_PASSWORD", "POSTGRES_MONITOR_PASSWORD_FILE"}, {"postgres_monitor_password"}),
+    "postgres-exporter": ({"DATA_SOURCE_PASS_FILE"}, {"postgres_monitor_password"}),
+    "redis": (set(), set()),
+    "redis-exporter": (set(), set()),
+    "nginx": (set(), set()),
+    "minio": (
+        {"MINIO_ROOT_USER_FILE", "MINIO_ROOT_PASSWORD_FILE"},
+        {"minio_root_user", "minio_root_password"},
+    ),
+    # Makes the bucket and RelayPACS's MinIO user (its key from the secret file).
+    "minio-init": (
+        {"S3_ACCESS_KEY_ID"},
+        {"minio_root_user", "minio_root_password", "relaypacs_s3_secret_key"},
+    ),
+    "orthanc": ({"ORTHANC__REGISTERED_USERS", "PACS_PASSWORD"}, set()),
+    # The scrape token, read by prometheus.yml's credentials_file.
+    "prometheus": (set(), {"relaypacs_metrics_token"}),
+    "grafana": ({"GF_SECURITY_ADMIN_PASSWORD__FILE"}, {"grafana_admin_password"}),
+}
+
+
+def secret_sources(service: dict[str, Any]) -> set[str]:
+    return {s["source"] if isinstance(s, dict) else s for s in service.get("secrets", [])}
+
+
+def test_each_service_gets_only_the_credentials_it_needs(compose):
+    services = compose["services"]
+    assert set(services) == set(EXPECTED_CREDENTIALS), "a service is missing from the table"
+    for name, service in services.items():
+        assert "env_file" not in service, f"{name} reads a whole env_file"
+        environment = service.get("environment", {})
+        unknown = sorted(
+            n
+            for n in environment
+            if _LOOKS_SECRET.search(n) and n not in CREDENTIALS and n not in NOT_CREDENTIALS
+        )
+        assert not unknown, f"{name}: add {unknown} to CREDENTIALS or NOT_CREDENTIALS"
+        variables, mounted = EXPECTED_CREDENTIALS[name]
+        assert {n for n in environment if n in CREDENTIALS} == variables, name
+        assert secret_sources(service) == mounted, name
+        # Each mounted secret is used: a *_FILE variable names it, or the service's own
+        # configuration reads it (minio-init's command, prometheus.yml).
+        for secret in mounted:
+            used = any(str(v).endswith(secret) for v in environment.values())
+            used = used or secret in " ".join(map(str, service.get("command") or []))
+            used = used or (
+                name == "prometheus"
+                and f"/run/secrets/{secret}"
+                in (REPO / "deploy" / "prometheus" / "prometheus.yml").read_text()
+            )
+            assert used, f"{name} mounts {secret} and nothing reads it"
+    # Every declared secret is a file in secrets/ that some service uses.
+    used = set().union(*(secret_sources(s) for s in services.values()))
+    assert used == set(compose["secrets"])
+
+
+def test_the_exporter_never_gets_the_database_owners_credentials(compose):
+    services = compose["services"]
+    exporter = services["postgres-exporter"]["environment"]
+    assert "DATA_SOURCE_NAME" not in exporter
+    assert exporter["DATA_SOURCE_USER"] == services["db"]["environment"]["POSTGRES_MONITOR_USER"]
+    assert exporter["DATA_SOURCE_USER"] != services["db"]["environment"]["POSTGRES_USER"]
+    assert (
+        exporter["DATA_SOURCE_PASS_FILE"]
+        == (services["db"]["environment"]["POSTGRES_MONITOR_PASSWORD_FILE"])
+    )
+    mounts = " ".join(str(v) for v in services["db"]["volumes"])
+    assert "deploy/postgres/initdb" in mounts and "/docker-entrypoint-initdb.d" in mounts
+
+
+def _env_example_read_by() -> dict[str, set[str]]:
+    """Each variable set in .env.example and the services its "Read by" line names."""
+    readers: set[str] = set()
+    found: dict[str, set[str]] = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line.startswith("# Read by:"):
+            words = line.split(":", 1)[1].split("(")[0]
+            readers = {w.strip() for w in words.split(",") if w.strip()}
+        elif line.startswith("# ---"):
+            readers = set()
+        elif re.match(r"^[A-Z][A-Z0-9_]+=", line):
+            name = line.split("=", 1)[0]
+            assert readers, f".env.example: no 'Read by' line above {name}"
+            found[name] = set(readers)
+    return found
+
+
+def test_env_example_says_which_services_read_each_variable(tmp_path):
+    """Every variable of .env.example given a value of its own (a number, as ports need),
+    then ``docker-compose config``: the services whose configuration holds the value are
+    the ones that read it, and .env.example must name exactly them."""
+    declared = _env_example_read_by()
+    markers = {name: str(41000 + i) for i, name in enumerate(sorted(declared))}
+    (tmp_path / ".env").write_text("".join(f"{n}={v}\n" for n, v in markers.items()))
+    services = compose_config(tmp_path)["services"]
+    texts = {name: json.dumps(service, sort_keys=True) for name, service in services.items()}
+    wrong = {}
+    for name, marker in markers.items():
+        pattern = re.compile(rf"(?<![0-9]){marker}(?![0-9])")
+        actual = {service for service, text in texts.items() if pattern.search(text)}
+        if actual != declared[name]:
+            wrong[name] = {"reaches": sorted(actual), "Read by": sorted(declared[name])}
+    assert not wrong, wrong
+
+
+def test_every_product_setting_of_env_example_reaches_every_service_of_the_product(compose):
+    """Without env_file a setting reaches the product only if docker-compose.yml lists it."""
+    declared = _env_example_read_by()
+    for name, readers in declared.items():
+        if readers >= set(APP_SERVICES) - {"migrate", "backup"} and name not in {
+            "RELAYPACS_HOST",
+            "POSTGRES_PASSWORD",
+            "RELAYPACS_IMAGE",
+        }:
+            for service in APP_SERVICES:
+                assert name in compose["services"][service]["environment"], (name, service)
 
 
 # --- The product with the compose environment --------------------------------------------
@@ -186,6 +403,7 @@ def mapped_environment(
     or a path inside this one mapped to this machine; every other value as given."""
     env = {k: str(v) for k, v in service["environment"].items()}
     user, password = orthanc.auth
+    # Only what the service is given is mapped: nothing is added.
 
     def host_of(url: str) -> str:
         return urlsplit(url).hostname or ""
@@ -197,7 +415,8 @@ def mapped_environment(
         env[name] = redis_url  # one Redis database for this run
     assert host_of(env["PACS_DICOMWEB_URL"]) == host_of(env["PACS_ORTHANC_URL"]) == "orthanc"
     env["PACS_DICOMWEB_URL"], env["PACS_ORTHANC_URL"] = orthanc.dicomweb_url, orthanc.url
-    env["PACS_USERNAME"], env["PACS_PASSWORD"] = user, password
+    if "PACS_PASSWORD" in env:
+        env["PACS_USERNAME"], env["PACS_PASSWORD"] = user, password
     assert host_of(env["S3_ENDPOINT_URL"]) == "minio"
     env["S3_ENDPOINT_URL"] = s3.endpoint_url
     # Container paths: /data (the volume), /tmp, /run/secrets (the secrets).
@@ -266,7 +485,7 @@ def test_the_product_runs_with_exactly_the_compose_environment(
     root = tmp_path
     for directory in ("data", "tmp", "secrets"):
         (root / directory).mkdir()
-    for secret in ("relaypacs_secret_key", "relaypacs_metrics_token"):
+    for secret in ("relaypacs_secret_key", "relaypacs_metrics_token", "relaypacs_s3_secret_key"):
         (root / "secrets" / secret).write_text(secrets.token_urlsafe(48) + "\n")
     # What `openssl ecparam -name prime256v1 -genkey -noout` writes (docs/compose.md).
     vapid = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -313,6 +532,15 @@ def test_the_product_runs_with_exactly_the_compose_environment(
         )
         assert migrate.returncode == 0, migrate.stdout + migrate.stderr
         assert "System check identified no issues" in migrate.stdout + migrate.stderr
+        # The exporter's role (the db service's init script) on the migrated database:
+        # the statistics, none of the product's tables.
+        monitor = stack.enter_context(monitoring_role(database_url, root / "monitor"))
+        with monitor.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_stat_database").fetchone()[0] > 0
+            for table in ("accounts_user", "uploads_study", "notifications_pushsubscription"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608
+                conn.rollback()
 
         web_log, worker_log = root / "web.log", root / "worker.log"
         web = stack.enter_context(
@@ -434,6 +662,148 @@ def test_the_product_runs_with_exactly_the_compose_environment(
             timeout=30,
         )
         assert metrics.status_code == 200 and "relaypacs_chunks_received_total" in metrics.text
+
+
+# --- postgres-exporter's role ----------------------------------------------------------------
+
+
+@dataclass
+class MonitoringRole:
+    name: str
+    password: str
+    database_url: str
+
+    def connect(self) -> psycopg.Connection[Any]:
+        """A connection as the role (this machine's PostgreSQL trusts local addresses, so
+        the password is checked through its stored verifier, scram_matches)."""
+        parts = urlsplit(self.database_url)
+        return psycopg.connect(
+            host=parts.hostname,
+            port=parts.port or 5432,
+            dbname=parts.path.lstrip("/"),
+            user=self.name,
+            password=self.password,
+        )
+
+
+def run_monitoring_role_script(
+    database_url: str, *, role: str, password_file: Path
+) -> subprocess.CompletedProcess[str]:
+    """The init script as the postgres image runs it, against ``database_url``'s server."""
+    parts = urlsplit(database_url)
+    return subprocess.run(
+        ["/bin/sh", str(MONITORING_ROLE_SCRIPT)],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PGHOST": parts.hostname or "127.0.0.1",
+            "PGPORT": str(parts.port or 5432),
+            "POSTGRES_USER": parts.username or "postgres",
+            "POSTGRES_DB": parts.path.lstrip("/"),
+            "POSTGRES_MONITOR_USER": role,
+            "POSTGRES_MONITOR_PASSWORD_FILE": str(password_file),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _admin_connect(database_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(database_url.replace("postgres://", "postgresql://"), autocommit=True)
+
+
+@contextmanager
+def monitoring_role(database_url: str, directory: Path) -> Iterator[MonitoringRole]:
+    """The role made by the script (a name of this test's own: roles are server-wide),
+    dropped afterwards."""
+    directory.mkdir(parents=True, exist_ok=True)
+    role = f"relaypacs_monitor_test_{secrets.token_hex(4)}"
+    password = secrets.token_urlsafe(24) + "'\"$;"  # quoting is the script's business
+    password_file = directory / "postgres_monitor_password"
+    password_file.write_text(password + "\n")
+    try:
+        made = run_monitoring_role_script(database_url, role=role, password_file=password_file)
+        assert made.returncode == 0, made.stdout + made.stderr
+        yield MonitoringRole(name=role, password=password, database_url=database_url)
+    finally:
+        # Through the server's admin database: the test's own may be dropped already.
+        with _admin_connect(database_url.rsplit("/", 1)[0] + "/postgres") as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def scram_matches(verifier: str, password: str) -> bool:
+    """Whether PostgreSQL's stored SCRAM-SHA-256 verifier is of ``password`` (RFC 5802)."""
+    method, rest = verifier.split("$", 1)
+    assert method == "SCRAM-SHA-256", method
+    iterations_salt, keys = rest.split("$", 1)
+    iterations, salt = iterations_salt.split(":")
+    stored_key = base64.b64decode(keys.split(":")[0])
+    salted = hashlib.pbkdf2_hmac(
+        "sha256", password.encode(), base64.b64decode(salt), int(iterations)
+    )
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
+
+
+def _verifier(database_url: str, role: str) -> str:
+    with _admin_connect(database_url) as conn:
+        row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role])
+        return str(row.fetchone()[0])
+
+
+def test_the_exporters_role_reads_the_statistics_and_no_table_of_the_product(tmp_path):
+    with fresh_postgres_database("relaypacs_exporter") as database_url:
+        with _admin_connect(database_url) as owner:
+            # A table of the product, made by the database owner as migrate makes them.
+            owner.execute("CREATE TABLE uploads_study (patient_name text)")
+            owner.execute("INSERT INTO uploads_study VALUES ('Secret^Patient')")
+        with monitoring_role(database_url, tmp_path) as role:
+            assert scram_matches(_verifier(database_url, role.name), role.password)
+            with role.connect() as conn:
+                # pg_stat_database and the rest of what the exporter's collectors read.
+                row = conn.execute(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                ).fetchone()
+                assert row is not None and row[0] is not None
+                # pg_read_all_settings (pg_monitor): settings hidden from ordinary roles.
+                assert conn.execute("SHOW data_directory").fetchone()[0]
+                assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "on"
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute("SELECT patient_name FROM uploads_study")
+                conn.rollback()
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    conn.execute("CREATE TEMPORARY TABLE probe (x int)")
+                conn.rollback()
+            with _admin_connect(database_url) as admin:
+                superuser, create_role, member = admin.execute(
+                    "SELECT rolsuper, rolcreaterole, pg_has_role(%s, 'pg_monitor', 'MEMBER') "
+                    "FROM pg_roles WHERE rolname = %s",
+                    [role.name, role.name],
+                ).fetchone()
+            assert (superuser, create_role, member) == (False, False, True)
+
+            # Run again on an existing database (docs/compose.md): the same role, the new
+            # password; nothing else changes.
+            new_password_file = tmp_path / "new_password"
+            new_password_file.write_text("a-new-monitor-password\n")
+            again = run_monitoring_role_script(
+                database_url, role=role.name, password_file=new_password_file
+            )
+            assert again.returncode == 0, again.stderr
+            assert scram_matches(_verifier(database_url, role.name), "a-new-monitor-password")
+
+            # No password file: a sentence naming it, and nothing made.
+            missing = run_monitoring_role_script(
+                database_url, role=role.name + "_x", password_file=tmp_path / "nothing"
+            )
+            assert missing.returncode != 0
+            assert "password file" in missing.stderr and str(tmp_path / "nothing") in (
+                missing.stderr
+            )
+            with _admin_connect(database_url) as admin:
+                assert not admin.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", [role.name + "_x"]
+                ).fetchone()
 
 
 def test_start_up_validation_names_a_missing_or_malformed_variable(compose, tmp_path):
