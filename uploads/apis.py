@@ -193,6 +193,14 @@ class ChunkApi(APIView):
                 s403="permission_denied: only the upload's owner sends its chunks.",
                 s409="chunk_conflict (different bytes for a stored chunk) or upload_not_receiving.",
             ),
+            **error_responses(
+                503,
+                s503=(
+                    "server_busy: the web process holds as many chunk bytes as its memory "
+                    "budget allows and this chunk waited too long; nothing stored, send it "
+                    "again (Retry-After)."
+                ),
+            ),
         },
     )
     def put(self, request: Request, upload_id: uuid.UUID) -> Response:

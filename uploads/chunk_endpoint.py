@@ -17,6 +17,10 @@ is 404 here, 401 there (both refuse it).
 
 Everything else goes to Django unchanged: other paths and methods, chunks sent with an
 access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIRECT is on.
+
+Every chunk PUT, served here or by Django, first reserves the bytes it will hold from the
+process's chunk memory budget (``uploads.chunk_memory``) and reads its body only once it
+has them; one that waits too long is answered 503 ``server_busy`` with Retry-After.
 """
 
 from __future__ import annotations
@@ -46,6 +50,12 @@ from relaypacs.asgi_requests import security_middleware_headers
 from relaypacs.errors import ApplicationError, error_body
 
 from . import metrics, services
+from .chunk_memory import (
+    RETRY_AFTER_SECONDS,
+    ChunkMemoryBudget,
+    ChunkMemoryBusy,
+    chunk_memory_budget_from_settings,
+)
 from .tokens import PREFIX
 
 logger = logging.getLogger(__name__)
@@ -88,27 +98,81 @@ def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[b
 async def _answer(send: Send, status: int, payload: dict[str, Any], *, secure: bool) -> None:
     body = json.dumps(payload).encode()
     headers = _response_headers(body, secure=secure, status=status)
+    if status == 503:
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     # As RequestIdMiddleware answers every Django response.
     headers.append((_REQUEST_ID_HEADER, logging_context.request_id_var.get().encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
+async def _read_body(receive: Receive, limit: int, length: int | None) -> bytearray | None:
     """The request body, at most ``limit`` bytes; None when the client went away.
 
-    The pieces are joined once at the end (one copy of the chunk, not one per piece)."""
-    pieces: list[bytes] = []
-    size = 0
+    With a Content-Length of at most ``limit``, the body goes into one buffer of that
+    size, allocated once: the process holds the chunk once, as much as it reserved.
+    Without one, it grows as the pieces arrive."""
+    if length is not None and length <= limit:
+        buffer = bytearray(length)
+        view = memoryview(buffer)
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            piece = message.get("body", b"")
+            end = size + len(piece)
+            if end > length:
+                # More than announced (no server passes that on): one byte more than
+                # the length, which chunk_store refuses as the wrong size.
+                view.release()
+                return buffer[:size] + piece[: length + 1 - size]
+            view[size:end] = piece
+            size = end
+            if not message.get("more_body", False):
+                view.release()
+                return buffer if size == length else buffer[:size]
+    grown = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        piece = message.get("body", b"")
-        pieces.append(piece)
-        size += len(piece)
-        if size >= limit or not message.get("more_body", False):
-            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        grown += message.get("body", b"")
+        if len(grown) >= limit or not message.get("more_body", False):
+            return grown
+
+
+def _reservation(headers: dict[bytes, bytes], *, copies: int) -> int:
+    """The bytes a chunk PUT will hold: ``copies`` times its Content-Length, capped at the
+    largest chunk; the largest chunk when the length is missing or not a number."""
+    largest = int(settings.UPLOAD_MAX_CHUNK_SIZE)
+    length = _content_length(headers)
+    return copies * (largest if length is None else min(length, largest + 1))
+
+
+def _signed_access_token(headers: dict[bytes, bytes]) -> bool:
+    """Whether the request carries an access token (JWT) with a valid signature and
+    expiry: checked without the database (Django checks the rest: session, account)."""
+    from rest_framework_simplejwt.exceptions import TokenError
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    scheme, _, raw = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return False
+    try:
+        AccessToken(raw.strip())  # type: ignore[arg-type]
+    except TokenError:
+        return False
+    return True
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    raw = headers.get(b"content-length")
+    try:
+        length = int(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return length if length is not None and length >= 0 else None
 
 
 def _release_connections() -> None:
@@ -144,10 +208,13 @@ def _receive_in_thread(**kwargs: Any) -> services.ChunkReceipt:
 
 
 class ChunkEndpoint:
-    """ASGI app: upload-token chunk PUTs here, every other request to ``fallback``."""
+    """ASGI app: upload-token chunk PUTs here, every other request to ``fallback``; every
+    chunk PUT (either way) within the chunk memory budget."""
 
-    def __init__(self, fallback: AsgiApp) -> None:
+    def __init__(self, fallback: AsgiApp, budget: ChunkMemoryBudget | None = None) -> None:
         self.fallback = fallback
+        # Made at start-up, so that a budget below the largest chunk is reported then.
+        self.budget = budget or chunk_memory_budget_from_settings()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = (
@@ -165,13 +232,10 @@ class ChunkEndpoint:
             or not _host_allowed(headers)
             or (settings.SECURE_SSL_REDIRECT and not secure)
         ):
-            return await self.fallback(scope, receive, send)
+            return await self._to_django(scope, receive, send, headers, secure=secure)
         # The ids of this request's log lines (and of the tasks it starts), as
         # RequestIdMiddleware sets them for Django's requests; reset when it ends.
-        given = headers.get(_REQUEST_ID_HEADER, b"")
-        request_token = logging_context.request_id_var.set(
-            logging_context.request_id_from(given.decode("latin-1"))
-        )
+        request_token = logging_context.request_id_var.set(_request_id(headers))
         upload_token = logging_context.upload_id_var.set(match["upload_id"])
         try:
             await self._serve(scope, receive, send, match["upload_id"], headers, secure=secure)
@@ -179,6 +243,39 @@ class ChunkEndpoint:
             logging_context.request_id_var.reset(request_token)
             logging_context.upload_id_var.reset(upload_token)
         return None
+
+    async def _to_django(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[bytes, bytes],
+        *,
+        secure: bool,
+    ) -> None:
+        """A chunk PUT Django serves, within the budget: Django reads the whole body into
+        memory (up to FILE_UPLOAD_MAX_MEMORY_SIZE) before the view runs, and the view's
+        ``chunk_store`` reads it from there into a second copy, so it reserves twice its
+        length.
+
+        Only a request with a validly signed, unexpired access token reserves: one without
+        (no credential, a made-up one) goes to Django as before, which refuses it (401),
+        so that nobody can fill the budget, and stall every clinic's chunks on this
+        process, without signing in."""
+        if not _signed_access_token(headers):
+            await self.fallback(scope, receive, send)
+            return
+        try:
+            async with self.budget.reserved(
+                _reservation(headers, copies=2), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS
+            ):
+                await self.fallback(scope, receive, send)
+        except ChunkMemoryBusy as busy:
+            request_token = logging_context.request_id_var.set(_request_id(headers))
+            try:
+                await _busy_answer(send, busy, secure=secure)
+            finally:
+                logging_context.request_id_var.reset(request_token)
 
     async def _serve(
         self,
@@ -203,11 +300,28 @@ class ChunkEndpoint:
             await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
             return
         try:
-            length = int(headers.get(b"content-length", b"0") or 0)
-        except ValueError:
-            length = 0
+            async with self.budget.reserved(
+                _reservation(headers, copies=1), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS
+            ):
+                # The body lives in that call's frame only: gone when the bytes go back.
+                await self._store(scope, receive, send, upload_id, token, headers, secure=secure)
+        except ChunkMemoryBusy as busy:
+            await _busy_answer(send, busy, secure=secure)
+
+    async def _store(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upload_id: uuid.UUID,
+        token: str,
+        headers: dict[bytes, bytes],
+        *,
+        secure: bool,
+    ) -> None:
+        length = _content_length(headers)
         # A chunk is at most UPLOAD_MAX_CHUNK_SIZE; one byte more tells that it is too long.
-        body = await _read_body(receive, settings.UPLOAD_MAX_CHUNK_SIZE + 1)
+        body = await _read_body(receive, settings.UPLOAD_MAX_CHUNK_SIZE + 1, length)
         if body is None:
             return
         # As Django's QueryDict.get: the last value of a repeated parameter.
@@ -219,7 +333,7 @@ class ChunkEndpoint:
             upload_token=token,
             index=(query.get("index") or [None])[-1],
             data=body,
-            length=length,
+            length=length or 0,
             content_md5=md5.decode("latin-1") if md5 is not None else None,
         )
         # run_in_executor does not carry the context to the thread: copied, so that what
@@ -240,6 +354,17 @@ class ChunkEndpoint:
             {"index": receipt.index, "received": True, "bytes_received": receipt.bytes_received},
             secure=secure,
         )
+
+
+def _request_id(headers: dict[bytes, bytes]) -> str:
+    return logging_context.request_id_from(headers.get(_REQUEST_ID_HEADER, b"").decode("latin-1"))
+
+
+async def _busy_answer(send: Send, busy: ChunkMemoryBusy, *, secure: bool) -> None:
+    """503 ``server_busy`` with Retry-After, counted as a chunk refused with that code; its
+    body is never read (the server closes the connection after the answer)."""
+    metrics.chunk_counted(error_code=busy.code)
+    await _answer(send, busy.status_code, {"error": busy.as_dict()}, secure=secure)
 
 
 _SERVER_ERROR = {

@@ -25,7 +25,7 @@ caller can tell an outage from damaged bytes even where a file parser swallowed 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -36,10 +36,12 @@ from django.conf import settings
 
 from . import local
 from .local import BLOCK_SIZE
+from .streams import StoredChunk
 
 __all__ = [
     "BLOCK_SIZE",
     "StorageUnavailable",
+    "StoredChunk",
     "chunks_present",
     "free_bytes",
     "multipart_uploads_abort",
@@ -118,13 +120,15 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return bool(_backend().stream_exists(upload_id=upload_id))
 
 
-def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
-    """Which of ``offsets`` (starts of chunks marked stored) still have their bytes: after
-    a restore, an upload's rows may name chunks whose bytes were never backed up. Local
-    disk: all of them while the assembly file exists (chunks are written into it in place
-    before they are marked stored), none without it. S3: the chunk objects listed (one
-    LIST per 1,000 chunks). Raises StorageUnavailable."""
-    found: set[int] = _backend().chunks_present(upload_id=upload_id, offsets=offsets)
+def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+    """Which of ``chunks`` (by offset: chunks marked stored, with the size and MD5 their
+    rows recorded) still have their bytes: after a restore, an upload's rows may name
+    chunks whose bytes were never backed up, and a crash can leave a chunk marked stored
+    whose write never reached the disk. Local disk: the assembly file reaches the chunk's
+    end and the chunk's range is written (no hole in the sparse file, unless the chunk was
+    all zeros); no bytes are read. S3: the chunk's object is listed with the chunk's size
+    (one LIST per 1,000 chunks). Raises StorageUnavailable."""
+    found: set[int] = _backend().chunks_present(upload_id=upload_id, chunks=chunks)
     return found
 
 

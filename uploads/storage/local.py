@@ -10,12 +10,14 @@ the manifest are byte ranges of it, read back through ``open_range``. Derived fi
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import BinaryIO
 
 from django.conf import settings
 
-from .streams import SeekableRaw
+from .streams import SeekableRaw, StoredChunk
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,62 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return _stream_path(upload_id).exists()
 
 
-def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
-    """All of ``offsets`` while the assembly file exists, none without it."""
-    return set(offsets) if _stream_path(upload_id).is_file() else set()
+def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+    """The offsets of ``chunks`` whose bytes the assembly file holds: the file reaches the
+    chunk's end, and a chunk whose range holds a hole reads back with the chunk's MD5.
+
+    The file is sparse until written, so a chunk whose write never reached the disk (a
+    crash, a copied-back folder) reads as a hole. A hole alone proves nothing, though:
+    compressing filesystems (ZFS) and sparse copies (``rsync -S``, ``cp --sparse``) turn
+    runs of zeros in written data into holes too. So a chunk without a hole costs one
+    ``lseek``; one with a hole is read back and its MD5 compared (rare, bounded by the
+    chunk size, read in blocks). Filesystems that do not report holes are trusted on the
+    size alone.
+    """
+    try:
+        fd = os.open(_stream_path(upload_id), os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return set()
+    try:
+        facts = os.fstat(fd)
+        if not stat.S_ISREG(facts.st_mode):
+            return set()
+        return {
+            offset
+            for offset, chunk in chunks.items()
+            if offset >= 0
+            and offset + chunk.size <= facts.st_size
+            and (
+                not _hole_within(fd, offset, offset + chunk.size)
+                or _range_md5(fd, offset, chunk.size) == chunk.md5
+            )
+        }
+    finally:
+        os.close(fd)
+
+
+def _hole_within(fd: int, start: int, end: int) -> bool:
+    """Whether ``[start, end)`` of the file holds a hole (never written, or zeros the
+    filesystem stores as one)."""
+    if end <= start:
+        return False
+    try:
+        return os.lseek(fd, start, os.SEEK_HOLE) < end
+    except OSError:  # the filesystem cannot tell (EINVAL): trust the size
+        return False
+
+
+def _range_md5(fd: int, offset: int, size: int) -> str:
+    """The hex MD5 of ``size`` bytes of the file from ``offset``, read in blocks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    done = 0
+    while done < size:
+        block = os.pread(fd, min(BLOCK_SIZE, size - done), offset + done)
+        if not block:
+            break
+        digest.update(block)
+        done += len(block)
+    return digest.hexdigest()
 
 
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:

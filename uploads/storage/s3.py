@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -76,7 +76,7 @@ from django.conf import settings
 from relaypacs.errors import ApplicationError
 
 from . import StorageUnavailable, local
-from .streams import SeekableRaw
+from .streams import SeekableRaw, StoredChunk
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +332,10 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return bool(uploads.get("Uploads")) or local.work_dir(upload_id=upload_id).parent.exists()
 
 
-def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
-    """The ``offsets`` whose chunk objects are in the bucket (1 LIST per 1,000 chunks)."""
+def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+    """The offsets of ``chunks`` whose objects are in the bucket with the chunk's size
+    (1 LIST per 1,000 chunks). The ETag is not compared with the MD5: with SSE-KMS or
+    SSE-C it is not one."""
     prefix = f"{_upload_prefix(upload_id)}chunks/"
     found: set[int] = set()
     try:
@@ -341,7 +343,10 @@ def chunks_present(*, upload_id: uuid.UUID, offsets: set[int]) -> set[int]:
         for page in pages:
             for item in page.get("Contents", []):
                 tail = str(item["Key"])[len(prefix) :]
-                if tail.isdigit() and int(tail) in offsets:
+                if not tail.isdigit():
+                    continue
+                chunk = chunks.get(int(tail))
+                if chunk is not None and int(item.get("Size", -1)) == chunk.size:
                     found.add(int(tail))
     except (ClientError, BotoCoreError) as exc:
         raise _storage_error(f"list the chunks of upload {upload_id}", exc) from None

@@ -1,9 +1,19 @@
 """The read-only, seekable raw stream that every byte reader of the storage (and of the
-report store) builds on: a position over ``size`` bytes; subclasses give ``readinto``."""
+report store) builds on: a position over ``size`` bytes; subclasses give ``readinto``.
+And what both backends are told of a stored chunk when asked whether it is still there."""
 
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
+
+
+class StoredChunk(NamedTuple):
+    """A chunk as its row recorded it when it was stored: its length and the hex MD5 of
+    its bytes."""
+
+    size: int
+    md5: str
 
 
 class SeekableRaw(io.RawIOBase):
