@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, register
+from django.core.checks import CheckMessage, Error, Tags, register
 
 from . import storage
 
@@ -41,3 +41,31 @@ def upload_storage_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             id="uploads.E002",
         )
     ]
+
+
+@register(Tags.database)
+def restore_unfinished_check(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """The database holds no marker of a restore that did not finish (run by ``migrate``,
+    ``migrate_locked`` and so ``serve``, and ``check --database default``)."""
+    from django.db import connections
+
+    from .management.backups import RESTORE_MARKER_TABLE
+
+    errors: list[CheckMessage] = []
+    for alias in databases or []:
+        connection = connections[alias]
+        with connection.cursor() as cursor:
+            names = connection.introspection.table_names(cursor)
+        if RESTORE_MARKER_TABLE in names:
+            errors.append(
+                Error(
+                    "A restore of this database did not finish: run manage.py restore "
+                    "again before starting RelayPACS.",
+                    hint="`manage.py restore --dry-run <backup>` says which backup it was; "
+                    "the restore removes what the unfinished one wrote and starts over.",
+                    id="uploads.E003",
+                )
+            )
+    return errors

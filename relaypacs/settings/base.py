@@ -14,6 +14,7 @@ from pathlib import Path
 import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from relaypacs.logging_context import logging_config
 from relaypacs.sentry import sentry_init
@@ -318,6 +319,15 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     }
 # Several deployments on one Redis (or RabbitMQ vhost) keep apart with a queue each.
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
+# The daily backup has a queue of its own: it runs for minutes to hours and would hold one
+# of processing's worker slots. `manage.py serve` runs a worker for it alone; a worker
+# started without -Q (the compose stack's) consumes both queues.
+CELERY_BACKUP_QUEUE = env.str("CELERY_BACKUP_QUEUE", default=f"{CELERY_TASK_DEFAULT_QUEUE}-backups")
+CELERY_TASK_QUEUES = tuple(
+    Queue(name, Exchange(name), routing_key=name)  # apart: a message reaches one queue only
+    for name in (CELERY_TASK_DEFAULT_QUEUE, CELERY_BACKUP_QUEUE)
+)
+CELERY_TASK_ROUTES = {"uploads.tasks.backup_scheduled_task": {"queue": CELERY_BACKUP_QUEUE}}
 # Beat sends only while it holds a database lock, so every node may run one (serve does).
 CELERY_BEAT_SCHEDULER = "relaypacs.beat_lock:LockedScheduler"
 # A beat holding that lock but silent this long (hung, cut off) loses it to another.
@@ -394,6 +404,14 @@ S3_BUCKET = _env_or_file("S3_BUCKET")
 S3_REGION = _env_or_file("S3_REGION")
 S3_ACCESS_KEY_ID = _env_or_file("S3_ACCESS_KEY_ID")
 S3_SECRET_ACCESS_KEY = _env_or_file("S3_SECRET_ACCESS_KEY")
+# Backups into a bucket (BACKUP_TARGET=s3://...) reach S3 with these where set, each one
+# falling back to its S3_* value: a backup bucket elsewhere, or a key of its own that may
+# write backups/ (scheduled backups run on the worker, which therefore holds it; web need
+# not) (uploads/management/backup_bucket.py).
+BACKUP_S3_ENDPOINT_URL = _env_or_file("BACKUP_S3_ENDPOINT_URL")
+BACKUP_S3_REGION = _env_or_file("BACKUP_S3_REGION")
+BACKUP_S3_ACCESS_KEY_ID = _env_or_file("BACKUP_S3_ACCESS_KEY_ID")
+BACKUP_S3_SECRET_ACCESS_KEY = _env_or_file("BACKUP_S3_SECRET_ACCESS_KEY")
 UPLOAD_MAX_TOTAL_SIZE = env.int("UPLOAD_MAX_TOTAL_SIZE", default=20 * 1024**3)
 UPLOAD_MIN_CHUNK_SIZE = 256 * 1024
 UPLOAD_MAX_CHUNK_SIZE = 16 * 1024 * 1024
@@ -407,6 +425,15 @@ UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
 # Seconds the lean chunk endpoint (uploads.chunk_endpoint) keeps a database connection of
 # its thread pool open for the next chunks; opening one per chunk cost ~8% of its CPU.
 CHUNK_DB_CONN_MAX_AGE = env.int("CHUNK_DB_CONN_MAX_AGE", default=300)
+# Bytes of chunk bodies one web process holds in memory at once (uploads.chunk_memory);
+# chunk PUTs beyond it wait without reading. A chunk holds its bytes while its body
+# arrives, so slow links hold them longest: 256 MiB is 256 chunks of 1 MiB (64 clinics
+# sending four at once on slow links) or 32 of 8 MiB (the PWA's size on fast links); never
+# below UPLOAD_MAX_CHUNK_SIZE (raised to it).
+CHUNK_MEMORY_BUDGET_BYTES = env.int("CHUNK_MEMORY_BUDGET_BYTES", default=256 * 1024 * 1024)
+# Seconds a chunk PUT waits for room in that budget before it is answered 503 server_busy
+# (Retry-After): below the 60 s nginx waits on an upstream that reads nothing.
+CHUNK_MEMORY_WAIT_SECONDS = env.float("CHUNK_MEMORY_WAIT_SECONDS", default=30)
 # Seconds a verified upload token is trusted by a web process before its sign-in session
 # and account are checked again: signing out stops chunk uploads within this time.
 UPLOAD_TOKEN_RECHECK_SECONDS = env.int("UPLOAD_TOKEN_RECHECK_SECONDS", default=10)

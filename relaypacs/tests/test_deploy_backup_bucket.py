@@ -79,7 +79,11 @@ def test_backup_to_the_bucket_drop_restore_gives_back_every_table_and_report(tmp
         )
         assert not s3_server.multipart_uploads(PREFIX)
         # Nothing of the backup on the node's disk.
-        leftovers = [p for p in (tmp_path / "data").rglob("*") if "relaypacs-backup" in p.name]
+        leftovers = [
+            p
+            for p in (tmp_path / "data").rglob("*")
+            if "relaypacs-backup" in p.name or "relaypacs-scratch" in p.name
+        ]
         assert not leftovers, leftovers
 
         refused = _manage(env, "restore", backup, check=False)
@@ -98,8 +102,18 @@ def test_backup_to_the_bucket_drop_restore_gives_back_every_table_and_report(tmp
         assert "a restore would go ahead" in dry.stdout
         assert _tables(database_url) == {}
         assert _objects(s3_server, "reports/") == {}
+        log_start = s3_server.log_path.stat().st_size
         restored = _manage(env, "restore", backup)
         assert "No upload was under way at backup time." in restored.stdout
+        # Each file of the backup was read from the bucket once (downloaded, checked, then
+        # restored from that checked copy), and the copy is gone.
+        with s3_server.log_path.open("rb") as log:
+            log.seek(log_start)
+            requests = log.read().decode(errors="replace")
+        for name in manifest["files"]:
+            gets = f'"GET /{s3_server.bucket}/{backup_prefix}/{name} '
+            assert requests.count(gets) == 1, (name, requests)
+        assert not list((tmp_path / "data").glob(".relaypacs-scratch-*"))
         assert _tables(database_url) == before_tables
         assert _objects(s3_server, "reports/") == before_reports
 
@@ -146,7 +160,11 @@ def test_the_embedded_default_backs_up_into_a_bucket_and_restores_from_it(tmp_pa
     target = f"s3://{s3_server.bucket}/{prefix}"
     backup = _manage(old, "backup", "--target", target).stdout.strip().rsplit(" ", 1)[1]
     assert s3_server.keys(f"{backup.split('/', 3)[3]}/database.sqlite3")
-    leftovers = [p for p in (tmp_path / "old").rglob("*") if "relaypacs-backup" in p.name]
+    leftovers = [
+        p
+        for p in (tmp_path / "old").rglob("*")
+        if "relaypacs-backup" in p.name or "relaypacs-scratch" in p.name
+    ]
     assert not leftovers, leftovers
 
     new = {**base, "DATA_DIR": str(tmp_path / "new")}

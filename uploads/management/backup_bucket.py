@@ -14,8 +14,10 @@ threshold), so memory holds at most three parts (48 MiB) whatever the database's
 and nothing is written to local disk. The SHA-256 of each file is computed on the way.
 
 The bucket is reached with the upload storage's S3 client (``uploads.storage``: the
-S3_* settings, endpoint and credentials); the bucket named in the target may be another
-one of the same S3 service.
+S3_* settings, endpoint and credentials), unless BACKUP_S3_ENDPOINT_URL, BACKUP_S3_REGION,
+BACKUP_S3_ACCESS_KEY_ID or BACKUP_S3_SECRET_ACCESS_KEY is set: then with a client of its
+own, each of those in place of its S3_* namesake (another S3 service, or credentials
+only backups hold). The bucket named in the target may be any one that client reaches.
 """
 
 from __future__ import annotations
@@ -58,10 +60,53 @@ class BucketPlace:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
-def _client() -> Any:
-    from uploads import storage
+# The BACKUP_S3_* settings, each overriding its S3_* namesake for backups only.
+_OVERRIDES = ("ENDPOINT_URL", "REGION", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY")
+# Attempts per S3 request (botocore's standard retry mode), as the upload storage's.
+MAX_ATTEMPTS = 5
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
 
-    return storage.s3_client()
+
+def _client() -> Any:
+    """The S3 client for backups: the upload storage's (``uploads.storage``, the S3_*
+    settings) unless a BACKUP_S3_* setting is set, then one of its own with each
+    BACKUP_S3_* value in place of its S3_* one (one per process and settings)."""
+    from django.conf import settings
+
+    values = {name: str(getattr(settings, f"BACKUP_S3_{name}", "") or "") for name in _OVERRIDES}
+    if not any(values.values()):
+        from uploads import storage
+
+        return storage.s3_client()
+    effective = {
+        name: values[name] or str(getattr(settings, f"S3_{name}", "") or "") for name in _OVERRIDES
+    }
+    key = (os.getpid(), *(effective[name] for name in _OVERRIDES))
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None:
+            import boto3
+            from botocore.config import Config
+
+            endpoint = effective["ENDPOINT_URL"]
+            found = boto3.session.Session().client(
+                "s3",
+                endpoint_url=endpoint or None,
+                region_name=effective["REGION"] or None,
+                aws_access_key_id=effective["ACCESS_KEY_ID"] or None,
+                aws_secret_access_key=effective["SECRET_ACCESS_KEY"] or None,
+                config=Config(
+                    retries={"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                    connect_timeout=10,
+                    read_timeout=60,
+                    # A custom endpoint (MinIO, moto, Ceph) names buckets in the path.
+                    s3={"addressing_style": "path"} if endpoint else None,
+                ),
+            )
+            _clients.clear()  # settings changed (tests) or a fork: the old ones are stale
+            _clients[key] = found
+        return found
 
 
 def _transfer_config() -> Any:

@@ -28,6 +28,7 @@ used: backups are the whole product's, kept here beside the other operations com
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ from typing import IO, Any, BinaryIO, Protocol
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connections
+from django.db import connections, transaction
 
 from relaypacs.errors import ApplicationError
 
@@ -80,6 +81,14 @@ SCHEDULED_LOCK_RENEW_SECONDS = 5 * 60
 # an unfinished multipart upload) that is this old is being written by no one: a run is
 # far shorter (pg_dump stops at PG_TIMEOUT_SECONDS).
 UNFINISHED_AGE = timedelta(days=1)
+# Scratch folders under DATA_DIR (a SQLite copy on its way to a bucket, a bucket backup
+# downloaded for a restore), each holding SCRATCH_OWNER locked by its process.
+SCRATCH_PREFIX = ".relaypacs-scratch-"
+SCRATCH_OWNER = ".owner.lock"
+# A folder made and not yet locked: microseconds in practice, far more than that here.
+SCRATCH_UNOWNED_GRACE = timedelta(minutes=10)
+# Scratch folders of releases before the owner file (tempfile's name, never locked).
+LEGACY_SCRATCH_PREFIX = ".relaypacs-backup-"
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ class BackupPlan:
     created_at: str
     database_tables: int
     report_files: int
+    # The sentence about a restore cut short that a restore would remove first, if any.
+    unfinished_restore: str | None = None
 
 
 class _HashingReader:
@@ -275,6 +286,8 @@ def _pg_dump_argv(db: dict[str, Any], args: list[str], *, file: Path | None) -> 
         "--format=custom",
         "--no-owner",
         "--no-privileges",
+        # A restore that began after the check of backup_run: never part of a backup.
+        f"--exclude-table={RESTORE_MARKER_TABLE}",
         *args,
         *(["--file", str(file)] if file is not None else []),
         str(db["NAME"]),
@@ -291,6 +304,18 @@ def _sqlite_copy(*, source: str, target: Path) -> None:
     origin.close()
 
 
+def _sqlite_backup_copy(*, source: str, target: Path) -> None:
+    """``_sqlite_copy`` for a backup: the marker of a restore that began meanwhile is
+    left out of it (backup_run refused while it was there before)."""
+    _sqlite_copy(source=source, target=target)
+    copy = sqlite3.connect(str(target))
+    try:
+        with copy:
+            copy.execute(f"DROP TABLE IF EXISTS {RESTORE_MARKER_TABLE}")
+    finally:
+        copy.close()
+
+
 def _report_store_unreadable(exc: Exception) -> ApplicationError:
     from reports import store
 
@@ -305,7 +330,19 @@ def _report_store_unreadable(exc: Exception) -> ApplicationError:
 def backup_run(*, target: str, keep: int) -> str:
     """Write a whole backup to ``target`` (a folder or ``s3://bucket/prefix``), then keep
     only the newest ``keep`` there (never the one just written; nothing is removed when
-    the backup failed). Returns where the backup is. Raises ApplicationError."""
+    the backup failed). Returns where the backup is. Raises ApplicationError, among them
+    ``backup_restore_unfinished`` (nothing written or pruned) while the database holds a
+    restore that stopped part way: backing that up would keep part of a backup as whole
+    and prune whole ones."""
+    unfinished = _restore_unfinished()
+    if unfinished is not None:
+        raise ApplicationError(
+            "backup_restore_unfinished",
+            f"{unfinished.sentence()} The database holds part of that backup, so no "
+            "backup was made.",
+            "Run `manage.py restore` again to finish the restore, then back up.",
+            status_code=409,
+        )
     where = backup_target_parse(target=target)
     if where.folder is not None:
         return str(backup_create(target=where.folder, keep=keep))
@@ -320,6 +357,7 @@ def backup_create(*, target: Path, keep: int) -> Path:
     dumped (nothing partial is left under the final name).
     """
     engine = _engine()
+    scratch_sweep()
     target.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
     final = target / f"{PREFIX}{stamp}"
@@ -336,7 +374,7 @@ def backup_create(*, target: Path, keep: int) -> Path:
             _run(_pg_dump_argv(db, args, file=database_file), env, "backed up")
         else:
             database_file = partial / "database.sqlite3"
-            _sqlite_copy(source=str(db["NAME"]), target=database_file)
+            _sqlite_backup_copy(source=str(db["NAME"]), target=database_file)
         from reports import store
 
         reports_tar = partial / "reports.tar"
@@ -352,8 +390,18 @@ def backup_create(*, target: Path, keep: int) -> Path:
             "files": {p.name: _sha256(p) for p in (database_file, reports_tar)},
             "report_files": report_digests,
         }
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        # On disk before the manifest says they are whole, and the manifest and the
+        # rename before the backup is reported written: a power cut never leaves a
+        # backup folder whose files are short or empty.
+        for path in (database_file, reports_tar):
+            _fsync(path)
+        with (partial / MANIFEST).open("x", encoding="utf-8") as out:
+            out.write(json.dumps(manifest, indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        _fsync(partial)
         partial.rename(final)
+        _fsync(target)
     finally:
         os.umask(previous_umask)
         if partial.exists():
@@ -365,6 +413,15 @@ def backup_create(*, target: Path, keep: int) -> Path:
         # disk error) is tried again by the next backup.
         logger.warning("The old backups under %s could not all be removed (%r).", target, exc)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's entries (a rename, a new file) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def backups_at(*, target: str) -> list[str]:
@@ -383,6 +440,7 @@ def _backup_to_bucket(*, place: BucketPlace, keep: int) -> str:
     """``backup_create`` into a bucket: each file streamed as it is produced, the
     manifest last; on any failure the objects written are deleted and nothing is pruned."""
     engine = _engine()
+    scratch_sweep()
     from reports import store
 
     name = f"{PREFIX}{datetime.now(tz=UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
@@ -402,7 +460,7 @@ def _backup_to_bucket(*, place: BucketPlace, keep: int) -> str:
         else:
             with _private_tempdir() as scratch:
                 copy = scratch / "database.sqlite3"
-                _sqlite_copy(source=str(db["NAME"]), target=copy)
+                _sqlite_backup_copy(source=str(db["NAME"]), target=copy)
 
                 def send_copy(fd: int) -> None:
                     with copy.open("rb") as handle, os.fdopen(fd, "wb", closefd=False) as out:
@@ -472,12 +530,75 @@ def _bucket_prune(
 
 @contextmanager
 def _private_tempdir() -> Iterator[Path]:
-    """A folder under DATA_DIR only this user reads (patient data), removed afterwards."""
-    folder = Path(tempfile.mkdtemp(prefix=".relaypacs-backup-", dir=settings.DATA_DIR))
+    """A folder under DATA_DIR only this user reads (patient data), removed afterwards.
+
+    The process holds an exclusive ``flock`` on its SCRATCH_OWNER file while it uses
+    it; the kernel drops that lock when the process ends however it ends (SIGKILL, OOM
+    killer), so ``scratch_sweep`` tells a folder still in use from one left behind.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=settings.DATA_DIR))
     try:
+        owner = os.open(folder / SCRATCH_OWNER, os.O_CREAT | os.O_RDWR, 0o600)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    try:
+        fcntl.flock(owner, fcntl.LOCK_EX)
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        os.close(owner)
+
+
+def scratch_sweep(*, now: datetime | None = None) -> list[Path]:
+    """Remove the scratch folders under DATA_DIR that no living backup or restore uses:
+    their owner's ``flock`` is free (the process was killed), or they have no owner file
+    and were last written more than SCRATCH_UNOWNED_GRACE ago (killed between making the
+    folder and locking it; folders of releases before the owner file, named
+    LEGACY_SCRATCH_PREFIX, UNFINISHED_AGE ago). A folder in use is never touched: its
+    owner holds the lock. Returns the folders removed; never raises (a folder that
+    cannot be removed is logged and tried again by the next backup)."""
+    data_dir = Path(settings.DATA_DIR)
+    moment = now or datetime.now(tz=UTC)
+    removed: list[Path] = []
+    if not data_dir.is_dir():
+        return removed
+    for folder in sorted(data_dir.iterdir()):
+        try:
+            if folder.name.startswith(SCRATCH_PREFIX) and folder.is_dir():
+                if _scratch_owner_gone(folder, now=moment):
+                    removed.append(folder)
+            elif (
+                folder.name.startswith(LEGACY_SCRATCH_PREFIX)
+                and not folder.name.endswith(".partial")
+                and folder.is_dir()
+                and _last_written(folder) < (moment - UNFINISHED_AGE).timestamp()
+            ):
+                _rmtree_gone_ok(folder)
+                removed.append(folder)
+        except OSError as exc:
+            logger.warning("The scratch folder %s could not be removed (%r).", folder, exc)
+    return removed
+
+
+def _scratch_owner_gone(folder: Path, *, now: datetime) -> bool:
+    """Remove ``folder`` when its owner is gone (see ``scratch_sweep``); whether it was."""
+    try:
+        owner = os.open(folder / SCRATCH_OWNER, os.O_RDWR)
+    except FileNotFoundError:
+        if _last_written(folder) >= (now - SCRATCH_UNOWNED_GRACE).timestamp():
+            return False
+        _rmtree_gone_ok(folder)
+        return True
+    try:
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its backup or restore is running
+        _rmtree_gone_ok(folder)  # under our lock: nobody takes it over meanwhile
+        return True
+    finally:
+        os.close(owner)
 
 
 def backups_list(*, target: Path) -> list[Path]:
@@ -589,13 +710,14 @@ def _stream_sha256(source: _Source, name: str) -> str | None:
     return digest.hexdigest()
 
 
-def _manifest(source: _Source) -> dict[str, Any]:
-    """The backup's manifest, once every file it lists was read and matches its SHA-256.
-    Raises ApplicationError ``backup_invalid`` or ``backup_damaged``."""
+def _manifest_parse(source: _Source) -> dict[str, Any]:
+    """The backup's manifest, parsed (its files are not read). Raises ApplicationError
+    ``backup_invalid`` when it is missing, damaged, or names a file outside the backup."""
     raw = source.manifest_bytes()
     try:
         manifest: dict[str, Any] = json.loads(raw or b"")
-        files = dict(manifest["files"])
+        files = {str(name): str(digest) for name, digest in dict(manifest["files"]).items()}
+        str(manifest["engine"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ApplicationError(
             "backup_invalid",
@@ -603,26 +725,164 @@ def _manifest(source: _Source) -> dict[str, Any]:
             "Give the folder or bucket prefix that `manage.py backup` made "
             "(relaypacs-backup-<time>).",
         ) from exc
-    for name, digest in files.items():
-        if _stream_sha256(source, name) != digest:
-            raise ApplicationError(
-                "backup_damaged",
-                f"The backup's {name} is missing or differs from what was backed up.",
-                "Restore another backup, or copy this one again from where it is kept.",
-            )
+    if any(name in {"", ".", "..", MANIFEST} or Path(name).name != name for name in files):
+        raise ApplicationError(
+            "backup_invalid",
+            f"{source} is not a RelayPACS backup: its manifest names a file outside it.",
+            "Restore a backup made by `manage.py backup`.",
+        )
+    manifest["files"] = files
     return manifest
 
 
-def _database_tables(engine: str) -> int:
-    with connections["default"].cursor() as cursor:
-        return len(connections["default"].introspection.table_names(cursor))
+def _damaged(name: str) -> ApplicationError:
+    return ApplicationError(
+        "backup_damaged",
+        f"The backup's {name} is missing or differs from what was backed up.",
+        "Restore another backup, or copy this one again from where it is kept.",
+    )
 
 
-def restore_plan(*, backup: Path | str) -> BackupPlan:
-    """Check the backup (manifest and sums, every file read once) and look at the target;
-    changes nothing. ``backup`` is a folder or ``s3://bucket/prefix/relaypacs-backup-<time>``."""
-    source = _source(backup)
-    manifest = _manifest(source)
+def _manifest(source: _Source) -> dict[str, Any]:
+    """The backup's manifest, once every file it lists was read and matches its SHA-256.
+    Raises ApplicationError ``backup_invalid`` or ``backup_damaged``."""
+    manifest = _manifest_parse(source)
+    for name, digest in manifest["files"].items():
+        if _stream_sha256(source, name) != digest:
+            raise _damaged(name)
+    return manifest
+
+
+def _verified_local(*, source: _Source, manifest: dict[str, Any], scratch: Path) -> _Source:
+    """The backup's files on local disk, each matching the manifest's SHA-256: a folder
+    backup is checked where it is; a bucket backup is downloaded once into ``scratch``
+    (streamed in blocks, hashed on the way), so what is restored is exactly what was
+    checked, never a second read of the bucket. Raises ApplicationError
+    ``backup_damaged`` (nothing restored yet) or ``backup_bucket_unavailable``."""
+    if isinstance(source, _FolderSource):
+        for name, digest in manifest["files"].items():
+            if _stream_sha256(source, name) != digest:
+                raise _damaged(name)
+        return source
+    for name, digest in manifest["files"].items():
+        copied = hashlib.sha256()
+        try:
+            with source.open(name) as handle, (scratch / name).open("xb") as out:
+                while block := handle.read(BLOCK):
+                    copied.update(block)
+                    out.write(block)
+        except FileNotFoundError:
+            raise _damaged(name) from None
+        if copied.hexdigest() != digest:
+            raise _damaged(name)
+    return _FolderSource(folder=scratch)
+
+
+# While a restore writes, the target database holds this one-row table: which backup is
+# being restored, since when, and the report store files it writes. A restore cut short
+# (an error, a SIGKILL, a power cut) leaves it; the next restore recognises its own
+# unfinished work by it and removes that first. pg_restore runs in one transaction, so the
+# database holds either this table alone or it and the whole backup.
+RESTORE_MARKER_TABLE = "relaypacs_restore_unfinished"
+
+
+@dataclass(frozen=True)
+class UnfinishedRestore:
+    """A restore that started and did not finish (its marker is in the database)."""
+
+    backup: str
+    started_at: str
+    report_names: frozenset[str]
+
+    def sentence(self) -> str:
+        return f"A restore of {self.backup} started at {self.started_at} did not finish."
+
+
+def _restore_marker_sql(*, placeholder: str) -> tuple[str, str, str]:
+    return (
+        f"DROP TABLE IF EXISTS {RESTORE_MARKER_TABLE}",
+        f"CREATE TABLE {RESTORE_MARKER_TABLE} "
+        "(backup TEXT NOT NULL, started_at TEXT NOT NULL, report_names TEXT NOT NULL)",
+        f"INSERT INTO {RESTORE_MARKER_TABLE} (backup, started_at, report_names) "  # noqa: S608
+        f"VALUES ({placeholder}, {placeholder}, {placeholder})",
+    )
+
+
+def _restore_marker_values(*, backup: str, report_names: list[str]) -> list[str]:
+    return [backup, datetime.now(tz=UTC).isoformat(), json.dumps(sorted(report_names))]
+
+
+def _restore_marker_set(*, backup: str, report_names: list[str]) -> None:
+    """Write the marker into the target database (committed before anything else)."""
+    drop, create, insert = _restore_marker_sql(placeholder="%s")
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        cursor.execute(drop)
+        cursor.execute(create)
+        cursor.execute(insert, _restore_marker_values(backup=backup, report_names=report_names))
+
+
+def _restore_marker_into_sqlite(*, path: Path, backup: str, report_names: list[str]) -> None:
+    """The marker inside the SQLite copy about to replace the target: the online backup
+    API replaces the whole file, marker included, so both arrive together."""
+    drop, create, insert = _restore_marker_sql(placeholder="?")
+    copy = sqlite3.connect(str(path))
+    try:
+        with copy:
+            copy.execute(drop)
+            copy.execute(create)
+            copy.execute(insert, _restore_marker_values(backup=backup, report_names=report_names))
+    finally:
+        copy.close()
+
+
+def _restore_marker_clear() -> None:
+    with transaction.atomic(), connections["default"].cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {RESTORE_MARKER_TABLE}")
+
+
+def _restore_unfinished() -> UnfinishedRestore | None:
+    """The marker of a restore that did not finish, when the target database holds one."""
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        if RESTORE_MARKER_TABLE not in connection.introspection.table_names(cursor):
+            return None
+        cursor.execute(
+            f"SELECT backup, started_at, report_names FROM {RESTORE_MARKER_TABLE}"  # noqa: S608
+        )
+        row = cursor.fetchone()
+    if row is None:  # never written so (created and filled in one transaction)
+        return UnfinishedRestore(
+            backup="a backup", started_at="an unknown time", report_names=frozenset()
+        )
+    return UnfinishedRestore(
+        backup=str(row[0]), started_at=str(row[1]), report_names=frozenset(json.loads(row[2]))
+    )
+
+
+def _database_tables() -> int:
+    """The target database's tables, the unfinished-restore marker left out."""
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        names = connection.introspection.table_names(cursor)
+    return sum(1 for name in names if name != RESTORE_MARKER_TABLE)
+
+
+def _report_names() -> list[str]:
+    from reports import store
+
+    try:
+        return [name for name, _ in store.files()]
+    except store.ReportStoreUnavailable as exc:
+        raise ApplicationError(
+            "restore_report_store_unavailable",
+            f"The report store ({store.where()}) could not be read. Nothing was restored.",
+            "Check that the S3 bucket is reachable with the configured credentials, then "
+            "run the restore again.",
+            status_code=503,
+        ) from exc
+
+
+def _engine_for(manifest: dict[str, Any]) -> str:
     engine = _engine()
     if manifest["engine"] != engine:
         raise ApplicationError(
@@ -630,23 +890,24 @@ def restore_plan(*, backup: Path | str) -> BackupPlan:
             f"This backup is of a {manifest['engine']} database; this server uses {engine}.",
             "Restore it into a server with the same kind of database.",
         )
-    from reports import store
+    return engine
 
-    try:
-        report_files = sum(1 for _ in store.files())
-    except store.ReportStoreUnavailable as exc:
-        raise ApplicationError(
-            "restore_report_store_unavailable",
-            f"The report store ({store.where()}) could not be read. Nothing was restored.",
-            "Check that the S3 bucket is reachable with the configured credentials, then "
-            "run the restore again.",
-        ) from exc
+
+def restore_plan(*, backup: Path | str) -> BackupPlan:
+    """Check the backup (manifest and sums, every file read once, nothing written to
+    disk) and look at the target; changes nothing. ``backup`` is a folder or
+    ``s3://bucket/prefix/relaypacs-backup-<time>``."""
+    source = _source(backup)
+    manifest = _manifest(source)
+    engine = _engine_for(manifest)
+    unfinished = _restore_unfinished()
     return BackupPlan(
         backup=str(source),
         engine=engine,
         created_at=str(manifest["created_at"]),
-        database_tables=_database_tables(engine),
-        report_files=report_files,
+        database_tables=_database_tables(),
+        report_files=len(_report_names()),
+        unfinished_restore=unfinished.sentence() if unfinished is not None else None,
     )
 
 
@@ -656,6 +917,174 @@ class RestoreOutcome:
     # What became of the uploads under way at backup time; None when the database's
     # schema is older than this release (reconciled after `migrate`, see the command).
     uploads: Any
+    # The restore cut short that this one found and removed before it began, if any.
+    redone: UnfinishedRestore | None = None
+
+
+def _target_not_empty(*, tables: int, report_files: int) -> ApplicationError:
+    return ApplicationError(
+        "restore_target_not_empty",
+        f"The target is not empty: the database has {tables} tables and "
+        f"the report store {report_files} files. Nothing was restored.",
+        "Restore into a new, empty database and an empty report store (REPORT_STORAGE_DIR, "
+        "or the bucket's reports/ prefix in S3 mode), or empty them once you are sure "
+        "they hold nothing you need.",
+        status_code=409,
+    )
+
+
+def _unfinished_restore_remove(*, unfinished: UnfinishedRestore) -> None:
+    """Remove the report store files the restore ``unfinished`` wrote (each one it was
+    writing; anything else there refuses, unchanged). Its tables go in ``_restore_claim``
+    (PostgreSQL; SQLite's copy replaces the whole file). Raises ApplicationError
+    ``restore_target_not_empty``."""
+    from reports import store
+
+    present = _report_names()
+    foreign = [name for name in present if name not in unfinished.report_names]
+    if foreign:
+        raise ApplicationError(
+            "restore_target_not_empty",
+            f"{unfinished.sentence()} The report store also holds {len(foreign)} files "
+            "that restore did not write, so nothing was changed.",
+            "Empty the report store once you are sure it holds nothing you need, then run "
+            "the restore again.",
+            status_code=409,
+        )
+    if _engine() == "postgresql":
+        with connections["default"].cursor() as cursor:
+            later = _uploads_after_marker(cursor=cursor, unfinished=unfinished)
+        if later:
+            raise _uploads_after_restore(unfinished=unfinished, count=later)
+    for name in present:
+        store.delete(relative=name)
+
+
+def _uploads_after_restore(*, unfinished: UnfinishedRestore, count: int) -> ApplicationError:
+    return ApplicationError(
+        "restore_target_not_empty",
+        f"{unfinished.sentence()} The database also holds {count} uploads made after it "
+        "started (the product ran on it), so nothing was changed.",
+        "Keep those uploads if you need them (back up the database with pg_dump), then "
+        "empty it and run the restore again.",
+        status_code=409,
+    )
+
+
+# Every restore into a PostgreSQL target claims it under this advisory lock (one
+# transaction): two restores, or a restore and a `migrate`, never both take the target.
+RESTORE_LOCK_KEY = 0x52504143_0001
+
+
+def _target_taken(*, what: str) -> ApplicationError:
+    return ApplicationError(
+        "restore_target_taken",
+        f"The target database changed while the backup was being checked: {what}. "
+        "Nothing was restored.",
+        "Make sure no RelayPACS process (web, worker, migrate or another restore) uses "
+        "this database, then run the restore again.",
+        status_code=409,
+    )
+
+
+def _uploads_after_marker(*, cursor: Any, unfinished: UnfinishedRestore) -> int:
+    """Upload sessions created after the unfinished restore began (the product ran on
+    the half-restored database): 0 when that cannot be told (no table, no time)."""
+    connection = connections["default"]
+    if "uploads_uploadsession" not in connection.introspection.table_names(cursor):
+        return 0
+    try:
+        started = datetime.fromisoformat(unfinished.started_at)
+    except ValueError:
+        return 0
+    cursor.execute("SELECT count(*) FROM uploads_uploadsession WHERE created_at > %s", [started])
+    return int(cursor.fetchone()[0])
+
+
+def _restore_claim(*, seen: UnfinishedRestore | None, backup: str, report_names: list[str]) -> None:
+    """Claim the PostgreSQL target right before writing to it, in one transaction under
+    ``RESTORE_LOCK_KEY``: it still holds no table (``seen`` None) or still the marker
+    ``seen`` (then every other table, view and sequence, what that restore wrote, is
+    dropped), and this restore's marker is created. Raises ApplicationError
+    ``restore_target_taken`` (nothing changed) otherwise."""
+    from django.db import DatabaseError
+
+    drop, create, insert = _restore_marker_sql(placeholder="%s")
+    connection = connections["default"]
+    quote = connection.ops.quote_name
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RESTORE_LOCK_KEY])
+            now = _restore_unfinished()
+            others = [
+                info
+                for info in connection.introspection.get_table_list(cursor)
+                if info.name != RESTORE_MARKER_TABLE
+            ]
+            if seen is None:
+                if now is not None:
+                    raise _target_taken(what="another restore began writing to it")
+                if others:
+                    raise _target_taken(what=f"it now has {len(others)} tables")
+            else:
+                if now != seen:
+                    raise _target_taken(what="its unfinished restore is no longer the one seen")
+                later = _uploads_after_marker(cursor=cursor, unfinished=seen)
+                if later:
+                    raise _uploads_after_restore(unfinished=seen, count=later)
+                for info in others:
+                    kind = "VIEW" if info.type == "v" else "TABLE"
+                    cursor.execute(f"DROP {kind} IF EXISTS {quote(info.name)} CASCADE")
+                cursor.execute(
+                    "SELECT sequence_name FROM information_schema.sequences "
+                    "WHERE sequence_schema = current_schema()"
+                )
+                for (name,) in cursor.fetchall():
+                    cursor.execute(f"DROP SEQUENCE IF EXISTS {quote(name)} CASCADE")
+                cursor.execute(drop)
+            cursor.execute(create)  # plain CREATE: a claimer that got here first fails it
+            cursor.execute(insert, _restore_marker_values(backup=backup, report_names=report_names))
+    except DatabaseError as exc:
+        raise _target_taken(what="another process wrote the restore marker") from exc
+
+
+@contextmanager
+def _sqlite_restore_lock() -> Iterator[None]:
+    """On SQLite, DATA_DIR/.restore.lock held (flock) for the whole restore."""
+    path = Path(settings.DATA_DIR) / ".restore.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ApplicationError(
+                "restore_running",
+                "Another restore of this server is running. Nothing was restored.",
+                "Wait for it to finish, then check the database before restoring again.",
+                status_code=409,
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _restore_interrupted(*, source: _Source, exc: Exception) -> ApplicationError:
+    if isinstance(exc, ApplicationError):
+        cause = exc.message
+    elif isinstance(exc, OSError):
+        cause = f"the report store or the local disk failed ({type(exc).__name__})."
+    else:
+        cause = f"an unexpected error ({type(exc).__name__})."
+    return ApplicationError(
+        "restore_interrupted",
+        f"The restore of {source} stopped part way: {cause} The database and the report "
+        "store now hold part of the backup, marked as an unfinished restore.",
+        "Do not start web or worker. Correct the cause, then run `manage.py restore` "
+        "again (with this backup or another): it removes what the unfinished restore "
+        "wrote and starts over.",
+        status_code=500,
+    )
 
 
 def backup_restore(*, backup: Path | str) -> RestoreOutcome:
@@ -664,25 +1093,82 @@ def backup_restore(*, backup: Path | str) -> RestoreOutcome:
     (``uploads.services.recovery.uploads_reconcile``).
 
     Refuses (ApplicationError 409, nothing changed) when the database has any table or
-    the report store any file: a restore never mixes with existing data.
+    the report store any file, unless they are what a restore cut short left (its marker,
+    ``RESTORE_MARKER_TABLE``, is in the database): that is removed first and the restore
+    starts over. Every file is checked against the manifest before anything is written;
+    a bucket backup is downloaded once into a private scratch folder under DATA_DIR
+    (as much free space as the backup's size; removed afterwards) and restored from
+    there. Right before writing, the target is claimed (``_restore_claim`` on
+    PostgreSQL; on SQLite ``DATA_DIR/.restore.lock`` is held throughout): one that changed
+    since it was checked refuses, ``restore_target_taken``, untouched. A failure once
+    writing began raises ApplicationError ``restore_interrupted`` and leaves the marker,
+    so running the restore again redoes it cleanly.
     """
-    plan = restore_plan(backup=backup)
-    if plan.database_tables or plan.report_files:
-        raise ApplicationError(
-            "restore_target_not_empty",
-            f"The target is not empty: the database has {plan.database_tables} tables and "
-            f"the report store {plan.report_files} files. Nothing was restored.",
-            "Restore into a new, empty database and an empty report store (REPORT_STORAGE_DIR, "
-            "or the bucket's reports/ prefix in S3 mode), or empty them once you are sure "
-            "they hold nothing you need.",
-            status_code=409,
-        )
     source = _source(backup)
+    manifest = _manifest_parse(source)
+    engine = _engine_for(manifest)
+    scratch_sweep()
+    if engine == "sqlite":
+        with _sqlite_restore_lock():
+            return _backup_restore(source=source, manifest=manifest, engine=engine)
+    return _backup_restore(source=source, manifest=manifest, engine=engine)
+
+
+def _backup_restore(*, source: _Source, manifest: dict[str, Any], engine: str) -> RestoreOutcome:
+    unfinished = _restore_unfinished()
+    tables, present = _database_tables(), _report_names()
+    if unfinished is None and (tables or present):
+        raise _target_not_empty(tables=tables, report_files=len(present))
+    digests: dict[str, str] | None = manifest.get("report_files")
+    with _private_tempdir() as scratch:
+        local = _verified_local(source=source, manifest=manifest, scratch=scratch)
+        report_names = sorted(digests) if digests is not None else _tar_names(local)
+        if unfinished is not None:
+            _unfinished_restore_remove(unfinished=unfinished)
+        if engine == "postgresql":
+            _restore_claim(seen=unfinished, backup=str(source), report_names=report_names)
+        else:
+            # The restore lock keeps other restores out; a process that wrote meanwhile
+            # (a migrate) is seen here, right before the marker.
+            if _restore_unfinished() != unfinished or (unfinished is None and _database_tables()):
+                raise _target_taken(what="it changed since it was first checked")
+            _restore_marker_set(backup=str(source), report_names=report_names)
+        try:
+            _database_restore(
+                local=local, engine=engine, scratch=scratch, backup=str(source), names=report_names
+            )
+            with local.open("reports.tar") as tar:
+                _reports_tar_restore_from(tar, digests=digests)
+        except Exception as exc:
+            raise _restore_interrupted(source=source, exc=exc) from exc
+        _restore_marker_clear()
+    plan = BackupPlan(
+        backup=str(source),
+        engine=engine,
+        created_at=str(manifest["created_at"]),
+        database_tables=0,
+        report_files=0,
+    )
+    return RestoreOutcome(plan=plan, uploads=_uploads_reconcile_if_current(), redone=unfinished)
+
+
+def _tar_names(local: _Source) -> list[str]:
+    """The regular files of the backup's reports.tar (backups made before the manifest
+    recorded them), read through once."""
+    with local.open("reports.tar") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        return sorted(member.name for member in tar if member.isfile())
+
+
+def _database_restore(
+    *, local: _Source, engine: str, scratch: Path, backup: str, names: list[str]
+) -> None:
+    """The database of the (checked, local) backup into the target: pg_restore in one
+    transaction, or SQLite's online backup API from a copy that carries the marker."""
     db = _database()
-    connections["default"].close()
-    if plan.engine == "postgresql":
+    if engine == "postgresql":
+        connections["default"].close()
         args, env = _pg_args(db)
-        with source.open("database.dump") as dump:
+        with local.open("database.dump") as dump:
             _run(
                 [
                     "pg_restore",
@@ -698,17 +1184,13 @@ def backup_restore(*, backup: Path | str) -> RestoreOutcome:
                 "restored",
                 stdin=dump,
             )
-    else:
-        with _private_tempdir() as scratch:
-            copy = scratch / "database.sqlite3"
-            with source.open("database.sqlite3") as handle, copy.open("wb") as out:
-                shutil.copyfileobj(handle, out, BLOCK)
-            _sqlite_copy(source=str(copy), target=Path(str(db["NAME"])))
-    # The manifest was checked by restore_plan; read again only for the report sums.
-    manifest = json.loads(source.manifest_bytes() or b"{}")
-    with source.open("reports.tar") as tar:
-        _reports_tar_restore_from(tar, digests=manifest.get("report_files"))
-    return RestoreOutcome(plan=plan, uploads=_uploads_reconcile_if_current())
+        return
+    copy = scratch / "restore.sqlite3"
+    with local.open("database.sqlite3") as handle, copy.open("xb") as out:
+        shutil.copyfileobj(handle, out, BLOCK)
+    _restore_marker_into_sqlite(path=copy, backup=backup, report_names=names)
+    connections["default"].close()
+    _sqlite_copy(source=str(copy), target=Path(str(db["NAME"])))
 
 
 def _uploads_reconcile_if_current() -> Any:

@@ -18,8 +18,10 @@ again, upload by upload:
   delivered (its bytes removed once the PACS confirmed it), so the PACS destinations are
   asked first (``pacs.services.instances_confirm``, as forwarding confirms receipt):
   when they list every image the upload names (one destination, or every one with
-  ``PACS_MODE=all``), it is completed (``transitions.upload_delivered``); when they answer
-  without all of them (or it names no image yet), it fails with ``upload_lost_in_restore``
+  ``PACS_MODE=all``), it is completed (``transitions.upload_delivered``) with the receipt
+  records a delivery writes (per destination and per image, and ``pacs.receipt``); when
+  they answer without all of them (or it names no image yet), it fails with
+  ``upload_lost_in_restore``
   and a sentence saying to send the study again; when a PACS cannot be reached, it is
   left as it is and counted, for a later ``manage.py reconcile_uploads`` to decide. With
   every byte there it goes on as before (beat re-dispatches its work once the lease in
@@ -36,6 +38,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F, Sum
@@ -48,6 +51,7 @@ from relaypacs import events
 from .. import storage
 from ..models import (
     FileKind,
+    PacsStatus,
     Study,
     UploadChunk,
     UploadChunkCounter,
@@ -143,11 +147,15 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
     if session is None:
         return
     summary.checked += 1
-    stored = dict(
-        UploadChunk.objects.filter(session_id=upload_id, stored=True).values_list("index", "size")
-    )
-    offsets = {index * session.chunk_size for index in stored}
-    present = storage.chunks_present(upload_id=upload_id, offsets=offsets) if offsets else set()
+    stored = {
+        index: storage.StoredChunk(size=size, md5=md5)
+        for index, size, md5 in UploadChunk.objects.filter(
+            session_id=upload_id, stored=True
+        ).values_list("index", "size", "md5")
+    }
+    chunks = {index * session.chunk_size: chunk for index, chunk in stored.items()}
+    offsets = set(chunks)
+    present = storage.chunks_present(upload_id=upload_id, chunks=chunks) if chunks else set()
     if session.state == UploadState.RECEIVING:
         if upload_expires_at(session=session) < now:
             return  # uploads_cleanup fails it (upload_expired)
@@ -159,7 +167,8 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
     complete = len(stored) == session.total_chunks and present == offsets
     if complete:
         return
-    delivered = _delivered(session=session)
+    instances = _clinic_instances(session=session)
+    delivered = _delivered(session=session, instances=instances)
     if delivered is None:
         summary.unchecked += 1
         logger.warning(
@@ -168,7 +177,7 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
             upload_id,
         )
         return
-    if delivered and _complete(session=session, now=now):
+    if delivered and _complete(session=session, now=now, confirmed=delivered, instances=instances):
         summary.completed += 1
         logger.warning("upload %s completed: the PACS lists every image after a restore", upload_id)
         return
@@ -202,22 +211,32 @@ def _receiving_restore(*, upload_id: uuid.UUID, size: int, lost: list[int]) -> b
     return True
 
 
-def _delivered(*, session: UploadSession) -> bool | None:
-    """Whether the PACS destinations list every image of ``session`` (in one of them, or
-    in each with ``PACS_MODE=all``); None when one that could decide it did not answer.
-    False when the upload names no image yet (processing had not recorded them) or no
-    destination is configured."""
+def _clinic_instances(*, session: UploadSession) -> list[tuple[str, str]]:
+    """(SOP Instance UID, Study Instance UID) of every image the clinic sent in
+    ``session`` that processing recorded (the relay's own objects left out)."""
+    return list(
+        UploadFile.objects.filter(session=session, kind=FileKind.DICOM, added_by_relay=False)
+        .order_by("position")
+        .values_list("sop_instance_uid", "study_instance_uid")
+    )
+
+
+def _delivered(
+    *, session: UploadSession, instances: list[tuple[str, str]]
+) -> list[pacs_selectors.PacsTarget] | None:
+    """The PACS destinations that list every image of ``instances`` (the first that does,
+    or each of them with ``PACS_MODE=all``); an empty list when the upload is not
+    delivered (they answer without all of them, the upload names no image yet, or no
+    destination is configured); None when one that could decide it did not answer."""
     by_study: dict[str, list[str]] = {}
-    files = UploadFile.objects.filter(
-        session=session, kind=FileKind.DICOM, added_by_relay=False
-    ).values_list("study_instance_uid", "sop_instance_uid")
-    for study_uid, sop_uid in files:
+    for sop_uid, study_uid in instances:
         by_study.setdefault(study_uid, []).append(sop_uid)
     targets = pacs_selectors.pacs_targets()
     if not by_study or not targets:
-        return False
+        return []
     every = pacs_selectors.pacs_mode() == "all"
     unreachable = False
+    confirmed: list[pacs_selectors.PacsTarget] = []
     for target in targets:
         try:
             missing = pacs_services.instances_confirm(
@@ -229,33 +248,124 @@ def _delivered(*, session: UploadSession) -> bool | None:
         except pacs_services.PacsRejected:
             missing = {"refused"}  # it cannot confirm anything
         if not missing and not every:
-            return True
+            return [target]
         if missing and every:
-            return False
+            return []
+        if not missing:
+            confirmed.append(target)
     if unreachable:
         return None
-    return every
+    return confirmed if every else []
 
 
-def _complete(*, session: UploadSession, now: datetime) -> bool:
+def _receipt_found_after_restore(
+    *,
+    receipt: dict[str, Any] | None,
+    confirmed: list[pacs_selectors.PacsTarget],
+    clinic_uids: list[str],
+    instances_total: int,
+    now: datetime,
+) -> dict[str, Any]:
+    """``receipt`` with a record per destination in ``confirmed``, as a delivery writes
+    it: every clinic image acknowledged, confirmed now, marked ``found_after_restore``."""
+    result = dict(receipt or {})
+    destinations = dict(result.get("destinations") or {})
+    for target in confirmed:
+        record = dict(destinations.get(target.key) or {})
+        record.update(
+            name=target.name,
+            acknowledged=sorted(set(record.get("acknowledged") or []) | set(clinic_uids)),
+            failed={
+                uid: reason
+                for uid, reason in (record.get("failed") or {}).items()
+                if uid not in clinic_uids
+            },
+            confirmed_at=now.isoformat(),
+            # As forwarding counts them: every instance of the upload, the relay's too.
+            confirmed_instances=instances_total,
+            updated_at=now.isoformat(),
+            found_after_restore=True,
+        )
+        destinations[target.key] = record
+    result["destinations"] = destinations
+    return result
+
+
+def _complete(
+    *,
+    session: UploadSession,
+    now: datetime,
+    confirmed: list[pacs_selectors.PacsTarget],
+    instances: list[tuple[str, str]],
+) -> bool:
     """Mark ``session`` completed as forwarding does once the PACS confirmed it: claimed
     (``forwarding`` under a lease of ours, only while nobody holds a live one and it is
-    still in a state past receiving) and delivered in one transaction. False when the
-    claim was refused (it moved on, or a worker holds it)."""
+    still in a state past receiving), and in the same transaction its receipt records
+    written as a delivery writes them (per destination in ``confirmed``: confirmed now,
+    every image listed, marked ``found_after_restore``; a receipt row per image and
+    destination, ``pacs.services.deliveries_record``; the images marked stored) and the
+    upload delivered. After commit: ``pacs.receipt`` per destination (audited as
+    instances transferred) and ``upload.completed``. False when the claim was refused
+    (it moved on, or a worker holds it)."""
+    clinic_uids = sorted({sop_uid for sop_uid, _ in instances})
     with transaction.atomic():
         token = lease_claim(
             upload_id=session.id, states=PAST_RECEIVING_STATES, to_state=UploadState.FORWARDING
         )
-        if token is None or not upload_delivered(
-            upload_id=session.id, token=token, completed_at=now, warnings=session.warnings or []
+        if token is None:
+            transaction.set_rollback(True)
+            return False
+        # The receipt from the row as it is now (ours under the lease): what a worker
+        # wrote while the PACS were being asked is kept, not overwritten by the copy read
+        # before.
+        current = UploadSession.objects.select_for_update().get(pk=session.id)
+        relay_added = list(
+            UploadFile.objects.filter(session=session, added_by_relay=True).values_list(
+                "sop_instance_uid", "pacs_status"
+            )
+        )
+        receipt = _receipt_found_after_restore(
+            receipt=current.receipt,
+            confirmed=confirmed,
+            clinic_uids=clinic_uids,
+            instances_total=len(clinic_uids) + len(relay_added),
+            now=now,
+        )
+        if not upload_delivered(
+            upload_id=session.id,
+            token=token,
+            completed_at=now,
+            warnings=current.warnings or [],
+            receipt=receipt,
+            destination=", ".join(target.name for target in confirmed),
         ):
             transaction.set_rollback(True)
             return False
+        for target in confirmed:
+            pacs_services.deliveries_record(
+                target_key=target.key, instances=instances, delivered_at=now
+            )
+        UploadFile.objects.filter(
+            session=session, kind=FileKind.DICOM, added_by_relay=False
+        ).exclude(pacs_status=PacsStatus.ALREADY_DELIVERED).update(
+            pacs_status=PacsStatus.STORED, pacs_reason=""
+        )
         Study.objects.filter(session=session).update(pacs_state="received")
         upload_id = session.id
+        names = [target.name for target in confirmed]
+        clinic = len(clinic_uids)
+        relay_stored = sum(status != PacsStatus.FAILED for _, status in relay_added)
 
         def finish() -> None:
             upload_files_delete(upload_id=upload_id)
+            for name in names:
+                events.emit(
+                    events.PACS_RECEIPT,
+                    upload_id=str(upload_id),
+                    destination=name,
+                    instances=clinic,
+                    relay_added_instances=relay_stored,
+                )
             events.emit(events.UPLOAD_COMPLETED, upload_id=str(upload_id))
 
         transaction.on_commit(finish)

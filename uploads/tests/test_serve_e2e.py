@@ -95,7 +95,8 @@ def test_sigkilled_worker_on_the_embedded_broker_loses_nothing(product, orthanc_
     worker = next(
         p
         for p in psutil.Process(process.pid).children()
-        if "worker" in p.cmdline() and "celery" in " ".join(p.cmdline())
+        # The main worker, not the backup worker serve also starts.
+        if any(arg.startswith("--hostname=worker@") for arg in p.cmdline())
     )
     deadline = time.monotonic() + 60
     killed = False

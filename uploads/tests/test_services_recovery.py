@@ -169,8 +169,13 @@ def _past_receiving(user: Any, dicom: Any) -> UploadSession:
 
 
 def test_an_upload_the_pacs_lists_after_the_restore_is_completed_and_one_it_lacks_fails(
-    user, settings, orthanc_clean, dicom_test_files
+    user, settings, orthanc_clean, dicom_test_files, django_capture_on_commit_callbacks
 ):
+    from accounts.models import AuditEvent
+    from pacs import selectors as pacs_selectors
+    from pacs.models import DeliveredInstance
+    from uploads.models import PacsStatus, UploadFile
+
     settings.UPLOAD_STORAGE = "local"
     stored, absent = dicom_test_files[0], dicom_test_files[1]
     orthanc_clean.session.post(
@@ -180,7 +185,34 @@ def test_an_upload_the_pacs_lists_after_the_restore_is_completed_and_one_it_lack
     _lose_local_bytes(delivered)  # delivered after the backup: its bytes were removed
     _lose_local_bytes(lost)
 
-    summary = uploads_reconcile()
+    with django_capture_on_commit_callbacks(execute=True):
+        summary = uploads_reconcile()
+
+    # The receipt records a delivery writes: per destination, per image, and audited.
+    (target,) = pacs_selectors.pacs_targets()
+    delivered.refresh_from_db()
+    record = delivered.receipt["destinations"][target.key]  # type: ignore[index]
+    assert record["name"] == target.name and record["confirmed_at"]
+    assert record["confirmed_instances"] == 1 and record["found_after_restore"] is True
+    assert record["acknowledged"] == [stored.sop_instance_uid]
+    assert delivered.destination == target.name
+    assert list(
+        DeliveredInstance.objects.filter(target_key=target.key).values_list(
+            "sop_instance_uid", "study_instance_uid"
+        )
+    ) == [(stored.sop_instance_uid, stored.study_instance_uid)]
+    assert set(
+        UploadFile.objects.filter(session=delivered).values_list("pacs_status", flat=True)
+    ) == {PacsStatus.STORED}
+    upload_status_now = upload_status(session=delivered)
+    assert upload_status_now["pacs"]["receipt"][target.key]["confirmed_instances"] == 1
+    receipts = AuditEvent.objects.filter(
+        action="instances_transferred", object_id=str(delivered.pk)
+    )
+    assert {(e.detail.get("phase"), e.detail.get("instances")) for e in receipts} >= {
+        ("acknowledged", 1)
+    }
+    assert not DeliveredInstance.objects.filter(sop_instance_uid=absent.sop_instance_uid)
 
     assert (summary.checked, summary.completed, summary.failed, summary.unchecked) == (2, 1, 1, 0)
     delivered.refresh_from_db()
@@ -237,3 +269,37 @@ def test_a_receiving_upload_that_moved_on_since_it_was_read_is_left_alone(user, 
     assert _receiving_restore(upload_id=session.pk, size=session.total_size, lost=[0, 1]) is True
     assert UploadChunk.objects.filter(session=session, stored=True).count() == CHUNKS - 2
     assert _counter(session) == CHUNK * (CHUNKS - 2)
+
+
+def test_the_receipt_of_an_upload_found_delivered_keeps_what_a_worker_wrote_meanwhile(
+    user, settings, orthanc_clean, dicom_test_files
+):
+    """The receipt is built from the row as it is once the upload is claimed, not from
+    the copy read before the (slow) PACS queries: a destination record a worker wrote in
+    between, and its warnings, stay."""
+    from pacs import selectors as pacs_selectors
+    from uploads.services.recovery import _complete
+
+    settings.UPLOAD_STORAGE = "local"
+    dicom = dicom_test_files[0]
+    stale = _past_receiving(user, dicom)  # read by reconcile before it asks the PACS
+    worker_record = {"name": "Other PACS", "acknowledged": ["1.2.3"], "confirmed_at": "x"}
+    UploadSession.objects.filter(pk=stale.pk).update(
+        receipt={"destinations": {"other": worker_record}}, warnings=["a worker's warning"]
+    )
+    (target,) = pacs_selectors.pacs_targets()
+
+    assert _complete(
+        session=stale,
+        now=timezone.now(),
+        confirmed=[target],
+        instances=[(dicom.sop_instance_uid, dicom.study_instance_uid)],
+    )
+
+    stale.refresh_from_db()
+    destinations = stale.receipt["destinations"]  # type: ignore[index]
+    assert destinations["other"] == worker_record
+    assert destinations[target.key]["found_after_restore"] is True
+    assert destinations[target.key]["acknowledged"] == [dicom.sop_instance_uid]
+    assert stale.warnings == ["a worker's warning"]
+    assert stale.state == UploadState.COMPLETED

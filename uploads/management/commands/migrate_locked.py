@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from django.core.checks import Tags
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -47,6 +48,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         database = options["database"]
         verbosity = options["verbosity"]
+        # `migrate` called from code (serve) skips the system checks, and without a
+        # database none of the database ones run: those that guard the data (a restore
+        # that did not finish) run here, before anything is migrated.
+        self.check(databases=[database], tags=[Tags.database])
         connection = connections[database]
         if connection.vendor != "postgresql":
             call_command("migrate", database=database, interactive=False, verbosity=verbosity)

@@ -1,6 +1,7 @@
 """``manage.py restore <backup>`` (a folder, or ``s3://bucket/prefix/relaypacs-backup-<time>``):
-into an empty database and report store only; ``--dry-run`` checks the backup and the
-target and changes nothing. Uploads under way at backup time are reconciled afterwards
+into an empty database and report store only, or over what a restore cut short left
+(removed first: run the same command again after a failed restore); ``--dry-run`` checks
+the backup and the target and changes nothing. Uploads under way at backup time are reconciled afterwards
 (``uploads.services.recovery``)."""
 
 from __future__ import annotations
@@ -33,19 +34,29 @@ class Command(BaseCommand):
             if options["dry_run"]:
                 plan = restore_plan(backup=backup)
                 empty = not plan.database_tables and not plan.report_files
-                self.stdout.write(
-                    f"The backup of {plan.created_at} ({plan.engine}) is whole. "
-                    + (
-                        "The target is empty: a restore would go ahead."
-                        if empty
-                        else f"The target is not empty ({plan.database_tables} tables, "
+                if plan.unfinished_restore is not None:
+                    verdict = (
+                        f"{plan.unfinished_restore} A restore would remove what it wrote "
+                        "and start over."
+                    )
+                elif empty:
+                    verdict = "The target is empty: a restore would go ahead."
+                else:
+                    verdict = (
+                        f"The target is not empty ({plan.database_tables} tables, "
                         f"{plan.report_files} report files): a restore would be refused."
                     )
+                self.stdout.write(
+                    f"The backup of {plan.created_at} ({plan.engine}) is whole. {verdict}"
                 )
                 return
             outcome = backup_restore(backup=backup)
         except ApplicationError as exc:
             raise CommandError(f"{exc.message} {exc.hint}") from exc
+        if outcome.redone is not None:
+            self.stdout.write(
+                f"{outcome.redone.sentence()} What it wrote was removed before this restore."
+            )
         self.stdout.write(f"Restored the backup of {outcome.plan.created_at} from {backup}.")
         if outcome.uploads is None:
             self.stdout.write(

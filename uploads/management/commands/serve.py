@@ -1,7 +1,7 @@
 """``manage.py serve``: the whole product on one machine (what ``make run`` starts).
 
 Migrates, starts a local Orthanc PACS unless ``PACS_DICOMWEB_URL``/``PACS_ORTHANC_URL`` is
-set, a Celery worker, Celery beat and the web server (uvicorn, ASGI), then supervises
+set, a Celery worker (and one for the daily backup alone), Celery beat and the web server (uvicorn, ASGI), then supervises
 them: a child that dies (a crashed or killed worker) is restarted, one that keeps dying
 stops the whole relay, and Ctrl-C (or SIGTERM) stops everything it started.
 """
@@ -222,9 +222,29 @@ class Command(BaseCommand):
                 "--loglevel=INFO",
                 f"--concurrency={options['worker_concurrency']}",
                 "--hostname=worker@%h",
+                f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}",
                 *pool,
             ],
             env,
+        )
+        # The daily backup's own worker (CELERY_TASK_ROUTES), one task at a time in one
+        # process: a backup of an hour holds none of processing's slots. Its metrics go
+        # to the shared folder; only the main worker serves METRICS_WORKER_PORT.
+        self._spawn(
+            "backup-worker",
+            [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "relaypacs",
+                "worker",
+                "--loglevel=INFO",
+                "--pool=solo",
+                "--hostname=backups@%h",
+                f"--queues={settings.CELERY_BACKUP_QUEUE}",
+            ],
+            {**env, "METRICS_WORKER_PORT": "0"},
         )
         self._spawn(
             "beat",
