@@ -8,27 +8,15 @@ patient data.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
+
+from relaypacs.admin_base import ViewOnlyAdmin
 
 from .models import ROLLUP_FIELDS, UploadRollup, UploadTimeline
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(UploadRollup)
-class UploadRollupAdmin(ReadOnlyAdmin):
+class UploadRollupAdmin(ViewOnlyAdmin):
     list_display = [
         "day",
         "grain",
@@ -52,7 +40,7 @@ class UploadRollupAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UploadTimeline)
-class UploadTimelineAdmin(ReadOnlyAdmin):
+class UploadTimelineAdmin(ViewOnlyAdmin):
     list_display = [
         "upload_id",
         "checked_at",

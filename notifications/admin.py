@@ -23,6 +23,7 @@ from django.http import HttpRequest
 from accounts.clientinfo import client_info
 from accounts.models import User
 from accounts.services.admin import admin_record_changed
+from relaypacs.admin_base import ViewOnlyAdmin
 
 from .models import Event, Notification, PushSubscription
 from .push import push_subscription_delete
@@ -61,19 +62,6 @@ class ReadFilter(admin.SimpleListFilter):
         if self.value() == "yes":
             return queryset.filter(read_at__isnull=False)
         return queryset
-
-
-class ViewOnlyAdmin(admin.ModelAdmin):
-    """Shown, never added or edited here (the services write these rows)."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Notification)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from time import monotonic
@@ -114,28 +115,9 @@ class Channel(filesystem.Channel):
         return [filesystem.exchange_queue_t(*q) for q in loads(bytes_to_str(raw))]
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        file = self._exchange_file(exchange)
         self.control_folder.mkdir(exist_ok=True)
         entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
-        # Writers serialise on a lock file beside the table; readers never lock: the
-        # table they read is always a whole one, replaced by rename.
-        with open(self.control_folder / f".{file.name}.lock", "ab") as lock_file:
-            filesystem.lock(lock_file, filesystem.LOCK_EX)
-            try:
-                queues = self.get_table(exchange)
-                if entry in queues:
-                    return
-                queues.insert(0, entry)
-                try:
-                    _write_atomically(
-                        path=file,
-                        data=str_to_bytes(dumps(queues)),
-                        scratch=self.control_folder / INCOMING,
-                    )
-                except OSError as exc:
-                    raise ChannelError(f"Cannot open {file}") from exc
-            finally:
-                filesystem.unlock(lock_file)
+        self._table_rewrite(exchange, lambda queues: None if entry in queues else [entry, *queues])
 
     def _delete(
         self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any
@@ -145,19 +127,28 @@ class Channel(filesystem.Channel):
         super(filesystem.Channel, self)._delete(
             queue, exchange, routing_key, pattern, *args, **kwargs
         )
-        file = self._exchange_file(exchange)
-        entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
-        if not file.exists():
+        if not self._exchange_file(exchange).exists():
             return
+        entry = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        self._table_rewrite(exchange, lambda queues: [q for q in queues if q != entry])
+
+    def _table_rewrite(
+        self, exchange: str, change: Callable[[list[Any]], list[Any] | None]
+    ) -> None:
+        """Replace the exchange's table by ``change(table)`` (None: leave it). Writers
+        serialise on a lock file beside the table; readers never lock: the table they
+        read is always a whole one, replaced by rename."""
+        file = self._exchange_file(exchange)
         with open(self.control_folder / f".{file.name}.lock", "ab") as lock_file:
             filesystem.lock(lock_file, filesystem.LOCK_EX)
             try:
-                queues = [q for q in self.get_table(exchange) if q != entry]
-                _write_atomically(
-                    path=file,
-                    data=str_to_bytes(dumps(queues)),
-                    scratch=self.control_folder / INCOMING,
-                )
+                queues = change(self.get_table(exchange))
+                if queues is not None:
+                    _write_atomically(
+                        path=file,
+                        data=str_to_bytes(dumps(queues)),
+                        scratch=self.control_folder / INCOMING,
+                    )
             except OSError as exc:
                 raise ChannelError(f"Cannot open {file}") from exc
             finally:
