@@ -118,9 +118,10 @@ def test_filters_by_status_modality_facility_service_level_and_date(reader):
     assert by("modality=CT") == ["CT, NORTH", "OLD, CT"]
     assert by(f"facility={south.pk}") == ["MR, SOUTH", "OLD, CT", "STAT, MR"]
     assert by("service_level=stat") == ["STAT, MR"]
-    today = timezone.localdate().isoformat()
-    assert by(f"date_from={today}") == ["CT, NORTH", "MR, SOUTH", "STAT, MR"]
-    old_day = (timezone.localdate() - timedelta(days=3)).isoformat()
+    # The day of the reports opened 5 minutes ago (yesterday when the test runs at 00:03).
+    recent_day = timezone.localtime(timezone.now() - timedelta(minutes=5)).date()
+    assert by(f"date_from={recent_day.isoformat()}") == ["CT, NORTH", "MR, SOUTH", "STAT, MR"]
+    old_day = (recent_day - timedelta(days=3)).isoformat()
     assert by(f"date_to={old_day}") == ["OLD, CT"]
 
 

@@ -387,12 +387,15 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
         )
     with transaction.atomic():
         if transitions.upload_received(upload_id=session.id):
-            dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
+            # The event first (after-commit callbacks run in the order registered): a
+            # worker can take the task and emit ``upload.forwarding`` within milliseconds,
+            # and every client must hear ``upload.received`` before it.
             transaction.on_commit(
                 lambda: events.emit(
                     events.UPLOAD_RECEIVED, upload_id=str(session.id), owner_id=session.owner_id
                 )
             )
+            dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
     session.refresh_from_db()
     return session
 
