@@ -179,6 +179,13 @@ class ChunkApi(APIView):
                 required=True,
                 description="Base64 of the MD5 of the body.",
             ),
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[503],
+                description="Seconds to wait before sending the chunk again (server_busy).",
+            ),
         ],
         request={"application/octet-stream": {"type": "string", "format": "binary"}},
         responses={

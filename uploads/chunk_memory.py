@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,8 @@ from contextlib import asynccontextmanager
 from django.conf import settings
 
 from relaypacs.errors import ApplicationError
+
+from .metrics import CHUNK_MEMORY_WAIT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +95,13 @@ class ChunkMemoryBudget:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, future)
         self._waiters.append(entry)
+        started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
                 await future
+            CHUNK_MEMORY_WAIT_SECONDS.observe(time.monotonic() - started)
         except BaseException as exc:
+            CHUNK_MEMORY_WAIT_SECONDS.observe(time.monotonic() - started)
             if future.done() and not future.cancelled():
                 # Granted in the same moment as the timeout or cancellation: given back.
                 self._release(size)

@@ -28,7 +28,8 @@ from relaypacs.errors import ApplicationError
 CHUNKS_RECEIVED = Counter(
     "relaypacs_chunks_received_total",
     "Chunk requests, one per request, by outcome (stored, duplicate, checksum_mismatch, "
-    "conflict, refused, error).",
+    "conflict, busy, refused, error); busy: 503 server_busy, the web process's chunk memory "
+    "budget stayed spent for CHUNK_MEMORY_WAIT_SECONDS.",
     ["outcome"],
 )
 BYTES_RECEIVED = Counter(
@@ -59,7 +60,19 @@ PACS_RETRIES = Counter(
     "Times an upload was put back to wait for an unreachable PACS (a retry scheduled).",
 )
 
-OUTCOME_BY_ERROR_CODE = {"checksum_mismatch": "checksum_mismatch", "chunk_conflict": "conflict"}
+OUTCOME_BY_ERROR_CODE = {
+    "checksum_mismatch": "checksum_mismatch",
+    "chunk_conflict": "conflict",
+    "server_busy": "busy",
+}
+# How long chunk PUTs that found the web process's chunk memory budget spent waited for room
+# (the others do not wait and are not observed), up to CHUNK_MEMORY_WAIT_SECONDS (30 s).
+CHUNK_MEMORY_WAIT_SECONDS = Histogram(
+    "relaypacs_chunk_memory_wait_seconds",
+    "Time chunk PUTs that found their web process's chunk memory budget spent waited for "
+    "room before their body was read (those refused with server_busy count the whole wait).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
+)
 # Waiting states and the moment their wait began: a receiving upload since its init, one
 # waiting for the PACS since the first failure (retries do not restart the clock).
 WAITING_SINCE = {

@@ -165,7 +165,9 @@ def test_pushed_states_stop_polling_and_the_centre_marks_and_opens(
     expect_live(page, False)
     pacs_link.cut()
     page.get_by_role("button", name="Dismiss this study (the history keeps it)").click()
+    expect(card).to_have_count(0)  # off the queue (the history keeps it)
     send_study(page, tmp_path / "two" / "DICOM", "CT chest")
+    expect(card).to_have_count(1)
     # The same synthetic patient, date and modality: the server asks first.
     card.get_by_role("button", name="Send anyway").click()
     expect(card.get_by_test_id("study-state")).to_have_text(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 from rest_framework.test import APIClient
 
 from accounts.models import Role
@@ -32,6 +33,18 @@ from uploads.models import UploadChunk
 from uploads.tests.helpers import content_md5
 
 MIB = 1024 * 1024
+
+
+def _waits() -> tuple[float, float]:
+    """(count, sum) of relaypacs_chunk_memory_wait_seconds in this process."""
+    count = REGISTRY.get_sample_value("relaypacs_chunk_memory_wait_seconds_count") or 0.0
+    total = REGISTRY.get_sample_value("relaypacs_chunk_memory_wait_seconds_sum") or 0.0
+    return count, total
+
+
+def _busy_refusals() -> float:
+    value = REGISTRY.get_sample_value("relaypacs_chunks_received_total", {"outcome": "busy"})
+    return value or 0.0
 
 
 # --- The budget alone ---------------------------------------------------------------------
@@ -135,6 +148,7 @@ def test_a_request_granted_in_the_moment_it_is_cancelled_gives_the_bytes_back():
 def test_the_bytes_go_back_when_the_block_raises_and_a_wait_times_out_with_busy():
     async def scenario() -> None:
         budget = ChunkMemoryBudget(10)
+        waits_before = _waits()
         with pytest.raises(RuntimeError):
             async with budget.reserved(7, timeout=1):
                 raise RuntimeError("storing failed")
@@ -148,6 +162,10 @@ def test_the_bytes_go_back_when_the_block_raises_and_a_wait_times_out_with_busy(
             assert busy.value.status_code == 503 and busy.value.code == "server_busy"
             assert budget.waiting == 0
         assert budget.held == 0
+        # Only the request that found the budget spent is observed, with its whole wait.
+        count, total = _waits()
+        assert count - waits_before[0] == 1
+        assert 0.15 < total - waits_before[1] < 2
 
     asyncio.run(scenario())
 
@@ -302,6 +320,7 @@ def test_a_chunk_that_waits_too_long_is_answered_busy_with_retry_after(settings)
     budget = ChunkMemoryBudget(CHUNK)
     upload, access = _upload(2)
     data = os.urandom(CHUNK)
+    refused_before = _busy_refusals()
     with serving(budget) as port:
         holder = _start_put(port, upload, 0, data, upload["upload_token"])
         holder.sendall(data[:MIB])
@@ -328,6 +347,8 @@ def test_a_chunk_that_waits_too_long_is_answered_busy_with_retry_after(settings)
             time.sleep(0.01)
     assert budget.waiting == 0
     assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
+    # Counted apart from other refusals, so that an operator sees the budget is too small.
+    assert _busy_refusals() - refused_before == 2
 
 
 @pytest.mark.django_db(transaction=True)

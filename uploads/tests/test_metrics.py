@@ -14,7 +14,7 @@ from uploads.tests.helpers import content_md5
 pytestmark = pytest.mark.django_db
 
 CHUNK = 256 * 1024
-OUTCOMES = ("stored", "duplicate", "checksum_mismatch", "conflict", "refused", "error")
+OUTCOMES = ("stored", "duplicate", "checksum_mismatch", "conflict", "busy", "refused", "error")
 
 
 def counts() -> dict[str, float]:
@@ -63,6 +63,7 @@ def test_each_chunk_request_of_the_drf_view_is_counted_once_by_outcome(
         "duplicate": 1,
         "checksum_mismatch": 1,
         "conflict": 1,
+        "busy": 0,
         "refused": 1,
         "error": 0,
         "bytes": len(payload),
