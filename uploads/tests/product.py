@@ -3,13 +3,17 @@ end-to-end tests; shared by the API and the browser tests."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,15 @@ import requests
 from uploads.tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-# Migrations on a new SQLite file, collectstatic and four processes starting: about 20 s
-# here when idle; a loaded 2-core machine (browser tests beside) has taken 90 s.
+# Four processes starting (migrations and static files prepared once, see below): about
+# 5 s here when idle; a loaded 2-core machine (browser tests beside) has taken 90 s.
 START_TIMEOUT = 180
+# Shared by every product the tests start, in every pytest process and later runs of this
+# checkout: the static files collected once (serve collects only when they changed:
+# relaypacs/static_collect.py) and an SQLite database migrated once per set of migrations,
+# copied into each product's DATA_DIR (a product migrating a new database spent 5-20 s of
+# CPU on it at every start). `serve` still runs its migrations: they find nothing to do.
+SHARED = REPO / "var" / "tests"
 
 
 @dataclass
@@ -61,8 +71,61 @@ def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str
         UPLOAD_LEASE_SECONDS="5",
         WEB_WORKERS="1",
     )
+    env.setdefault("STATIC_ROOT", str(SHARED / "static"))
     env.update(overrides)
+    if "DATABASE_URL" not in overrides:
+        database = data_dir / "relaypacs.sqlite3"
+        if not database.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            _copy_sqlite(migrated_database(env), database)
     return env
+
+
+def _migrations_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(REPO.glob("*/migrations/*.py")):
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    import django
+
+    digest.update(django.__version__.encode())
+    return digest.hexdigest()[:16]
+
+
+def migrated_database(env: dict[str, str]) -> Path:
+    """An SQLite database with every migration of this checkout applied (made once, under
+    a lock, by `manage.py migrate` in ``env`` with a DATA_DIR of its own)."""
+    SHARED.mkdir(parents=True, exist_ok=True)
+    template = SHARED / f"db-{_migrations_fingerprint()}.sqlite3"
+    with open(SHARED / "db.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if template.exists():
+            return template
+        with tempfile.TemporaryDirectory(dir=SHARED) as scratch:
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--verbosity=0"],
+                cwd=REPO,
+                env={
+                    **{
+                        k: v
+                        for k, v in env.items()
+                        if k not in {"DATABASE_URL", "DJANGO_SETTINGS_MODULE"}
+                    },
+                    "DATA_DIR": scratch,
+                },
+                check=True,
+                capture_output=True,
+                timeout=600,
+            )
+            partial = SHARED / f"{template.name}.partial"
+            _copy_sqlite(Path(scratch) / "relaypacs.sqlite3", partial)
+            os.replace(partial, template)
+        return template
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """A consistent copy by SQLite's backup API (whatever its journal holds)."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
 
 
 @contextmanager
