@@ -2,7 +2,9 @@
 
 - Notifications are what each user reads in the notification centre: shown and filtered,
   never added or edited here; *Mark as read* and *Mark as unread* go through
-  ``services.notification_mark`` like the app's, so the user's other devices hear of it.
+  ``services.notification_mark`` like the app's, so the user's other devices hear of it,
+  and each run of them is one audit event (``notifications_marked``: which notifications
+  of which users, read or unread).
 - Stream events are history (what each user's live stream sent): read-only.
 - A push subscription can be looked at and deleted (revoked: that device gets no more
   pushes until the app subscribes again); deletion goes through
@@ -17,12 +19,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.clientinfo import client_info
 from accounts.models import User
 from accounts.services.admin import admin_record_changed
+from accounts.services.audit import AUDIT_VOCABULARY
 from relaypacs.admin_base import ViewOnlyAdmin
 
 from .models import Event, Notification, PushSubscription
@@ -31,6 +35,14 @@ from .services import notification_mark
 
 # How much of a secret the admin shows: enough to tell two apart, too little to use.
 SECRET_PREFIX_CHARS = 6
+
+# An administrator changed other users' notifications from the admin (DICOM "Use of
+# Restricted Function": acting on records that are the users' own). Registered at import:
+# the admin's AppConfig (first in INSTALLED_APPS) imports this module in its ready(),
+# before any URL module builds the audit trail's list of actions.
+AUDIT_VOCABULARY.setdefault(
+    "notifications_marked", ("110113 Security Alert", "110132 Use of Restricted Function")
+)
 
 
 def _by(request: HttpRequest) -> User | None:
@@ -97,16 +109,38 @@ class NotificationAdmin(ViewOnlyAdmin):
     def is_read(self, obj: Notification) -> bool:
         return obj.read_at is not None
 
+    @transaction.atomic
     def _mark(self, request: HttpRequest, queryset: QuerySet[Notification], *, read: bool) -> int:
-        changed = 0
+        """Mark the selected notifications through the service (one lock each, in
+        primary-key order) and record one audit event for the run, with the ids of those
+        it changed and of their users; none when nothing changed. Returns how many
+        changed."""
+        changed: list[int] = []
+        users: set[int] = set()
         for notification_id, user_id, read_at in queryset.order_by("pk").values_list(
             "pk", "user_id", "read_at"
         ):
             if (read_at is not None) == read:
                 continue
             notification_mark(user_id=user_id, notification_id=notification_id, read=read)
-            changed += 1
-        return changed
+            changed.append(notification_id)
+            users.add(user_id)
+        if changed:
+            admin_record_changed(
+                action="notifications_marked",
+                object_type="notification",
+                object_id="",  # several: their ids are in the detail
+                change="changed",
+                by=_by(request),
+                client=client_info(request),
+                detail={
+                    "read": read,
+                    "count": len(changed),
+                    "notification_ids": changed,
+                    "user_ids": sorted(users),
+                },
+            )
+        return len(changed)
 
     @admin.action(
         description="Mark as read (for the user, on every device)", permissions=["change"]

@@ -46,6 +46,15 @@ ADMIN_PERMISSIONS: dict[str, dict[str, tuple[str, ...]]] = {
         "pacshealthprobe": ("view",),
     },
     "reports": {"report": ("view",), "reportversion": ("view",), "letterhead": _ALL},
+    "notifications": {
+        # change: the list's "Mark as read/unread" actions only (the page stays read-only).
+        "notification": ("view", "change"),
+        "event": ("view",),
+        # delete: revoking a device's subscription (through the service, audited).
+        "pushsubscription": ("view", "delete"),
+    },
+    # Derived figures, rebuilt by analytics_rebuild: shown only.
+    "analytics": {"uploadrollup": ("view",), "uploadtimeline": ("view",)},
     "axes": {
         "accessattempt": ("view", "delete"),
         "accessfailurelog": ("view",),

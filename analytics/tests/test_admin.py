@@ -112,3 +112,47 @@ def test_staff_without_the_permissions_see_nothing(client, figures):
     ):
         assert client.get(url).status_code == 403, url
     assert "uploadrollup" not in client.get("/admin/").content.decode()
+
+
+def _with_role(username, role):
+    from accounts.services.roles import user_role_access_apply
+
+    user = UserFactory(username=username, role=role)
+    user_role_access_apply(user=user)  # what every service that sets a role calls
+    assert not user.is_superuser
+    return user
+
+
+def test_an_administrator_sees_the_figures_and_changes_nothing(client, figures):
+    from accounts.models import Role
+
+    client.force_login(_with_role("ada", Role.ADMIN))
+    ct, timeline = figures["ct"], figures["timeline"]
+    assert {r.pk for r in shown(client, ROLLUPS)} == {ct.pk, figures["mr"].pk}
+    assert len(shown(client, TIMELINES)) == 2
+    for url in (f"{ROLLUPS}{ct.pk}/change/", f"{TIMELINES}{timeline.pk}/change/"):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        assert not page.context["has_change_permission"], url
+    index = client.get("/admin/").content.decode()
+    assert ROLLUPS in index and TIMELINES in index
+    for url in (
+        f"{ROLLUPS}add/",
+        f"{TIMELINES}add/",
+        f"{ROLLUPS}{ct.pk}/delete/",
+        f"{TIMELINES}{timeline.pk}/delete/",
+    ):
+        assert client.get(url).status_code == 403, url
+    client.post(f"{ROLLUPS}{ct.pk}/change/", {"uploads": "99"})
+    client.post(ROLLUPS, {"action": "delete_selected", "_selected_action": [ct.pk], "post": "yes"})
+    ct.refresh_from_db()
+    assert ct.uploads == 3 and UploadRollup.objects.count() == 2
+
+
+def test_a_radiographer_is_sent_to_the_admin_sign_in(client, figures):
+    from accounts.models import Role
+
+    client.force_login(_with_role("rita", Role.RADIOGRAPHER))
+    for url in (ROLLUPS, TIMELINES, f"{ROLLUPS}{figures['ct'].pk}/change/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url

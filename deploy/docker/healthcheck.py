@@ -1,6 +1,7 @@
 """Container health checks of the RelayPACS image: ``python deploy/docker/healthcheck.py
-web|worker|beat``; exit status 0 when healthy. Standard library only, so a check costs a
-few milliseconds, not a Django start."""
+web|worker|backup-worker|beat`` (the entrypoint's command of the container); exit status 0
+when healthy. Standard library only, so a check costs a few milliseconds, not a Django
+start."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def web() -> bool:
 
 
 def worker() -> bool:
+    """The worker's metrics port answers. A thread of its own serves it, so it answers
+    while a task runs, backup-worker's too (its one solo process runs the task itself)."""
     port = os.environ.get("METRICS_WORKER_PORT", "")
     if not port:
         return True  # nothing cheap to ask; the container's process status decides
@@ -41,7 +44,7 @@ def beat() -> bool:
 
 
 if __name__ == "__main__":
-    checks = {"web": web, "worker": worker, "beat": beat}
+    checks = {"web": web, "worker": worker, "backup-worker": worker, "beat": beat}
     try:
         healthy = checks[sys.argv[1]]()
     except Exception as exc:  # noqa: BLE001  (any failure is "unhealthy", said in one line)

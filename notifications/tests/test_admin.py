@@ -168,6 +168,39 @@ def test_mark_read_goes_through_the_service_and_tells_the_users_devices(client, 
     assert done.read_at is None
 
 
+def test_each_run_of_mark_read_or_unread_is_one_audit_event(client, root, history):
+    done, failed = history["done"], history["failed"]
+    second = Notification.objects.create(
+        user=history["ben"], kind=NotificationKind.UPLOAD_COMPLETED, title="Second"
+    )
+    client.post(
+        NOTIFICATIONS,
+        {"action": "mark_read", "_selected_action": [done.pk, failed.pk, second.pk]},
+    )
+    # One event for the run, naming the two it changed (the one read already is not).
+    (marked,) = AuditEvent.objects.filter(action="notifications_marked")
+    assert marked.user == root and marked.object_type == "notification"
+    assert marked.detail == {
+        "change": "changed",
+        "read": True,
+        "count": 2,
+        "notification_ids": [done.pk, second.pk],
+        "user_ids": sorted([history["ann"].pk, history["ben"].pk]),
+    }
+    client.post(NOTIFICATIONS, {"action": "mark_unread", "_selected_action": [done.pk]})
+    unread = AuditEvent.objects.filter(action="notifications_marked").latest("pk")
+    assert unread.pk != marked.pk
+    assert unread.detail["read"] is False and unread.detail["notification_ids"] == [done.pk]
+    # A run that changes nothing records nothing.
+    client.post(NOTIFICATIONS, {"action": "mark_unread", "_selected_action": [done.pk]})
+    assert AuditEvent.objects.filter(action="notifications_marked").count() == 2
+    # The audit export filters by it (its list of actions was built with it in).
+    from accounts.apis import AuditExportApi
+
+    choices = AuditExportApi.AuditExportFilterSerializer().fields["action"].choices
+    assert "notifications_marked" in choices
+
+
 def test_a_push_subscriptions_secrets_are_never_shown_whole(client, root, history):
     subscription = history["subscription"]
     for url in (SUBSCRIPTIONS, f"{SUBSCRIPTIONS}{subscription.pk}/change/"):
@@ -284,3 +317,79 @@ def test_view_permission_alone_shows_but_neither_marks_nor_revokes(client, histo
     history["done"].refresh_from_db()
     assert history["done"].read_at is None
     assert "mark_read" not in client.get(NOTIFICATIONS).content.decode()
+
+
+# --- The Administrator role (not a superuser): the managed group's permissions ---------
+
+
+def _with_role(username: str, role: str) -> User:
+    from accounts.services.roles import user_role_access_apply
+
+    user = UserFactory(username=username, role=role)
+    user_role_access_apply(user=user)  # what every service that sets a role calls
+    assert not user.is_superuser
+    return user
+
+
+def test_an_administrator_sees_the_lists_and_pages_and_uses_the_actions(client, history):
+    from accounts.models import Role
+
+    ada = _with_role("ada", Role.ADMIN)
+    client.force_login(ada)
+    done, subscription = history["done"], history["subscription"]
+    for url in (
+        NOTIFICATIONS,
+        EVENTS,
+        SUBSCRIPTIONS,
+        f"{NOTIFICATIONS}{done.pk}/change/",
+        f"{EVENTS}{Event.objects.first().pk}/change/",
+        f"{SUBSCRIPTIONS}{subscription.pk}/change/",
+        f"{SUBSCRIPTIONS}{subscription.pk}/delete/",
+    ):
+        assert client.get(url).status_code == 200, url
+    index = client.get("/admin/").content.decode()
+    for url in (NOTIFICATIONS, EVENTS, SUBSCRIPTIONS):
+        assert url in index, url
+    # What the pages offer, and nothing more: the two marks, no adding, editing or
+    # deleting of notifications or events.
+    assert set(client.get(NOTIFICATIONS).context["action_form"].fields["action"].choices) >= {
+        ("mark_read", "Mark as read (for the user, on every device)"),
+        ("mark_unread", "Mark as unread"),
+    }
+    assert "delete_selected" not in client.get(NOTIFICATIONS).content.decode()
+    assert "delete_selected" not in client.get(EVENTS).content.decode()
+    assert client.get(f"{NOTIFICATIONS}add/").status_code == 403
+    assert not client.get(f"{NOTIFICATIONS}{done.pk}/change/").context["has_change_permission"]
+    assert client.get(f"{EVENTS}{Event.objects.first().pk}/delete/").status_code == 403
+
+    client.post(NOTIFICATIONS, {"action": "mark_read", "_selected_action": [done.pk]})
+    done.refresh_from_db()
+    assert done.read_at is not None
+    marked = AuditEvent.objects.get(action="notifications_marked")
+    assert marked.user == ada and marked.detail["notification_ids"] == [done.pk]
+
+    # Revoking a device's subscription: through the service, audited as before.
+    response = client.post(f"{SUBSCRIPTIONS}{subscription.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not PushSubscription.objects.filter(pk=subscription.pk).exists()
+    assert not push_status(session_id=history["signed"].session.id).subscribed
+    revoked = AuditEvent.objects.get(action="push_subscription_revoked")
+    assert revoked.user == ada and revoked.object_id == str(subscription.pk)
+
+
+def test_a_radiographer_is_sent_to_the_admin_sign_in_and_changes_nothing(client, history):
+    from accounts.models import Role
+
+    client.force_login(_with_role("rita", Role.RADIOGRAPHER))
+    subscription = history["subscription"]
+    for url in (NOTIFICATIONS, EVENTS, SUBSCRIPTIONS, f"{SUBSCRIPTIONS}{subscription.pk}/delete/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+    client.post(f"{SUBSCRIPTIONS}{subscription.pk}/delete/", {"post": "yes"})
+    client.post(NOTIFICATIONS, {"action": "mark_read", "_selected_action": [history["done"].pk]})
+    assert PushSubscription.objects.filter(pk=subscription.pk).exists()
+    history["done"].refresh_from_db()
+    assert history["done"].read_at is None
+    assert not AuditEvent.objects.filter(
+        action__in=["notifications_marked", "push_subscription_revoked"]
+    ).exists()

@@ -1,10 +1,11 @@
 """docker-compose.yml and .env.example as shipped. No Docker engine runs here, so: Debian's
 ``docker-compose config`` must accept the file, and the product must start from exactly
-the environment and commands the file gives ``migrate``, ``web`` and ``worker`` (through
-deploy/docker/entrypoint.sh, as in the image), with only the other containers' host names
-and the container paths mapped to this machine: a fresh PostgreSQL database, this run's
-Redis, the test Orthanc and a real S3 protocol server (moto) for MinIO. It must pass
-``check --deploy``, migrate, serve through the shipped nginx conf and deliver an upload."""
+the environment and commands the file gives ``migrate``, ``web``, ``worker`` and
+``backup-worker`` (through deploy/docker/entrypoint.sh, as in the image), with only the
+other containers' host names and the container paths mapped to this machine: a fresh
+PostgreSQL database, this run's Redis, the test Orthanc and a real S3 protocol server
+(moto) for MinIO. It must pass ``check --deploy``, migrate, serve through the shipped nginx
+conf and deliver an upload, and the daily backup must run on backup-worker alone."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -90,6 +92,7 @@ def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
         "nginx",
         "web",
         "worker",
+        "backup-worker",
         "beat",
         "migrate",
         "db",
@@ -107,7 +110,7 @@ def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
             assert service.get("restart") == "no", name
         else:
             assert service["healthcheck"]["test"], name
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "backup-worker", "beat"):
         needs = services[name]["depends_on"]
         assert needs["migrate"] == {"condition": "service_completed_successfully"}, name
         assert needs["minio-init"] == {"condition": "service_completed_successfully"}, name
@@ -117,6 +120,16 @@ def test_docker_compose_accepts_the_file_and_every_service_is_checked(compose):
     # Scalable: no fixed name and no host port on web (nginx is the way in).
     assert "container_name" not in services["web"] and "ports" not in services["web"]
     assert services["worker"]["environment"]["METRICS_WORKER_PORT"] == "9808"
+    # Backups on a worker of their own (as `manage.py serve` runs them): the worker takes
+    # the pipeline's queue only; backup-worker, its own command, checked by its own mode.
+    worker, backups = services["worker"], services["backup-worker"]
+    assert worker["environment"]["WORKER_QUEUES"] == worker["environment"]["CELERY_QUEUE"]
+    assert backups["command"] == ["backup-worker"]
+    assert backups["healthcheck"]["test"][-2:] == ["deploy/docker/healthcheck.py", "backup-worker"]
+    assert backups["environment"]["METRICS_WORKER_PORT"] == "9808"
+    assert backups["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+    assert "WORKER_QUEUES" not in backups["environment"]
+    assert backups["image"] == worker["image"] and backups["volumes"] == worker["volumes"]
     assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
     assert services["web"]["environment"]["METRICS_TOKEN_FILE"] == (
         "/run/secrets/relaypacs_metrics_token"
@@ -151,7 +164,6 @@ NOT_FOR_COMPOSE = {
     "PACS_PASSWORD_FILE",
     "EMAIL_HOST_PASSWORD_FILE",
     "SENTRY_DSN_FILE",
-    "SENTRY_RELEASE",
     "ARCHIVE_MAX_EXPANDED_BYTES",
     "WEB_PUSH_ALLOW_INSECURE_ENDPOINTS",  # tests only: http push endpoints on loopback
     "VAPID_PRIVATE_KEY",  # compose gives VAPID_PRIVATE_KEY_FILE (a secret)
@@ -182,7 +194,7 @@ def test_every_setting_of_the_product_is_in_env_example_or_the_compose_file(comp
 
 # --- Each service gets only what it needs ---------------------------------------------------
 
-APP_SERVICES = ("web", "worker", "beat", "migrate", "backup")
+APP_SERVICES = ("web", "worker", "backup-worker", "beat", "migrate", "backup")
 # Every variable of the stack that carries a credential (a password, key, token, or an
 # address with a password in it), wherever it is read.
 CREDENTIALS = {
@@ -192,6 +204,9 @@ CREDENTIALS = {
     "S3_ACCESS_KEY_ID",
     "S3_SECRET_ACCESS_KEY",
     "S3_SECRET_ACCESS_KEY_FILE",
+    "BACKUP_S3_ACCESS_KEY_ID",
+    "BACKUP_S3_SECRET_ACCESS_KEY",
+    "BACKUP_S3_SECRET_ACCESS_KEY_FILE",
     "PACS_PASSWORD",
     "PACS_PASSWORD_FILE",
     "PACS_TOKEN",
@@ -256,6 +271,19 @@ EXPECTED_CREDENTIALS: dict[str, tuple[set[str], set[str]]] = {
             "relaypacs_vapid_private_key",
         },
     ),
+    # The daily backup: the database, the bucket (the report store, backups/), a backup
+    # bucket's own key if set, and the scrape token; no PACS, mail or push.
+    "backup-worker": (
+        _APP_BASE
+        | {
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY_FILE",
+            "BACKUP_S3_ACCESS_KEY_ID",
+            "BACKUP_S3_SECRET_ACCESS_KEY",
+            "METRICS_TOKEN_FILE",
+        },
+        {"relaypacs_secret_key", "relaypacs_s3_secret_key", "relaypacs_metrics_token"},
+    ),
     # Only schedules: Redis and its lock in the database.
     "beat": (_APP_BASE, {"relaypacs_secret_key"}),
     # check --deploy reaches the bucket; backup writes to it.
@@ -264,7 +292,13 @@ EXPECTED_CREDENTIALS: dict[str, tuple[set[str], set[str]]] = {
         {"relaypacs_secret_key", "relaypacs_s3_secret_key"},
     ),
     "backup": (
-        _APP_BASE | {"S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY_FILE"},
+        _APP_BASE
+        | {
+            "S3_ACCESS_KEY_ID",
+            "S3_SECRET_ACCESS_KEY_FILE",
+            "BACKUP_S3_ACCESS_KEY_ID",
+            "BACKUP_S3_SECRET_ACCESS_KEY",
+        },
         {"relaypacs_secret_key", "relaypacs_s3_secret_key"},
     ),
     "db": ({"POSTGRES_PASSWORD", "POSTGRES_MONITOR_PASSWORD_FILE"}, {"postgres_monitor_password"}),
@@ -396,11 +430,13 @@ def mapped_environment(
     orthanc: Any,
     s3: Any,
     root: Path,
+    tmp: Path,
     ports: dict[str, int],
     queue: str,
 ) -> dict[str, str]:
     """The service's environment from the compose file, with what names another container
-    or a path inside this one mapped to this machine; every other value as given."""
+    or a path inside this one mapped to this machine (``tmp``: the container's own /tmp);
+    every other value as given."""
     env = {k: str(v) for k, v in service["environment"].items()}
     user, password = orthanc.auth
     # Only what the service is given is mapped: nothing is added.
@@ -424,7 +460,7 @@ def mapped_environment(
         if value.startswith("/data"):
             env[name] = str(root / "data") + value[len("/data") :]
         elif value.startswith("/tmp/"):  # noqa: S108
-            env[name] = str(root / "tmp") + value[len("/tmp") :]
+            env[name] = str(tmp) + value[len("/tmp") :]
         elif value.startswith("/run/secrets/"):
             env[name] = str(root / "secrets" / value.rsplit("/", 1)[1])
     for name, port in ports.items():
@@ -432,6 +468,10 @@ def mapped_environment(
             env[name] = str(port)
     # The Redis here is shared by other test runs: a queue of this test's own, so that no
     # other run's worker takes these tasks (what CELERY_QUEUE is for).
+    if "WORKER_QUEUES" in env:
+        # The worker's queues are CELERY_QUEUE (docker-compose.yml fills both from it).
+        assert env["WORKER_QUEUES"] == env["CELERY_QUEUE"]
+        env["WORKER_QUEUES"] = queue
     env["CELERY_QUEUE"] = queue
     # This machine's programs: the image's python is the checkout's virtualenv.
     env["PATH"] = f"{REPO / '.venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
@@ -463,6 +503,50 @@ def wait_until(check: Any, *, what: str, process: subprocess.Popen[bytes], log: 
         assert process.poll() is None, f"{what} exited:\n{log.read_text()[-5000:]}"
         assert time.monotonic() < deadline, f"{what} never became ready:\n{log.read_text()[-5000:]}"
         time.sleep(0.5)
+
+
+# What a worker logs when it receives the daily backup task.
+BACKUP_TASK = "Task uploads.tasks.backup_scheduled_task["
+
+
+def backup_manifests(s3: Any, bucket: str) -> set[str]:
+    """The manifests (one per whole backup) under the bucket's backups/ prefix."""
+    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix="backups/")
+    return {o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/manifest.json")}
+
+
+def queues_and_backup_sent(env: dict[str, str]) -> dict[str, Any]:
+    """In one product process (through the entrypoint, as `docker-compose run` would): the
+    settings' two queue names, ``celery inspect active_queues`` of this host's worker and
+    backup-worker, then the daily backup task sent as beat sends it (``delay``: routed by
+    CELERY_TASK_ROUTES)."""
+    host = socket.gethostname()
+    script = f"""
+import json
+from django.conf import settings
+from relaypacs.celery import app
+from uploads.tasks import backup_scheduled_task
+replies = app.control.inspect(destination=["worker@{host}", "backups@{host}"], timeout=30)
+queues = replies.active_queues() or {{}}
+backup_scheduled_task.delay()
+print("RESULT " + json.dumps({{
+    "pipeline": settings.CELERY_TASK_DEFAULT_QUEUE,
+    "backups": settings.CELERY_BACKUP_QUEUE,
+    "queues": {{name: sorted(q["name"] for q in qs) for name, qs in queues.items()}},
+}}))
+"""
+    out = subprocess.run(
+        [str(ENTRYPOINT), "python", "manage.py", "shell", "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))
+    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+    return result
 
 
 def healthy(service: str, env: dict[str, str]) -> bool:
@@ -501,6 +585,8 @@ def test_the_product_runs_with_exactly_the_compose_environment(
         pass
     redis_url = this_runs_redis_url()
     ports = {"PORT": free_port(), "METRICS_WORKER_PORT": free_port()}
+    # A container of its own: its own metrics port and /tmp (its metrics folder).
+    backup_ports = {**ports, "METRICS_WORKER_PORT": free_port()}
     queue = f"relaypacs-compose-test-{secrets.token_hex(4)}"
 
     with ExitStack() as stack, fresh_postgres_database("h8_compose") as database_url:
@@ -512,14 +598,17 @@ def test_the_product_runs_with_exactly_the_compose_environment(
                 orthanc=orthanc_clean,
                 s3=s3_server,
                 root=root,
-                ports=ports,
+                tmp=root / "tmp" / name,
+                ports=backup_ports if name == "backup-worker" else ports,
                 queue=queue,
             )
-            for name in ("migrate", "web", "worker")
+            for name in ("migrate", "web", "worker", "backup-worker")
         }
         # The environments differ only where the compose file says so.
-        common = set(envs["web"]) & set(envs["worker"])
-        assert all(envs["web"][k] == envs["worker"][k] for k in common)
+        given = {name: services[name]["environment"] for name in ("web", "worker", "backup-worker")}
+        for one, other in (("web", "worker"), ("worker", "backup-worker")):
+            common = set(given[one]) & set(given[other])
+            assert all(given[one][k] == given[other][k] for k in common), (one, other)
 
         # migrate: check --deploy (start-up validation), then the locked migrate.
         migrate = subprocess.run(
@@ -543,17 +632,43 @@ def test_the_product_runs_with_exactly_the_compose_environment(
                 conn.rollback()
 
         web_log, worker_log = root / "web.log", root / "worker.log"
+        backup_log = root / "backup-worker.log"
         web = stack.enter_context(
             started([str(ENTRYPOINT), *services["web"]["command"]], envs["web"], web_log)
         )
         worker = stack.enter_context(
             started([str(ENTRYPOINT), *services["worker"]["command"]], envs["worker"], worker_log)
         )
+        backup_worker = stack.enter_context(
+            started(
+                [str(ENTRYPOINT), *services["backup-worker"]["command"]],
+                envs["backup-worker"],
+                backup_log,
+            )
+        )
         # The compose health checks, run as the containers would.
         wait_until(lambda: healthy("web", envs["web"]), what="web", process=web, log=web_log)
         wait_until(
             lambda: healthy("worker", envs["worker"]), what="worker", process=worker, log=worker_log
         )
+        wait_until(
+            lambda: healthy("backup-worker", envs["backup-worker"]),
+            what="backup-worker",
+            process=backup_worker,
+            log=backup_log,
+        )
+        # Which queues each consumes, as the running workers answer, and the daily backup
+        # sent as beat sends it (routed by the settings), while the upload below runs.
+        backups_before = backup_manifests(s3_server, bucket)
+        answered = queues_and_backup_sent(envs["worker"])
+        assert answered["pipeline"] == queue  # CELERY_QUEUE, as the test set it
+        # CELERY_BACKUP_QUEUE is empty in .env.example: the settings' default.
+        assert answered["backups"] == f"{queue}-backups"
+        assert answered["queues"] == {
+            f"worker@{socket.gethostname()}": [queue],
+            f"backups@{socket.gethostname()}": [f"{queue}-backups"],
+        }
+        assert "concurrency: 1 (solo)" in backup_log.read_text()
 
         nginx = stack.enter_context(running_nginx(root / "nginx", upstreams=[ports["PORT"]]))
         host = services["web"]["environment"]["ALLOWED_HOSTS"].split(",")[0]
@@ -637,6 +752,19 @@ def test_the_product_runs_with_exactly_the_compose_environment(
         assert status["state"] == "completed", (status, worker_log.read_text()[-3000:])
         for path in paths:
             assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes()
+
+        # The backup went to the bucket's backups/ prefix (BACKUP_TARGET empty, S3 mode),
+        # taken by backup-worker; the worker never saw it.
+        deadline = time.monotonic() + START_SECONDS
+        while not backup_manifests(s3_server, bucket) - backups_before:
+            assert backup_worker.poll() is None, backup_log.read_text()[-5000:]
+            assert time.monotonic() < deadline, backup_log.read_text()[-5000:]
+            time.sleep(0.5)
+        assert BACKUP_TASK in backup_log.read_text()
+        assert BACKUP_TASK not in worker_log.read_text()
+        # And the pipeline's tasks only the worker.
+        assert "Task uploads.tasks.upload_process_task[" in worker_log.read_text()
+        assert "Task uploads.tasks.upload_process_task[" not in backup_log.read_text()
 
         # The worker's own metrics port (what Prometheus scrapes as worker:9808).
         scraped = requests.get(

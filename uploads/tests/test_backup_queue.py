@@ -1,6 +1,7 @@
 """The daily backup runs on its own queue (CELERY_TASK_ROUTES): the worker that
 ``manage.py serve`` starts for processing never takes it, the backup worker beside it
-does, and a worker started without ``-Q`` (the compose stack's) takes both. Real Celery
+does, and a worker started without ``-Q`` takes both (the compose stack runs a
+backup-worker service of its own: relaypacs/tests/test_deploy_compose.py). Real Celery
 workers on the real Redis and on the embedded (files) broker, the embedded default's
 SQLite database."""
 
