@@ -107,7 +107,8 @@ class UploadSession(models.Model):
 
 class UploadChunk(models.Model):
     """A claimed chunk. The row is inserted (the claim) before a byte is written;
-    ``stored`` turns true once the bytes are on disk."""
+    ``stored`` turns true once the bytes are written (durable on disk with
+    ``UPLOAD_FSYNC=chunk``; otherwise flushed and checked when complete takes the upload)."""
 
     session = models.ForeignKey(UploadSession, on_delete=models.CASCADE, related_name="chunks")
     index = models.IntegerField()

@@ -379,7 +379,8 @@ export class Uploader {
       await this.applyStatus(study.id!, status);
       return;
     }
-    // The server's list of missing chunks is the truth: it never lists an acknowledged chunk.
+    // The server's list of missing chunks is the truth: it can name an acknowledged chunk
+    // it lost (a power cut before complete flushed it, a restore), which is sent again.
     const missing = status.missing_chunks;
     const started = await db.transaction("rw", db.studies, db.ackPages, async () => {
       const begun = await studyEvent(study.id!, { type: "start" }, { bytesAcked: status.bytes_received, serverState: "receiving", error: null });

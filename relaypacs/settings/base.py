@@ -318,11 +318,15 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         "unacked_restore_throttle": 1 if BROKER_VISIBILITY_TIMEOUT_SECONDS < 1000 else 10,
     }
 # Several deployments on one Redis (or RabbitMQ vhost) keep apart with a queue each.
-CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
+# An empty value means unset (a compose file passes `${CELERY_QUEUE:-}`).
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="") or "celery"
 # The daily backup has a queue of its own: it runs for minutes to hours and would hold one
-# of processing's worker slots. `manage.py serve` runs a worker for it alone; a worker
-# started without -Q (the compose stack's) consumes both queues.
-CELERY_BACKUP_QUEUE = env.str("CELERY_BACKUP_QUEUE", default=f"{CELERY_TASK_DEFAULT_QUEUE}-backups")
+# of processing's worker slots. `manage.py serve` and the compose stack run a worker for it
+# alone (serve's backup worker, compose's backup-worker service); a worker started without
+# -Q consumes both queues.
+CELERY_BACKUP_QUEUE = (
+    env.str("CELERY_BACKUP_QUEUE", default="") or f"{CELERY_TASK_DEFAULT_QUEUE}-backups"
+)
 CELERY_TASK_QUEUES = tuple(
     Queue(name, Exchange(name), routing_key=name)  # apart: a message reaches one queue only
     for name in (CELERY_TASK_DEFAULT_QUEUE, CELERY_BACKUP_QUEUE)
@@ -420,8 +424,33 @@ UPLOAD_RESUME_WINDOW = timedelta(hours=env.float("UPLOAD_RESUME_WINDOW_HOURS", d
 # A worker renews its lease after every STOW batch; past it, beat hands the work to another.
 UPLOAD_LEASE_SECONDS = env.int("UPLOAD_LEASE_SECONDS", default=300)
 UPLOAD_DUPLICATE_WINDOW = timedelta(days=env.int("UPLOAD_DUPLICATE_WINDOW_DAYS", default=30))
-# Flush every acknowledged chunk to disk: a power cut must never lose an acknowledged byte.
-UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=True)
+# When local upload bytes are flushed to disk (uploads/storage/local.py). "complete": once,
+# when complete takes the upload, which then checks every acknowledged chunk is on disk and
+# asks the client again for any a power cut lost (the app keeps a study's files until it is
+# completed); "chunk": also before every chunk's answer (slower ingest); "off": never (tests,
+# throwaway machines; the check at complete still runs). The old true/false mean chunk/off.
+UPLOAD_FSYNC_MODES = ("complete", "chunk", "off")
+_UPLOAD_FSYNC_ALIASES = {
+    **{value: "chunk" for value in environ.Env.BOOLEAN_TRUE_STRINGS},
+    **{value: "off" for value in ("false", "no", "n", "0")},
+}
+
+
+def upload_fsync_mode(value: str) -> str:
+    """The UPLOAD_FSYNC mode ``value`` names; raises ImproperlyConfigured with a sentence
+    naming the variable and its allowed values (not the value: it is the operator's)."""
+    word = value.strip().lower()
+    mode = _UPLOAD_FSYNC_ALIASES.get(word, word)
+    if mode not in UPLOAD_FSYNC_MODES:
+        raise ImproperlyConfigured(
+            "The environment variable UPLOAD_FSYNC is malformed: it must be complete (the "
+            "default), chunk or off (true and false are read as chunk and off). Correct "
+            "UPLOAD_FSYNC and start again."
+        )
+    return mode
+
+
+UPLOAD_FSYNC = upload_fsync_mode(env.str("UPLOAD_FSYNC", default="complete"))
 # Seconds the lean chunk endpoint (uploads.chunk_endpoint) keeps a database connection of
 # its thread pool open for the next chunks; opening one per chunk cost ~8% of its CPU.
 CHUNK_DB_CONN_MAX_AGE = env.int("CHUNK_DB_CONN_MAX_AGE", default=300)
@@ -589,7 +618,7 @@ if env.str("SENTRY_DSN_FILE", default=""):
 sentry_init(
     dsn=SENTRY_DSN,
     environment=env.str("SENTRY_ENVIRONMENT", default="production"),
-    release=env.str("SENTRY_RELEASE", default=f"relaypacs@{SPECTACULAR_SETTINGS['VERSION']}"),
+    release=env.str("SENTRY_RELEASE", default="") or f"relaypacs@{SPECTACULAR_SETTINGS['VERSION']}",
     traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
 )
 

@@ -65,10 +65,10 @@ for _name in ("CELERY_BROKER_URL", "REDIS_URL"):
 _redis_databases_do_not_overlap()
 
 from .base import *  # noqa: E402,F403
-from .base import env  # noqa: E402
+from .base import env, upload_fsync_mode  # noqa: E402
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-UPLOAD_FSYNC = env.bool("UPLOAD_FSYNC", default=False)
+UPLOAD_FSYNC = upload_fsync_mode(env.str("UPLOAD_FSYNC", default="off"))
 # Connections of the lean chunk endpoint close after each request, so that no thread keeps
 # the test database open when it is dropped.
 CHUNK_DB_CONN_MAX_AGE = 0

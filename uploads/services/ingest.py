@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import math
 import re
 import uuid
@@ -27,16 +29,20 @@ from ..models import (
     PacsStatus,
     ServiceLevel,
     Study,
+    UploadChunk,
     UploadFile,
     UploadSession,
     UploadState,
 )
-from ..selectors import upload_missing_chunks, uploads_visible_to
+from ..selectors import uploads_visible_to
 from ..tokens import upload_token_issue
 from . import transitions
 from .chunks import upload_ensure_receiving
 from .dispatch import FORWARD_TASK, PROCESS_TASK, dispatch_on_commit
+from .recovery import upload_chunks_forget
 from .removal import upload_files_delete
+
+logger = logging.getLogger(__name__)
 
 METADATA_FIELDS = (
     "patient_name",
@@ -66,6 +72,10 @@ STUDY_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 MAX_NAME_LENGTH = 1024
 # A CD of thousands of images is normal; beyond this a manifest is a mistake or an attack.
 MAX_FILES = 100_000
+# Rounds of flush-and-check one complete makes: another round is needed only when a
+# concurrent complete forgot chunks a power cut lost and the client re-sent them in
+# between, so a third is already a second power cut's worth of bad luck.
+COMPLETE_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -367,37 +377,149 @@ def upload_token_refresh(*, session: UploadSession, user: User, session_id: str 
     return upload_token_issue(upload_id=session.id, user_id=user.pk, session_id=session_id)
 
 
+def _incomplete(
+    *, session: UploadSession, missing: list[int], lost: bool = False
+) -> ApplicationError:
+    if lost:
+        message = (
+            f"The server lost {len(missing)} of {session.total_chunks} chunks before they "
+            "were safely on its disk (a power cut or a disk error)."
+        )
+    else:
+        message = f"{len(missing)} of {session.total_chunks} chunks have not arrived yet."
+    return ApplicationError(
+        "upload_incomplete",
+        message,
+        "Send the chunks listed in missing_chunks, then complete again.",
+        status_code=409,
+        extra={"missing_chunks": missing[:1000]},
+    )
+
+
+def _stored_chunks(*, upload_id: uuid.UUID) -> dict[int, tuple[int, storage.StoredChunk]]:
+    """The upload's stored chunks: index -> (row id, size and MD5)."""
+    return {
+        index: (pk, storage.StoredChunk(size=size, md5=md5))
+        for pk, index, size, md5 in UploadChunk.objects.filter(
+            session_id=upload_id, stored=True
+        ).values_list("pk", "index", "size", "md5")
+    }
+
+
+def _chunks_lost(
+    *, session: UploadSession, stored: dict[int, tuple[int, storage.StoredChunk]]
+) -> list[int]:
+    """Flush the upload's bytes, then the indexes of ``stored`` whose bytes the storage
+    does not hold: acknowledged, then lost in a power cut before this flush. None where
+    an acknowledged write is durable by itself (S3: and no request is made)."""
+    if storage.stream_writes_durable():
+        return []
+    try:
+        storage.stream_flush(upload_id=session.id)
+    except OSError as exc:
+        # The kernel reports a failed write-back once and may then call its pages clean,
+        # so a later flush can succeed without the bytes: none written before can be
+        # trusted to be on disk, and every chunk is asked for again.
+        logger.error(
+            "could not flush upload %s to disk (%s); its chunks will be sent again",
+            session.id,
+            errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+        )
+        return sorted(stored)
+    by_offset = {index * session.chunk_size: chunk for index, (_, chunk) in stored.items()}
+    present = storage.chunks_present(upload_id=session.id, chunks=by_offset)
+    return sorted(index for index in stored if index * session.chunk_size not in present)
+
+
 def upload_complete(*, session: UploadSession) -> UploadSession:
     """Hand a fully received upload to the worker. Calling it again is harmless.
 
+    This is where the server takes the upload, so it is where its bytes become durable:
+    on local disk the assembly file is flushed (``storage.stream_flush``, outside any
+    transaction: on SQLite one would hold every writer for the flush) and every stored
+    chunk is checked on disk (``storage.chunks_present``). Chunks a power cut lost
+    between their answer and now are forgotten (``recovery.upload_chunks_forget``: their
+    bytes leave ``bytes_received``) and named in ``missing_chunks``, for the client,
+    which keeps the files until the upload is completed, to send again. The move to
+    ``processing`` then happens under a lock on the upload's row, and only if the stored
+    chunks are still the very rows that were flushed and checked: a concurrent complete
+    that forgot a chunk (and the client re-sent it, unflushed) sends this one round
+    again. A cancel racing it wins or loses whole (every change is conditional on
+    ``receiving``).
+
+    A flush the disk refuses counts every chunk lost (the kernel may drop the bytes
+    it could not write and call them clean), so that the client sends them all again.
+
     Raises 409 ``upload_incomplete`` (with ``missing_chunks``) or ``upload_not_receiving``.
     """
+    checked: set[int] = set()
+    for _ in range(COMPLETE_ROUNDS):
+        if not _still_receiving(session):
+            return session
+        stored = _stored_chunks(upload_id=session.id)
+        missing = [index for index in range(session.total_chunks) if index not in stored]
+        if missing:
+            raise _incomplete(session=session, missing=missing)
+        lost = _chunks_lost(session=session, stored=stored)
+        checked = {pk for pk, _ in stored.values()}
+        if lost:
+            if upload_chunks_forget(upload_id=session.id, size=session.total_size, lost=lost):
+                raise _incomplete(session=session, missing=lost, lost=True)
+        elif _upload_take(session=session, checked=checked):
+            session.refresh_from_db()
+            return session
+        session.refresh_from_db()  # it moved on, or its chunks changed: look again
+    if not _still_receiving(session):
+        return session
+    # Chunks forgotten and re-sent at every round by concurrent completes: ask for those
+    # not flushed and checked (sent again, the stored ones are accepted without a write),
+    # and the next complete flushes them.
+    current = _stored_chunks(upload_id=session.id)
+    unchecked = [
+        index
+        for index in range(session.total_chunks)
+        if index not in current or current[index][0] not in checked
+    ]
+    raise _incomplete(session=session, missing=unchecked)
+
+
+def _still_receiving(session: UploadSession) -> bool:
+    """Whether ``session`` is receiving. Raises 409 ``upload_not_receiving`` when it was
+    cancelled or failed (any later state: complete was done)."""
     if session.state in (UploadState.CANCELLED, UploadState.FAILED):
         upload_ensure_receiving(session)
-    if session.state != UploadState.RECEIVING:
-        return session
-    missing = upload_missing_chunks(session=session)
-    if missing:
-        raise ApplicationError(
-            "upload_incomplete",
-            f"{len(missing)} of {session.total_chunks} chunks have not arrived yet.",
-            "Send the chunks listed in missing_chunks, then complete again.",
-            status_code=409,
-            extra={"missing_chunks": missing[:1000]},
-        )
-    with transaction.atomic():
-        if transitions.upload_received(upload_id=session.id):
-            # The event first (after-commit callbacks run in the order registered): a
-            # worker can take the task and emit ``upload.forwarding`` within milliseconds,
-            # and every client must hear ``upload.received`` before it.
-            transaction.on_commit(
-                lambda: events.emit(
-                    events.UPLOAD_RECEIVED, upload_id=str(session.id), owner_id=session.owner_id
-                )
+    return session.state == UploadState.RECEIVING
+
+
+@transaction.atomic
+def _upload_take(*, session: UploadSession, checked: set[int]) -> bool:
+    """``receiving`` -> ``processing`` under a lock on the upload's row, when its stored
+    chunks are exactly the rows ``checked`` (flushed and found on disk); the processing
+    task and ``upload.received`` follow the commit. False when it is no longer receiving
+    or its chunks changed since they were checked."""
+    locked = list(
+        UploadSession.objects.select_for_update()
+        .filter(pk=session.id, state=UploadState.RECEIVING)
+        .values_list("pk", flat=True)
+    )
+    if not locked:
+        return False
+    now_stored = set(
+        UploadChunk.objects.filter(session_id=session.id, stored=True).values_list("pk", flat=True)
+    )
+    if now_stored != checked:
+        return False
+    if transitions.upload_received(upload_id=session.id):
+        # The event first (after-commit callbacks run in the order registered): a
+        # worker can take the task and emit ``upload.forwarding`` within milliseconds,
+        # and every client must hear ``upload.received`` before it.
+        transaction.on_commit(
+            lambda: events.emit(
+                events.UPLOAD_RECEIVED, upload_id=str(session.id), owner_id=session.owner_id
             )
-            dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
-    session.refresh_from_db()
-    return session
+        )
+        dispatch_on_commit(task_name=PROCESS_TASK, upload_id=session.id)
+    return True
 
 
 def upload_cancel(*, session: UploadSession, actor: User | None = None) -> None:

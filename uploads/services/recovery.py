@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from pacs import selectors as pacs_selectors
@@ -160,7 +160,7 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
         if upload_expires_at(session=session) < now:
             return  # uploads_cleanup fails it (upload_expired)
         lost = sorted(index for index in stored if index * session.chunk_size not in present)
-        if _receiving_restore(upload_id=upload_id, size=session.total_size, lost=lost) and lost:
+        if upload_chunks_forget(upload_id=upload_id, size=session.total_size, lost=lost) and lost:
             summary.resumable += 1
             summary.chunks_to_resend += len(lost)
         return
@@ -193,11 +193,14 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
 
 
 @transaction.atomic
-def _receiving_restore(*, upload_id: uuid.UUID, size: int, lost: list[int]) -> bool:
+def upload_chunks_forget(*, upload_id: uuid.UUID, size: int, lost: list[int]) -> bool:
     """Under a lock on the upload's row, while it is still ``receiving`` (else False and
     nothing done: it moved on, or was cancelled, since it was read): prepare its stream
     again (on local disk, a missing assembly file is created) and forget the chunks
-    ``lost``. A transition out of ``receiving`` waits for this to commit."""
+    ``lost`` (stored chunks whose bytes the storage no longer has: lost in a restore, or
+    in a power cut before complete flushed them), so that ``missing_chunks`` lists them
+    and the client sends them again. A transition out of ``receiving`` waits for this to
+    commit. Idempotent."""
     still_receiving = list(
         UploadSession.objects.select_for_update()
         .filter(pk=upload_id, state=UploadState.RECEIVING)
@@ -374,10 +377,17 @@ def _complete(
 
 def _chunks_forget(*, upload_id: uuid.UUID, indexes: list[int]) -> None:
     """Remove the stored chunks ``indexes`` and take their bytes off the counter (inside
-    ``_receiving_restore``'s transaction)."""
-    rows = UploadChunk.objects.filter(session_id=upload_id, stored=True, index__in=indexes)
-    size = rows.aggregate(total=Sum("size"))["total"] or 0
-    rows.delete()
+    ``upload_chunks_forget``'s transaction). The rows are locked and removed by primary
+    key, so the counter loses exactly the bytes of the rows removed, even beside a chunk
+    PUT that stores one of them meanwhile."""
+    rows = list(
+        UploadChunk.objects.select_for_update()
+        .filter(session_id=upload_id, stored=True, index__in=indexes)
+        .values_list("pk", "size")
+    )
+    if not rows:
+        return
+    UploadChunk.objects.filter(pk__in=[pk for pk, _ in rows]).delete()
     UploadChunkCounter.objects.filter(session_id=upload_id).update(
-        bytes_received=F("bytes_received") - size
+        bytes_received=F("bytes_received") - sum(size for _, size in rows)
     )

@@ -56,9 +56,11 @@ __all__ = [
     "stream_create",
     "stream_delete",
     "stream_exists",
+    "stream_flush",
     "stream_removed_on_error",
     "stream_write",
     "stream_write_recreates",
+    "stream_writes_durable",
     "work_dir",
     "work_publish",
     "work_reset",
@@ -133,9 +135,28 @@ def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -
 
 
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:
-    """Store one chunk's ``data`` at ``offset``, durably once this returns. Idempotent for
-    the same bytes; safe beside concurrent writers of any chunk, on any node."""
+    """Store one chunk's ``data`` at ``offset``. Idempotent for the same bytes; safe beside
+    concurrent writers of any chunk, on any node. Durable once this returns in S3 mode and
+    on local disk with ``UPLOAD_FSYNC=chunk``; otherwise (local disk, the default
+    ``complete``) once ``stream_flush`` returned after it."""
     _backend().stream_write(upload_id=upload_id, offset=offset, data=data)
+
+
+def stream_flush(*, upload_id: uuid.UUID) -> None:
+    """Make every chunk ``stream_write`` stored so far durable. Local disk: one
+    ``fdatasync`` of the assembly file and an ``fsync`` of its folders (nothing with
+    ``UPLOAD_FSYNC=off``). S3: nothing, and no request (an acknowledged PUT is durable).
+    Idempotent. Raises ``OSError`` when the disk refuses the flush."""
+    _backend().stream_flush(upload_id=upload_id)
+
+
+def stream_writes_durable() -> bool:
+    """Whether a chunk ``stream_write`` acknowledged is durable by itself, whatever
+    happens next (S3: yes). Where it is not (local disk: the page cache until
+    ``stream_flush``, and the assembly file's folder entry until then in every mode), a
+    power cut can lose acknowledged chunks, so the caller flushes and checks them with
+    ``chunks_present`` before it takes the upload."""
+    return backend_name() == "s3"
 
 
 def stream_write_recreates() -> bool:

@@ -368,6 +368,11 @@ def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview)
         raise _unavailable(upload_id, "store a chunk of", exc) from None
 
 
+def stream_flush(*, upload_id: uuid.UUID) -> None:
+    """Nothing to do: S3 answers a PUT only once its object is durable, so every chunk
+    ``stream_write`` acknowledged is already safe (and no request is made)."""
+
+
 class _ViewBody(SeekableRaw):
     """A seekable file over a memoryview, so that a chunk (up to 16 MiB) goes to
     ``put_object`` without a copy of it: botocore reads the body in blocks, once for its

@@ -254,7 +254,7 @@ def test_when_the_pacs_cannot_be_asked_the_upload_is_left_for_a_later_reconcile(
 
 
 def test_a_receiving_upload_that_moved_on_since_it_was_read_is_left_alone(user, settings):
-    from uploads.services.recovery import _receiving_restore
+    from uploads.services.recovery import upload_chunks_forget
 
     settings.UPLOAD_STORAGE = "local"
     session = _new_upload(user)
@@ -262,11 +262,11 @@ def test_a_receiving_upload_that_moved_on_since_it_was_read_is_left_alone(user, 
         _send(session, index)
     upload_complete(session=session)  # processing, after reconcile read it as receiving
 
-    assert _receiving_restore(upload_id=session.pk, size=session.total_size, lost=[0, 1]) is False
+    assert upload_chunks_forget(upload_id=session.pk, size=session.total_size, lost=[0, 1]) is False
     assert UploadChunk.objects.filter(session=session, stored=True).count() == CHUNKS
     assert _counter(session) == CHUNK * CHUNKS
     UploadSession.objects.filter(pk=session.pk).update(state=UploadState.RECEIVING)
-    assert _receiving_restore(upload_id=session.pk, size=session.total_size, lost=[0, 1]) is True
+    assert upload_chunks_forget(upload_id=session.pk, size=session.total_size, lost=[0, 1]) is True
     assert UploadChunk.objects.filter(session=session, stored=True).count() == CHUNKS - 2
     assert _counter(session) == CHUNK * (CHUNKS - 2)
 
