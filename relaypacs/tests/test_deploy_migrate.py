@@ -85,3 +85,112 @@ def test_a_node_waits_while_another_holds_the_migration_lock(tmp_path):
         assert waiting.returncode == 0, out
         assert "Another node is migrating the database; waiting for it." in out
         assert ("accounts", "0001_initial") in _applied(database_url)
+
+
+def _marker_sql() -> tuple[str, str, list[str]]:
+    from uploads.management.backups import _restore_marker_sql, _restore_marker_values
+
+    _drop, create, insert = _restore_marker_sql(placeholder="%s")
+    return create, insert, _restore_marker_values(backup="backup-of-the-test", report_names=[])
+
+
+def test_a_restore_that_began_while_a_node_waited_stops_its_migration(tmp_path):
+    """The restore check runs under the migration lock: a restore that claimed the database
+    while this node waited for the lock (its marker written) is seen, nothing migrated."""
+    with fresh_postgres_database("h8_migrate") as database_url:
+        url = database_url.replace("postgres://", "postgresql://")
+        with psycopg.connect(url, autocommit=True) as other_node:
+            other_node.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK_ID])
+            waiting = _migrate(database_url, tmp_path / "node")
+            deadline = time.monotonic() + 120
+            others = (
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            while not (other_node.execute(others).fetchone() or (0,))[0]:
+                assert waiting.poll() is None, waiting.communicate()[0]
+                assert time.monotonic() < deadline, "the node never connected"
+                time.sleep(0.2)
+            time.sleep(1)
+            create, insert, values = _marker_sql()
+            other_node.execute(create)
+            other_node.execute(insert, values)  # a restore claimed it meanwhile
+            other_node.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK_ID])
+            out = waiting.communicate(timeout=MIGRATE_SECONDS)[0]
+            assert waiting.returncode != 0, out
+            assert "uploads.E003" in out, out
+            tables = other_node.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            ).fetchone()
+            assert tables == (1,)  # the marker only: nothing migrated
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_restore_claim_waits_for_a_migration_under_way_then_finds_its_tables():
+    import threading
+
+    from django.db import connection
+
+    from relaypacs.errors import ApplicationError
+    from uploads.management.backups import _restore_claim
+
+    params = connection.get_connection_params()
+    with psycopg.connect(
+        dbname=params["dbname"],
+        host=params.get("host"),
+        port=params.get("port"),
+        user=params.get("user"),
+        autocommit=True,
+    ) as migrating:
+        migrating.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK_ID])
+        outcome: list[BaseException | None] = []
+
+        def claim() -> None:
+            try:
+                _restore_claim(seen=None, backup="backup-of-the-test", report_names=[])
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test
+                outcome.append(exc)
+            finally:
+                connection.close()
+
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        claimer.join(timeout=2)
+        assert claimer.is_alive() and not outcome, "the claim did not wait for the migration"
+        migrating.execute("SELECT pg_advisory_unlock(%s)", [MIGRATE_LOCK_ID])
+        claimer.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], ApplicationError), outcome
+    assert outcome[0].code == "restore_target_taken"
+    assert "tables" in outcome[0].message
+
+
+def test_a_start_on_sqlite_while_a_restore_runs_stops_with_a_sentence(tmp_path):
+    import fcntl
+
+    data_dir = tmp_path / "node"
+    data_dir.mkdir()
+    with (data_dir / ".restore.lock").open("a") as restore:
+        fcntl.flock(restore.fileno(), fcntl.LOCK_EX)  # as a restore into SQLite holds it
+        run = subprocess.run(
+            [sys.executable, "manage.py", "migrate_locked", "--verbosity", "1"],
+            cwd=REPO,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "DJANGO_SETTINGS_MODULE": "relaypacs.settings.dev",
+                "DATA_DIR": str(data_dir),
+            },
+            capture_output=True,
+            text=True,
+            timeout=MIGRATE_SECONDS,
+        )
+    assert run.returncode != 0
+    assert "A restore into this server's database is running." in run.stderr, run.stderr
+    assert not (data_dir / "relaypacs.sqlite3").exists() or _sqlite_tables(data_dir) == []
+
+
+def _sqlite_tables(data_dir: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "relaypacs.sqlite3") as db:
+        return [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]

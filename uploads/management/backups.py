@@ -55,6 +55,7 @@ from relaypacs.errors import ApplicationError
 
 from . import backup_bucket
 from .backup_bucket import BucketPlace
+from .commands.migrate_locked import MIGRATE_LOCK_ID, RESTORE_LOCK_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -1015,6 +1016,9 @@ def _restore_claim(*, seen: UnfinishedRestore | None, backup: str, report_names:
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [RESTORE_LOCK_KEY])
+            # And migrate_locked's: a migration under way finishes first (then its tables
+            # refuse the claim); one starting after this commit sees the marker.
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATE_LOCK_ID])
             now = _restore_unfinished()
             others = [
                 info
@@ -1051,7 +1055,7 @@ def _restore_claim(*, seen: UnfinishedRestore | None, backup: str, report_names:
 @contextmanager
 def _sqlite_restore_lock() -> Iterator[None]:
     """On SQLite, DATA_DIR/.restore.lock held (flock) for the whole restore."""
-    path = Path(settings.DATA_DIR) / ".restore.lock"
+    path = Path(settings.DATA_DIR) / RESTORE_LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         try:
