@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import os
 import signal
 import sqlite3
@@ -31,6 +32,8 @@ START_TIMEOUT = 180
 # relaypacs/static_collect.py) and an SQLite database migrated once per set of migrations,
 # copied into each product's DATA_DIR (a product migrating a new database spent 5-20 s of
 # CPU on it at every start). `serve` still runs its migrations: they find nothing to do.
+# A product started with ``fresh=True`` uses neither: it migrates and collects as `make run`
+# does on a new machine.
 SHARED = REPO / "var" / "tests"
 
 
@@ -42,8 +45,11 @@ class RunningProduct:
     log: Path
 
 
-def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str]:
-    """The environment of `make run` pointed at the test Orthanc, with short timings."""
+def product_env(
+    data_dir: Path, orthanc: Any, *, fresh: bool = False, **overrides: str
+) -> dict[str, str]:
+    """The environment of `make run` pointed at the test Orthanc, with short timings; with
+    ``fresh``, no migrated database copied in and STATIC_ROOT the default (in DATA_DIR)."""
     # Not inherited: the test session's own (reports/tests/conftest.py exports its session
     # report store in REPORT_STORAGE_DIR); the product keeps its reports in DATA_DIR/reports.
     env = {
@@ -56,6 +62,7 @@ def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str
             "REDIS_URL",
             "DJANGO_SETTINGS_MODULE",
             "REPORT_STORAGE_DIR",
+            *(["STATIC_ROOT"] if fresh else []),
         }
     }
     user, password = orthanc.auth
@@ -71,9 +78,10 @@ def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str
         UPLOAD_LEASE_SECONDS="5",
         WEB_WORKERS="1",
     )
-    env.setdefault("STATIC_ROOT", str(SHARED / "static"))
+    if not fresh:
+        env.setdefault("STATIC_ROOT", str(SHARED / "static"))
     env.update(overrides)
-    if "DATABASE_URL" not in overrides:
+    if not fresh and "DATABASE_URL" not in overrides:
         database = data_dir / "relaypacs.sqlite3"
         if not database.exists():
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -82,12 +90,14 @@ def product_env(data_dir: Path, orthanc: Any, **overrides: str) -> dict[str, str
 
 
 def _migrations_fingerprint() -> str:
+    """This checkout's migrations and every installed distribution's version (a Django or
+    third-party upgrade can bring migrations of its own)."""
     digest = hashlib.sha256()
     for path in sorted(REPO.glob("*/migrations/*.py")):
         digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    import django
-
-    digest.update(django.__version__.encode())
+    installed = {f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()}
+    for pair in sorted(installed):
+        digest.update(pair.encode() + b"\n")
     return digest.hexdigest()[:16]
 
 
@@ -129,9 +139,12 @@ def _copy_sqlite(source: Path, target: Path) -> None:
 
 
 @contextmanager
-def running_product(tmp_path: Path, orthanc: Any, **overrides: str) -> Iterator[RunningProduct]:
-    """Start `manage.py serve`, wait until /api/v1/health answers, kill it all afterwards."""
-    env = product_env(tmp_path / "data", orthanc, **overrides)
+def running_product(
+    tmp_path: Path, orthanc: Any, *, fresh: bool = False, **overrides: str
+) -> Iterator[RunningProduct]:
+    """Start `manage.py serve`, wait until /api/v1/health answers, kill it all afterwards;
+    ``fresh``: on a new database and STATIC_ROOT (see product_env)."""
+    env = product_env(tmp_path / "data", orthanc, fresh=fresh, **overrides)
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import django
 import psutil
 import pytest
 import requests
@@ -16,7 +22,7 @@ from uploads.tests.helpers import (
     sample_paths,
     sop_uid,
 )
-from uploads.tests.product import START_TIMEOUT, admin_access_token, running_product
+from uploads.tests.product import START_TIMEOUT, admin_access_token, manage, running_product
 from uploads.tests.synthetic import write_study
 
 pytestmark = pytest.mark.e2e
@@ -24,11 +30,13 @@ pytestmark = pytest.mark.e2e
 CHUNK = 1024 * 1024
 
 
-@pytest.fixture
-def product(tmp_path, orthanc):
+@contextmanager
+def _started(tmp_path: Path, orthanc: Any, *, fresh: bool) -> Iterator[dict[str, Any]]:
+    started = datetime.now(UTC)
     with running_product(
         tmp_path,
         orthanc,
+        fresh=fresh,
         PACS_STOW_BATCH_BYTES=str(4 * 1024 * 1024),
         HTTPS_PORT=str(free_port()),
     ) as running:
@@ -37,11 +45,47 @@ def product(tmp_path, orthanc):
             "env": running.env,
             "process": running.process,
             "log": running.log,
+            "started": started,
+            "running": running,
         }
 
 
-def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(product, orthanc_clean):
+@pytest.fixture
+def product(tmp_path, orthanc):
+    """Started on the tests' migrated database and shared static files (see product.py)."""
+    with _started(tmp_path, orthanc, fresh=False) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_product(tmp_path, orthanc):
+    """Started as `make run` on a new machine: it migrates and collects itself."""
+    with _started(tmp_path, orthanc, fresh=True) as running:
+        yield running
+
+
+def test_make_run_product_uploads_into_the_pacs_and_stops_cleanly(fresh_product, orthanc_clean):
+    product = fresh_product
     base, env, process = product["base"], product["env"], product["process"]
+    data_dir = Path(env["DATA_DIR"])
+    # It made its own database: every migration applied, each after the start (a copied
+    # database would hold the times they were applied to the tests' template).
+    assert "DATABASE_URL" not in env
+    manage(product["running"], "migrate", "--check")
+    with closing(sqlite3.connect(data_dir / "relaypacs.sqlite3")) as database:
+        applied = [
+            datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
+            for row in database.execute("SELECT applied FROM django_migrations")
+        ]
+    assert applied and min(applied) >= product["started"], (min(applied), product["started"])
+    # And collected the static files into DATA_DIR/staticfiles, which it serves.
+    assert "STATIC_ROOT" not in env
+    assert (data_dir / "staticfiles" / ".relaypacs-collected").exists()
+    admin_css = requests.get(f"{base}/static/admin/css/base.css", timeout=10)
+    assert admin_css.status_code == 200
+    source = Path(django.__file__).parent / "contrib/admin/static/admin/css/base.css"
+    assert admin_css.content == source.read_bytes()
+
     health = requests.get(f"{base}/api/v1/health", timeout=10).json()
     assert health == {"status": "ok"}, health  # each part's state is for administrators
     # HTTPS on the LAN with the generated certificate, which names this host's addresses.
