@@ -135,7 +135,16 @@ def _browse(base: str, upload_id: str) -> None:
             page.click("input[type=submit]")
             sections = page.locator("#content-main .module caption")
             expect(sections).to_have_text(
-                ["People", "Uploads", "PACS", "Security", "Audit", "Reports"]
+                [
+                    "People",
+                    "Uploads",
+                    "PACS",
+                    "Security",
+                    "Audit",
+                    "Reports",
+                    "Notifications",
+                    "Statistics",
+                ]
             )
             expect(page.get_by_role("link", name="Pending approvals (1)")).to_be_visible()
             page.screenshot(path=str(SCREENSHOTS / "admin-index.png"), full_page=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parents[2]
 # A worker imports Django and the app's tasks: seconds, more on a loaded machine.
 WORKER_READY_SECONDS = 90
