@@ -26,6 +26,7 @@ class ApplicationError(Exception):
         *,
         status_code: int = status.HTTP_400_BAD_REQUEST,
         extra: dict[str, Any] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -33,6 +34,8 @@ class ApplicationError(Exception):
         self.hint = hint
         self.status_code = status_code
         self.extra = extra or {}
+        # Seconds a client should wait before trying again: sent as Retry-After.
+        self.retry_after = retry_after
 
     def as_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "hint": self.hint, **self.extra}
@@ -89,7 +92,8 @@ _DRF_MESSAGES: dict[type[exceptions.APIException], tuple[str, str, str]] = {
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render every API error as ``{"error": {...}}`` with the right status."""
     if isinstance(exc, ApplicationError):
-        return Response({"error": exc.as_dict()}, status=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return Response({"error": exc.as_dict()}, status=exc.status_code, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

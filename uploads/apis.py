@@ -243,13 +243,31 @@ class UploadCompleteApi(APIView):
     @extend_schema(
         operation_id="upload_complete",
         request=None,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                OpenApiParameter.HEADER,
+                response=[503],
+                description="Seconds to wait before sending the chunks again and completing.",
+            ),
+        ],
         responses={
             202: StateResponse,
             **error_responses(
                 401,
                 404,
                 409,
-                s409="upload_incomplete (missing_chunks lists what to send) or upload_not_receiving.",
+                503,
+                s409=(
+                    "upload_incomplete (missing_chunks lists what to send: chunks not sent "
+                    "yet, or acknowledged ones the server lost in a power cut or crash "
+                    "before complete) or upload_not_receiving."
+                ),
+                s503=(
+                    "storage_unavailable: the server's disk refused to store the upload; "
+                    "every chunk is forgotten, send them again after Retry-After."
+                ),
             ),
         },
     )

@@ -51,6 +51,7 @@ export const APP_WORDS: Record<string, Words> = {
   chunk_out_of_range: { message: "The app and the server disagree about this upload's pieces.", hint: "Press Send again to start the upload again." },
   chunk_size_mismatch: { message: "The app and the server disagree about this upload's pieces.", hint: "Press Send again to start the upload again." },
   server_busy: { message: "The server was too busy to take a piece of this study just then; nothing of it was lost.", hint: "The app sends it again by itself; keep it open, or press Retry." },
+  storage_unavailable: { message: "The server could not store this study safely just then.", hint: "The app sends it again by itself after a short wait; tell your administrator if this keeps happening." },
   insufficient_storage: { message: "The server has no room for this study right now.", hint: "Try again later and tell your administrator." },
   invalid_files: BAD_FILES,
   no_dicom_files: { message: "None of the files in this study is a DICOM image that can be sent.", hint: "Pick the study's image files (not only the CD index or documents) and send them." },

@@ -170,30 +170,42 @@ def chunk_index_parse(raw: str | None) -> int:
         ) from None
 
 
+# Tries of _claim's insert-or-count: the row its INSERT met can be deleted before its
+# UPDATE (a complete or a restore's reconcile forgetting a lost chunk), and then the next
+# INSERT makes it; a third try would need that to happen twice within milliseconds.
+CLAIM_TRIES = 3
+
+
 def _claim(*, upload_pk: Any, index: int, size: int, md5: str) -> tuple[str, bool]:
     """Claim chunk ``index`` for ``md5``; the claimed MD5 and whether it is stored.
 
     A chunk claimed before (a retry, or a racing request) keeps its first claim and
-    counts one more arrival.
+    counts one more arrival. A claim forgotten between the two statements
+    (``recovery.upload_chunks_forget`` deletes it) is claimed anew.
     """
     chunk = _table(UploadChunk)
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {chunk} (session_id, {_col('index')}, size, md5, stored,"  # noqa: S608
-            f" times_received, received_at) VALUES (%s, %s, %s, %s, %s, 1, %s)"
-            f" ON CONFLICT (session_id, {_col('index')}) DO NOTHING",
-            [upload_pk, index, size, md5, False, now],
-        )
-        if cursor.rowcount == 1:
-            return md5, False
-        cursor.execute(
-            f"UPDATE {chunk} SET times_received = times_received + 1"  # noqa: S608
-            f" WHERE session_id = %s AND {_col('index')} = %s RETURNING md5, stored",
-            [upload_pk, index],
-        )
-        claimed_md5, stored = cursor.fetchone()
-    return claimed_md5, bool(stored)
+        for _ in range(CLAIM_TRIES):
+            now = connection.ops.adapt_datetimefield_value(timezone.now())
+            cursor.execute(
+                f"INSERT INTO {chunk} (session_id, {_col('index')}, size, md5, stored,"  # noqa: S608
+                f" times_received, received_at) VALUES (%s, %s, %s, %s, %s, 1, %s)"
+                f" ON CONFLICT (session_id, {_col('index')}) DO NOTHING",
+                [upload_pk, index, size, md5, False, now],
+            )
+            if cursor.rowcount == 1:
+                return md5, False
+            cursor.execute(
+                f"UPDATE {chunk} SET times_received = times_received + 1"  # noqa: S608
+                f" WHERE session_id = %s AND {_col('index')} = %s RETURNING md5, stored",
+                [upload_pk, index],
+            )
+            row = cursor.fetchone()
+            if row is not None:
+                claimed_md5, stored = row
+                return claimed_md5, bool(stored)
+    # Not a state a client can cause: a 500, after which the client sends the chunk again.
+    raise RuntimeError(f"chunk {index}'s claim was forgotten {CLAIM_TRIES} times in a row")
 
 
 def _mark_stored(*, upload: ChunkTarget, upload_pk: Any, index: int, size: int) -> int:

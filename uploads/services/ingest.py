@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
@@ -378,12 +379,17 @@ def upload_token_refresh(*, session: UploadSession, user: User, session_id: str 
 
 
 def _incomplete(
-    *, session: UploadSession, missing: list[int], lost: bool = False
+    *, session: UploadSession, missing: list[int], reason: str = ""
 ) -> ApplicationError:
-    if lost:
+    if reason == "lost":
         message = (
             f"The server lost {len(missing)} of {session.total_chunks} chunks before they "
-            "were safely on its disk (a power cut or a disk error)."
+            "were safely on its disk (a power cut or a crash of the server)."
+        )
+    elif reason == "resent":
+        message = (
+            f"The server lost track of {len(missing)} of {session.total_chunks} chunks while "
+            "they were being sent again, so it cannot take the study yet."
         )
     else:
         message = f"{len(missing)} of {session.total_chunks} chunks have not arrived yet."
@@ -396,39 +402,80 @@ def _incomplete(
     )
 
 
-def _stored_chunks(*, upload_id: uuid.UUID) -> dict[int, tuple[int, storage.StoredChunk]]:
-    """The upload's stored chunks: index -> (row id, size and MD5)."""
+# What a client that honours Retry-After waits before it completes again after the disk
+# refused to store the upload's bytes: a disk error is not over in seconds, and the client
+# sends every chunk again before that complete (the PWA backs off by itself, doubling up
+# to 30 s).
+STORAGE_RETRY_AFTER_SECONDS = 60
+
+
+def _storage_refused() -> ApplicationError:
+    return ApplicationError(
+        "storage_unavailable",
+        "The server's disk could not store this study safely just now, so the server asks "
+        "for all of it again.",
+        "The app sends the study again by itself after a short wait; tell your RelayPACS "
+        "administrator if this keeps happening.",
+        status_code=503,
+        retry_after=STORAGE_RETRY_AFTER_SECONDS,
+    )
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A stored chunk as complete checks it."""
+
+    pk: int
+    chunk: storage.StoredChunk
+    received_at: datetime | None  # when it was marked stored: after its write returned
+
+
+def _stored_chunks(*, upload_id: uuid.UUID) -> dict[int, _Stored]:
+    """The upload's stored chunks by index."""
     return {
-        index: (pk, storage.StoredChunk(size=size, md5=md5))
-        for pk, index, size, md5 in UploadChunk.objects.filter(
+        index: _Stored(pk=pk, chunk=storage.StoredChunk(size=size, md5=md5), received_at=at)
+        for pk, index, size, md5, at in UploadChunk.objects.filter(
             session_id=upload_id, stored=True
-        ).values_list("pk", "index", "size", "md5")
+        ).values_list("pk", "index", "size", "md5", "received_at")
     }
 
 
-def _chunks_lost(
-    *, session: UploadSession, stored: dict[int, tuple[int, storage.StoredChunk]]
-) -> list[int]:
+def _chunks_lost(*, session: UploadSession, stored: dict[int, _Stored]) -> list[int] | None:
     """Flush the upload's bytes, then the indexes of ``stored`` whose bytes the storage
-    does not hold: acknowledged, then lost in a power cut before this flush. None where
-    an acknowledged write is durable by itself (S3: and no request is made)."""
+    does not hold: acknowledged, then lost in a power cut before this flush. None when the
+    disk refused the flush or the read-back of a chunk. [] where an acknowledged write is
+    durable by itself (S3: and no request is made).
+
+    The check costs one ``lseek`` per chunk; a chunk is read back where its range has a
+    hole, and whatever the holes say when it was received before this machine last
+    booted (``storage.writes_maybe_lost``: on a filesystem that does not report holes, or
+    ext4 ``data=writeback``, a crash loses a write without a hole). A chunk received
+    since the boot is never read back: only a reboot loses page-cache writes."""
     if storage.stream_writes_durable():
         return []
+    size = session.chunk_size
     try:
         storage.stream_flush(upload_id=session.id)
+        verify = storage.writes_maybe_lost(
+            written_at={index * size: row.received_at for index, row in stored.items()}
+        )
+        present = storage.chunks_present(
+            upload_id=session.id,
+            chunks={index * size: row.chunk for index, row in stored.items()},
+            verify_offsets=verify,
+        )
     except OSError as exc:
         # The kernel reports a failed write-back once and may then call its pages clean,
         # so a later flush can succeed without the bytes: none written before can be
-        # trusted to be on disk, and every chunk is asked for again.
+        # trusted to be on disk (nor any the disk cannot read back), and every chunk is
+        # asked for again.
         logger.error(
-            "could not flush upload %s to disk (%s); its chunks will be sent again",
+            "could not flush or read back upload %s on disk (%s); its chunks will be sent again",
             session.id,
             errno.errorcode.get(exc.errno or 0, type(exc).__name__),
         )
-        return sorted(stored)
-    by_offset = {index * session.chunk_size: chunk for index, (_, chunk) in stored.items()}
-    present = storage.chunks_present(upload_id=session.id, chunks=by_offset)
-    return sorted(index for index in stored if index * session.chunk_size not in present)
+        return None
+    return sorted(index for index in stored if index * size not in present)
 
 
 def upload_complete(*, session: UploadSession) -> UploadSession:
@@ -437,38 +484,54 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
     This is where the server takes the upload, so it is where its bytes become durable:
     on local disk the assembly file is flushed (``storage.stream_flush``, outside any
     transaction: on SQLite one would hold every writer for the flush) and every stored
-    chunk is checked on disk (``storage.chunks_present``). Chunks a power cut lost
-    between their answer and now are forgotten (``recovery.upload_chunks_forget``: their
-    bytes leave ``bytes_received``) and named in ``missing_chunks``, for the client,
-    which keeps the files until the upload is completed, to send again. The move to
-    ``processing`` then happens under a lock on the upload's row, and only if the stored
-    chunks are still the very rows that were flushed and checked: a concurrent complete
-    that forgot a chunk (and the client re-sent it, unflushed) sends this one round
-    again. A cancel racing it wins or loses whole (every change is conditional on
-    ``receiving``).
+    chunk is checked on disk (``storage.chunks_present``, see ``_chunks_lost``). Chunks a
+    power cut lost between their answer and now are forgotten
+    (``recovery.upload_chunks_forget``: their bytes leave ``bytes_received``) and named
+    in ``missing_chunks``, for the client, which keeps the files until the upload is
+    completed, to send again. The move to ``processing`` then happens under a lock on the
+    upload's row, and only if the stored chunks are still the very rows that were flushed
+    and checked: a concurrent complete that forgot a chunk (and the client re-sent it,
+    unflushed) sends this one round again. A cancel racing it wins or loses whole (every
+    change is conditional on ``receiving``).
 
-    A flush the disk refuses counts every chunk lost (the kernel may drop the bytes
-    it could not write and call them clean), so that the client sends them all again.
+    Each round (read the chunks, flush, check, forget or take) runs under
+    ``storage.stream_complete_lock``, so concurrent completes of one upload take turns:
+    Linux reports a failed write-back to the first flush only, and the second complete,
+    whose flush then succeeds, must find the chunks the first forgot. No database lock is
+    held while waiting for it or flushing.
 
-    Raises 409 ``upload_incomplete`` (with ``missing_chunks``) or ``upload_not_receiving``.
+    A flush (or read-back) the disk refuses counts every chunk lost (the kernel may drop
+    the bytes it could not write and call them clean): they are forgotten, so that the
+    client sends them all again, and complete answers 503 ``storage_unavailable`` with
+    Retry-After, so that it waits before it does.
+
+    Raises 409 ``upload_incomplete`` (with ``missing_chunks``) or ``upload_not_receiving``,
+    503 ``storage_unavailable``, Http404 when the upload was deleted meanwhile (the 404
+    an unknown upload gets).
     """
     checked: set[int] = set()
     for _ in range(COMPLETE_ROUNDS):
         if not _still_receiving(session):
             return session
-        stored = _stored_chunks(upload_id=session.id)
-        missing = [index for index in range(session.total_chunks) if index not in stored]
-        if missing:
-            raise _incomplete(session=session, missing=missing)
-        lost = _chunks_lost(session=session, stored=stored)
-        checked = {pk for pk, _ in stored.values()}
-        if lost:
-            if upload_chunks_forget(upload_id=session.id, size=session.total_size, lost=lost):
-                raise _incomplete(session=session, missing=lost, lost=True)
-        elif _upload_take(session=session, checked=checked):
-            session.refresh_from_db()
-            return session
-        session.refresh_from_db()  # it moved on, or its chunks changed: look again
+        with storage.stream_complete_lock(upload_id=session.id):
+            stored = _stored_chunks(upload_id=session.id)
+            missing = [index for index in range(session.total_chunks) if index not in stored]
+            if missing:
+                raise _incomplete(session=session, missing=missing)
+            lost = _chunks_lost(session=session, stored=stored)
+            checked = {row.pk for row in stored.values()}
+            if lost is None:
+                if upload_chunks_forget(
+                    upload_id=session.id, size=session.total_size, lost=sorted(stored)
+                ):
+                    raise _storage_refused()
+            elif lost:
+                if upload_chunks_forget(upload_id=session.id, size=session.total_size, lost=lost):
+                    raise _incomplete(session=session, missing=lost, reason="lost")
+            elif _upload_take(session=session, checked=checked):
+                _refresh(session)
+                return session
+        _refresh(session)  # it moved on, or its chunks changed: look again
     if not _still_receiving(session):
         return session
     # Chunks forgotten and re-sent at every round by concurrent completes: ask for those
@@ -478,9 +541,17 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
     unchecked = [
         index
         for index in range(session.total_chunks)
-        if index not in current or current[index][0] not in checked
+        if index not in current or current[index].pk not in checked
     ]
-    raise _incomplete(session=session, missing=unchecked)
+    raise _incomplete(session=session, missing=unchecked, reason="resent")
+
+
+def _refresh(session: UploadSession) -> None:
+    """Read ``session`` again; Http404 (as for an unknown upload) when it was deleted."""
+    try:
+        session.refresh_from_db()
+    except UploadSession.DoesNotExist:
+        raise Http404 from None
 
 
 def _still_receiving(session: UploadSession) -> bool:

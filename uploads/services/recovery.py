@@ -147,15 +147,29 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
     if session is None:
         return
     summary.checked += 1
-    stored = {
-        index: storage.StoredChunk(size=size, md5=md5)
-        for index, size, md5 in UploadChunk.objects.filter(
-            session_id=upload_id, stored=True
-        ).values_list("index", "size", "md5")
-    }
+    rows = list(
+        UploadChunk.objects.filter(session_id=upload_id, stored=True).values_list(
+            "index", "size", "md5", "received_at"
+        )
+    )
+    stored = {index: storage.StoredChunk(size=size, md5=md5) for index, size, md5, _ in rows}
     chunks = {index * session.chunk_size: chunk for index, chunk in stored.items()}
     offsets = set(chunks)
-    present = storage.chunks_present(upload_id=upload_id, chunks=chunks) if chunks else set()
+    # A receiving upload was never flushed whole (complete does that): its chunks written
+    # before this machine's boot are read back, as complete reads them (a restore often
+    # follows a crash). Later states were flushed by their complete.
+    verify = (
+        storage.writes_maybe_lost(
+            written_at={index * session.chunk_size: at for index, _, _, at in rows}
+        )
+        if session.state == UploadState.RECEIVING
+        else set()
+    )
+    present = (
+        storage.chunks_present(upload_id=upload_id, chunks=chunks, verify_offsets=verify)
+        if chunks
+        else set()
+    )
     if session.state == UploadState.RECEIVING:
         if upload_expires_at(session=session) < now:
             return  # uploads_cleanup fails it (upload_expired)

@@ -25,7 +25,7 @@ caller can tell an outage from damaged bytes even where a file parser swallowed 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "stream_create",
     "stream_delete",
     "stream_exists",
+    "stream_complete_lock",
     "stream_flush",
     "stream_removed_on_error",
     "stream_write",
@@ -65,6 +66,7 @@ __all__ = [
     "work_publish",
     "work_reset",
     "work_scope",
+    "writes_maybe_lost",
 ]
 
 BACKENDS = ("local", "s3")
@@ -122,16 +124,38 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return bool(_backend().stream_exists(upload_id=upload_id))
 
 
-def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+def chunks_present(
+    *,
+    upload_id: uuid.UUID,
+    chunks: Mapping[int, StoredChunk],
+    verify_offsets: Collection[int] = frozenset(),
+) -> set[int]:
     """Which of ``chunks`` (by offset: chunks marked stored, with the size and MD5 their
     rows recorded) still have their bytes: after a restore, an upload's rows may name
     chunks whose bytes were never backed up, and a crash can leave a chunk marked stored
     whose write never reached the disk. Local disk: the assembly file reaches the chunk's
     end and the chunk's range is written (no hole in the sparse file, unless the chunk was
-    all zeros); no bytes are read. S3: the chunk's object is listed with the chunk's size
-    (one LIST per 1,000 chunks). Raises StorageUnavailable."""
-    found: set[int] = _backend().chunks_present(upload_id=upload_id, chunks=chunks)
+    all zeros); no bytes are read, except for a range with a hole and for the offsets in
+    ``verify_offsets`` (those ``writes_maybe_lost`` names: read back and their MD5
+    compared whatever the holes say). S3: the chunk's object is listed with the chunk's
+    size (one LIST per 1,000 chunks; ``verify_offsets`` is not needed there, an
+    acknowledged PUT being durable). Raises StorageUnavailable (S3), ``OSError`` when a
+    read-back fails (local disk)."""
+    found: set[int] = _backend().chunks_present(
+        upload_id=upload_id, chunks=chunks, verify_offsets=verify_offsets
+    )
     return found
+
+
+def writes_maybe_lost(*, written_at: Mapping[int, datetime | None]) -> set[int]:
+    """Of the chunks ``written_at`` (offset -> when its ``stream_write`` had returned, the
+    row's ``received_at``), those a crash since may have lost in a way only a read-back
+    finds, for ``chunks_present``'s ``verify_offsets``. Local disk: those written before
+    this machine last booted (every one where the boot time is unknown); normally none,
+    at no cost but two clock reads. S3: none."""
+    if backend_name() == "s3":
+        return set()
+    return local.writes_maybe_lost(written_at=written_at)
 
 
 def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview) -> None:
@@ -148,6 +172,18 @@ def stream_flush(*, upload_id: uuid.UUID) -> None:
     ``UPLOAD_FSYNC=off``). S3: nothing, and no request (an acknowledged PUT is durable).
     Idempotent. Raises ``OSError`` when the disk refuses the flush."""
     _backend().stream_flush(upload_id=upload_id)
+
+
+@contextmanager
+def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
+    """Around one complete's flush, check and forget or take: a second complete of the
+    same upload waits until the first's round is done, so that a flush error reported to
+    the first only (Linux reports a failed write-back once) is acted on before another
+    flush can succeed and take the upload. Local disk: an ``flock`` on the assembly file,
+    shared by every process of the node (none when the file is missing). S3: nothing (no
+    flush). Never hold a database lock or transaction around it."""
+    with _backend().stream_complete_lock(upload_id=upload_id):
+        yield
 
 
 def stream_writes_durable() -> bool:

@@ -10,14 +10,16 @@ the manifest are byte ranges of it, read back through ``open_range``. Derived fi
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import shutil
 import stat
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,17 +67,28 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return _stream_path(upload_id).exists()
 
 
-def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+def chunks_present(
+    *,
+    upload_id: uuid.UUID,
+    chunks: Mapping[int, StoredChunk],
+    verify_offsets: Collection[int] = frozenset(),
+) -> set[int]:
     """The offsets of ``chunks`` whose bytes the assembly file holds: the file reaches the
-    chunk's end, and a chunk whose range holds a hole reads back with the chunk's MD5.
+    chunk's end, and a chunk whose range holds a hole, or whose offset is in
+    ``verify_offsets``, reads back with the chunk's MD5.
 
     The file is sparse until written, so a chunk whose write never reached the disk (a
     crash, a copied-back folder) reads as a hole. A hole alone proves nothing, though:
     compressing filesystems (ZFS) and sparse copies (``rsync -S``, ``cp --sparse``) turn
     runs of zeros in written data into holes too. So a chunk without a hole costs one
     ``lseek``; one with a hole is read back and its MD5 compared (rare, bounded by the
-    chunk size, read in blocks). Filesystems that do not report holes are trusted on the
-    size alone.
+    chunk size, read in blocks). No hole proves nothing either where the filesystem does
+    not report holes (NFS before 4.2, FUSE, vfat/exFAT: all data) or a crash leaves
+    allocated blocks with stale bytes (ext4 ``data=writeback``): the caller names in
+    ``verify_offsets`` the chunks that may have been lost that way (``write_maybe_lost``),
+    and those are read back whatever ``lseek`` says.
+
+    Raises ``OSError`` when a read-back fails (the disk cannot give the bytes back).
     """
     try:
         fd = os.open(_stream_path(upload_id), os.O_RDONLY)
@@ -91,12 +104,47 @@ def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -
             if offset >= 0
             and offset + chunk.size <= facts.st_size
             and (
-                not _hole_within(fd, offset, offset + chunk.size)
+                (offset not in verify_offsets and not _hole_within(fd, offset, offset + chunk.size))
                 or _range_md5(fd, offset, chunk.size) == chunk.md5
             )
         }
     finally:
         os.close(fd)
+
+
+# A chunk received this long after the boot time is still read back: the boot time is
+# the wall clock now less the time since boot, so a clock stepped after a boot (NTP
+# correcting a drifted RTC, seconds on a machine with a working one) moves it; the chunks
+# of a machine's first minutes up are few, so reading them back costs little.
+BOOT_CLOCK_MARGIN_SECONDS = 300
+
+
+def booted_at() -> datetime | None:
+    """When this machine last booted (Linux: the wall clock less ``CLOCK_BOOTTIME``, which
+    is how the kernel computes ``/proc/stat``'s ``btime``, without reading a file), less
+    ``BOOT_CLOCK_MARGIN_SECONDS``; None where it cannot be told (no ``CLOCK_BOOTTIME``:
+    not Linux). Computed at each call (two clock reads), so that a clock NTP corrects
+    after the process started moves it as it moves ``received_at``."""
+    try:
+        since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):
+        return None
+    return datetime.fromtimestamp(time.time() - since_boot - BOOT_CLOCK_MARGIN_SECONDS, tz=UTC)
+
+
+def writes_maybe_lost(*, written_at: Mapping[int, datetime | None]) -> set[int]:
+    """The offsets of ``written_at`` (chunk offset -> when its ``stream_write`` had
+    returned: the row's ``received_at``) whose bytes a crash may have lost without a hole
+    showing it (see ``chunks_present``). Page-cache writes are lost only by a reboot (a
+    power cut, a kernel crash; a process that dies leaves them to the kernel), so only a
+    write made before this machine's boot. Where the boot time is unknown (not Linux),
+    every write may have been: the read-back is the only check that works on every
+    filesystem, and reading an upload back at complete on such a machine (a developer's
+    laptop; production runs on Linux) is the safe price."""
+    booted = booted_at()
+    if booted is None:
+        return set(written_at)
+    return {offset for offset, at in written_at.items() if at is None or at < booted}
 
 
 def _hole_within(fd: int, start: int, end: int) -> bool:
@@ -111,7 +159,8 @@ def _hole_within(fd: int, start: int, end: int) -> bool:
 
 
 def _range_md5(fd: int, offset: int, size: int) -> str:
-    """The hex MD5 of ``size`` bytes of the file from ``offset``, read in blocks."""
+    """The hex MD5 of ``size`` bytes of the file from ``offset``, read in blocks. Raises
+    ``OSError`` when a read fails."""
     digest = hashlib.md5(usedforsecurity=False)
     done = 0
     while done < size:
@@ -160,17 +209,44 @@ def stream_flush(*, upload_id: uuid.UUID) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
-    _directory_sync(_upload_dir(upload_id))
-    _directory_sync(Path(settings.UPLOAD_STORAGE_DIR))
+    # A cancel that committed meanwhile removes the folder: nothing is left to flush.
+    if _directory_sync(_upload_dir(upload_id)):
+        _directory_sync(Path(settings.UPLOAD_STORAGE_DIR))
 
 
-def _directory_sync(directory: Path) -> None:
-    """fsync a folder, so that the entries created in it are on disk."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def _directory_sync(directory: Path) -> bool:
+    """fsync a folder, so that the entries created in it are on disk; False (nothing done)
+    when the folder is gone."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return True
+
+
+@contextmanager
+def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the upload's assembly file for the block (waiting
+    for it), so that one complete's flush, check and forget or take is done before the
+    next one flushes: Linux reports a failed write-back to the first ``fsync`` only, and a
+    second complete whose flush then succeeds must not take the upload before the first
+    has forgotten its chunks. Every process of this machine shares the lock (a lock of
+    the open file, not of the process). No lock is needed without an assembly file (there
+    is nothing to flush). Take it before any database lock, never inside a transaction."""
+    try:
+        fd = os.open(_stream_path(upload_id), os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class _RangeRaw(SeekableRaw):

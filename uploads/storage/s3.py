@@ -59,7 +59,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -310,6 +310,11 @@ def stream_create(*, upload_id: uuid.UUID, size: int) -> None:
         raise _unavailable(upload_id, "prepare", exc) from None
 
 
+# What a client that honours Retry-After waits after botocore's own retries (about 15 s)
+# found the bucket unreachable: the minute the message asks for.
+S3_RETRY_AFTER_SECONDS = 60
+
+
 def _unavailable(upload_id: uuid.UUID, action: str, exc: Exception) -> ApplicationError:
     logger.error("S3: could not %s upload %s (%s)", action, upload_id, _error_code(exc))
     return ApplicationError(
@@ -317,6 +322,7 @@ def _unavailable(upload_id: uuid.UUID, action: str, exc: Exception) -> Applicati
         "The server could not reach its upload storage just now, so nothing was stored.",
         "Try again in a minute; tell your RelayPACS administrator if this keeps happening.",
         status_code=503,
+        retry_after=S3_RETRY_AFTER_SECONDS,
     )
 
 
@@ -332,10 +338,16 @@ def stream_exists(*, upload_id: uuid.UUID) -> bool:
     return bool(uploads.get("Uploads")) or local.work_dir(upload_id=upload_id).parent.exists()
 
 
-def chunks_present(*, upload_id: uuid.UUID, chunks: Mapping[int, StoredChunk]) -> set[int]:
+def chunks_present(
+    *,
+    upload_id: uuid.UUID,
+    chunks: Mapping[int, StoredChunk],
+    verify_offsets: Collection[int] = frozenset(),
+) -> set[int]:
     """The offsets of ``chunks`` whose objects are in the bucket with the chunk's size
     (1 LIST per 1,000 chunks). The ETag is not compared with the MD5: with SSE-KMS or
-    SSE-C it is not one."""
+    SSE-C it is not one. ``verify_offsets`` changes nothing: an acknowledged PUT is
+    durable, so no crash can leave a listed object with other bytes."""
     prefix = f"{_upload_prefix(upload_id)}chunks/"
     found: set[int] = set()
     try:
@@ -371,6 +383,12 @@ def stream_write(*, upload_id: uuid.UUID, offset: int, data: bytes | memoryview)
 def stream_flush(*, upload_id: uuid.UUID) -> None:
     """Nothing to do: S3 answers a PUT only once its object is durable, so every chunk
     ``stream_write`` acknowledged is already safe (and no request is made)."""
+
+
+@contextmanager
+def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
+    """Nothing to hold: there is no flush whose error one complete alone could see."""
+    yield
 
 
 class _ViewBody(SeekableRaw):

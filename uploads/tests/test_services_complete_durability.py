@@ -6,27 +6,40 @@ needs nothing more. Real PostgreSQL, real files, the moto S3 server."""
 
 from __future__ import annotations
 
+import errno
 import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
 
 from relaypacs.errors import ApplicationError
 from relaypacs.settings.base import upload_fsync_mode
 from uploads import storage
-from uploads.models import UploadChunkCounter, UploadSession, UploadState
+from uploads.models import UploadChunk, UploadChunkCounter, UploadSession, UploadState
 from uploads.selectors import upload_status
 from uploads.services import chunk_store, upload_cancel, upload_complete
-from uploads.services.ingest import ManifestFile, UploadInit, upload_init
-from uploads.services.recovery import upload_chunks_forget
+from uploads.services.ingest import (
+    COMPLETE_ROUNDS,
+    STORAGE_RETRY_AFTER_SECONDS,
+    ManifestFile,
+    UploadInit,
+    upload_init,
+)
+from uploads.services.recovery import upload_chunks_forget, uploads_reconcile
 from uploads.tests.helpers import content_md5
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +86,16 @@ def _send(session: UploadSession, payload: bytes, index: int) -> None:
         body=io.BytesIO(data),
         length=len(data),
         content_md5=content_md5(data),
+    )
+
+
+def _api_upload(api: Any, payload: bytes) -> str:
+    return str(
+        api.post(
+            "/api/v1/upload/init",
+            {"files": [{"name": "a.dcm", "size": len(payload)}], "chunk_size": CHUNK},
+            format="json",
+        ).json()["upload_id"]
     )
 
 
@@ -210,45 +233,197 @@ def test_each_mode_flushes_where_it_says(
     assert dict(flushes) == at_complete
 
 
+def _failing_fdatasync(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
 @pytest.mark.django_db
-def test_a_flush_the_disk_refuses_asks_for_every_chunk_again(
+def test_a_flush_the_disk_refuses_forgets_every_chunk_and_asks_to_wait(
+    api, settings, tmp_path, payload, monkeypatch
+):
+    _local(settings, tmp_path, "complete")
+    upload_id = _api_upload(api, payload)
+    for index in range(CHUNKS):
+        assert _put(api, upload_id, payload, index).status_code == 200
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "fdatasync", _failing_fdatasync)
+        response = api.post(f"/api/v1/upload/{upload_id}/complete")
+
+    assert response.status_code == 503, response.json()
+    assert response.json()["error"]["code"] == "storage_unavailable"
+    assert response["Retry-After"] == str(STORAGE_RETRY_AFTER_SECONDS)
+    status = api.get(f"/api/v1/upload/{upload_id}/status").json()
+    assert status["state"] == "receiving"
+    assert status["missing_chunks"] == [0, 1, 2, 3]
+    assert status["bytes_received"] == 0
+
+
+@pytest.mark.django_db
+def test_a_read_back_the_disk_refuses_is_a_flush_error(
     user, settings, tmp_path, payload, monkeypatch
 ):
+    _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    _received_before_boot(session, [1])  # so that it is read back
+
+    def failing_pread(fd: int, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched, pytest.raises(ApplicationError) as refused:
+        patched.setattr(os, "pread", failing_pread)
+        upload_complete(session=session)
+
+    assert (refused.value.code, refused.value.status_code) == ("storage_unavailable", 503)
+    assert upload_status(session=session)["missing_chunks"] == [0, 1, 2, 3]
+
+
+@pytest.mark.django_db
+def test_a_cancel_while_complete_flushes_wins_and_complete_says_so(
+    user, settings, tmp_path, payload, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    # The cancel commits (and its callback removes the upload's folder) between the
+    # assembly file's flush and its folder's: no disk error is reported for it.
     _local(settings, tmp_path, "complete")
     session = _new_upload(user, payload)
     for index in range(CHUNKS):
         _send(session, payload, index)
     real_fdatasync = os.fdatasync
+    pending = [True]
 
-    def failing(fd: int) -> None:
-        raise OSError(5, "Input/output error")
+    def fdatasync_then_cancel(fd: int) -> None:
+        real_fdatasync(fd)
+        if pending:
+            pending.pop()
+            with django_capture_on_commit_callbacks(execute=True):
+                upload_cancel(session=_fresh(session))
 
-    monkeypatch.setattr(os, "fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", fdatasync_then_cancel)
+    caplog.set_level(logging.INFO)
+
     with pytest.raises(ApplicationError) as refused:
         upload_complete(session=session)
-    monkeypatch.setattr(os, "fdatasync", real_fdatasync)
 
-    assert refused.value.extra["missing_chunks"] == [0, 1, 2, 3]
-    session.refresh_from_db()
-    assert session.state == UploadState.RECEIVING
-    assert upload_status(session=session)["bytes_received"] == 0
+    assert not pending, "the cancel ran during the flush"
+    assert not storage.stream_exists(upload_id=session.pk)  # its folder was removed
+    assert refused.value.code == "upload_not_receiving"
+    assert _fresh(session).state == UploadState.CANCELLED
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def _boot_time() -> datetime:
+    """This machine's boot time, as the kernel computes /proc/stat's btime."""
+    return datetime.fromtimestamp(time.time() - time.clock_gettime(time.CLOCK_BOOTTIME), tz=UTC)
+
+
+def _received_before_boot(session: UploadSession, indexes: list[int]) -> None:
+    """Chunks ``indexes`` as a machine rebooted since they were received finds them."""
+    UploadChunk.objects.filter(session=session, index__in=indexes).update(
+        received_at=_boot_time() - timedelta(hours=1)
+    )
+
+
+def _overwrite(path: Path, index: int) -> None:
+    """Other, non-zero bytes over chunk ``index``, with no hole: what a filesystem that
+    reports no holes (or ext4 data=writeback's stale blocks) shows for a lost write."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xa5" * CHUNK, index * CHUNK)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, index * CHUNK, os.SEEK_HOLE) >= (index + 1) * CHUNK  # no hole
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The offset of every ``os.pread``, recorded, then done for real."""
+    seen: list[int] = []
+    real = os.pread
+
+    def pread(fd: int, length: int, offset: int) -> bytes:
+        seen.append(offset)
+        return real(fd, length, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    return seen
 
 
 @pytest.mark.django_db
-def test_a_cancel_while_complete_flushes_wins_and_complete_says_so(
-    user, settings, tmp_path, payload, monkeypatch
+def test_a_chunk_received_before_the_boot_is_read_back_and_found_lost_without_a_hole(
+    user, settings, tmp_path, payload, reads
 ):
-    _local(settings, tmp_path, "complete")
+    root = _local(settings, tmp_path, "complete")
     session = _new_upload(user, payload)
     for index in range(CHUNKS):
         _send(session, payload, index)
-    _around_flush(monkeypatch, lambda: upload_cancel(session=_fresh(session)))
+    _received_before_boot(session, [2])
+    _overwrite(root / str(session.pk) / "stream.bin", 2)
 
     with pytest.raises(ApplicationError) as refused:
         upload_complete(session=session)
 
-    assert refused.value.code == "upload_not_receiving"
-    assert _fresh(session).state == UploadState.CANCELLED
+    assert refused.value.code == "upload_incomplete"
+    assert refused.value.extra["missing_chunks"] == [2]
+    assert {offset // CHUNK for offset in reads} == {2}  # only that chunk was read back
+    _send(session, payload, 2)
+    assert upload_complete(session=session).state == UploadState.PROCESSING
+
+
+@pytest.mark.django_db
+def test_a_chunk_received_since_the_boot_is_not_read_back_the_page_cache_cannot_lose_it_without_a_reboot(
+    user, settings, tmp_path, payload, reads
+):
+    # The same damage as above, on a chunk received after the boot: by design it is not
+    # looked for (no reboot, no lost page-cache write), and the check reads nothing.
+    root = _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    _overwrite(root / str(session.pk) / "stream.bin", 2)
+
+    assert upload_complete(session=session).state == UploadState.PROCESSING
+    assert reads == []
+
+
+@pytest.mark.django_db
+def test_where_the_boot_time_cannot_be_told_every_chunk_is_read_back(
+    user, settings, tmp_path, payload, reads, monkeypatch
+):
+    root = _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    _overwrite(root / str(session.pk) / "stream.bin", 1)
+    monkeypatch.delattr(time, "CLOCK_BOOTTIME")  # as on a system other than Linux
+
+    with pytest.raises(ApplicationError) as refused:
+        upload_complete(session=session)
+
+    assert refused.value.extra["missing_chunks"] == [1]
+    assert {offset // CHUNK for offset in reads} == {0, 1, 2, 3}
+
+
+@pytest.mark.django_db
+def test_reconcile_reads_back_a_receiving_uploads_chunks_received_before_the_boot(
+    user, settings, tmp_path, payload
+):
+    root = _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    _received_before_boot(session, [0, 3])
+    _overwrite(root / str(session.pk) / "stream.bin", 3)
+
+    summary = uploads_reconcile()
+
+    assert (summary.resumable, summary.chunks_to_resend) == (1, 1)
+    assert upload_status(session=session)["missing_chunks"] == [3]
 
 
 @pytest.mark.django_db
@@ -371,3 +546,110 @@ def test_the_default_is_complete_and_a_malformed_value_stops_start_up(tmp_path):
     assert done.returncode != 0 and "started" not in done.stdout
     assert "The environment variable UPLOAD_FSYNC is malformed" in done.stderr
     assert "sometimes" not in done.stderr
+
+
+@pytest.mark.django_db
+def test_when_chunks_are_forgotten_and_sent_again_at_every_round_complete_asks_for_them(
+    user, settings, tmp_path, payload, monkeypatch
+):
+    _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    real = storage.stream_flush
+    rounds: list[None] = []
+
+    def flush_while_chunk_1_is_forgotten_and_sent_again(*, upload_id: Any) -> None:
+        real(upload_id=upload_id)
+        rounds.append(None)
+        assert upload_chunks_forget(upload_id=session.pk, size=session.total_size, lost=[1])
+        _send(session, payload, 1)
+
+    monkeypatch.setattr(storage, "stream_flush", flush_while_chunk_1_is_forgotten_and_sent_again)
+
+    with pytest.raises(ApplicationError) as refused:
+        upload_complete(session=session)
+
+    assert len(rounds) == COMPLETE_ROUNDS
+    assert refused.value.code == "upload_incomplete"
+    assert refused.value.extra["missing_chunks"] == [1]
+    assert "lost track" in refused.value.message
+    assert "have not arrived" not in refused.value.message
+    assert _fresh(session).state == UploadState.RECEIVING
+
+
+@pytest.mark.django_db
+def test_an_upload_deleted_while_complete_flushes_is_not_found(
+    api, settings, tmp_path, payload, monkeypatch
+):
+    _local(settings, tmp_path, "complete")
+    upload_id = _api_upload(api, payload)
+    for index in range(CHUNKS):
+        assert _put(api, upload_id, payload, index).status_code == 200
+    _around_flush(monkeypatch, lambda: UploadSession.objects.filter(pk=upload_id).delete())
+
+    response = api.post(f"/api/v1/upload/{upload_id}/complete")
+
+    assert response.status_code == 404
+    unknown = api.post(f"/api/v1/upload/{uuid.uuid4()}/complete")
+    assert response.json() == unknown.json()
+
+
+def _flock_waiters(path: Path) -> int:
+    """How many ``flock`` requests on ``path`` wait (``/proc/locks``: "->" lines)."""
+    inode = f":{os.stat(path).st_ino} "
+    with open("/proc/locks") as locks:
+        return sum(1 for line in locks if "-> FLOCK" in line and inode in line)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_second_complete_waits_for_the_first_round_and_finds_what_its_failed_flush_forgot(
+    user, settings, tmp_path, payload, monkeypatch
+):
+    # Linux reports a failed write-back to the first fdatasync only: complete A gets the
+    # error, complete B (started while A flushes) would flush without one and take the
+    # upload, its bytes never written, unless it waits for A to forget the chunks.
+    root = _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    path = root / str(session.pk) / "stream.bin"
+    real_fdatasync = os.fdatasync
+    first = threading.Event()
+    b_waited: list[bool] = []
+
+    def fdatasync(fd: int) -> None:
+        if first.is_set():
+            real_fdatasync(fd)
+            return
+        first.set()  # A's flush: wait for B to wait for A's lock, then fail
+        deadline = time.monotonic() + 20
+        while _flock_waiters(path) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        b_waited.append(_flock_waiters(path) == 1)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    outcomes: dict[str, Any] = {}
+
+    def complete(name: str) -> None:
+        try:
+            outcomes[name] = upload_complete(session=_fresh(session)).state
+        except ApplicationError as error:
+            outcomes[name] = error
+        finally:
+            connection.close()
+
+    a = threading.Thread(target=complete, args=("a",))
+    a.start()
+    assert first.wait(20)
+    b = threading.Thread(target=complete, args=("b",))
+    b.start()
+    a.join(30)
+    b.join(30)
+
+    assert b_waited == [True]
+    assert outcomes["a"].code == "storage_unavailable"
+    assert outcomes["b"].code == "upload_incomplete"
+    assert outcomes["b"].extra["missing_chunks"] == [0, 1, 2, 3]
+    assert _fresh(session).state == UploadState.RECEIVING
