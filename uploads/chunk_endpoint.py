@@ -95,11 +95,20 @@ def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[b
     return headers
 
 
-async def _answer(send: Send, status: int, payload: dict[str, Any], *, secure: bool) -> None:
+async def _answer(
+    send: Send,
+    status: int,
+    payload: dict[str, Any],
+    *,
+    secure: bool,
+    retry_after: int | None = None,
+) -> None:
     body = json.dumps(payload).encode()
     headers = _response_headers(body, secure=secure, status=status)
-    if status == 503:
-        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    if retry_after is not None or status == 503:
+        # The error's own wait (storage_unavailable: a minute), else server_busy's.
+        seconds = retry_after if retry_after is not None else RETRY_AFTER_SECONDS
+        headers.append((b"retry-after", str(seconds).encode()))
     # As RequestIdMiddleware answers every Django response.
     headers.append((_REQUEST_ID_HEADER, logging_context.request_id_var.get().encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -297,7 +306,13 @@ class ChunkEndpoint:
             with metrics.chunk_request():
                 services.chunk_token_read(upload_id=upload_id, upload_token=token)
         except ApplicationError as error:
-            await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
+            await _answer(
+                send,
+                error.status_code,
+                {"error": error.as_dict()},
+                secure=secure,
+                retry_after=error.retry_after,
+            )
             return
         try:
             async with self.budget.reserved(
@@ -342,7 +357,13 @@ class ChunkEndpoint:
         try:
             receipt = await asyncio.get_running_loop().run_in_executor(_executor, in_context)
         except ApplicationError as error:
-            await _answer(send, error.status_code, {"error": error.as_dict()}, secure=secure)
+            await _answer(
+                send,
+                error.status_code,
+                {"error": error.as_dict()},
+                secure=secure,
+                retry_after=error.retry_after,
+            )
             return
         except Exception:
             logger.exception("A chunk could not be stored (upload %s).", upload_id)

@@ -509,6 +509,19 @@ def upload_complete(*, session: UploadSession) -> UploadSession:
     503 ``storage_unavailable``, Http404 when the upload was deleted meanwhile (the 404
     an unknown upload gets).
     """
+    try:
+        return _upload_complete_rounds(session=session)
+    except storage.CompleteLockBusy:
+        raise ApplicationError(
+            "storage_unavailable",
+            "The server is still saving this study to its disk for an earlier request.",
+            "Finish the upload again in a few seconds (the app does so by itself).",
+            status_code=503,
+            retry_after=5,
+        ) from None
+
+
+def _upload_complete_rounds(*, session: UploadSession) -> UploadSession:
     checked: set[int] = set()
     for _ in range(COMPLETE_ROUNDS):
         if not _still_receiving(session):

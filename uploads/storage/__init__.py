@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 from django.conf import settings
 
 from . import local
-from .local import BLOCK_SIZE
+from .local import BLOCK_SIZE, CompleteLockBusy
 from .streams import StoredChunk
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "stream_create",
     "stream_delete",
     "stream_exists",
+    "CompleteLockBusy",
     "stream_complete_lock",
     "stream_flush",
     "stream_removed_on_error",
@@ -181,7 +182,8 @@ def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
     the first only (Linux reports a failed write-back once) is acted on before another
     flush can succeed and take the upload. Local disk: an ``flock`` on the assembly file,
     shared by every process of the node (none when the file is missing). S3: nothing (no
-    flush). Never hold a database lock or transaction around it."""
+    flush). Never hold a database lock or transaction around it. Raises CompleteLockBusy
+    when another complete held it for ``local.COMPLETE_LOCK_WAIT_SECONDS``."""
     with _backend().stream_complete_lock(upload_id=upload_id):
         yield
 

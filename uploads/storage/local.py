@@ -122,14 +122,15 @@ BOOT_CLOCK_MARGIN_SECONDS = 300
 def booted_at() -> datetime | None:
     """When this machine last booted (Linux: the wall clock less ``CLOCK_BOOTTIME``, which
     is how the kernel computes ``/proc/stat``'s ``btime``, without reading a file), less
-    ``BOOT_CLOCK_MARGIN_SECONDS``; None where it cannot be told (no ``CLOCK_BOOTTIME``:
+    plus ``BOOT_CLOCK_MARGIN_SECONDS``; None where it cannot be told (no ``CLOCK_BOOTTIME``:
     not Linux). Computed at each call (two clock reads), so that a clock NTP corrects
     after the process started moves it as it moves ``received_at``."""
     try:
         since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
     except (AttributeError, OSError):
         return None
-    return datetime.fromtimestamp(time.time() - since_boot - BOOT_CLOCK_MARGIN_SECONDS, tz=UTC)
+    # Later by the margin: chunks received up to the margin after the boot count as before.
+    return datetime.fromtimestamp(time.time() - since_boot + BOOT_CLOCK_MARGIN_SECONDS, tz=UTC)
 
 
 def writes_maybe_lost(*, written_at: Mapping[int, datetime | None]) -> set[int]:
@@ -228,6 +229,15 @@ def _directory_sync(directory: Path) -> bool:
     return True
 
 
+# How long a complete waits for another one's flush of the same upload (gigabytes of page
+# cache can take seconds) before it answers 503 storage_unavailable.
+COMPLETE_LOCK_WAIT_SECONDS = 20
+
+
+class CompleteLockBusy(OSError):
+    """Another complete of the upload held its lock for COMPLETE_LOCK_WAIT_SECONDS."""
+
+
 @contextmanager
 def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the upload's assembly file for the block (waiting
@@ -238,12 +248,24 @@ def stream_complete_lock(*, upload_id: uuid.UUID) -> Iterator[None]:
     the open file, not of the process). No lock is needed without an assembly file (there
     is nothing to flush). Take it before any database lock, never inside a transaction."""
     try:
-        fd = os.open(_stream_path(upload_id), os.O_RDONLY)
+        # Opened for writing: NFS emulates flock with byte-range locks, and an exclusive
+        # one needs a file open for writing.
+        fd = os.open(_stream_path(upload_id), os.O_RDWR)
     except (FileNotFoundError, NotADirectoryError):
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + COMPLETE_LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    # A web thread must not wait for ever behind another complete's flush
+                    # (a hung disk): the client completes again later.
+                    raise CompleteLockBusy() from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)  # releases the lock

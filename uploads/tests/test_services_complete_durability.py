@@ -319,9 +319,11 @@ def _boot_time() -> datetime:
 
 
 def _received_before_boot(session: UploadSession, indexes: list[int]) -> None:
-    """Chunks ``indexes`` as a machine rebooted since they were received finds them."""
+    """Chunks ``indexes`` as a machine rebooted since they were received finds them: a
+    minute AFTER the boot time the clocks give, inside the margin a clock stepped after
+    the boot may hide (so the margin's direction is checked too)."""
     UploadChunk.objects.filter(session=session, index__in=indexes).update(
-        received_at=_boot_time() - timedelta(hours=1)
+        received_at=_boot_time() + timedelta(seconds=60)
     )
 
 
@@ -377,10 +379,14 @@ def test_a_chunk_received_before_the_boot_is_read_back_and_found_lost_without_a_
 
 @pytest.mark.django_db
 def test_a_chunk_received_since_the_boot_is_not_read_back_the_page_cache_cannot_lose_it_without_a_reboot(
-    user, settings, tmp_path, payload, reads
+    user, settings, tmp_path, payload, reads, monkeypatch
 ):
     # The same damage as above, on a chunk received after the boot: by design it is not
-    # looked for (no reboot, no lost page-cache write), and the check reads nothing.
+    # looked for (no reboot, no lost page-cache write), and the check reads nothing. The
+    # boot a day ago: a CI machine may have booted minutes ago (inside the margin).
+    from uploads.storage import local
+
+    monkeypatch.setattr(local, "booted_at", lambda: datetime.now(tz=UTC) - timedelta(days=1))
     root = _local(settings, tmp_path, "complete")
     session = _new_upload(user, payload)
     for index in range(CHUNKS):
@@ -595,11 +601,23 @@ def test_an_upload_deleted_while_complete_flushes_is_not_found(
     assert response.json() == unknown.json()
 
 
-def _flock_waiters(path: Path) -> int:
-    """How many ``flock`` requests on ``path`` wait (``/proc/locks``: "->" lines)."""
-    inode = f":{os.stat(path).st_ino} "
-    with open("/proc/locks") as locks:
-        return sum(1 for line in locks if "-> FLOCK" in line and inode in line)
+def _flock_refusals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every ``flock`` of the upload storage refused because another holds the lock (the
+    complete lock polls without blocking), recorded by file descriptor."""
+    from uploads.storage import local
+
+    refused: list[int] = []
+    real = local.fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        try:
+            real(fd, operation)
+        except BlockingIOError:
+            refused.append(fd)
+            raise
+
+    monkeypatch.setattr(local.fcntl, "flock", flock)
+    return refused
 
 
 @pytest.mark.django_db(transaction=True)
@@ -613,7 +631,8 @@ def test_a_second_complete_waits_for_the_first_round_and_finds_what_its_failed_f
     session = _new_upload(user, payload)
     for index in range(CHUNKS):
         _send(session, payload, index)
-    path = root / str(session.pk) / "stream.bin"
+    assert (root / str(session.pk) / "stream.bin").exists()
+    refusals = _flock_refusals(monkeypatch)
     real_fdatasync = os.fdatasync
     first = threading.Event()
     b_waited: list[bool] = []
@@ -624,9 +643,9 @@ def test_a_second_complete_waits_for_the_first_round_and_finds_what_its_failed_f
             return
         first.set()  # A's flush: wait for B to wait for A's lock, then fail
         deadline = time.monotonic() + 20
-        while _flock_waiters(path) == 0 and time.monotonic() < deadline:
+        while not refusals and time.monotonic() < deadline:
             time.sleep(0.01)
-        b_waited.append(_flock_waiters(path) == 1)
+        b_waited.append(bool(refusals))
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
@@ -653,3 +672,34 @@ def test_a_second_complete_waits_for_the_first_round_and_finds_what_its_failed_f
     assert outcomes["b"].code == "upload_incomplete"
     assert outcomes["b"].extra["missing_chunks"] == [0, 1, 2, 3]
     assert _fresh(session).state == UploadState.RECEIVING
+
+
+@pytest.mark.django_db
+def test_a_complete_behind_another_ones_long_flush_answers_busy_instead_of_waiting_for_ever(
+    user, settings, tmp_path, payload, monkeypatch
+):
+    import fcntl
+
+    from uploads.storage import local
+
+    root = _local(settings, tmp_path, "complete")
+    session = _new_upload(user, payload)
+    for index in range(CHUNKS):
+        _send(session, payload, index)
+    monkeypatch.setattr(local, "COMPLETE_LOCK_WAIT_SECONDS", 0.3)
+    holder = os.open(root / str(session.pk) / "stream.bin", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another complete, flushing (a hung disk)
+        began = time.monotonic()
+        with pytest.raises(ApplicationError) as busy:
+            upload_complete(session=session)
+        assert time.monotonic() - began < 5
+    finally:
+        os.close(holder)
+    assert (busy.value.code, busy.value.status_code, busy.value.retry_after) == (
+        "storage_unavailable",
+        503,
+        5,
+    )
+    assert _fresh(session).state == UploadState.RECEIVING
+    assert upload_complete(session=session).state == UploadState.PROCESSING  # lock gone
