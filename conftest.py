@@ -260,15 +260,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if any(item.get_closest_marker("e2e") for item in module_items)
         and not any(_uses_database(item) for item in module_items)
     }
-    # Among those, the longest first (their total times in a `make test` of 2026-12-02,
-    # longest first), so that no long module starts when the rest is nearly done.
+    # Then, within those and within each of pytest-django's groups of the others (tests
+    # in a transaction, then transactional tests, then the rest: that order is kept), the
+    # longest modules first (LONGEST_MODULES), so that no long module starts when the rest
+    # is nearly done.
     heavy = {module: rank for rank, module in enumerate(LONGEST_MODULES)}
 
-    def key(item: pytest.Item) -> tuple[bool, int]:
+    def key(item: pytest.Item) -> tuple[bool, int, int]:
         module = item.nodeid.split("::", 1)[0]
-        return module not in first, heavy.get(module, len(heavy)) if module in first else 0
+        group = 0 if module in first else _database_group(item)
+        return module not in first, group, heavy.get(module, len(heavy))
 
     items.sort(key=key)
+
+
+def _database_group(item: pytest.Item) -> int:
+    """pytest-django's order of a test: 0 in a transaction, 1 transactional, 2 no database."""
+    fixtures = getattr(item, "fixturenames", ())
+    marker = item.get_closest_marker("django_db")
+    if marker is not None and (
+        marker.kwargs.get("transaction") or marker.kwargs.get("reset_sequences")
+    ):
+        return 1
+    if "transactional_db" in fixtures or "live_server" in fixtures:
+        return 1
+    return 0 if _uses_database(item) else 2
 
 
 LONGEST_MODULES = (
@@ -288,4 +304,13 @@ LONGEST_MODULES = (
     "relaypacs/tests/test_deploy_nginx.py",
     "frontend/tests_e2e/test_pwa_notifications.py",
     "uploads/tests/test_nodes_e2e.py",
+    "uploads/tests/test_restore_in_flight_e2e.py",
+    # Modules that use the test database (ordered within their group only).
+    "uploads/tests/test_pipeline_e2e.py",
+    "uploads/tests/test_delivery_e2e.py",
+    "uploads/tests/test_s3_pipeline_e2e.py",
+    "uploads/tests/test_redelivery_e2e.py",
+    "accounts/tests/test_schema_fuzz.py",
+    "uploads/tests/test_chunk_cost.py",
+    "notifications/tests/test_stream_races.py",
 )
