@@ -115,6 +115,17 @@ async def _answer(
     await send({"type": "http.response.body", "body": body})
 
 
+async def _answer_error(send: Send, error: ApplicationError, *, secure: bool) -> None:
+    """An ApplicationError as Django's handler renders it (with its Retry-After)."""
+    await _answer(
+        send,
+        error.status_code,
+        {"error": error.as_dict()},
+        secure=secure,
+        retry_after=error.retry_after,
+    )
+
+
 async def _read_body(receive: Receive, limit: int, length: int | None) -> bytearray | None:
     """The request body, at most ``limit`` bytes; None when the client went away.
 
@@ -306,13 +317,7 @@ class ChunkEndpoint:
             with metrics.chunk_request():
                 services.chunk_token_read(upload_id=upload_id, upload_token=token)
         except ApplicationError as error:
-            await _answer(
-                send,
-                error.status_code,
-                {"error": error.as_dict()},
-                secure=secure,
-                retry_after=error.retry_after,
-            )
+            await _answer_error(send, error, secure=secure)
             return
         try:
             async with self.budget.reserved(
@@ -357,13 +362,7 @@ class ChunkEndpoint:
         try:
             receipt = await asyncio.get_running_loop().run_in_executor(_executor, in_context)
         except ApplicationError as error:
-            await _answer(
-                send,
-                error.status_code,
-                {"error": error.as_dict()},
-                secure=secure,
-                retry_after=error.retry_after,
-            )
+            await _answer_error(send, error, secure=secure)
             return
         except Exception:
             logger.exception("A chunk could not be stored (upload %s).", upload_id)

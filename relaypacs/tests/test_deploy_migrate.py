@@ -44,6 +44,19 @@ def _applied(database_url: str) -> list[tuple[str, str]]:
         return [(str(app), str(name)) for app, name in rows]
 
 
+def _wait_until_connected(other_node: psycopg.Connection, waiting: subprocess.Popen[str]) -> None:
+    """Until the migrating node has a connection to the database (it asks for the lock)."""
+    deadline = time.monotonic() + 120
+    others = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    while not (other_node.execute(others).fetchone() or (0,))[0]:
+        assert waiting.poll() is None, waiting.communicate()[0]
+        assert time.monotonic() < deadline, "the node never connected"
+        time.sleep(0.2)
+
+
 def test_two_nodes_migrating_a_fresh_database_at_once_both_succeed(tmp_path):
     with fresh_postgres_database("h8_migrate") as database_url:
         runs = [_migrate(database_url, tmp_path / f"node-{n}") for n in (1, 2)]
@@ -65,15 +78,7 @@ def test_a_node_waits_while_another_holds_the_migration_lock(tmp_path):
             other_node.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK_ID])
             waiting = _migrate(database_url, tmp_path / "node")
             # Until the node has connected (and so asked for the lock), then a while more.
-            deadline = time.monotonic() + 120
-            others = (
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            while not (other_node.execute(others).fetchone() or (0,))[0]:
-                assert waiting.poll() is None, waiting.communicate()[0]
-                assert time.monotonic() < deadline, "the node never connected"
-                time.sleep(0.2)
+            _wait_until_connected(other_node, waiting)
             time.sleep(2)
             assert waiting.poll() is None, waiting.communicate()[0]
             tables = other_node.execute(
@@ -102,15 +107,7 @@ def test_a_restore_that_began_while_a_node_waited_stops_its_migration(tmp_path):
         with psycopg.connect(url, autocommit=True) as other_node:
             other_node.execute("SELECT pg_advisory_lock(%s)", [MIGRATE_LOCK_ID])
             waiting = _migrate(database_url, tmp_path / "node")
-            deadline = time.monotonic() + 120
-            others = (
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            while not (other_node.execute(others).fetchone() or (0,))[0]:
-                assert waiting.poll() is None, waiting.communicate()[0]
-                assert time.monotonic() < deadline, "the node never connected"
-                time.sleep(0.2)
+            _wait_until_connected(other_node, waiting)
             time.sleep(1)
             create, insert, values = _marker_sql()
             other_node.execute(create)
