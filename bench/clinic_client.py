@@ -31,6 +31,8 @@ CHUNK_SIZE = 1024 * 1024
 MAX_IN_FLIGHT = 3
 TWO_IN_FLIGHT_ABOVE_SECONDS = 1.5
 ONE_IN_FLIGHT_ABOVE_SECONDS = 20.0
+# linkTuning.ts's SERVER_ADVICE_MS: how long a busy server's max_in_flight holds.
+SERVER_ADVICE_SECONDS = 10.0
 # frontend/src/uploader.ts: a chunk is tried 4 times on a 5xx (not 507) or a damaged body,
 # with backoff.ts's delays (1 s base doubling to 30 s, "half jitter"); status polled every
 # 1.5 s while the live stream is not connected.
@@ -48,6 +50,30 @@ def backoff_seconds(attempt: int) -> float:
     """backoff.ts's backoffDelay: between half and all of min(30 s, 1 s * 2^attempt)."""
     ceiling = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempt))
     return ceiling / 2 + random.random() * ceiling / 2  # noqa: S311 (jitter, not a secret)
+
+
+def advice_from(
+    max_in_flight: object, previous: tuple[int, float] | None, now: float
+) -> tuple[int, float] | None:
+    """linkTuning.ts's adviceFrom: the (limit, until) a chunk answer's ``max_in_flight``
+    gives, else the one still holding."""
+    if (
+        isinstance(max_in_flight, int)
+        and not isinstance(max_in_flight, bool)
+        and max_in_flight >= 1
+    ):
+        return min(max_in_flight, MAX_IN_FLIGHT), now + SERVER_ADVICE_SECONDS
+    return previous if previous is not None and now < previous[1] else None
+
+
+def advised_in_flight(
+    current: int, seconds: float, advice: tuple[int, float] | None, now: float
+) -> int:
+    """linkTuning.ts's advisedInFlight: next_in_flight within the server's advice."""
+    following = next_in_flight(current, seconds)
+    if advice is None or now >= advice[1]:
+        return following
+    return max(1, min(following, advice[0]))
 
 
 def next_in_flight(current: int, seconds: float) -> int:
@@ -101,6 +127,8 @@ class ClinicResult:
     final_state: str = ""
     failure: str = ""
     max_in_flight_seen: int = 0
+    # Chunk answers that carried the server's max_in_flight (a busy node).
+    advised_chunks: int = 0
     min_in_flight_seen: int = MAX_IN_FLIGHT
 
 
@@ -323,6 +351,7 @@ class Clinic:
         pending = deque((origin + n * interval, index) for n, index in enumerate(indexes))
         condition = threading.Condition()
         state = {"in_flight": MAX_IN_FLIGHT, "active": 0}
+        advice: list[tuple[int, float] | None] = [None]
         failures: list[BaseException] = []
 
         def sender() -> None:
@@ -343,7 +372,7 @@ class Clinic:
                     if wait > 0:
                         time.sleep(wait)
                     try:
-                        seconds = self._send_chunk(connection, index)
+                        seconds, max_in_flight = self._send_chunk(connection, index)
                     except BaseException as exc:
                         with condition:
                             failures.append(exc)
@@ -352,7 +381,13 @@ class Clinic:
                         return
                     with condition:
                         state["active"] -= 1
-                        state["in_flight"] = next_in_flight(state["in_flight"], seconds)
+                        now = time.monotonic()
+                        advice[0] = advice_from(max_in_flight, advice[0], now)
+                        state["in_flight"] = advised_in_flight(
+                            state["in_flight"], seconds, advice[0], now
+                        )
+                        if max_in_flight is not None:
+                            self.result.advised_chunks += 1
                         self.result.min_in_flight_seen = min(
                             self.result.min_in_flight_seen, state["in_flight"]
                         )
@@ -371,9 +406,9 @@ class Clinic:
         if failures:
             raise failures[0]
 
-    def _send_chunk(self, connection: _Connection, index: int) -> float:
+    def _send_chunk(self, connection: _Connection, index: int) -> tuple[float, object]:
         """PUT one chunk (read from disk, with its MD5) like uploader.ts's sendChunk; the
-        seconds of the attempt that succeeded."""
+        seconds of the attempt that succeeded and its answer's ``max_in_flight``."""
         chunk_size = int(self.upload["chunk_size"])
         ((_, data),) = list(iter_stream_chunks(self.paths, chunk_size, range(index, index + 1)))
         headers = {
@@ -395,7 +430,7 @@ class Clinic:
                         self.result.chunks.append(
                             ChunkTiming(self.number, index, started, seconds, attempt + 1)
                         )
-                    return seconds
+                    return seconds, json.loads(body).get("max_in_flight")
                 self._count_error(f"PUT chunk: {error_key(status, body)}")
                 retryable = (status >= 500 and status != 507) or b"checksum_mismatch" in body
                 if not retryable:

@@ -82,6 +82,14 @@ ChunkResponse = inline_serializer(
         "index": serializers.IntegerField(),
         "received": serializers.BooleanField(),
         "bytes_received": serializers.IntegerField(),
+        "max_in_flight": serializers.IntegerField(
+            required=False,
+            help_text=(
+                "Only when the server is busy (the chunk waited longer than "
+                "UPLOAD_CHUNK_BUSY_SECONDS for a thread): send at most this many chunks at "
+                "once for a while."
+            ),
+        ),
     },
 )
 StateResponse = inline_serializer("StateResponse", {"state": serializers.CharField()})

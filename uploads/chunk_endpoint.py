@@ -21,6 +21,13 @@ access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIREC
 Every chunk PUT, served here or by Django, first reserves the bytes it will hold from the
 process's chunk memory budget (``uploads.chunk_memory``) and reads its body only once it
 has them; one that waits too long is answered 503 ``server_busy`` with Retry-After.
+
+A chunk whose body then waited longer than ``UPLOAD_CHUNK_BUSY_SECONDS`` for one of this
+process's threads (more chunks arrive than it stores) is answered with ``max_in_flight: 1``:
+the server is the bottleneck, so more chunks at once from a client only queue here (each
+waits longer, and the process stores fewer per second: measured in bench/RESULTS.md); the
+PWA then sends one at a time for a while. The wait measures this process's backlog, not
+the link: a chunk on a slow link waits for its bytes before, not after, its body arrives.
 """
 
 from __future__ import annotations
@@ -218,11 +225,13 @@ def _release_connections() -> None:
         opened[conn.alias] = (id(conn.connection), since)
 
 
-def _receive_in_thread(**kwargs: Any) -> services.ChunkReceipt:
+def _receive_in_thread(*, submitted: float, **kwargs: Any) -> tuple[services.ChunkReceipt, float]:
+    """The chunk stored, and how long it waited for this thread since ``submitted``."""
+    waited = time.monotonic() - submitted
     try:
         with metrics.chunk_request() as counted:
             counted.receipt = services.chunk_receive(**kwargs)
-        return counted.receipt  # type: ignore[no-any-return]
+        return counted.receipt, waited
     finally:
         _release_connections()
 
@@ -349,6 +358,7 @@ class ChunkEndpoint:
         md5 = headers.get(b"content-md5")
         call = partial(
             _receive_in_thread,
+            submitted=time.monotonic(),
             upload_id=upload_id,
             upload_token=token,
             index=(query.get("index") or [None])[-1],
@@ -360,7 +370,9 @@ class ChunkEndpoint:
         # chunk_receive logs or dispatches there has this request's ids.
         in_context = partial(contextvars.copy_context().run, call)
         try:
-            receipt = await asyncio.get_running_loop().run_in_executor(_executor, in_context)
+            receipt, waited = await asyncio.get_running_loop().run_in_executor(
+                _executor, in_context
+            )
         except ApplicationError as error:
             await _answer_error(send, error, secure=secure)
             return
@@ -368,12 +380,16 @@ class ChunkEndpoint:
             logger.exception("A chunk could not be stored (upload %s).", upload_id)
             await _answer(send, 500, error_body(**_SERVER_ERROR), secure=secure)
             return
-        await _answer(
-            send,
-            200,
-            {"index": receipt.index, "received": True, "bytes_received": receipt.bytes_received},
-            secure=secure,
-        )
+        payload: dict[str, Any] = {
+            "index": receipt.index,
+            "received": True,
+            "bytes_received": receipt.bytes_received,
+        }
+        if waited > settings.UPLOAD_CHUNK_BUSY_SECONDS:
+            # This process has a backlog: one chunk at a time from this client for a while.
+            payload["max_in_flight"] = 1
+            metrics.CHUNKS_SLOWED_DOWN.inc()
+        await _answer(send, 200, payload, secure=secure)
 
 
 def _request_id(headers: dict[bytes, bytes]) -> str:

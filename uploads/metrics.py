@@ -73,6 +73,11 @@ CHUNK_MEMORY_WAIT_SECONDS = Histogram(
     "room before their body was read (those refused with server_busy count the whole wait).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60),
 )
+CHUNKS_SLOWED_DOWN = Counter(
+    "relaypacs_chunks_slowed_down_total",
+    "Chunks answered with max_in_flight 1: their body waited more than "
+    "UPLOAD_CHUNK_BUSY_SECONDS for one of the web process's chunk threads (a backlog).",
+)
 # Waiting states and the moment their wait began: a receiving upload since its init, one
 # waiting for the PACS since the first failure (retries do not restart the clock).
 WAITING_SINCE = {

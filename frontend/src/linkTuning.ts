@@ -34,6 +34,33 @@ export function nextInFlight(current: number, seconds: number): number {
   return current;
 }
 
+/** How long the app keeps to the server's `max_in_flight` after an answer carried it. */
+export const SERVER_ADVICE_MS = 10_000;
+
+/** The server's advice in a chunk's answer (`max_in_flight`), as a limit until when. */
+export interface InFlightAdvice {
+  limit: number;
+  until: number; // Date.now() milliseconds
+}
+
+/** Chunks in flight after a chunk took `seconds` with `current` in flight, within the
+ * server's advice while it holds: a busy server asks for one at a time (its chunks queue
+ * there, so more at once only wait longer), and the app steps up again, one chunk at a time,
+ * once the advice has not been repeated for a while. */
+export function advisedInFlight(current: number, seconds: number, advice: InFlightAdvice | null, now: number): number {
+  const next = nextInFlight(current, seconds);
+  if (!advice || now >= advice.until) return next;
+  return Math.max(1, Math.min(next, advice.limit));
+}
+
+/** The advice an answer's `max_in_flight` gives at `now`, or the one still holding. */
+export function adviceFrom(maxInFlight: unknown, previous: InFlightAdvice | null, now: number): InFlightAdvice | null {
+  if (typeof maxInFlight === "number" && Number.isInteger(maxInFlight) && maxInFlight >= 1) {
+    return { limit: Math.min(maxInFlight, MAX_IN_FLIGHT), until: now + SERVER_ADVICE_MS };
+  }
+  return previous && now < previous.until ? previous : null;
+}
+
 interface NetworkInformation {
   downlink?: number; // Mbit/s, as the browser estimates it
 }

@@ -7,7 +7,7 @@ import { accessToken, currentSession } from "./auth";
 import { backoffDelay, sleep } from "./backoff";
 import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
-import { browserLinkEstimate, chunkSizeFor, MAX_IN_FLIGHT, nextInFlight } from "./linkTuning";
+import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, type InFlightAdvice, MAX_IN_FLIGHT } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
 import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
@@ -148,6 +148,14 @@ export async function studyCancelSend(id: number): Promise<void> {
   await studyScrub(id, { state: "cancelled", serverState: "cancelled", error: null });
 }
 
+/** A chunk's 200 answer; `max_in_flight` only when the server is busy (docs/upload-api.md). */
+interface ChunkAnswer {
+  index: number;
+  received: boolean;
+  bytes_received: number;
+  max_in_flight?: number;
+}
+
 interface Progress {
   id: number;
   bytesAcked: number;
@@ -158,6 +166,8 @@ interface Progress {
 export class Uploader {
   private wakeUp: (() => void) | null = null;
   private inFlight = MAX_IN_FLIGHT;
+  // A busy server's `max_in_flight` in a chunk's answer, while it holds.
+  private advice: InFlightAdvice | null = null;
   private samples: [number, number][] = [];
   private failures = 0;
   private progress: Progress | null = null;
@@ -461,9 +471,10 @@ export class Uploader {
     for (let attempt = 0; ; attempt++) {
       const began = Date.now();
       this.meterOf(study.id!).chunkSent(index, body.length);
+      let answer: ChunkAnswer;
       try {
-        await this.withUploadToken(study, (token) =>
-          apiFetch(`/upload/${study.uploadId}/chunk?index=${index}`, {
+        answer = await this.withUploadToken(study, (token) =>
+          apiFetch<ChunkAnswer>(`/upload/${study.uploadId}/chunk?index=${index}`, {
             method: "PUT",
             token,
             body,
@@ -480,14 +491,16 @@ export class Uploader {
         }
         throw error;
       }
-      this.adapt(Date.now() - began);
+      this.adapt(Date.now() - began, answer?.max_in_flight);
       await this.acknowledge(study.id!, index, body.length);
       return;
     }
   }
 
-  private adapt(ms: number): void {
-    this.inFlight = nextInFlight(this.inFlight, ms / 1000);
+  private adapt(ms: number, maxInFlight: unknown): void {
+    const now = Date.now();
+    this.advice = adviceFrom(maxInFlight, this.advice, now);
+    this.inFlight = advisedInFlight(this.inFlight, ms / 1000, this.advice, now);
   }
 
   /** The upload speed measured on recent chunks, if there were enough of them. */

@@ -72,6 +72,9 @@ UPLOAD_FSYNC = upload_fsync_mode(env.str("UPLOAD_FSYNC", default="off"))
 # Connections of the lean chunk endpoint close after each request, so that no thread keeps
 # the test database open when it is dropped.
 CHUNK_DB_CONN_MAX_AGE = 0
+# A loaded test machine can keep a free thread from running for a while: no advice in
+# answers that tests compare, unless a test asks for it.
+UPLOAD_CHUNK_BUSY_SECONDS = 30.0
 # Upload tokens are checked against their session on every request (tests revoke them).
 UPLOAD_TOKEN_RECHECK_SECONDS = 0
 # Each test process keeps its own rate-limit counters (tests clear them).

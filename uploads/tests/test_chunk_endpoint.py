@@ -520,3 +520,62 @@ def test_https_is_decided_as_django_decides_it(settings, scheme, forwarded, secu
     request = RequestFactory().get("/", secure=scheme == "https", **extra)
     assert request.is_secure() is secure
     assert _is_secure({"scheme": scheme}, headers) is secure
+
+
+def test_a_chunk_that_waited_for_a_busy_process_asks_for_one_at_a_time(
+    uploader, settings, monkeypatch
+):
+    """A chunk whose body waits for the process's chunk threads longer than
+    UPLOAD_CHUNK_BUSY_SECONDS (here 0.5 s: behind another chunk's 1.5 s of work on the
+    only thread) is stored and answered with ``max_in_flight: 1``; one that finds a thread free
+    is answered without it."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from uploads import chunk_endpoint, metrics
+
+    client = signed_in(uploader)
+    upload = init(client)
+    data = os.urandom(CHUNK)
+    headers = {
+        "Authorization": f"Bearer {upload['upload_token']}",
+        "Content-MD5": content_md5(data),
+    }
+    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index="
+    single = ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(chunk_endpoint, "_executor", single)
+    settings.UPLOAD_CHUNK_BUSY_SECONDS = 0.5
+    slowed = metrics.CHUNKS_SLOWED_DOWN._value.get()  # noqa: SLF001
+    try:
+        status, _, body = asgi_put(f"{path}0", data, headers)
+        assert (status, body) == (200, {"index": 0, "received": True, "bytes_received": CHUNK})
+
+        started = threading.Event()
+        release = threading.Event()
+
+        def busy() -> None:
+            started.set()
+            release.wait(10)
+
+        single.submit(busy)
+        assert started.wait(5)
+        threading.Timer(1.5, release.set).start()
+        status, _, body = asgi_put(f"{path}1", data, headers)
+        assert (status, body) == (
+            200,
+            {"index": 1, "received": True, "bytes_received": 2 * CHUNK, "max_in_flight": 1},
+        )
+        assert metrics.CHUNKS_SLOWED_DOWN._value.get() == slowed + 1  # noqa: SLF001
+        assert UploadChunk.objects.filter(session_id=upload["upload_id"]).count() == 2
+
+        # The setting decides what a backlog is: the same wait is none below 30 s.
+        settings.UPLOAD_CHUNK_BUSY_SECONDS = 30
+        single.submit(busy)
+        release.clear()
+        threading.Timer(1.5, release.set).start()
+        status, _, body = asgi_put(f"{path}0", data, headers)
+        assert status == 200 and "max_in_flight" not in body
+    finally:
+        release.set()
+        single.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
+        single.shutdown()
