@@ -111,15 +111,15 @@ class NotificationAdmin(ViewOnlyAdmin):
 
     @transaction.atomic
     def _mark(self, request: HttpRequest, queryset: QuerySet[Notification], *, read: bool) -> int:
-        """Mark the selected notifications through the service (one lock each, in
-        primary-key order) and record one audit event for the run, with the ids of those
-        it changed and of their users; none when nothing changed. Returns how many
-        changed."""
+        """Mark the selected notifications through the service and record one audit event
+        for the run, with the ids of those it changed and of their users; none when nothing
+        changed. Returns how many changed. The selected rows are locked first, in
+        primary-key order, so that what they read is what this run changes: a notification
+        another request marks meanwhile waits for this run, and is not counted in it."""
         changed: list[int] = []
         users: set[int] = set()
-        for notification_id, user_id, read_at in queryset.order_by("pk").values_list(
-            "pk", "user_id", "read_at"
-        ):
+        rows = queryset.select_for_update().order_by("pk").values_list("pk", "user_id", "read_at")
+        for notification_id, user_id, read_at in rows:
             if (read_at is not None) == read:
                 continue
             notification_mark(user_id=user_id, notification_id=notification_id, read=read)
