@@ -29,6 +29,8 @@ from bench.clients import content_md5, iter_stream_chunks
 # flight: above 1.5 s two in flight, above 20 s one).
 CHUNK_SIZE = 1024 * 1024
 MAX_IN_FLIGHT = 3
+# linkTuning.ts's FIRST_IN_FLIGHT: one chunk first, one more per quick answer.
+FIRST_IN_FLIGHT = 1
 TWO_IN_FLIGHT_ABOVE_SECONDS = 1.5
 ONE_IN_FLIGHT_ABOVE_SECONDS = 20.0
 # linkTuning.ts's SERVER_ADVICE_MS: how long a busy server's max_in_flight holds.
@@ -350,7 +352,7 @@ class Clinic:
         origin = time.monotonic() + random.random() * interval  # noqa: S311 (not a secret)
         pending = deque((origin + n * interval, index) for n, index in enumerate(indexes))
         condition = threading.Condition()
-        state = {"in_flight": MAX_IN_FLIGHT, "active": 0}
+        state = {"in_flight": FIRST_IN_FLIGHT, "active": 0}
         advice: list[tuple[int, float] | None] = [None]
         failures: list[BaseException] = []
 

@@ -790,8 +790,8 @@ def report(run: Run) -> str:
         + ", `worker_processes auto`) to two `manage.py serve` nodes (production settings; one "
         "web process and one worker of concurrency 1 each) on one PostgreSQL database, one "
         "Redis database and one Orthanc. The PWA's client: "
-        f"{run.chunk_size // 1024} KiB chunks with MD5, 3 in flight adapted as the PWA does (to the link and to a "
-        "busy node's `max_in_flight`), its "
+        f"{run.chunk_size // 1024} KiB chunks with MD5, one chunk in flight first, then up to 3, adapted as the "
+        "PWA does (to the link and to a busy node's `max_in_flight`), its "
         f"retries and backoff, status every 1.5 s after complete until `completed`; {link}.",
         "",
         f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram']} RAM, kernel "
@@ -816,7 +816,7 @@ def report(run: Run) -> str:
         f"| Start signal -> last chunk acknowledged | {upload_seconds:.1f} s: {run.total_bytes / 1e6 / max(1e-9, upload_seconds):.0f} MB/s, {len(latencies) / max(1e-9, upload_seconds):.0f} chunks/s | | |",
         f"| Start signal -> last study completed | {run.seconds('signal', 'end'):.1f} s ({run.total_bytes / 1e6:.0f} MB) | | |",
         f"| complete -> completed per study, p50 / max | {statistics.median(completions or [0]):.1f} / {max(completions, default=0):.1f} s | | |",
-        f"| Chunks in flight per clinic (the PWA goes from 3 to 2 above 1.5 s per chunk, and to 1 for 10 s when a busy node's answer says `max_in_flight: 1`) | lowest {min((r.min_in_flight_seen for r in run.results), default=0)}, highest {max((r.max_in_flight_seen for r in run.results), default=0)} | | |",
+        f"| Chunks in flight per clinic (the PWA starts at 1, steps up to 3, goes to 2 above 1.5 s per chunk, and to 1 for 10 s when a busy node's answer says `max_in_flight: 1`) | lowest {min((r.min_in_flight_seen for r in run.results), default=0)}, highest {max((r.max_in_flight_seen for r in run.results), default=0)} | | |",
         f"| Chunk answers with `max_in_flight: 1` (the node's chunk waited > UPLOAD_CHUNK_BUSY_SECONDS for a thread) | {sum(r.advised_chunks for r in run.results)} of {sum(len(r.chunks) for r in run.results)} | | |",
         f"| Web processes' CPU per chunk in the upload phase (all their requests) | {1000 * web_upload_cpu / max(1, len(latencies)):.1f} ms | | |",
         "",

@@ -5,7 +5,7 @@ import { ForgotPassword, Register, ResendVerification, ResetPassword, VerifyEmai
 import { ApiError, type UploadStatus } from "./api";
 import { currentSession, signIn, signOut } from "./auth";
 import { anythingToSend, countPicked, describeCounts, KIND_WORDS } from "./classify";
-import { db, type ServiceLevel, type Study, type StudyFields, type UserError } from "./db";
+import { db, type ServiceLevel, type Study, type StudyFields, type UserError, type WaitNote } from "./db";
 import { displayDate, displayName, summarise, type DicomHeader, type StudySummary } from "./dicom";
 import { useInstallOffer } from "./engagement";
 import { readPickedFiles } from "./fileWork";
@@ -15,7 +15,7 @@ import { statsForget } from "./dashboard";
 import { forgetLastId, liveFor, useListsVersion } from "./live";
 import { NotificationCentre, NotificationsButton, Toasts } from "./Notifications";
 import { fromServerState, stateLabel } from "./queueState";
-import { startUploads, stopUploads } from "./runtime";
+import { startUploads, stopUploads, tryUploadsNow } from "./runtime";
 import {
   cancelStudy,
   discardAll,
@@ -33,7 +33,7 @@ import {
 import { toUserError } from "./uploader";
 import { History } from "./History";
 import { Reports } from "./Reports";
-import { repliesExpire, repliesForget, repliesSend, reportsForget } from "./reports";
+import { repliesExpire, repliesForget, repliesSend, reportsForget, shownAsOf } from "./reports";
 import { deviceForget, leftChoices, leftOnDevice, leftWords, somethingLeft, type LeftOnDevice } from "./signOut";
 import { reportStateWords, STUDY_WORDS } from "./words";
 import { navigate, useRoute } from "./router";
@@ -465,6 +465,14 @@ function SendOthers({ study }: { study: Study }) {
   );
 }
 
+/** "The server could not store this study safely just then. The app sends it again by
+ * itself after a short wait; … The app tries again at 10:42." */
+/** What happened, then one sentence for what the app does: the hints of passing troubles
+ * all say "it tries again by itself", which the time of the next try says better. */
+function waitNoteWords(note: WaitNote): string {
+  return `${note.message} The study stays on this device and the app tries again by itself at ${shownAsOf(note.retryAt)}, or now if you press Try now. Tell your administrator if this keeps happening.`;
+}
+
 function StudyCard({ study, online }: { study: Study; online: boolean }) {
   const preparing = study.state === "preparing";
   const done = preparing ? study.hashedBytes : study.bytesAcked;
@@ -480,6 +488,8 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
   const cancelling = study.state === "cancelling";
   const over = study.state === "completed" || study.state === "cancelled";
   const recovery = recoveryOf(study);
+  // The server answered the last try with a passing error: say so, and when the next is.
+  const waitNote = online && (study.state === "queued" || study.state === "uploading") ? (study.waitNote ?? null) : null;
   useReportState(study, online);
   return (
     <li className={`study state-${study.state}`} data-testid="study" data-state={study.state}>
@@ -512,10 +522,16 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
           {summaryWords(study)}
         </div>
       )}
+      {waitNote && (
+        <p className="note" data-testid="wait-note">
+          {waitNoteWords(waitNote)}
+        </p>
+      )}
       {(study.state === "needs_attention" || ((study.state === "completed" || cancelling) && study.error)) && <ErrorBox error={study.error} />}
       {!over && <Verdicts study={study} />}
       {recovery === "send_others" && <SendOthers study={study} />}
       <div className="actions">
+        {waitNote && <button onClick={tryUploadsNow}>Try now</button>}
         {(study.state === "uploading" || study.state === "queued") && <button onClick={() => void pauseStudy(study.id!)}>Pause</button>}
         {study.state === "paused" && <button onClick={() => void resumeStudy(study.id!)}>Resume</button>}
         {recovery === "send_anyway" && <button onClick={() => void retryStudy(study, { force: true })}>Send anyway</button>}

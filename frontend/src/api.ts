@@ -3,18 +3,35 @@
 
 export const API = "/api/v1";
 
+// The longest wait a Retry-After gets: a server asking for more is still tried every five
+// minutes, so a study never waits out a mistaken header and the card's time stays near.
+export const RETRY_AFTER_MAX_MS = 5 * 60_000;
+
+/** Retry-After (RFC 9110 §10.2.3) in ms, from seconds or an HTTP date; null when it is
+ * absent or neither. Not capped (see `RETRY_AFTER_MAX_MS`). */
+export function retryAfterMs(value: string | null, now = Date.now()): number | null {
+  const text = value?.trim() ?? "";
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  // An HTTP date names its day and month ("Wed, 02 Dec 2026 04:01:30 GMT").
+  const at = /[a-z]/i.test(text) ? Date.parse(text) : NaN;
+  return isNaN(at) ? null : Math.max(0, at - now);
+}
+
 export class ApiError extends Error {
   readonly code: string;
   readonly hint: string;
   readonly status: number;
   readonly body: Record<string, unknown>;
+  /** How long the server asked to wait before trying again (its Retry-After), if it did. */
+  readonly retryAfterMs: number | null;
 
-  constructor(status: number, code: string, message: string, hint: string, body: Record<string, unknown> = {}) {
+  constructor(status: number, code: string, message: string, hint: string, body: Record<string, unknown> = {}, retryAfter: number | null = null) {
     super(message);
     this.status = status;
     this.code = code;
     this.hint = hint;
     this.body = body;
+    this.retryAfterMs = retryAfter;
   }
 
   /** Worth trying again later without the user doing anything. */
@@ -65,14 +82,17 @@ export async function apiFetch<T>(path: string, options: RequestOptions = {}): P
   }
   if (!response.ok) {
     const error = data.error as { code?: string; message?: string; hint?: string } | undefined;
+    const wait = retryAfterMs(response.headers.get("Retry-After"));
     if (error?.message) {
-      throw new ApiError(response.status, error.code ?? "error", error.message, error.hint ?? "", data.error as Record<string, unknown>);
+      throw new ApiError(response.status, error.code ?? "error", error.message, error.hint ?? "", data.error as Record<string, unknown>, wait);
     }
     throw new ApiError(
       response.status,
       `http_${response.status}`,
       response.status >= 500 ? "The server had a problem and did not take the request." : `The server refused the request (HTTP ${response.status}).`,
       response.status >= 500 ? "The app tries again by itself; if it keeps happening, tell your administrator." : "Try again; if it keeps happening, tell your administrator.",
+      {},
+      wait,
     );
   }
   return data as T;

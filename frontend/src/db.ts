@@ -9,6 +9,16 @@ export interface UserError {
   hint: string;
 }
 
+/** Why a queued study waits although the device is online: the server answered the last try
+ * with a passing error (503, unreachable). In the app's words (words.ts), and when the
+ * engine tries again. */
+export interface WaitNote {
+  message: string;
+  hint: string;
+  /** When the engine's wait ends (ms since the epoch). */
+  retryAt: number;
+}
+
 export interface StoredFile {
   name: string; // with its relative path for folders
   size: number;
@@ -80,6 +90,9 @@ export interface Study {
   rate: number;
   serverState: string | null;
   error: UserError | null;
+  /** Only while queued or uploading (queueState.ts `keepsWaitNote`); none offline, where
+   * the offline banner says why. Not indexed: no schema version. */
+  waitNote?: WaitNote | null;
   completedAt: number | null;
   /** Send again with damaged files left out (`allow_partial`). */
   allowPartial?: boolean;

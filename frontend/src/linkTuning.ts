@@ -21,6 +21,8 @@ export function chunkSizeFor(bytesPerSecond: number | null): number {
 }
 
 export const MAX_IN_FLIGHT = 3;
+/** Chunks in flight when the engine starts: it steps up one per answer (nextInFlight). */
+export const FIRST_IN_FLIGHT = 1;
 
 /** Chunks in flight after a chunk took `seconds` with `current` in flight. */
 export function nextInFlight(current: number, seconds: number): number {

@@ -91,6 +91,13 @@ export function transition(state: StudyState, event: StudyEvent): StudyState {
   }
 }
 
+/** Whether a study keeps (or gets) its wait note (db.ts `WaitNote`) through `event`: only
+ * when the engine backs off ("offline") and the study still waits to be sent. Any other
+ * event (start, pause, sent, server, fail, cancel, …) ends the wait it described. */
+export function keepsWaitNote(event: StudyEvent, next: StudyState): boolean {
+  return event.type === "offline" && (next === "queued" || next === "uploading");
+}
+
 /** Whether the uploader should work on a study in this state. */
 export function isActive(state: StudyState): boolean {
   return state === "queued" || state === "uploading" || state === "processing" || state === "forwarding" || state === "cancelling";

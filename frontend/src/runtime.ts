@@ -1,6 +1,6 @@
 /** Starts the upload engine in the page for the signed-in user and wakes it when something
  * changes: back online, page visible again, a study added in another tab. */
-import { SYNC_TAG, UPLOADER_LOCK, Uploader, WAKE_CHANNEL } from "./uploader";
+import { SYNC_TAG, UPLOADER_LOCK, Uploader, WAKE_CHANNEL, wakeUploaders } from "./uploader";
 
 interface SyncRegistration extends ServiceWorkerRegistration {
   sync?: { register(tag: string): Promise<void> };
@@ -52,6 +52,14 @@ export function stopUploads(): void {
 
 export function wakeUploads(): void {
   current?.uploader?.wake();
+}
+
+/** "Try now": end the engine's wait at once, in whichever tab holds the upload lock. One
+ * message reaches every tab's uploader, this one's too (its channel is another object); a
+ * second, direct wake could arrive late and cut short the wait after the next try. */
+export function tryUploadsNow(): void {
+  if (typeof BroadcastChannel !== "undefined") wakeUploaders();
+  else wakeUploads();
 }
 
 /** Ask the browser to run the service worker's uploader when the network is back, even if

@@ -33,7 +33,7 @@ describe("a complete refused with 503 storage_unavailable", () => {
         server.received.clear(); // the server forgot every chunk
         return new Response(
           JSON.stringify({ error: { code: "storage_unavailable", message: "The disk failed.", hint: "" } }),
-          { status: 503, headers: { "Content-Type": "application/json", "Retry-After": "60" } },
+          { status: 503, headers: { "Content-Type": "application/json", "Retry-After": "1" } },
         );
       }
       if (refusedAt && !resentAt && url.includes("/chunk")) resentAt = performance.now();

@@ -2,13 +2,13 @@
  * follows it until the PACS confirms receipt. It runs in the page and in the service worker
  * (Background Sync), one at a time (Web Lock), with the queue in IndexedDB as the truth. */
 import { md5 } from "hash-wasm";
-import { ApiError, apiFetch, networkError, type InitResponse, type StatusStudy, type UploadStatus } from "./api";
+import { ApiError, apiFetch, networkError, RETRY_AFTER_MAX_MS, type InitResponse, type StatusStudy, type UploadStatus } from "./api";
 import { accessToken, currentSession } from "./auth";
 import { backoffDelay, sleep } from "./backoff";
 import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
-import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, type InFlightAdvice, MAX_IN_FLIGHT } from "./linkTuning";
-import { FINAL_STATES, fromServerState, isActive, transition, type StudyEvent } from "./queueState";
+import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, FIRST_IN_FLIGHT, type InFlightAdvice } from "./linkTuning";
+import { FINAL_STATES, fromServerState, isActive, keepsWaitNote, transition, type StudyEvent } from "./queueState";
 import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
 import { plainError } from "./words";
@@ -51,14 +51,21 @@ export function toUserError(error: unknown): UserError {
   };
 }
 
-/** Apply a state-machine event to the stored study, atomically against other writers. */
+/** Apply a state-machine event to the stored study, atomically against other writers.
+ * The study's wait note is `patch.waitNote` after an "offline" event that leaves it waiting
+ * to be sent, and gone after anything else (queueState.ts `keepsWaitNote`). */
 export async function studyEvent(id: number, event: StudyEvent, patch: Partial<Study> = {}): Promise<Study | undefined> {
   return db.transaction("rw", db.studies, async () => {
     const study = await db.studies.get(id);
     if (!study) return undefined;
     const state = transition(study.state, event);
-    await db.studies.update(id, { ...patch, state });
-    return { ...study, ...patch, state };
+    const { waitNote: asked, ...rest } = patch;
+    const changes: Partial<Study> = { ...rest, state };
+    const waitNote = keepsWaitNote(event, state) ? (asked ?? null) : null;
+    // Written only when there is or was one: most events never touch it.
+    if (waitNote || study.waitNote) changes.waitNote = waitNote;
+    await db.studies.update(id, changes);
+    return { ...study, ...changes };
   });
 }
 
@@ -165,7 +172,9 @@ interface Progress {
 
 export class Uploader {
   private wakeUp: (() => void) | null = null;
-  private inFlight = MAX_IN_FLIGHT;
+  // One chunk first, one more per quick answer: fifty clinics starting at once must not
+  // open with three chunks each on a server that can only queue them (bench/RESULTS.md).
+  private inFlight = FIRST_IN_FLIGHT;
   // A busy server's `max_in_flight` in a chunk's answer, while it holds.
   private advice: InFlightAdvice | null = null;
   private samples: [number, number][] = [];
@@ -258,9 +267,15 @@ export class Uploader {
           // Offline, server restarting, or sign-in needed: keep the queue, try again later.
           this.failures += 1;
           this.wentOffline(sending);
-          for (const s of sending) await studyEvent(s.id!, { type: "offline" });
+          // Never sooner than the server asked (a failing disk asks for a minute).
+          delay = error.code === "sign_in_required" ? 60_000 : Math.max(backoffDelay(this.failures), Math.min(error.retryAfterMs ?? 0, RETRY_AFTER_MAX_MS));
+          // Online, each waiting study says why and when the next try is; not offline (the
+          // banner says it), nor for a sign-in (the app asks for it), nor in the service
+          // worker, which does not wait (the browser runs it again when it sees fit).
+          const { message, hint } = toUserError(error);
+          const waitNote = error.transient && isOnline() && !untilSent ? { message, hint, retryAt: Date.now() + delay } : null;
+          for (const s of sending) await studyEvent(s.id!, { type: "offline" }, { waitNote });
           if (untilSent) return;
-          delay = error.code === "sign_in_required" ? 60_000 : backoffDelay(this.failures);
         } else if ((error as Error).name !== "AbortError") {
           console.error(error);
         }
@@ -573,6 +588,7 @@ export class Uploader {
       await studyScrub(id, {
         state: "completed",
         serverState: status.state,
+        waitNote: null,
         completedAt,
         error: before?.state === "cancelling" ? ALREADY_DELIVERED : null,
         summary: finishedSummary(status, before, completedAt),
@@ -580,7 +596,7 @@ export class Uploader {
       return;
     }
     if (local === "cancelled") {
-      await studyScrub(id, { state: "cancelled", serverState: status.state, error: null });
+      await studyScrub(id, { state: "cancelled", serverState: status.state, error: null, waitNote: null });
       return;
     }
     let error: UserError | null = status.error ? plainError({ code: status.error.code, message: status.error.message, hint: status.error.hint ?? "" }) : null;

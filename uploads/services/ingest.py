@@ -404,8 +404,8 @@ def _incomplete(
 
 # What a client that honours Retry-After waits before it completes again after the disk
 # refused to store the upload's bytes: a disk error is not over in seconds, and the client
-# sends every chunk again before that complete (the PWA backs off by itself, doubling up
-# to 30 s).
+# sends every chunk again before that complete (the PWA waits at least Retry-After, at
+# most 5 minutes, and says on the study's card when it tries again).
 STORAGE_RETRY_AFTER_SECONDS = 60
 
 
