@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Max, Min
 from django.http import Http404
@@ -176,9 +177,43 @@ def upload_metrics_on_domain_event(*, name: str, upload_id: str = "", **payload:
         PACS_RETRIES.inc()
 
 
+def backup_families() -> Iterator[Metric]:
+    """The daily backup's gauges for RelayPacsBackupMissing (deploy/prometheus/alerts.yml):
+    whether beat schedules it, when it last wrote a backup (the audit trail), and when the
+    database was created (the grace of a stack that never had one). Two small indexed
+    queries; no sample of the last backup when there was none."""
+    from .selectors import backup_scheduled_last_written_at, database_created_at
+
+    yield GaugeMetricFamily(
+        "relaypacs_backup_scheduled",
+        "1 when beat backs the product up daily (BACKUP_SCHEDULE a time of day), 0 when "
+        "BACKUP_SCHEDULE is off.",
+        value=0.0 if str(settings.BACKUP_SCHEDULE).strip().lower() == "off" else 1.0,
+    )
+    last = GaugeMetricFamily(
+        "relaypacs_backup_last_success_timestamp_seconds",
+        "When beat's daily backup last wrote a whole backup (Unix time, from the audit "
+        "trail; a backup by hand does not count); no sample when it never did.",
+    )
+    written_at = backup_scheduled_last_written_at()
+    if written_at is not None:
+        last.add_metric([], written_at.timestamp())
+    yield last
+    created = GaugeMetricFamily(
+        "relaypacs_database_created_timestamp_seconds",
+        "When this database was created (Unix time its first migration was applied): "
+        "a stack that never had a backup is given 26 hours from then to write its first.",
+    )
+    created_at = database_created_at()
+    if created_at is not None:
+        created.add_metric([], created_at.timestamp())
+    yield created
+
+
 class UploadsCollector(Collector):
-    """Uploads per state, the oldest upload of each waiting state, and the most leases run
-    out in a row per leased state, from the database at scrape time."""
+    """Uploads per state, the oldest upload of each waiting state, the most leases run out
+    in a row per leased state, and the daily backup's gauges (``backup_families``), from
+    the database at scrape time."""
 
     def collect(self) -> Iterable[Metric]:
         from .models import LEASED_STATES, UploadSession, UploadState
@@ -222,3 +257,4 @@ class UploadsCollector(Collector):
         for state in LEASED_STATES:
             expiries.add_metric([str(state)], float(most.get(state) or 0))
         yield expiries
+        yield from backup_families()

@@ -9,10 +9,12 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from django.conf import settings
-from django.db.models import Prefetch, Q, QuerySet
+from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
+from django.db.models import Max, Min, Prefetch, Q, QuerySet
 from django.db.models.fields.json import KT
 
-from accounts.models import Role, User
+from accounts.models import AuditEvent, AuditOutcome, Role, User
 
 from .models import (
     FileKind,
@@ -324,3 +326,28 @@ def upload_facts(*, upload_ids: Iterable[uuid.UUID] | None = None) -> Iterator[U
             failed_at=session.failed_at,
             next_retry_at=session.next_retry_at,
         )
+
+
+def backup_scheduled_last_written_at() -> datetime | None:
+    """When beat's daily backup (``uploads.management.backups.backup_scheduled``) last
+    wrote a whole backup, from the audit trail it records that in ("export" of a backup,
+    outcome success, scheduled); None when it never did. A backup by hand (``manage.py
+    backup``) writes no audit record, so it does not count: it says nothing about the
+    schedule running. One query on the indexed ``action`` (export events are about one a
+    day: the daily backup and the rare export of a user's own data)."""
+    at: datetime | None = AuditEvent.objects.filter(
+        action="export",
+        object_type="backup",
+        outcome=AuditOutcome.SUCCESS,
+        detail__scheduled=True,
+    ).aggregate(at=Max("occurred_at"))["at"]
+    return at
+
+
+def database_created_at() -> datetime | None:
+    """When this database was created: the time its first migration was applied (the
+    earliest row of django_migrations, a table of some hundred rows). A restored database
+    keeps the time of the one it was backed up from. None before any migration."""
+    applied = MigrationRecorder(connection).migration_qs
+    at: datetime | None = applied.aggregate(at=Min("applied"))["at"]
+    return at
