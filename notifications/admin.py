@@ -118,7 +118,11 @@ class NotificationAdmin(ViewOnlyAdmin):
         another request marks meanwhile waits for this run, and is not counted in it."""
         changed: list[int] = []
         users: set[int] = set()
-        rows = queryset.select_for_update().order_by("pk").values_list("pk", "user_id", "read_at")
+        rows = (
+            queryset.select_for_update(of=("self",))
+            .order_by("pk")
+            .values_list("pk", "user_id", "read_at")
+        )
         for notification_id, user_id, read_at in rows:
             if (read_at is not None) == read:
                 continue

@@ -23,7 +23,8 @@ process's chunk memory budget (``uploads.chunk_memory``) and reads its body only
 has them; one that waits too long is answered 503 ``server_busy`` with Retry-After.
 
 A chunk whose body then waited longer than ``UPLOAD_CHUNK_BUSY_SECONDS`` for one of this
-process's threads (more chunks arrive than it stores) is answered with ``max_in_flight: 1``:
+process's threads behind at least CHUNK_THREADS other waiting chunks (more chunks arrive
+than it stores, not a few slow S3 requests or flushes) is answered with ``max_in_flight: 1``:
 the server is the bottleneck, so more chunks at once from a client only queue here (each
 waits longer, and the process stores fewer per second: measured in bench/RESULTS.md); the
 PWA then sends one at a time for a while. The wait measures this process's backlog, not
@@ -78,7 +79,7 @@ CHUNK_PATH = re.compile(
     r"/chunk"
 )
 # Threads (each with its own database connection) per web process: enough to overlap the
-# fdatasync of the chunks in flight (the PWA sends up to four at once, spread over the web
+# fdatasync of the chunks in flight (the PWA sends up to three at once, spread over the web
 # processes); more threads only contend for the GIL.
 CHUNK_THREADS = 4
 _AUTH_PREFIX = b"bearer " + PREFIX.encode()
@@ -86,6 +87,32 @@ _REQUEST_ID_HEADER = logging_context.REQUEST_ID_HEADER.lower().encode()
 
 _executor = ThreadPoolExecutor(max_workers=CHUNK_THREADS, thread_name_prefix="chunk")
 _opened = threading.local()
+
+
+class _Backlog:
+    """Chunks handed to the threads that no thread has started yet."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting = 0
+
+    def joined(self) -> int:
+        """One more waiting; how many were waiting before it."""
+        with self._lock:
+            ahead = self._waiting
+            self._waiting += 1
+            return ahead
+
+    def started(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+
+_backlog = _Backlog()
 
 
 def _response_headers(body: bytes, *, secure: bool, status: int) -> list[tuple[bytes, bytes]]:
@@ -227,6 +254,7 @@ def _release_connections() -> None:
 
 def _receive_in_thread(*, submitted: float, **kwargs: Any) -> tuple[services.ChunkReceipt, float]:
     """The chunk stored, and how long it waited for this thread since ``submitted``."""
+    _backlog.started()
     waited = time.monotonic() - submitted
     try:
         with metrics.chunk_request() as counted:
@@ -369,6 +397,7 @@ class ChunkEndpoint:
         # run_in_executor does not carry the context to the thread: copied, so that what
         # chunk_receive logs or dispatches there has this request's ids.
         in_context = partial(contextvars.copy_context().run, call)
+        ahead = _backlog.joined()
         try:
             receipt, waited = await asyncio.get_running_loop().run_in_executor(
                 _executor, in_context
@@ -385,8 +414,8 @@ class ChunkEndpoint:
             "received": True,
             "bytes_received": receipt.bytes_received,
         }
-        if waited > settings.UPLOAD_CHUNK_BUSY_SECONDS:
-            # This process has a backlog: one chunk at a time from this client for a while.
+        if ahead >= CHUNK_THREADS and waited > settings.UPLOAD_CHUNK_BUSY_SECONDS:
+            # A backlog, not slow work: one chunk at a time from this client for a while.
             payload["max_in_flight"] = 1
             metrics.CHUNKS_SLOWED_DOWN.inc()
         await _answer(send, 200, payload, secure=secure)

@@ -465,8 +465,6 @@ function SendOthers({ study }: { study: Study }) {
   );
 }
 
-/** "The server could not store this study safely just then. The app sends it again by
- * itself after a short wait; … The app tries again at 10:42." */
 /** What happened, then one sentence for what the app does: the hints of passing troubles
  * all say "it tries again by itself", which the time of the next try says better. */
 function waitNoteWords(note: WaitNote): string {
@@ -489,7 +487,8 @@ function StudyCard({ study, online }: { study: Study; online: boolean }) {
   const over = study.state === "completed" || study.state === "cancelled";
   const recovery = recoveryOf(study);
   // The server answered the last try with a passing error: say so, and when the next is.
-  const waitNote = online && (study.state === "queued" || study.state === "uploading") ? (study.waitNote ?? null) : null;
+  // Past its time the engine is trying again (or another study's work goes first): no stale time.
+  const waitNote = online && (study.state === "queued" || study.state === "uploading") && study.waitNote && study.waitNote.retryAt > Date.now() ? study.waitNote : null;
   useReportState(study, online);
   return (
     <li className={`study state-${study.state}`} data-testid="study" data-state={study.state}>

@@ -21,6 +21,8 @@ export const WAKE_CHANNEL = "relaypacs-wake";
 export const POLL_MS = 1500;
 // A chunk whose bytes were damaged on the way is sent again this many times.
 const CHUNK_ATTEMPTS = 4;
+// The longest Retry-After a chunk's own retry waits; longer ones are the engine's wait.
+const CHUNK_RETRY_AFTER_MAX_MS = 5_000;
 // Speed is measured over this window.
 const RATE_WINDOW_MS = 10_000;
 // The study record (with its file list) gets the progress at most this often, not per chunk:
@@ -256,9 +258,11 @@ export class Uploader {
         await this.wait(60_000);
         continue;
       }
+      let stepping: number | null = null;
       try {
         for (const study of studies) {
           if (this.signal.aborted) return;
+          stepping = study.id!;
           await this.step(study.id!);
         }
         this.failures = 0;
@@ -269,12 +273,13 @@ export class Uploader {
           this.wentOffline(sending);
           // Never sooner than the server asked (a failing disk asks for a minute).
           delay = error.code === "sign_in_required" ? 60_000 : Math.max(backoffDelay(this.failures), Math.min(error.retryAfterMs ?? 0, RETRY_AFTER_MAX_MS));
-          // Online, each waiting study says why and when the next try is; not offline (the
-          // banner says it), nor for a sign-in (the app asks for it), nor in the service
-          // worker, which does not wait (the browser runs it again when it sees fit).
+          // Online, the study whose step failed says why and when the next try is (the
+          // others were not tried: their old notes go); not offline (the banner says it),
+          // nor for a sign-in (the app asks for it), nor in the service worker, which does
+          // not wait (the browser runs it again when it sees fit).
           const { message, hint } = toUserError(error);
           const waitNote = error.transient && isOnline() && !untilSent ? { message, hint, retryAt: Date.now() + delay } : null;
-          for (const s of sending) await studyEvent(s.id!, { type: "offline" }, { waitNote });
+          for (const s of sending) await studyEvent(s.id!, { type: "offline" }, { waitNote: s.id === stepping ? waitNote : null });
           if (untilSent) return;
         } else if ((error as Error).name !== "AbortError") {
           console.error(error);
@@ -500,8 +505,12 @@ export class Uploader {
       } catch (error) {
         // Bytes damaged on the way: the server stored nothing, send them again.
         if (error instanceof ApiError && error.code === "checksum_mismatch" && attempt + 1 < CHUNK_ATTEMPTS) continue;
-        if (error instanceof ApiError && error.status >= 500 && error.status !== 507 && attempt + 1 < CHUNK_ATTEMPTS) {
-          await sleep(backoffDelay(attempt), this.signal);
+        // A server that asks for more than a few seconds (a failing disk, a minute) gets it
+        // from the engine, which says on the card why it waits; a short Retry-After
+        // (server_busy's 5 s) is waited here, never less than the backoff.
+        const asked = error instanceof ApiError ? (error.retryAfterMs ?? 0) : 0;
+        if (error instanceof ApiError && error.status >= 500 && error.status !== 507 && attempt + 1 < CHUNK_ATTEMPTS && asked <= CHUNK_RETRY_AFTER_MAX_MS) {
+          await sleep(Math.max(backoffDelay(attempt), asked), this.signal);
           continue;
         }
         throw error;

@@ -4,6 +4,7 @@ audit record of the run counts only what the run changed (PostgreSQL: real row l
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.db import connection, connections, transaction
@@ -44,11 +45,31 @@ def test_a_notification_marked_meanwhile_is_not_counted_in_the_admins_run(client
         finally:
             connections.close_all()
 
+    def go_once_the_admin_waits() -> None:
+        """Let the other request commit only once the admin's run waits for its lock (a
+        backend of this database waiting on a row lock), so the test shows the wait."""
+        try:
+            deadline = time.monotonic() + 30
+            with connections["default"].cursor() as cursor:
+                while time.monotonic() < deadline:
+                    cursor.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                    if cursor.fetchone()[0]:
+                        break
+                    time.sleep(0.02)
+                else:
+                    errors.append(AssertionError("the admin's run never waited for the lock"))
+        finally:
+            go.set()
+            connections.close_all()
+
     thread = threading.Thread(target=other_request)
     thread.start()
     try:
         assert locked.wait(10)
-        threading.Timer(0.5, go.set).start()
+        threading.Thread(target=go_once_the_admin_waits).start()
         response = client.post(
             NOTIFICATIONS, {"action": "mark_read", "_selected_action": [first.pk, second.pk]}
         )

@@ -463,8 +463,8 @@ CHUNK_MEMORY_BUDGET_BYTES = env.int("CHUNK_MEMORY_BUDGET_BYTES", default=256 * 1
 # Seconds a chunk PUT waits for room in that budget before it is answered 503 server_busy
 # (Retry-After): below the 60 s nginx waits on an upstream that reads nothing.
 CHUNK_MEMORY_WAIT_SECONDS = env.float("CHUNK_MEMORY_WAIT_SECONDS", default=30)
-# Seconds a chunk's body may wait for one of its web process's chunk threads before the
-# answer asks the client to send one chunk at a time for a while (max_in_flight: 1): more
+# Seconds a chunk's body may wait for one of its web process's chunk threads (behind at
+# least as many waiting chunks as there are threads) before the answer asks the client to send one chunk at a time for a while (max_in_flight: 1): more
 # chunks arrive than the process stores, and more of them at once only queue. Idle, a chunk
 # waits well under a millisecond; 50 clinics flat out on 2 cores made it 0.6 s.
 UPLOAD_CHUNK_BUSY_SECONDS = env.float("UPLOAD_CHUNK_BUSY_SECONDS", default=0.1)

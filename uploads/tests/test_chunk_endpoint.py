@@ -522,14 +522,13 @@ def test_https_is_decided_as_django_decides_it(settings, scheme, forwarded, secu
     assert _is_secure({"scheme": scheme}, headers) is secure
 
 
-def test_a_chunk_that_waited_for_a_busy_process_asks_for_one_at_a_time(
-    uploader, settings, monkeypatch
-):
-    """A chunk whose body waits for the process's chunk threads longer than
-    UPLOAD_CHUNK_BUSY_SECONDS (here 0.5 s: behind another chunk's 1.5 s of work on the
-    only thread) is stored and answered with ``max_in_flight: 1``; one that finds a thread free
-    is answered without it."""
+def test_a_chunk_queued_behind_a_backlog_asks_for_one_at_a_time(uploader, settings, monkeypatch):
+    """A chunk that waits for the process's chunk threads behind at least as many waiting
+    chunks as there are threads (here one thread, busy, and one chunk already waiting) is
+    stored and answered with ``max_in_flight: 1``; a chunk that waits only behind slow work
+    (the thread busy, nobody else waiting: an S3 request, a flush) is answered without it."""
     import threading
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from uploads import chunk_endpoint, metrics
@@ -544,37 +543,59 @@ def test_a_chunk_that_waited_for_a_busy_process_asks_for_one_at_a_time(
     path = f"/api/v1/upload/{upload['upload_id']}/chunk?index="
     single = ThreadPoolExecutor(max_workers=1)
     monkeypatch.setattr(chunk_endpoint, "_executor", single)
-    settings.UPLOAD_CHUNK_BUSY_SECONDS = 0.5
-    slowed = metrics.CHUNKS_SLOWED_DOWN._value.get()  # noqa: SLF001
-    try:
-        status, _, body = asgi_put(f"{path}0", data, headers)
-        assert (status, body) == (200, {"index": 0, "received": True, "bytes_received": CHUNK})
+    monkeypatch.setattr(chunk_endpoint, "CHUNK_THREADS", 1)
+    settings.UPLOAD_CHUNK_BUSY_SECONDS = 0.0  # any wait: the backlog alone decides here
+    backlog = chunk_endpoint._backlog  # noqa: SLF001
+    release = threading.Event()
 
+    def occupy_the_thread() -> None:
         started = threading.Event()
-        release = threading.Event()
 
         def busy() -> None:
             started.set()
-            release.wait(10)
+            release.wait(30)
 
-        single.submit(busy)
-        assert started.wait(5)
-        threading.Timer(1.5, release.set).start()
-        status, _, body = asgi_put(f"{path}1", data, headers)
-        assert (status, body) == (
-            200,
-            {"index": 1, "received": True, "bytes_received": 2 * CHUNK, "max_in_flight": 1},
-        )
-        assert metrics.CHUNKS_SLOWED_DOWN._value.get() == slowed + 1  # noqa: SLF001
-        assert UploadChunk.objects.filter(session_id=upload["upload_id"]).count() == 2
-
-        # The setting decides what a backlog is: the same wait is none below 30 s.
-        settings.UPLOAD_CHUNK_BUSY_SECONDS = 30
-        single.submit(busy)
         release.clear()
-        threading.Timer(1.5, release.set).start()
+        single.submit(busy)
+        assert started.wait(10)
+
+    def release_when_waiting(count: int) -> None:
+        deadline = time.monotonic() + 30
+        while backlog.waiting < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        release.set()
+
+    slowed = metrics.CHUNKS_SLOWED_DOWN._value.get()  # noqa: SLF001
+    try:
+        # Behind slow work only: stored, no advice.
+        occupy_the_thread()
+        threading.Thread(target=release_when_waiting, args=(1,)).start()
         status, _, body = asgi_put(f"{path}0", data, headers)
-        assert status == 200 and "max_in_flight" not in body
+        assert (status, body) == (200, {"index": 0, "received": True, "bytes_received": CHUNK})
+
+        # Behind a backlog: chunk 1 waits first, then chunk 2 behind it.
+        occupy_the_thread()
+        answers: dict[int, Any] = {}
+        first = threading.Thread(
+            target=lambda: answers.update({1: asgi_put(f"{path}1", data, headers)})
+        )
+        first.start()
+        deadline = time.monotonic() + 30
+        while backlog.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        threading.Thread(target=release_when_waiting, args=(2,)).start()
+        last = data[:1000]  # the upload's last chunk is 1000 bytes
+        last_headers = {**headers, "Content-MD5": content_md5(last)}
+        status, _, body = asgi_put(f"{path}2", last, last_headers)
+        first.join(30)
+        assert answers[1][0] == 200 and "max_in_flight" not in answers[1][2]
+        assert status == 200, body
+        assert body.get("max_in_flight") == 1, body
+        assert body["bytes_received"] == 2 * CHUNK + 1000
+        assert metrics.CHUNKS_SLOWED_DOWN._value.get() == slowed + 1  # noqa: SLF001
+        stored = UploadChunk.objects.filter(session_id=upload["upload_id"], stored=True)
+        assert stored.count() == 3
+        assert backlog.waiting == 0
     finally:
         release.set()
         single.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
