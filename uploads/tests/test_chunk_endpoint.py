@@ -94,6 +94,18 @@ def init(client: APIClient) -> dict[str, Any]:
     return response.json()
 
 
+def upload_with_chunk(user: Any) -> tuple[dict[str, Any], bytes, dict[str, str], str]:
+    """A signed-in user's new upload, a random first chunk, the upload-token headers that
+    send it, and the chunk path without its index."""
+    upload = init(signed_in(user))
+    data = os.urandom(CHUNK)
+    headers = {
+        "Authorization": f"Bearer {upload['upload_token']}",
+        "Content-MD5": content_md5(data),
+    }
+    return upload, data, headers, f"/api/v1/upload/{upload['upload_id']}/chunk?index="
+
+
 @pytest.fixture
 def uploader() -> Any:
     return UserFactory(role=Role.CLINICIAN)
@@ -216,14 +228,8 @@ def test_the_endpoint_closes_its_connection_in_tests_and_keeps_it_in_production(
 
     from uploads import chunk_endpoint
 
-    client = signed_in(uploader)
-    upload = init(client)
-    data = os.urandom(CHUNK)
-    headers = {
-        "Authorization": f"Bearer {upload['upload_token']}",
-        "Content-MD5": content_md5(data),
-    }
-    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index=0"
+    upload, data, headers, path = upload_with_chunk(uploader)
+    path += "0"
     single = ThreadPoolExecutor(max_workers=1)  # one thread: its connection is the one used
     monkeypatch.setattr(chunk_endpoint, "_executor", single)
 
@@ -533,14 +539,7 @@ def test_a_chunk_queued_behind_a_backlog_asks_for_one_at_a_time(uploader, settin
 
     from uploads import chunk_endpoint, metrics
 
-    client = signed_in(uploader)
-    upload = init(client)
-    data = os.urandom(CHUNK)
-    headers = {
-        "Authorization": f"Bearer {upload['upload_token']}",
-        "Content-MD5": content_md5(data),
-    }
-    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index="
+    upload, data, headers, path = upload_with_chunk(uploader)
     single = ThreadPoolExecutor(max_workers=1)
     monkeypatch.setattr(chunk_endpoint, "_executor", single)
     monkeypatch.setattr(chunk_endpoint, "CHUNK_THREADS", 1)

@@ -4,30 +4,20 @@ server_busy's 5 s), and nothing of it is acknowledged."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from accounts.models import Role
 from accounts.tests.factories import UserFactory
 from uploads.models import UploadChunk
 from uploads.storage.s3 import S3_RETRY_AFTER_SECONDS
-from uploads.tests.helpers import content_md5
 
-from .test_chunk_endpoint import CHUNK, asgi_put, init, signed_in
+from .test_chunk_endpoint import CHUNK, asgi_put, upload_with_chunk
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_chunk_the_bucket_refuses_is_503_with_the_s3_retry_after(s3_settings, settings):
-    client = signed_in(UserFactory(role=Role.CLINICIAN))
-    upload = init(client)
-    data = os.urandom(CHUNK)
-    headers = {
-        "Authorization": f"Bearer {upload['upload_token']}",
-        "Content-MD5": content_md5(data),
-    }
-    path = f"/api/v1/upload/{upload['upload_id']}/chunk?index="
+    upload, data, headers, path = upload_with_chunk(UserFactory(role=Role.CLINICIAN))
     status, _, body = asgi_put(f"{path}0", data, headers)
     assert status == 200 and body["bytes_received"] == CHUNK
 
