@@ -817,7 +817,7 @@ def report(run: Run) -> str:
         f"| Start signal -> last study completed | {run.seconds('signal', 'end'):.1f} s ({run.total_bytes / 1e6:.0f} MB) | | |",
         f"| complete -> completed per study, p50 / max | {statistics.median(completions or [0]):.1f} / {max(completions, default=0):.1f} s | | |",
         f"| Chunks in flight per clinic (the PWA starts at 1, steps up to 3, goes to 2 above 1.5 s per chunk, and to 1 for 10 s when a busy node's answer says `max_in_flight: 1`) | lowest {min((r.min_in_flight_seen for r in run.results), default=0)}, highest {max((r.max_in_flight_seen for r in run.results), default=0)} | | |",
-        f"| Chunk answers with `max_in_flight: 1` (the node's chunk waited > UPLOAD_CHUNK_BUSY_SECONDS for a thread) | {sum(r.advised_chunks for r in run.results)} of {sum(len(r.chunks) for r in run.results)} | | |",
+        f"| Chunk answers with `max_in_flight: 1` (the node's chunk waited > UPLOAD_CHUNK_BUSY_SECONDS for a thread behind at least 4 waiting chunks) | {sum(r.advised_chunks for r in run.results)} of {sum(len(r.chunks) for r in run.results)} | | |",
         f"| Web processes' CPU per chunk in the upload phase (all their requests) | {1000 * web_upload_cpu / max(1, len(latencies)):.1f} ms | | |",
         "",
         f"nginx's log: chunk PUTs by web process: {by_upstream or 'none'}; all answers by "
