@@ -398,10 +398,11 @@ class ChunkEndpoint:
         # chunk_receive logs or dispatches there has this request's ids.
         in_context = partial(contextvars.copy_context().run, call)
         ahead = _backlog.joined()
+        pending = _executor.submit(in_context)
+        # Cancelled before a thread took it (the request's task cancelled): never started.
+        pending.add_done_callback(lambda done: _backlog.started() if done.cancelled() else None)
         try:
-            receipt, waited = await asyncio.get_running_loop().run_in_executor(
-                _executor, in_context
-            )
+            receipt, waited = await asyncio.wrap_future(pending)
         except ApplicationError as error:
             await _answer_error(send, error, secure=secure)
             return

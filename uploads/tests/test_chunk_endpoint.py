@@ -4,6 +4,7 @@ end with their sign-in session and act only for the user who asked for them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -26,8 +27,11 @@ CHUNK = 256 * 1024
 SIZE = CHUNK * 2 + 1000
 
 
-def asgi_put(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
-    """One request through the ASGI application as uvicorn hands it over (body in pieces)."""
+def asgi_put(
+    path: str, body: bytes, headers: dict[str, str], until: Any = None
+) -> tuple[int, dict[str, str], Any]:
+    """One request through the ASGI application as uvicorn hands it over (body in pieces);
+    with ``until`` (a callable), the request's task is cancelled once ``until()`` is true."""
     import json
 
     scope = {
@@ -63,7 +67,17 @@ def asgi_put(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run(application(scope, receive, send))
+    async def _cancelled(condition: Any) -> None:
+        task = asyncio.ensure_future(application(scope, receive, send))
+        while not condition():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(application(scope, receive, send) if until is None else _cancelled(until))
+    if until is not None:
+        return 0, {}, None
     start = sent[0]
     response_headers = {k.decode().lower(): v.decode() for k, v in start["headers"]}
     content = b"".join(m.get("body", b"") for m in sent[1:])
@@ -595,6 +609,40 @@ def test_a_chunk_queued_behind_a_backlog_asks_for_one_at_a_time(uploader, settin
         stored = UploadChunk.objects.filter(session_id=upload["upload_id"], stored=True)
         assert stored.count() == 3
         assert backlog.waiting == 0
+    finally:
+        release.set()
+        single.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
+        single.shutdown()
+
+
+def test_a_chunk_whose_request_is_cancelled_while_it_waits_leaves_no_backlog(uploader, monkeypatch):
+    """A chunk request cancelled while its chunk waits for a thread is never stored, and is
+    no longer counted as waiting (else every later chunk would look like a backlog)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from uploads import chunk_endpoint
+
+    upload, data, headers, path = upload_with_chunk(uploader)
+    single = ThreadPoolExecutor(max_workers=1)
+    monkeypatch.setattr(chunk_endpoint, "_executor", single)
+    backlog = chunk_endpoint._backlog  # noqa: SLF001
+    release = threading.Event()
+    started = threading.Event()
+
+    def busy() -> None:
+        started.set()
+        release.wait(30)
+
+    try:
+        single.submit(busy)
+        assert started.wait(10)
+        before = backlog.waiting
+        asgi_put(f"{path}0", data, headers, until=lambda: backlog.waiting > before)
+        release.set()
+        single.submit(lambda: None).result(10)
+        assert backlog.waiting == before
+        assert not UploadChunk.objects.filter(session_id=upload["upload_id"], stored=True)
     finally:
         release.set()
         single.submit(chunk_endpoint._release_connections).result()  # noqa: SLF001
