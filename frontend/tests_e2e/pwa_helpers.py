@@ -239,3 +239,38 @@ def product_with_technician(tmp_path: Path, orthanc: Any, **env: str) -> Iterato
             },
         )
         yield product
+
+
+def phone_through(browser: Any, link: CuttableLink) -> Any:
+    """A browser context at phone size whose requests go through ``link``."""
+    return browser.new_context(
+        base_url=link.base,
+        viewport={"width": 360, "height": 640},
+        device_scale_factor=2,
+        is_mobile=True,
+    )
+
+
+def acknowledged_chunks(context: Any, chunk_url: Any) -> list[int]:
+    """The indexes of the chunk PUTs the server answered 200, as the browser saw them (the
+    page's and the service worker's), appended as they arrive."""
+    acked: list[int] = []
+
+    def on_response(response: Any) -> None:
+        match = chunk_url.search(response.url)
+        if match and response.request.method == "PUT" and response.status == 200:
+            acked.append(int(match.group(1)))
+
+    context.on("response", on_response)
+    return acked
+
+
+def slow_link(context: Any, page: Any) -> None:
+    """DevTools network conditions of about 4 Mbit/s, 100 ms latency: an upload is under
+    way long enough to cut it."""
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 100, "downloadThroughput": 5e5, "uploadThroughput": 5e5},
+    )

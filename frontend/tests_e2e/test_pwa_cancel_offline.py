@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
-from pwa_helpers import CuttableLink, Product
+from pwa_helpers import CuttableLink, Product, acknowledged_chunks, phone_through, slow_link
 from test_pwa_e2e import CHUNK_URL, DUMP_INDEXEDDB, assert_no_phi_left, pick, sign_in
 
 from uploads.tests.synthetic import write_study
@@ -38,31 +38,14 @@ def test_a_cancel_tapped_offline_reaches_the_server_when_the_network_is_back(
     product: Product, orthanc_clean: Any, browser: Any, link: CuttableLink, tmp_path: Path
 ) -> None:
     paths = write_study(tmp_path / "study", instances=10, instance_bytes=1024 * 1024)
-    phone = browser.new_context(
-        base_url=link.base,
-        viewport={"width": 360, "height": 640},
-        device_scale_factor=2,
-        is_mobile=True,
-    )
+    phone = phone_through(browser, link)
     page = phone.new_page()
     sign_in(page)
     # The service worker controls the page: the app reloads with the link cut.
     page.wait_for_function("navigator.serviceWorker.controller !== null")
-    acked: list[int] = []
-
-    def on_response(response: Any) -> None:
-        match = CHUNK_URL.search(response.url)
-        if match and response.request.method == "PUT" and response.status == 200:
-            acked.append(int(match.group(1)))
-
-    phone.on("response", on_response)
+    acked = acknowledged_chunks(phone, CHUNK_URL)
     # A slow link (about 4 Mbit/s), so that the upload is under way when the link is cut.
-    cdp = phone.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send(
-        "Network.emulateNetworkConditions",
-        {"offline": False, "latency": 100, "downloadThroughput": 5e5, "uploadThroughput": 5e5},
-    )
+    slow_link(phone, page)
     pick(page, "pick-files", paths)
     expect(page.get_by_test_id("patient-name")).to_have_text("SYNTHETIC, PATIENT")
     page.get_by_role("button", name="Send to PACS").click()

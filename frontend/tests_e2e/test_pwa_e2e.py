@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
-from pwa_helpers import PASSWORD, USERNAME, CuttableLink, Product
+from pwa_helpers import PASSWORD, USERNAME, CuttableLink, Product, phone_through
 
 from uploads.tests.synthetic import write_study
 
@@ -173,12 +173,7 @@ def test_connection_lost_mid_upload_resumes_without_resending_acknowledged_chunk
 ) -> None:
     paths = write_study(tmp_path / "study", instances=10, instance_bytes=1024 * 1024)
     # Through a relay whose connections can be cut for real, at phone size.
-    phone = browser.new_context(
-        base_url=link.base,
-        viewport={"width": 360, "height": 640},
-        device_scale_factor=2,
-        is_mobile=True,
-    )
+    phone = phone_through(browser, link)
     page = phone.new_page()
     sign_in(page)
     # Every chunk request and every acknowledgement, in the order the browser saw them

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import expect
-from pwa_helpers import CuttableLink, Product
+from pwa_helpers import CuttableLink, Product, acknowledged_chunks, phone_through, slow_link
 from test_pwa_e2e import CHUNK_URL, pick, sign_in
 
 from uploads.tests.synthetic import write_study
@@ -27,30 +27,13 @@ def test_a_study_waiting_for_an_unreachable_server_says_why_and_try_now_sends_it
     product: Product, orthanc_clean: Any, browser: Any, link: CuttableLink, tmp_path: Path
 ) -> None:
     paths = write_study(tmp_path / "study", instances=6, instance_bytes=512 * 1024)
-    phone = browser.new_context(
-        base_url=link.base,
-        viewport={"width": 360, "height": 640},
-        device_scale_factor=2,
-        is_mobile=True,
-    )
+    phone = phone_through(browser, link)
     page = phone.new_page()
     sign_in(page)
     page.wait_for_function("navigator.serviceWorker.controller !== null")
-    acked: list[int] = []
-
-    def on_response(response: Any) -> None:
-        match = CHUNK_URL.search(response.url)
-        if match and response.request.method == "PUT" and response.status == 200:
-            acked.append(int(match.group(1)))
-
-    phone.on("response", on_response)
-    cdp = phone.new_cdp_session(page)
-    cdp.send("Network.enable")
+    acked = acknowledged_chunks(phone, CHUNK_URL)
     # About 4 Mbit/s, so that the upload is under way when the server goes.
-    cdp.send(
-        "Network.emulateNetworkConditions",
-        {"offline": False, "latency": 100, "downloadThroughput": 5e5, "uploadThroughput": 5e5},
-    )
+    slow_link(phone, page)
     pick(page, "pick-files", paths)
     expect(page.get_by_test_id("patient-name")).to_have_text("SYNTHETIC, PATIENT")
     page.get_by_role("button", name="Send to PACS").click()

@@ -43,3 +43,12 @@ def api(user: Any) -> APIClient:
 @pytest.fixture
 def other_api(db: None) -> APIClient:
     return client_for(UserFactory())
+
+
+@pytest.fixture
+def report_store(settings: Any, tmp_path: Path) -> Path:
+    """A report store with one signed report PDF, as backups copy it (the backup tests)."""
+    settings.REPORT_STORAGE_DIR = tmp_path / "reports"
+    (tmp_path / "reports" / "4").mkdir(parents=True)
+    (tmp_path / "reports" / "4" / "v1-report.pdf").write_bytes(b"%PDF-1.7 a signed report")
+    return tmp_path / "reports"

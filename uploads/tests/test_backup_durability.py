@@ -24,14 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD_READY_SECONDS = 60
 
 
-@pytest.fixture
-def report_store(settings: Any, tmp_path: Path) -> Path:
-    settings.REPORT_STORAGE_DIR = tmp_path / "reports"
-    (tmp_path / "reports" / "4").mkdir(parents=True)
-    (tmp_path / "reports" / "4" / "v1-report.pdf").write_bytes(b"%PDF-1.7 a signed report")
-    return tmp_path / "reports"
-
-
 def test_a_folder_backup_is_on_disk_before_its_manifest_and_its_rename_is_durable(
     settings, tmp_path, report_store, monkeypatch
 ):

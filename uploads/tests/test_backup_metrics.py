@@ -27,14 +27,6 @@ SCHEDULED = "relaypacs_backup_scheduled"
 CREATED = "relaypacs_database_created_timestamp_seconds"
 
 
-@pytest.fixture
-def report_store(settings: Any, tmp_path: Path) -> Path:
-    settings.REPORT_STORAGE_DIR = tmp_path / "reports"
-    (tmp_path / "reports" / "4").mkdir(parents=True)
-    (tmp_path / "reports" / "4" / "v1-report.pdf").write_bytes(b"%PDF-1.7 a signed report")
-    return tmp_path / "reports"
-
-
 def scraped(client: Client) -> dict[str, list[float]]:
     """The values of the backup families in a real scrape of /metrics (none: no sample)."""
     response = client.get("/metrics")

@@ -31,14 +31,6 @@ def _count(outcome: str) -> float:
     return REGISTRY.get_sample_value("relaypacs_backups_total", {"outcome": outcome}) or 0.0
 
 
-@pytest.fixture
-def report_store(settings: Any, tmp_path: Path) -> Path:
-    settings.REPORT_STORAGE_DIR = tmp_path / "reports"
-    (tmp_path / "reports" / "4").mkdir(parents=True)
-    (tmp_path / "reports" / "4" / "v1-report.pdf").write_bytes(b"%PDF-1.7 a signed report")
-    return tmp_path / "reports"
-
-
 def test_beat_runs_the_backup_daily_at_backup_schedule():
     entry = django_settings.CELERY_BEAT_SCHEDULE["backup-daily"]
     assert entry["task"] == "uploads.tasks.backup_scheduled_task"
