@@ -15,6 +15,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "relaypacs.settings.dev")
 
 django_asgi_app = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+from relaypacs.malloc import KEEP_FREED_BYTES, malloc_keep_freed_memory  # noqa: E402
+
+# Chunk buffers stay mapped from one chunk to the next (relaypacs/malloc.py).
+malloc_keep_freed_memory(largest_block=settings.UPLOAD_MAX_CHUNK_SIZE, keep=KEEP_FREED_BYTES)
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
