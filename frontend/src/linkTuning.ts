@@ -39,6 +39,17 @@ export function nextInFlight(current: number, seconds: number): number {
 /** How long the app keeps to the server's `max_in_flight` after an answer carried it. */
 export const SERVER_ADVICE_MS = 10_000;
 
+// A chunk request that has neither failed nor been answered after this long is given up
+// and sent again: a connection can stall without ever being reset (a mobile network that
+// drops it silently, a proxy that stops forwarding), and fetch has no timeout of its own,
+// so without this one engine would wait on it for good. A minute, plus the chunk's time on
+// the slowest link the app is meant for (64 kbit/s): never while bytes still flow.
+export const CHUNK_STALL_BASE_MS = 60_000;
+export const SLOWEST_LINK_BYTES_PER_SECOND = 8_000;
+export function chunkStallMs(bytes: number): number {
+  return CHUNK_STALL_BASE_MS + Math.ceil((bytes / SLOWEST_LINK_BYTES_PER_SECOND) * 1000);
+}
+
 /** The server's advice in a chunk's answer (`max_in_flight`), as a limit until when. */
 export interface InFlightAdvice {
   limit: number;

@@ -7,7 +7,7 @@ import { accessToken, currentSession } from "./auth";
 import { backoffDelay, sleep } from "./backoff";
 import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
-import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, FIRST_IN_FLIGHT, type InFlightAdvice } from "./linkTuning";
+import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, chunkStallMs, FIRST_IN_FLIGHT, type InFlightAdvice } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, keepsWaitNote, transition, type StudyEvent } from "./queueState";
 import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
@@ -492,6 +492,15 @@ export class Uploader {
       const began = Date.now();
       this.meterOf(study.id!).chunkSent(index, body.length);
       let answer: ChunkAnswer;
+      // This attempt ends with the engine (its signal) or when it stalls (chunkStallMs).
+      const request = new AbortController();
+      const stop = () => request.abort();
+      this.signal.addEventListener("abort", stop);
+      let stalled = false;
+      const stallTimer = setTimeout(() => {
+        stalled = true;
+        request.abort();
+      }, chunkStallMs(body.length));
       try {
         answer = await this.withUploadToken(study, (token) =>
           apiFetch<ChunkAnswer>(`/upload/${study.uploadId}/chunk?index=${index}`, {
@@ -499,10 +508,12 @@ export class Uploader {
             token,
             body,
             headers: { "Content-Type": "application/octet-stream", "Content-MD5": contentMd5 },
-            signal: this.signal,
+            signal: request.signal,
           }),
         );
-      } catch (error) {
+      } catch (caught) {
+        // A stalled request is a connection lost: the engine waits, then sends it again.
+        const error = stalled && !this.signal.aborted ? networkError() : caught;
         // Bytes damaged on the way: the server stored nothing, send them again.
         if (error instanceof ApiError && error.code === "checksum_mismatch" && attempt + 1 < CHUNK_ATTEMPTS) continue;
         // A server that asks for more than a few seconds (a failing disk, a minute) gets it
@@ -514,6 +525,9 @@ export class Uploader {
           continue;
         }
         throw error;
+      } finally {
+        clearTimeout(stallTimer);
+        this.signal.removeEventListener("abort", stop);
       }
       this.adapt(Date.now() - began, answer?.max_in_flight);
       await this.acknowledge(study.id!, index, body.length);
