@@ -496,6 +496,9 @@ export class Uploader {
       const request = new AbortController();
       const stop = () => request.abort();
       this.signal.addEventListener("abort", stop);
+      // Stopped before this attempt (during a backoff, or while the chunk was read): the
+      // listener above never fires for a signal already aborted.
+      if (this.signal.aborted) request.abort();
       let stalled = false;
       const stallTimer = setTimeout(() => {
         stalled = true;
