@@ -4,6 +4,7 @@
  * a stand-in for the server's upload API; the stall time is shortened to keep the test fast. */
 import "fake-indexeddb/auto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { BACKOFF_BASE_MS } from "./backoff";
 import { db } from "./db";
 import { chunkStallMs, CHUNK_STALL_BASE_MS, SLOWEST_LINK_BYTES_PER_SECOND } from "./linkTuning";
 import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
@@ -27,14 +28,15 @@ describe("a stalled chunk request", () => {
     vi.unstubAllGlobals();
   });
 
-  it("is given up and sent again, and the study is delivered", async () => {
-    const id = await queuedStudy(CHUNK, CHUNKS);
-    const server = new FakeUploadServer(CHUNK, CHUNKS);
+  /** fetch for `server` where the first request for chunk 1 is never answered: only its
+   * abort ends it. Every chunk request's start time is kept in `puts`. */
+  function stallFirstChunk1(server: FakeUploadServer) {
     const stalled: { at: number; aborted: number | null }[] = [];
+    const puts: { index: string; at: number }[] = [];
     vi.stubGlobal("fetch", async (input: string | URL | Request, init: RequestInit = {}) => {
-      const isChunk = (init.method ?? "GET") === "PUT" && String(input).includes("/chunk?index=1");
-      if (!isChunk || stalled.length > 0) return server.fetch(input, init);
-      // The first request for chunk 1 never gets an answer: only its abort ends it.
+      const index = /chunk\?index=(\d+)/.exec(String(input))?.[1];
+      if ((init.method ?? "GET") === "PUT" && index) puts.push({ index, at: Date.now() });
+      if (index !== "1" || stalled.length > 0) return server.fetch(input, init);
       const entry = { at: Date.now(), aborted: null as number | null };
       stalled.push(entry);
       return new Promise<Response>((_resolve, reject) => {
@@ -44,18 +46,55 @@ describe("a stalled chunk request", () => {
         });
       });
     });
+    return { stalled, puts };
+  }
+
+  it("is given up, said to be a lost connection, and sent again after the wait", async () => {
+    const id = await queuedStudy(CHUNK, CHUNKS);
+    const server = new FakeUploadServer(CHUNK, CHUNKS);
+    const { stalled, puts } = stallFirstChunk1(server);
     const controller = new AbortController();
     const running = new Uploader(OWNER, controller.signal).run();
+    let note: string | undefined;
     try {
+      // The study says why it waits: the connection, not an unreadable answer.
+      await until(async () => {
+        note = (await db.studies.get(id))?.waitNote?.message;
+        return note !== undefined;
+      }, 30_000);
       await until(async () => (await db.studies.get(id))?.state === "processing", 30_000);
     } finally {
       controller.abort();
       await running;
     }
+    expect(note).toBe("The server cannot be reached.");
     expect(stalled).toHaveLength(1);
     expect(stalled[0]!.aborted).not.toBeNull();
     expect(stalled[0]!.aborted! - stalled[0]!.at).toBeGreaterThanOrEqual(STALL_MS - 5);
+    // Sent again only after the engine's wait (at least half of the backoff's first step).
+    const retry = puts.filter((p) => p.index === "1")[1];
+    expect(retry).toBeDefined();
+    expect(retry!.at - stalled[0]!.aborted!).toBeGreaterThanOrEqual(BACKOFF_BASE_MS / 2 - 5);
     expect(server.received.size).toBe(CHUNKS);
+  }, 60_000);
+
+  it("leaves the engine stoppable during the wait that follows: nothing more is sent", async () => {
+    const id = await queuedStudy(CHUNK, CHUNKS);
+    const server = new FakeUploadServer(CHUNK, CHUNKS);
+    const { stalled, puts } = stallFirstChunk1(server);
+    const controller = new AbortController();
+    const running = new Uploader(OWNER, controller.signal).run();
+    await until(async () => (await db.studies.get(id))?.waitNote != null, 30_000);
+    const stoppedAt = Date.now();
+    controller.abort();
+    await running;
+    // The engine ended at once, not after its wait, and sent nothing after the stop.
+    expect(Date.now() - stoppedAt).toBeLessThan(BACKOFF_BASE_MS / 2);
+    expect(stalled[0]!.aborted).not.toBeNull();
+    await new Promise((resolve) => setTimeout(resolve, BACKOFF_BASE_MS * 2));
+    expect(puts.filter((p) => p.at >= stoppedAt)).toHaveLength(0);
+    // Still waiting on this device for the next run, not sent.
+    expect(["queued", "uploading"]).toContain((await db.studies.get(id))?.state);
   }, 60_000);
 
   it("is waited for as long as a chunk takes on the slowest link, plus a minute", async () => {
@@ -63,5 +102,7 @@ describe("a stalled chunk request", () => {
     expect(chunkStallMs(1)).toBe(STALL_MS); // the mock above
     expect(real(1024 * 1024)).toBe(CHUNK_STALL_BASE_MS + Math.ceil(((1024 * 1024) / SLOWEST_LINK_BYTES_PER_SECOND) * 1000));
     expect(real(256 * 1024)).toBeGreaterThan(CHUNK_STALL_BASE_MS + 30_000);
+    // 1 MiB: a minute, plus 131 s at 64 kbit/s.
+    expect(real(1024 * 1024)).toBe(191_072);
   });
 });

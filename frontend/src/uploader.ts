@@ -500,10 +500,11 @@ export class Uploader {
       // listener above never fires for a signal already aborted.
       if (this.signal.aborted) request.abort();
       let stalled = false;
+      // Chunks in flight share the link: this one may wait behind the others.
       const stallTimer = setTimeout(() => {
         stalled = true;
         request.abort();
-      }, chunkStallMs(body.length));
+      }, chunkStallMs(body.length * Math.max(1, this.inFlight)));
       try {
         answer = await this.withUploadToken(study, (token) =>
           apiFetch<ChunkAnswer>(`/upload/${study.uploadId}/chunk?index=${index}`, {
@@ -515,8 +516,11 @@ export class Uploader {
           }),
         );
       } catch (caught) {
-        // A stalled request is a connection lost: the engine waits, then sends it again.
-        const error = stalled && !this.signal.aborted ? networkError() : caught;
+        // A stalled request is a connection lost: the engine waits, then sends it again,
+        // one chunk at a time until chunks are answered again.
+        const isStall = stalled && !this.signal.aborted && (caught as Error | null)?.name === "AbortError";
+        if (isStall) this.inFlight = 1;
+        const error = isStall ? networkError() : caught;
         // Bytes damaged on the way: the server stored nothing, send them again.
         if (error instanceof ApiError && error.code === "checksum_mismatch" && attempt + 1 < CHUNK_ATTEMPTS) continue;
         // A server that asks for more than a few seconds (a failing disk, a minute) gets it
