@@ -8,7 +8,6 @@ unchanged.
 
 import atexit
 import os
-import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -21,9 +20,7 @@ from django.conf import settings  # noqa: E402
 from relaypacs.malloc import KEEP_FREED_BYTES, malloc_keep_freed_memory  # noqa: E402
 
 # Chunk buffers stay mapped from one chunk to the next (relaypacs/malloc.py).
-# Not in a test process that imports this module (its memory tests measure glibc's defaults,
-# as the Celery worker runs them).
-if "pytest" not in sys.modules:
+if settings.WEB_MALLOC_TUNING:
     malloc_keep_freed_memory(largest_block=settings.UPLOAD_MAX_CHUNK_SIZE, keep=KEEP_FREED_BYTES)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

@@ -4,12 +4,16 @@ kernel after every chunk (glibc's malloc).
 A chunk is about a megabyte: its body buffer and the socket reads that fill it. With glibc's
 default thresholds that memory is mapped for the request and unmapped after it (or trimmed
 from the heap's top), so every chunk faults its pages in anew: about 220 page faults per
-1 MiB chunk, measured at 0.8-1 ms of kernel CPU per chunk on the 2-core reference machine,
-an eighth of the work of storing it (bench/RESULTS.md, "Ingest: page faults"). Raising the
+1 MiB chunk, measured at 0.3-0.6 ms of kernel CPU per chunk on the 2-core reference machine
+(bench/RESULTS.md, "Ingest: where a chunk's CPU goes now, and the page faults"). Raising the
 mmap threshold above the largest chunk and the trim threshold above what the chunks in
 flight hold keeps those pages mapped for the next chunk; the process's peak memory is
 unchanged (the chunk memory budget, ``uploads.chunk_memory``, bounds it), it only stays at
 that peak instead of falling back between chunks.
+
+Freed chunk memory is kept, not cleared: like any buffer it holds study bytes (patient data)
+until reused, so core dumps stay off where RelayPACS runs (docker-compose.yml sets
+``ulimits: core: 0``; docs/deployment.md).
 
 Only where glibc's ``mallopt`` exists (Linux with glibc, as the Dockerfile's image); a
 no-op elsewhere.

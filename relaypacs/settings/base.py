@@ -419,6 +419,8 @@ BACKUP_S3_SECRET_ACCESS_KEY = _env_or_file("BACKUP_S3_SECRET_ACCESS_KEY")
 UPLOAD_MAX_TOTAL_SIZE = env.int("UPLOAD_MAX_TOTAL_SIZE", default=20 * 1024**3)
 UPLOAD_MIN_CHUNK_SIZE = 256 * 1024
 UPLOAD_MAX_CHUNK_SIZE = 16 * 1024 * 1024
+# A web process keeps the memory of received chunks mapped between chunks (relaypacs/malloc.py).
+WEB_MALLOC_TUNING = True
 UPLOAD_DEFAULT_CHUNK_SIZE = env.int("UPLOAD_DEFAULT_CHUNK_SIZE", default=1024 * 1024)
 UPLOAD_RESUME_WINDOW = timedelta(hours=env.float("UPLOAD_RESUME_WINDOW_HOURS", default=24))
 # A worker renews its lease after every STOW batch; past it, beat hands the work to another.

@@ -72,6 +72,10 @@ UPLOAD_FSYNC = upload_fsync_mode(env.str("UPLOAD_FSYNC", default="off"))
 # Connections of the lean chunk endpoint close after each request, so that no thread keeps
 # the test database open when it is dropped.
 CHUNK_DB_CONN_MAX_AGE = 0
+# A test process that imports relaypacs.asgi keeps glibc's defaults: its memory tests
+# measure those, as the Celery worker runs with them (relaypacs/tests/test_malloc.py tests
+# the tuning itself).
+WEB_MALLOC_TUNING = False
 # A loaded test machine can keep a free thread from running for a while: no advice in
 # answers that tests compare, unless a test asks for it.
 UPLOAD_CHUNK_BUSY_SECONDS = 30.0

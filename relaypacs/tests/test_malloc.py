@@ -4,6 +4,7 @@ process, whose page faults are its own)."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,8 @@ import textwrap
 import pytest
 
 from relaypacs.malloc import MMAP_THRESHOLD_MAX
+
+GLIBC_ONLY = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 
 # A web process's work per chunk, as far as memory goes: a buffer of the chunk's size and
 # the socket reads that fill it, freed when the chunk is stored.
@@ -52,7 +55,7 @@ def _child(mode: str, largest_block: int = 16 * 1024 * 1024) -> dict[str, float]
     return dict(json.loads(result.stdout))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@GLIBC_ONLY
 def test_chunk_sized_memory_stays_mapped_from_one_chunk_to_the_next() -> None:
     default = _child("default")
     tuned = _child("tuned")
@@ -63,8 +66,19 @@ def test_chunk_sized_memory_stays_mapped_from_one_chunk_to_the_next() -> None:
     assert tuned["faults_per_chunk"] < 5, tuned
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@GLIBC_ONLY
 def test_a_block_above_what_glibc_accepts_is_capped_not_refused() -> None:
     # glibc refuses an mmap threshold above 32 MiB: capped there, still tuned.
     assert MMAP_THRESHOLD_MAX == 32 * 1024 * 1024
     assert _child("tuned", largest_block=1 << 30)["tuned"] is True
+
+
+def test_the_web_process_is_tuned_outside_tests_only() -> None:
+    from django.conf import settings
+
+    from relaypacs.settings import base
+
+    # On in every deployed settings module (they start from base); off here, where
+    # processes that import relaypacs.asgi measure glibc's defaults.
+    assert base.WEB_MALLOC_TUNING is True
+    assert settings.WEB_MALLOC_TUNING is False
