@@ -9,7 +9,7 @@ import { accessToken } from "./auth";
 import { db } from "./db";
 import { LiveStream, type ServerNotification, type SocketLike, type StreamMessage } from "./liveStream";
 import { centre, centreActionOf } from "./notifications";
-import { setStreamLive, statusDue } from "./pushState";
+import { setStreamLive, statusDue, whenLinkLost } from "./pushState";
 import { fromServerState } from "./queueState";
 import { reportsRefresh } from "./reports";
 import { wakeUploads } from "./runtime";
@@ -165,12 +165,15 @@ class Live {
       );
     }
     void centre.load();
-    this.stream!.start();
+    const stream = this.stream!;
+    whenLinkLost(() => stream.recheck());
+    stream.start();
   }
 
   stop(): void {
     this.stream?.stop();
     this.stream = null;
+    whenLinkLost(null);
     this.owner = null;
     if (this.reportsTimer) clearTimeout(this.reportsTimer);
     this.reportsTimer = null;

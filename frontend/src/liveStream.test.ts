@@ -2,7 +2,7 @@
  * event twice, reconnect with backoff, refresh after the server closed, dead links
  * noticed by their silence. */
 import { describe, expect, it } from "vitest";
-import { LiveStream, RECONNECT_MAX_MS, SILENCE_LIMIT_MS, type SocketLike, type StreamMessage } from "./liveStream";
+import { LiveStream, RECHECK_MIN_MS, RECONNECT_MAX_MS, SILENCE_LIMIT_MS, type SocketLike, type StreamMessage } from "./liveStream";
 
 class FakeSocket implements SocketLike {
   onopen: ((event: unknown) => void) | null = null;
@@ -254,6 +254,52 @@ describe("the live stream client", () => {
     expect(t.sockets[0]!.closedWith).toBe(4000);
     await t.clock.advance(1000);
     expect(t.sockets).toHaveLength(2);
+  });
+
+  it("drops a connection that looks open when another request found the link lost, and connects again at once", async () => {
+    const t = setup(3);
+    t.stream.start();
+    await flush();
+    t.last().open();
+    t.last().say({ type: "ready", id: 3 });
+    expect(t.stream.connected).toBe(true);
+    // A chunk request could not reach the server; the socket has heard nothing of it.
+    t.stream.recheck(100_000);
+    expect(t.stream.connected).toBe(false);
+    expect(t.liveChanges).toEqual([true, false]);
+    expect(t.sockets[0]!.closedWith).toBe(4000);
+    await flush();
+    expect(t.sockets).toHaveLength(2); // no backoff first
+    t.sockets[0]!.drop(); // the old socket's late close changes nothing
+    expect(t.sockets).toHaveLength(2);
+    t.last().open();
+    expect(t.last().sent).toEqual([{ type: "resume", after: 3 }]);
+    t.last().say({ type: "ready", id: 3 });
+    expect(t.stream.connected).toBe(true);
+    // Failures in a row within RECHECK_MIN_MS leave the new connection alone.
+    t.stream.recheck(100_000 + RECHECK_MIN_MS - 1);
+    expect(t.stream.connected).toBe(true);
+    expect(t.sockets).toHaveLength(2);
+    t.stream.recheck(100_000 + RECHECK_MIN_MS);
+    expect(t.stream.connected).toBe(false);
+  });
+
+  it("a recheck while the link is still down falls back to the backoff, and does nothing once stopped", async () => {
+    const t = setup(3);
+    t.stream.start();
+    await flush();
+    t.last().open();
+    t.last().say({ type: "ready", id: 3 });
+    t.failTickets(new Error("offline"));
+    t.stream.recheck(50_000);
+    await flush();
+    expect(t.tickets).toHaveLength(2);
+    expect(t.clock.pending()[0]).toBe(1000); // the first step of the backoff
+    t.stream.stop();
+    t.stream.recheck(50_000 + RECHECK_MIN_MS);
+    await flush();
+    expect(t.tickets).toHaveLength(2);
+    expect(t.clock.pending()).toEqual([]);
   });
 
   it("stop closes the socket and schedules nothing", async () => {

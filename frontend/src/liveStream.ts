@@ -82,6 +82,8 @@ export interface StreamHandlers {
 // The server sends a heartbeat every 25 s of silence; twice that and more means the link
 // is dead even if the socket has not noticed (mobile NATs drop idle flows silently).
 export const SILENCE_LIMIT_MS = 60_000;
+// A lost link (`recheck`) drops a connection that looks open at most this often.
+export const RECHECK_MIN_MS = 10_000;
 // The backoff of docs/notifications.md: 1, 2, 4 … 30 s.
 export const RECONNECT_BASE_MS = 1000;
 export const RECONNECT_MAX_MS = 30_000;
@@ -97,6 +99,7 @@ export class LiveStream {
   private lastId: number | null;
   private generation = 0;
   private connecting = false;
+  private lastRecheck = -Infinity;
 
   constructor(private readonly deps: StreamDeps, private readonly handlers: StreamHandlers) {
     this.lastId = deps.loadLastId();
@@ -130,6 +133,33 @@ export class LiveStream {
     if (socket) {
       socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
       socket.close(1000);
+    }
+    this.setLive(false);
+  }
+
+  /** Another request to the server failed for want of a connection: the stream's socket
+   * may look open on a link that is gone (no reset came), and would be found dead only
+   * after SILENCE_LIMIT_MS, while the engine trusts it and does not poll. Drop it and
+   * connect again now (the usual backoff follows if the link is still down); at most once
+   * per RECHECK_MIN_MS, so that failures in a row do not churn a connection that works. */
+  recheck(now: number = Date.now()): void {
+    if (!this.running || now - this.lastRecheck < RECHECK_MIN_MS) return;
+    this.lastRecheck = now;
+    this.drop();
+    if (this.connecting) return;
+    this.clearReconnect();
+    this.attempt = 0;
+    void this.connect();
+  }
+
+  /** Forget the socket (no events from it any more), close it, and say the stream is down. */
+  private drop(): void {
+    const socket = this.socket;
+    this.socket = null;
+    this.clearSilence();
+    if (socket) {
+      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      socket.close(4000);
     }
     this.setLive(false);
   }
@@ -250,12 +280,8 @@ export class LiveStream {
     this.silenceTimer = this.deps.setTimer(() => {
       this.silenceTimer = null;
       // Dead link: drop it and reconnect (onclose does not come from a link that is gone).
-      const socket = this.socket;
-      if (!socket) return;
-      this.socket = null;
-      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
-      socket.close(4000);
-      this.setLive(false);
+      if (!this.socket) return;
+      this.drop();
       if (this.running) this.scheduleReconnect();
     }, SILENCE_LIMIT_MS);
   }

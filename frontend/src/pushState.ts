@@ -20,6 +20,19 @@ export function statusDue(uploadId: string): void {
   due.add(uploadId);
 }
 
+let onLinkLost: (() => void) | null = null;
+
+/** Who hears that the engine could not reach the server (the page's live stream). */
+export function whenLinkLost(callback: (() => void) | null): void {
+  onLinkLost = callback;
+}
+
+/** The engine could not reach the server at all: the stream's own connection is likely gone
+ * too, though a link dropped without a reset leaves its socket looking open for a minute. */
+export function linkLost(): void {
+  onLinkLost?.();
+}
+
 export function hasStatusDue(): boolean {
   return due.size > 0;
 }

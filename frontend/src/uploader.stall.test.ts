@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { BACKOFF_BASE_MS } from "./backoff";
 import { db } from "./db";
 import { chunkStallMs, CHUNK_STALL_BASE_MS, SLOWEST_LINK_BYTES_PER_SECOND } from "./linkTuning";
+import { whenLinkLost } from "./pushState";
 import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
 import { Uploader } from "./uploader";
 
@@ -53,6 +54,8 @@ describe("a stalled chunk request", () => {
     const id = await queuedStudy(CHUNK, CHUNKS);
     const server = new FakeUploadServer(CHUNK, CHUNKS);
     const { stalled, puts } = stallFirstChunk1(server);
+    let linkLost = 0; // the live stream hears of it (it rechecks its own connection)
+    whenLinkLost(() => linkLost++);
     const controller = new AbortController();
     const running = new Uploader(OWNER, controller.signal).run();
     let note: string | undefined;
@@ -67,7 +70,9 @@ describe("a stalled chunk request", () => {
       controller.abort();
       await running;
     }
+    whenLinkLost(null);
     expect(note).toBe("The server cannot be reached.");
+    expect(linkLost).toBe(1);
     expect(stalled).toHaveLength(1);
     expect(stalled[0]!.aborted).not.toBeNull();
     expect(stalled[0]!.aborted! - stalled[0]!.at).toBeGreaterThanOrEqual(STALL_MS - 5);

@@ -9,7 +9,7 @@ import { chunkBlob, chunkRange } from "./chunks";
 import { ACK_PAGE_BYTES, ackPageOf, ackPagesFor, db, studyBlobs, studyScrub, type FinishedSummary, type ServerFile, type Study, type StudyFields, type UserError } from "./db";
 import { adviceFrom, advisedInFlight, browserLinkEstimate, chunkSizeFor, chunkStallMs, FIRST_IN_FLIGHT, type InFlightAdvice } from "./linkTuning";
 import { FINAL_STATES, fromServerState, isActive, keepsWaitNote, transition, type StudyEvent } from "./queueState";
-import { hasStatusDue, streamLive, takeStatusDue } from "./pushState";
+import { hasStatusDue, linkLost, streamLive, takeStatusDue } from "./pushState";
 import { addImagesMetadata, type ServerReport } from "./reports";
 import { plainError } from "./words";
 import { NetworkMeter, telemetrySend } from "./telemetry";
@@ -270,6 +270,9 @@ export class Uploader {
         if (error instanceof ApiError && (error.transient || error.code === "sign_in_required")) {
           // Offline, server restarting, or sign-in needed: keep the queue, try again later.
           this.failures += 1;
+          // The server not reached at all: the live stream's socket may be dead without
+          // knowing it, and the engine would wait on it instead of polling.
+          if (error.code === "network_unavailable") linkLost();
           this.wentOffline(sending);
           // Never sooner than the server asked (a failing disk asks for a minute).
           delay = error.code === "sign_in_required" ? 60_000 : Math.max(backoffDelay(this.failures), Math.min(error.retryAfterMs ?? 0, RETRY_AFTER_MAX_MS));

@@ -56,7 +56,11 @@ class Product:
 class CuttableLink:
     """A TCP relay between the browser and the product whose connection can be cut for
     real: open connections are reset and new ones refused, as when a phone loses its signal
-    (Chromium's offline emulation only holds requests already in flight)."""
+    (Chromium's offline emulation only holds requests already in flight). A connection
+    that is idle at the cut (both pumps blocked in recv: the live stream's WebSocket between
+    heartbeats) is reset only when it next carries data, as close() does not release a
+    socket another thread is reading (Linux): like a mobile link, whose idle flows learn of
+    the loss only when they next send."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
