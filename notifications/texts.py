@@ -24,9 +24,10 @@ def sent_words(*, sent_at: datetime | None, now: datetime | None = None) -> str:
 
 
 def study_words(*, modalities: list[str], studies: int = 1) -> str:
-    """``CT study``, ``CT/MR study``, ``2 studies`` or ``Study``."""
+    """``CT study``, ``CT/MR study``, ``Upload of 2 studies`` or ``Study``: a subject the
+    titles' singular verbs fit ("... was received by the PACS")."""
     if studies > 1:
-        return f"{studies} studies"
+        return f"Upload of {studies} studies"
     shown = [m for m in modalities if m][:3]
     return f"{'/'.join(shown)} study" if shown else "Study"
 
@@ -102,7 +103,9 @@ def report_assigned(*, label: str, service_level: str, pooled: bool) -> tuple[st
 
 def _mid(label: str) -> str:
     """The label inside a sentence: "Study sent 10:42" becomes "study sent 10:42"."""
-    return "study" + label[5:] if label.startswith("Study") else label
+    if label.startswith("Study"):
+        return "study" + label[5:]
+    return "upload" + label[6:] if label.startswith("Upload") else label
 
 
 def report_ready(*, label: str) -> tuple[str, str]:
