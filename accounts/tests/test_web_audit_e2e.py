@@ -151,4 +151,23 @@ def test_an_auditor_signs_in_with_totp_filters_the_trail_and_downloads_it(
     ]
     page.goto("/audit/?action=audit_log_used")
     expect(page.locator("table.audit tbody tr")).to_have_count(2)
+
+    # On a phone the trail's table scrolls sideways in its box, the page does not.
+    phone = browser.new_context(
+        base_url=product.base,
+        viewport={"width": 390, "height": 844},
+        storage_state=context.storage_state(),
+        is_mobile=True,
+    )
+    phone.set_default_timeout(BROWSER_TIMEOUT_MS)
+    small = phone.new_page()
+    small.goto("/audit/")
+    expect(small.locator("table.audit tbody tr").first).to_be_visible()
+    assert small.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth"), (
+        small.evaluate("document.documentElement.scrollWidth")
+    )
+    box = small.locator(".table-scroll").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert box[0] > box[1], box  # the table is wider than the phone: it scrolls in its box
+    small.screenshot(path=str(SCREENSHOTS / "audit-trail-phone.png"))
+    phone.close()
     context.close()

@@ -27,6 +27,8 @@ from uploads.tests.synthetic import ROOT, write_instance
 pytestmark = pytest.mark.e2e
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
+# A page that fits its window's width (a wide table scrolls inside its own box).
+NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 DESKTOP = {"width": 1366, "height": 768}
@@ -244,4 +246,27 @@ def test_a_radiologist_signs_in_with_totp_reads_stat_first_signs_and_downloads_t
     expect(tab.get_by_role("button", name="Assign to me")).to_be_visible()
     tab.screenshot(path=str(SCREENSHOTS / "reports-report-tablet.png"), full_page=True)
     tablet.close()
+
+    # And on a phone: the worklist's table scrolls sideways in its box, the page does not.
+    phone = browser.new_context(
+        base_url=product.base,
+        viewport={"width": 390, "height": 844},
+        storage_state=desktop.storage_state(),
+        is_mobile=True,
+        has_touch=True,
+    )
+    phone.set_default_timeout(BROWSER_TIMEOUT_MS)
+    small = phone.new_page()
+    small.goto("/reports/?status=all")
+    expect(small.locator("[data-row-link]")).to_have_count(3)
+    assert small.evaluate(NO_SIDEWAYS_SCROLL), small.evaluate(
+        "document.documentElement.scrollWidth"
+    )
+    small.screenshot(path=str(SCREENSHOTS / "reports-worklist-phone.png"))
+    small.locator("[data-row-link]").nth(2).click()
+    expect(small.get_by_role("button", name="Assign to me")).to_be_visible()
+    assert small.evaluate(NO_SIDEWAYS_SCROLL), small.evaluate(
+        "document.documentElement.scrollWidth"
+    )
+    phone.close()
     desktop.close()
