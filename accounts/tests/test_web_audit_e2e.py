@@ -163,9 +163,9 @@ def test_an_auditor_signs_in_with_totp_filters_the_trail_and_downloads_it(
     small = phone.new_page()
     small.goto("/audit/")
     expect(small.locator("table.audit tbody tr").first).to_be_visible()
-    assert small.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth"), (
-        small.evaluate("document.documentElement.scrollWidth")
-    )
+    assert small.evaluate(
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    ), small.evaluate("document.documentElement.scrollWidth")
     box = small.locator(".table-scroll").evaluate("e => [e.scrollWidth, e.clientWidth]")
     assert box[0] > box[1], box  # the table is wider than the phone: it scrolls in its box
     small.screenshot(path=str(SCREENSHOTS / "audit-trail-phone.png"))
