@@ -79,7 +79,7 @@ export async function apiFetch<T>(path: string, options: RequestOptions = {}): P
     data = (await response.json()) as Record<string, unknown>;
   } catch (error) {
     // Aborted while the answer was read: the caller's abort, never an unreadable answer.
-    if ((error as Error).name === "AbortError") throw error;
+    if ((error as Error | null)?.name === "AbortError") throw error;
     if (response.ok) throw new ApiError(response.status, "bad_response", "The server sent an answer this app cannot read.", "Try again in a minute; if it keeps happening, tell your administrator.");
   }
   if (!response.ok) {

@@ -43,7 +43,8 @@ export const SERVER_ADVICE_MS = 10_000;
 // and sent again: a connection can stall without ever being reset (a mobile network that
 // drops it silently, a proxy that stops forwarding), and fetch has no timeout of its own,
 // so without this one engine would wait on it for good. A minute, plus the chunk's time on
-// the slowest link the app is meant for (64 kbit/s): never while bytes still flow.
+// the slowest link the app is meant for (64 kbit/s): never while bytes still flow. The
+// engine passes the bytes of every chunk in flight (they share the link).
 export const CHUNK_STALL_BASE_MS = 60_000;
 export const SLOWEST_LINK_BYTES_PER_SECOND = 8_000;
 export function chunkStallMs(bytes: number): number {

@@ -284,21 +284,27 @@ describe("the live stream client", () => {
     expect(t.stream.connected).toBe(false);
   });
 
-  it("a recheck while the link is still down falls back to the backoff, and does nothing once stopped", async () => {
+  it("a recheck of a stream already reconnecting keeps its backoff, and does nothing once stopped", async () => {
     const t = setup(3);
     t.stream.start();
     await flush();
     t.last().open();
     t.last().say({ type: "ready", id: 3 });
     t.failTickets(new Error("offline"));
+    t.last().drop(); // the stream knows it is down: it backs off
+    await t.clock.advance(1000);
+    await t.clock.advance(2000);
+    expect(t.tickets).toHaveLength(3);
+    expect(t.clock.pending()).toEqual([4000]);
+    // The engine failing too changes nothing: no ticket now, the same wait.
     t.stream.recheck(50_000);
     await flush();
-    expect(t.tickets).toHaveLength(2);
-    expect(t.clock.pending()[0]).toBe(1000); // the first step of the backoff
+    expect(t.tickets).toHaveLength(3);
+    expect(t.clock.pending()).toEqual([4000]);
     t.stream.stop();
     t.stream.recheck(50_000 + RECHECK_MIN_MS);
     await flush();
-    expect(t.tickets).toHaveLength(2);
+    expect(t.tickets).toHaveLength(3);
     expect(t.clock.pending()).toEqual([]);
   });
 

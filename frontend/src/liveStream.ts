@@ -143,10 +143,11 @@ export class LiveStream {
    * connect again now (the usual backoff follows if the link is still down); at most once
    * per RECHECK_MIN_MS, so that failures in a row do not churn a connection that works. */
   recheck(now: number = Date.now()): void {
-    if (!this.running || now - this.lastRecheck < RECHECK_MIN_MS) return;
+    // Only a socket that looks open is in doubt: a stream already reconnecting keeps its
+    // backoff (1, 2, 4 … 30 s), whatever the engine's failures.
+    if (!this.running || !this.socket || now - this.lastRecheck < RECHECK_MIN_MS) return;
     this.lastRecheck = now;
     this.drop();
-    if (this.connecting) return;
     this.clearReconnect();
     this.attempt = 0;
     void this.connect();

@@ -12,9 +12,14 @@ import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./t
 import { Uploader } from "./uploader";
 
 const STALL_MS = 300;
+// The bytes each chunk attempt's stall time was asked for.
+const stallAsked = vi.hoisted(() => [] as number[]);
 vi.mock("./linkTuning", async (original) => ({
   ...(await original<typeof import("./linkTuning")>()),
-  chunkStallMs: () => STALL_MS,
+  chunkStallMs: (bytes: number) => {
+    stallAsked.push(bytes);
+    return STALL_MS;
+  },
 }));
 
 const CHUNK = 16;
@@ -27,6 +32,8 @@ describe("a stalled chunk request", () => {
   });
   afterEach(() => {
     vi.unstubAllGlobals();
+    whenLinkLost(null);
+    stallAsked.length = 0;
   });
 
   /** fetch for `server` where the first request for chunk 1 is never answered: only its
@@ -70,7 +77,6 @@ describe("a stalled chunk request", () => {
       controller.abort();
       await running;
     }
-    whenLinkLost(null);
     expect(note).toBe("The server cannot be reached.");
     expect(linkLost).toBe(1);
     expect(stalled).toHaveLength(1);
@@ -79,7 +85,13 @@ describe("a stalled chunk request", () => {
     // Sent again only after the engine's wait (at least half of the backoff's first step).
     const retry = puts.filter((p) => p.index === "1")[1];
     expect(retry).toBeDefined();
-    expect(retry!.at - stalled[0]!.aborted!).toBeGreaterThanOrEqual(BACKOFF_BASE_MS / 2 - 5);
+    // The engine's wait after one failure: at least BACKOFF_BASE_MS (half of its 2 s step).
+    expect(retry!.at - stalled[0]!.aborted!).toBeGreaterThanOrEqual(BACKOFF_BASE_MS - 5);
+    // Each attempt's stall time counts the chunks in flight beside it (all of CHUNK bytes),
+    // and after the stall the engine goes on with one chunk at a time.
+    expect(stallAsked.every((bytes) => bytes % CHUNK === 0 && bytes >= CHUNK)).toBe(true);
+    expect(Math.max(...stallAsked)).toBeGreaterThan(CHUNK);
+    expect(stallAsked.at(-1)).toBe(CHUNK);
     expect(server.received.size).toBe(CHUNKS);
   }, 60_000);
 
