@@ -38,12 +38,15 @@ describe("a stalled chunk request", () => {
 
   /** fetch for `server` where the first request for chunk 1 is never answered: only its
    * abort ends it. Every chunk request's start time is kept in `puts`. */
-  function stallFirstChunk1(server: FakeUploadServer) {
+  function stallFirstChunk1(server: FakeUploadServer, othersAnsweredAfterMs = 0) {
     const stalled: { at: number; aborted: number | null }[] = [];
     const puts: { index: string; at: number }[] = [];
     vi.stubGlobal("fetch", async (input: string | URL | Request, init: RequestInit = {}) => {
       const index = /chunk\?index=(\d+)/.exec(String(input))?.[1];
       if ((init.method ?? "GET") === "PUT" && index) puts.push({ index, at: Date.now() });
+      if (index !== undefined && index !== "0" && index !== "1" && othersAnsweredAfterMs) {
+        await new Promise((resolve) => setTimeout(resolve, othersAnsweredAfterMs));
+      }
       if (index !== "1" || stalled.length > 0) return server.fetch(input, init);
       const entry = { at: Date.now(), aborted: null as number | null };
       stalled.push(entry);
@@ -93,6 +96,28 @@ describe("a stalled chunk request", () => {
     expect(Math.max(...stallAsked)).toBeGreaterThan(CHUNK);
     expect(stallAsked.at(-1)).toBe(CHUNK);
     expect(server.received.size).toBe(CHUNKS);
+  }, 60_000);
+
+  it("keeps to one chunk after a stall, whatever the chunks sent beside the stalled one answer later", async () => {
+    const id = await queuedStudy(CHUNK, CHUNKS);
+    const server = new FakeUploadServer(CHUNK, CHUNKS);
+    // Chunks 2 and 3 are answered only after chunk 1 was given up: quick answers, which
+    // would raise the in-flight count again if they counted.
+    stallFirstChunk1(server, STALL_MS + 200);
+    const controller = new AbortController();
+    const running = new Uploader(OWNER, controller.signal).run();
+    try {
+      await until(async () => (await db.studies.get(id))?.state === "processing", 30_000);
+    } finally {
+      controller.abort();
+      await running;
+    }
+    expect(server.received.size).toBe(CHUNKS);
+    expect(Math.max(...stallAsked)).toBeGreaterThan(CHUNK); // several were in flight at first
+    // Chunks 0, 1 and 2 first (two in flight), then, after the stall and the wait, the next
+    // attempt goes alone: chunk 2's late answer did not raise the count again. (Chunk 1's
+    // answer then does: the engine grows again once chunks are answered.)
+    expect(stallAsked.slice(0, 4)).toEqual([CHUNK, 2 * CHUNK, 2 * CHUNK, CHUNK]);
   }, 60_000);
 
   it("leaves the engine stoppable during the wait that follows: nothing more is sent", async () => {

@@ -179,6 +179,10 @@ export class Uploader {
   private inFlight = FIRST_IN_FLIGHT;
   // A busy server's `max_in_flight` in a chunk's answer, while it holds.
   private advice: InFlightAdvice | null = null;
+  // Chunk requests under way, and how many stalls there were: an attempt begun before the
+  // latest stall does not move the in-flight count (it ran beside the stalled one).
+  private sending = 0;
+  private stalls = 0;
   private samples: [number, number][] = [];
   private failures = 0;
   private progress: Progress | null = null;
@@ -375,7 +379,7 @@ export class Uploader {
   }
 
   /** Call the upload's endpoints with its upload token, getting a fresh one when refused. */
-  private async withUploadToken<T>(study: Study, call: (token: string) => Promise<T>): Promise<T> {
+  private async withUploadToken<T>(study: Study, call: (token: string) => Promise<T>, signal?: AbortSignal): Promise<T> {
     try {
       return await call(study.uploadToken ?? "");
     } catch (error) {
@@ -385,7 +389,7 @@ export class Uploader {
     const access = await accessToken();
     let fresh: { upload_token: string };
     try {
-      fresh = await apiFetch(`/upload/${study.uploadId}/token`, { method: "POST", token: access });
+      fresh = await apiFetch(`/upload/${study.uploadId}/token`, { method: "POST", token: access, signal });
     } catch (error) {
       if (error instanceof ApiError && (error.status === 404 || error.status === 410)) throw new ExpiredUpload();
       throw error;
@@ -503,11 +507,13 @@ export class Uploader {
       // listener above never fires for a signal already aborted.
       if (this.signal.aborted) request.abort();
       let stalled = false;
+      const stallsBefore = this.stalls;
+      this.sending += 1;
       // Chunks in flight share the link: this one may wait behind the others.
       const stallTimer = setTimeout(() => {
         stalled = true;
         request.abort();
-      }, chunkStallMs(body.length * Math.max(1, this.inFlight)));
+      }, chunkStallMs(body.length * Math.max(this.inFlight, this.sending)));
       try {
         answer = await this.withUploadToken(study, (token) =>
           apiFetch<ChunkAnswer>(`/upload/${study.uploadId}/chunk?index=${index}`, {
@@ -517,12 +523,16 @@ export class Uploader {
             headers: { "Content-Type": "application/octet-stream", "Content-MD5": contentMd5 },
             signal: request.signal,
           }),
+          request.signal,
         );
       } catch (caught) {
         // A stalled request is a connection lost: the engine waits, then sends it again,
         // one chunk at a time until chunks are answered again.
         const isStall = stalled && !this.signal.aborted && (caught as Error | null)?.name === "AbortError";
-        if (isStall) this.inFlight = 1;
+        if (isStall) {
+          this.inFlight = 1;
+          this.stalls += 1;
+        }
         const error = isStall ? networkError() : caught;
         // Bytes damaged on the way: the server stored nothing, send them again.
         if (error instanceof ApiError && error.code === "checksum_mismatch" && attempt + 1 < CHUNK_ATTEMPTS) continue;
@@ -537,9 +547,10 @@ export class Uploader {
         throw error;
       } finally {
         clearTimeout(stallTimer);
+        this.sending -= 1;
         this.signal.removeEventListener("abort", stop);
       }
-      this.adapt(Date.now() - began, answer?.max_in_flight);
+      if (this.stalls === stallsBefore) this.adapt(Date.now() - began, answer?.max_in_flight);
       await this.acknowledge(study.id!, index, body.length);
       return;
     }
