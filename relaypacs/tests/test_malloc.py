@@ -4,10 +4,12 @@ process, whose page faults are its own)."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +24,9 @@ CHILD = textwrap.dedent(
     import json, resource, sys
     sys.path.insert(0, {repo!r})
     tuned = False
+    if sys.argv[1] == "asgi":  # the web process's module, under the settings it is given
+        import relaypacs.asgi  # noqa: F401
+        tuned = None
     if sys.argv[1] == "tuned":
         from relaypacs.malloc import malloc_keep_freed_memory
         tuned = malloc_keep_freed_memory(largest_block=int(sys.argv[2]), keep=64 * 1024 * 1024)
@@ -42,7 +47,9 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(mode: str, largest_block: int = 16 * 1024 * 1024) -> dict[str, float]:
+def _child(
+    mode: str, largest_block: int = 16 * 1024 * 1024, env: dict[str, str] | None = None
+) -> dict[str, float]:
     from django.conf import settings
 
     result = subprocess.run(
@@ -51,6 +58,7 @@ def _child(mode: str, largest_block: int = 16 * 1024 * 1024) -> dict[str, float]
         text=True,
         timeout=60,
         check=True,
+        env=env,
     )
     return dict(json.loads(result.stdout))
 
@@ -82,3 +90,13 @@ def test_the_web_process_is_tuned_outside_tests_only() -> None:
     # processes that import relaypacs.asgi measure glibc's defaults.
     assert base.WEB_MALLOC_TUNING is True
     assert settings.WEB_MALLOC_TUNING is False
+
+
+@GLIBC_ONLY
+def test_relaypacs_asgi_tunes_the_process_under_deployed_settings_only(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    base["DATA_DIR"] = str(tmp_path)
+    dev = _child("asgi", env={**base, "DJANGO_SETTINGS_MODULE": "relaypacs.settings.dev"})
+    test = _child("asgi", env={**base, "DJANGO_SETTINGS_MODULE": "relaypacs.settings.test"})
+    assert dev["faults_per_chunk"] < 5, dev
+    assert test["faults_per_chunk"] > 100, test
