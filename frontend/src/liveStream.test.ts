@@ -71,11 +71,13 @@ function setup(stored: number | null = null) {
   const liveChanges: boolean[] = [];
   let saved = stored;
   let ticketFails: unknown = null;
+  let ticketHeld: Promise<void> | null = null;
   let n = 0;
   const stream = new LiveStream(
     {
       ticket: async (refresh) => {
         tickets.push(refresh);
+        if (ticketHeld) await ticketHeld;
         if (ticketFails) throw ticketFails;
         return `t${++n}`;
       },
@@ -109,6 +111,15 @@ function setup(stored: number | null = null) {
     saved: () => saved,
     failTickets: (error: unknown) => {
       ticketFails = error;
+    },
+    /** Ticket requests from now on wait until the returned function is called. */
+    holdTickets: () => {
+      let release!: () => void;
+      ticketHeld = new Promise((resolve) => (release = resolve));
+      return () => {
+        ticketHeld = null;
+        release();
+      };
     },
     last: () => sockets[sockets.length - 1]!,
   };
@@ -306,6 +317,26 @@ describe("the live stream client", () => {
     await flush();
     expect(t.tickets).toHaveLength(3);
     expect(t.clock.pending()).toEqual([]);
+  });
+
+  it("a recheck while a ticket request hangs asks again, and what the old one brings is dropped", async () => {
+    const t = setup(3);
+    const release = t.holdTickets();
+    t.stream.start();
+    await flush();
+    expect(t.tickets).toHaveLength(1);
+    expect(t.sockets).toHaveLength(0);
+    t.stream.recheck(20_000);
+    await flush();
+    expect(t.tickets).toHaveLength(2);
+    release();
+    await flush();
+    await flush();
+    // Only the second request opens a socket.
+    expect(t.sockets).toHaveLength(1);
+    t.last().open();
+    t.last().say({ type: "ready", id: 3 });
+    expect(t.stream.connected).toBe(true);
   });
 
   it("stop closes the socket and schedules nothing", async () => {

@@ -143,9 +143,11 @@ export class LiveStream {
    * connect again now (the usual backoff follows if the link is still down); at most once
    * per RECHECK_MIN_MS, so that failures in a row do not churn a connection that works. */
   recheck(now: number = Date.now()): void {
-    // Only a socket that looks open is in doubt: a stream already reconnecting keeps its
-    // backoff (1, 2, 4 … 30 s), whatever the engine's failures.
-    if (!this.running || !this.socket || now - this.lastRecheck < RECHECK_MIN_MS) return;
+    // Only a socket that looks open, or a ticket request under way (it may hang on the same
+    // dead link: fetch has no timeout), is in doubt: a stream waiting out its backoff keeps
+    // it (1, 2, 4 … 30 s), whatever the engine's failures. connect() starts a new
+    // generation: what the old ticket request brings later is dropped.
+    if (!this.running || (!this.socket && !this.connecting) || now - this.lastRecheck < RECHECK_MIN_MS) return;
     this.lastRecheck = now;
     this.drop();
     this.clearReconnect();
