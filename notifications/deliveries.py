@@ -122,7 +122,8 @@ def upload_event_deliver(*, name: str, upload_id: str) -> int:
     draft: NotificationDraft | None = None
     if name == events.UPLOAD_COMPLETED:
         draft = NotificationDraft(
-            NotificationKind.UPLOAD_COMPLETED, *texts.upload_completed(label=label)
+            NotificationKind.UPLOAD_COMPLETED,
+            *texts.upload_completed(label=label, studies=facts.studies),
         )
     elif name == events.UPLOAD_FAILED:
         draft = NotificationDraft(
@@ -131,7 +132,8 @@ def upload_event_deliver(*, name: str, upload_id: str) -> int:
         )
     elif name == events.UPLOAD_NEEDS_CONFIRMATION:
         draft = NotificationDraft(
-            NotificationKind.UPLOAD_NEEDS_ATTENTION, *texts.upload_needs_attention(label=label)
+            NotificationKind.UPLOAD_NEEDS_ATTENTION,
+            *texts.upload_needs_attention(label=label, studies=facts.studies),
         )
     appended = _append(
         user_id=facts.owner_id,

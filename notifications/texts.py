@@ -38,10 +38,11 @@ def study_label(*, modalities: list[str], studies: int, sent_at: datetime | None
     return f"{words} {sent}" if sent else words
 
 
-def upload_completed(*, label: str) -> tuple[str, str]:
+def upload_completed(*, label: str, studies: int = 1) -> tuple[str, str]:
+    them = "the studies can" if studies > 1 else "the study can"
     return (
         f"{label} was received by the PACS",
-        "The PACS confirmed every image; the study can be read there.",
+        f"The PACS confirmed every image; {them} be read there.",
     )
 
 
@@ -87,10 +88,11 @@ def upload_failed(*, label: str, error_code: str) -> tuple[str, str]:
     )
 
 
-def upload_needs_attention(*, label: str) -> tuple[str, str]:
+def upload_needs_attention(*, label: str, studies: int = 1) -> tuple[str, str]:
+    details = "the studies' details" if studies > 1 else "the study's details"
     return (
         f"{label} needs your confirmation",
-        "The files do not all match the study's details. Open the upload to check and "
+        f"The files do not all match {details}. Open the upload to check and "
         "confirm it, or cancel it.",
     )
 

@@ -12,7 +12,14 @@ from notifications import texts
 def test_an_upload_of_several_studies_takes_the_singular_verbs() -> None:
     label = texts.study_label(modalities=["CT", "MR"], studies=2, sent_at=None)
     assert label == "Upload of 2 studies"
-    assert texts.upload_completed(label=label)[0] == "Upload of 2 studies was received by the PACS"
+    assert texts.upload_completed(label=label, studies=2) == (
+        "Upload of 2 studies was received by the PACS",
+        "The PACS confirmed every image; the studies can be read there.",
+    )
+    assert texts.upload_completed(label="CT study", studies=1)[1] == (
+        "The PACS confirmed every image; the study can be read there."
+    )
+    assert "the studies' details" in texts.upload_needs_attention(label=label, studies=2)[1]
     assert (
         texts.upload_needs_attention(label=label)[0]
         == "Upload of 2 studies needs your confirmation"
