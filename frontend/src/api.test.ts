@@ -2,34 +2,32 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { ApiError, apiFetch } from "./api";
 
+/** fetch answers 200 OK, and reading its body fails with `error`. */
+function answerWhoseBodyFails(error: Error): void {
+  vi.stubGlobal("fetch", async () => ({
+    ok: true,
+    status: 200,
+    headers: new Headers(),
+    json: async () => {
+      throw error;
+    },
+  }));
+}
+
 afterEach(() => {
   vi.unstubAllGlobals();
 });
 
 describe("apiFetch", () => {
   it("passes on an abort that comes while the answer is read, never as an unreadable answer", async () => {
-    vi.stubGlobal("fetch", async () => ({
-      ok: true,
-      status: 200,
-      headers: new Headers(),
-      json: async () => {
-        throw new DOMException("The operation was aborted.", "AbortError");
-      },
-    }));
+    answerWhoseBodyFails(new DOMException("The operation was aborted.", "AbortError"));
     const caught = await apiFetch("/x").catch((error: unknown) => error);
     expect((caught as Error).name).toBe("AbortError");
     expect(caught).not.toBeInstanceOf(ApiError);
   });
 
   it("says an answer that cannot be read is one, with a way on", async () => {
-    vi.stubGlobal("fetch", async () => ({
-      ok: true,
-      status: 200,
-      headers: new Headers(),
-      json: async () => {
-        throw new SyntaxError("Unexpected token < in JSON");
-      },
-    }));
+    answerWhoseBodyFails(new SyntaxError("Unexpected token < in JSON"));
     const caught = await apiFetch("/x").catch((error: unknown) => error);
     expect(caught).toBeInstanceOf(ApiError);
     expect((caught as ApiError).code).toBe("bad_response");

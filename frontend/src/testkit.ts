@@ -3,6 +3,7 @@
  * counter of the writes the engine makes to IndexedDB (fake-indexeddb in Node). */
 import { serialize } from "node:v8";
 import { db, type Study } from "./db";
+import { Uploader } from "./uploader";
 
 export const OWNER = "tech";
 
@@ -212,5 +213,18 @@ export async function until(check: () => boolean | Promise<boolean>, ms = 20_000
   while (!(await check())) {
     if (performance.now() > deadline) throw new Error("timed out waiting");
     await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Run an upload engine for OWNER until study `id` was sent whole (the server processes
+ * it), then stop it and wait for it to end. */
+export async function sendWithEngine(id: number, ms = 30_000): Promise<void> {
+  const controller = new AbortController();
+  const running = new Uploader(OWNER, controller.signal).run();
+  try {
+    await until(async () => (await db.studies.get(id))?.state === "processing", ms);
+  } finally {
+    controller.abort();
+    await running;
   }
 }

@@ -6,8 +6,7 @@ import "fake-indexeddb/auto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { BACKOFF_BASE_MS } from "./backoff";
 import { db } from "./db";
-import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
-import { Uploader } from "./uploader";
+import { FakeUploadServer, queuedStudy, sendWithEngine, signInOnDevice } from "./testkit";
 
 const CHUNK = 16;
 const CHUNKS = 4;
@@ -39,14 +38,7 @@ describe("a complete refused with 503 storage_unavailable", () => {
       if (refusedAt && !resentAt && url.includes("/chunk")) resentAt = performance.now();
       return server.fetch(input, init);
     });
-    const controller = new AbortController();
-    const running = new Uploader(OWNER, controller.signal).run();
-    try {
-      await until(async () => (await db.studies.get(id))?.state === "processing", 30_000);
-    } finally {
-      controller.abort();
-      await running;
-    }
+    await sendWithEngine(id);
 
     expect(refusedAt).toBeGreaterThan(0);
     // The first retry waits at least half of twice the base delay (backoffDelay(1)).

@@ -6,8 +6,7 @@ import "fake-indexeddb/auto";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { db } from "./db";
 import { adviceFrom, advisedInFlight, SERVER_ADVICE_MS } from "./linkTuning";
-import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
-import { Uploader } from "./uploader";
+import { FakeUploadServer, queuedStudy, sendWithEngine, signInOnDevice } from "./testkit";
 
 const CHUNK = 16;
 const CHUNKS = 12;
@@ -37,14 +36,7 @@ async function concurrencyAfterStart(advise: boolean): Promise<number[]> {
       answered++;
     }
   });
-  const controller = new AbortController();
-  const running = new Uploader(OWNER, controller.signal).run();
-  try {
-    await until(async () => (await db.studies.get(id))?.state === "processing", 30_000);
-  } finally {
-    controller.abort();
-    await running;
-  }
+  await sendWithEngine(id);
   expect(server.received.size).toBe(CHUNKS);
   return seen;
 }

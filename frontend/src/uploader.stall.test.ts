@@ -8,7 +8,7 @@ import { BACKOFF_BASE_MS } from "./backoff";
 import { db } from "./db";
 import { chunkStallMs, CHUNK_STALL_BASE_MS, SLOWEST_LINK_BYTES_PER_SECOND } from "./linkTuning";
 import { whenLinkLost } from "./pushState";
-import { FakeUploadServer, OWNER, queuedStudy, signInOnDevice, until } from "./testkit";
+import { FakeUploadServer, OWNER, queuedStudy, sendWithEngine, signInOnDevice, until } from "./testkit";
 import { Uploader } from "./uploader";
 
 const STALL_MS = 300;
@@ -104,14 +104,7 @@ describe("a stalled chunk request", () => {
     // Chunks 2 and 3 are answered only after chunk 1 was given up: quick answers, which
     // would raise the in-flight count again if they counted.
     stallFirstChunk1(server, STALL_MS + 200);
-    const controller = new AbortController();
-    const running = new Uploader(OWNER, controller.signal).run();
-    try {
-      await until(async () => (await db.studies.get(id))?.state === "processing", 30_000);
-    } finally {
-      controller.abort();
-      await running;
-    }
+    await sendWithEngine(id);
     expect(server.received.size).toBe(CHUNKS);
     expect(Math.max(...stallAsked)).toBeGreaterThan(CHUNK); // several were in flight at first
     // Chunks 0, 1 and 2 first (two in flight), then, after the stall and the wait, the next

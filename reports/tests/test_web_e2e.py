@@ -33,6 +33,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 DESKTOP = {"width": 1366, "height": 768}
 TABLET = {"width": 820, "height": 1180}
+PHONE = {"width": 390, "height": 844}
 PASSWORD = "Quiet-Harbour-Reading-57"  # noqa: S105 (an account of the test product only)
 CHUNK = 256 * 1024
 # Uploads through the real pipeline, and the worker rendering a PDF, on a loaded machine.
@@ -153,6 +154,21 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+def _touch_context(
+    browser: Any, product: RunningProduct, viewport: dict[str, int], signed_in: Any
+) -> Any:
+    """A touch device's browser at `viewport` with the session of `signed_in`."""
+    context = browser.new_context(
+        base_url=product.base,
+        viewport=viewport,
+        storage_state=signed_in.storage_state(),
+        is_mobile=True,
+        has_touch=True,
+    )
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    return context
+
+
 def test_a_radiologist_signs_in_with_totp_reads_stat_first_signs_and_downloads_the_pdf(
     product: RunningProduct, browser: Any, tmp_path: Path
 ) -> None:
@@ -230,14 +246,7 @@ def test_a_radiologist_signs_in_with_totp_reads_stat_first_signs_and_downloads_t
     expect(page.get_by_text("Signed. The PDF is being made")).to_be_visible()
 
     # The same pages on a tablet, with the desktop's session.
-    tablet = browser.new_context(
-        base_url=product.base,
-        viewport=TABLET,
-        storage_state=desktop.storage_state(),
-        is_mobile=True,
-        has_touch=True,
-    )
-    tablet.set_default_timeout(BROWSER_TIMEOUT_MS)
+    tablet = _touch_context(browser, product, TABLET, desktop)
     tab = tablet.new_page()
     tab.goto("/reports/?status=all")
     expect(tab.locator("[data-row-link]")).to_have_count(3)
@@ -248,14 +257,7 @@ def test_a_radiologist_signs_in_with_totp_reads_stat_first_signs_and_downloads_t
     tablet.close()
 
     # And on a phone: the worklist's table scrolls sideways in its box, the page does not.
-    phone = browser.new_context(
-        base_url=product.base,
-        viewport={"width": 390, "height": 844},
-        storage_state=desktop.storage_state(),
-        is_mobile=True,
-        has_touch=True,
-    )
-    phone.set_default_timeout(BROWSER_TIMEOUT_MS)
+    phone = _touch_context(browser, product, PHONE, desktop)
     small = phone.new_page()
     small.goto("/reports/?status=all")
     expect(small.locator("[data-row-link]")).to_have_count(3)
