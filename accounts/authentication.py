@@ -27,6 +27,12 @@ class SessionJWTAuthentication(JWTAuthentication):
         raw_token = self.get_raw_token(header)
         if raw_token is None or raw_token.startswith(UPLOAD_TOKEN_PREFIX):
             return None
+        return self.user_for_token(raw_token)
+
+    def user_for_token(self, raw_token: bytes) -> tuple[Any, Any]:
+        """The user and validated claims of an access token, as ``authenticate`` accepts
+        it; raises AuthenticationFailed (InvalidToken among them) otherwise. The lean chunk
+        endpoint (uploads.chunk_endpoint) checks its access tokens with this too."""
         # Imported here: DRF loads this class while relaypacs.errors is still importing.
         from .services.sessions import auth_session_touch
 

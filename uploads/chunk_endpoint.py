@@ -1,26 +1,33 @@
-"""The chunk PUT of upload-token requests as a lean ASGI endpoint, routed before Django.
+"""The chunk PUT as a lean ASGI endpoint, routed before Django.
 
 Sending chunks is the hot path of the product: a 1 GB study is a thousand requests. Through
 Django's request path each cost about 10 ms of CPU (eleven middleware, DRF, a new executor
 thread and a new database connection per request; see bench/RESULTS.md), three times what
-the work itself needs. This endpoint serves ``PUT /api/v1/upload/<id>/chunk`` sent with an
-upload token (what the PWA sends) through the same service as the DRF view
-(``services.chunk_receive`` -> ``chunk_store``), with the same checks, statuses and error
-bodies, and keeps the database connections of its own small thread pool open.
+the work itself needs; measured again with an access token, 16-18 ms against 5-7 ms here.
+This endpoint serves ``PUT /api/v1/upload/<id>/chunk`` sent with either credential the API
+allows: an upload token (what the PWA sends; ``services.chunk_receive``) or the owner's
+access token (``services.chunk_receive_signed_in``), both ending in the DRF view's
+``chunk_store``, with the same checks, statuses and error bodies, and keeps the database
+connections of its own small thread pool open.
 
-The token's signature, expiry and upload are checked before the body is read: a bad or
-expired token is refused (401), another upload's token too (404), without waiting for the
-body. Its session, its user and the upload's owner are checked after it, with the upload's
-row (read after the body, so that a cancel while the body arrives is seen). The one
-answer that differs from the DRF view's: another upload's token whose session has ended
-is 404 here, 401 there (both refuse it).
+Before the body is read, without the database: an upload token's signature, expiry and
+upload (a bad or expired one is refused, 401, another upload's too, 404), an access
+token's signature and expiry (one that fails goes to Django, which refuses it). After the
+body, with the upload's row (read then, so that a cancel while the body arrives is seen):
+the credential's session and user (a verified credential is trusted for
+UPLOAD_TOKEN_RECHECK_SECONDS), the upload's visibility and owner. The one answer that differs from the DRF
+view's: another upload's upload token whose session has ended is 404 here, 401 there (both
+refuse it).
 
-Everything else goes to Django unchanged: other paths and methods, chunks sent with an
-access token, hosts not in ALLOWED_HOSTS, and plain HTTP when SECURE_SSL_REDIRECT is on.
+Everything else goes to Django unchanged: other paths and methods, a credential that is
+neither an upload token nor a validly signed access token, hosts not in ALLOWED_HOSTS, and
+plain HTTP when SECURE_SSL_REDIRECT is on. Django refuses each of those before a view reads
+the body.
 
-Every chunk PUT, served here or by Django, first reserves the bytes it will hold from the
-process's chunk memory budget (``uploads.chunk_memory``) and reads its body only once it
-has them; one that waits too long is answered 503 ``server_busy`` with Retry-After.
+Every chunk PUT served here first reserves the bytes it will hold from the process's chunk
+memory budget (``uploads.chunk_memory``) and reads its body only once it has them; one
+that waits too long is answered 503 ``server_busy`` with Retry-After. Nobody can fill the
+budget (and stall every clinic's chunks on this process) without signing in.
 
 A chunk whose body then waited longer than ``UPLOAD_CHUNK_BUSY_SECONDS`` for one of this
 process's threads behind at least CHUNK_THREADS other waiting chunks (more chunks arrive
@@ -196,12 +203,12 @@ async def _read_body(receive: Receive, limit: int, length: int | None) -> bytear
             return grown
 
 
-def _reservation(headers: dict[bytes, bytes], *, copies: int) -> int:
-    """The bytes a chunk PUT will hold: ``copies`` times its Content-Length, capped at the
-    largest chunk; the largest chunk when the length is missing or not a number."""
+def _reservation(headers: dict[bytes, bytes]) -> int:
+    """The bytes a chunk PUT will hold: its Content-Length, capped at the largest chunk;
+    the largest chunk when the length is missing or not a number."""
     largest = int(settings.UPLOAD_MAX_CHUNK_SIZE)
     length = _content_length(headers)
-    return copies * (largest if length is None else min(length, largest + 1))
+    return largest if length is None else min(length, largest + 1)
 
 
 def _signed_access_token(headers: dict[bytes, bytes]) -> bool:
@@ -252,21 +259,25 @@ def _release_connections() -> None:
         opened[conn.alias] = (id(conn.connection), since)
 
 
-def _receive_in_thread(*, submitted: float, **kwargs: Any) -> tuple[services.ChunkReceipt, float]:
-    """The chunk stored, and how long it waited for this thread since ``submitted``."""
+def _receive_in_thread(
+    *, submitted: float, receive: Callable[..., services.ChunkReceipt], **kwargs: Any
+) -> tuple[services.ChunkReceipt, float]:
+    """The chunk stored by ``receive`` (``services.chunk_receive`` or
+    ``chunk_receive_signed_in``), and how long it waited for this thread since
+    ``submitted``."""
     _backlog.started()
     waited = time.monotonic() - submitted
     try:
         with metrics.chunk_request() as counted:
-            counted.receipt = services.chunk_receive(**kwargs)
+            counted.receipt = receive(**kwargs)
         return counted.receipt, waited
     finally:
         _release_connections()
 
 
 class ChunkEndpoint:
-    """ASGI app: upload-token chunk PUTs here, every other request to ``fallback``; every
-    chunk PUT (either way) within the chunk memory budget."""
+    """ASGI app: chunk PUTs with an upload token or a validly signed access token here,
+    within the chunk memory budget; every other request to ``fallback``."""
 
     def __init__(self, fallback: AsgiApp, budget: ChunkMemoryBudget | None = None) -> None:
         self.fallback = fallback
@@ -282,57 +293,34 @@ class ChunkEndpoint:
         if match is None:
             return await self.fallback(scope, receive, send)
         headers = _headers(scope)
-        authorization = headers.get(b"authorization", b"")
+        with_upload_token = headers.get(b"authorization", b"").lower().startswith(_AUTH_PREFIX)
         secure = _is_secure(scope, headers)
         if (
-            not authorization.lower().startswith(_AUTH_PREFIX)
-            or not _host_allowed(headers)
+            not _host_allowed(headers)
             or (settings.SECURE_SSL_REDIRECT and not secure)
+            or not (with_upload_token or _signed_access_token(headers))
         ):
-            return await self._to_django(scope, receive, send, headers, secure=secure)
+            # Django refuses these before a view reads the body (400, 301, 401); its
+            # handler spools a body beyond FILE_UPLOAD_MAX_MEMORY_SIZE to disk.
+            return await self.fallback(scope, receive, send)
         # The ids of this request's log lines (and of the tasks it starts), as
         # RequestIdMiddleware sets them for Django's requests; reset when it ends.
         request_token = logging_context.request_id_var.set(_request_id(headers))
         upload_token = logging_context.upload_id_var.set(match["upload_id"])
         try:
-            await self._serve(scope, receive, send, match["upload_id"], headers, secure=secure)
+            await self._serve(
+                scope,
+                receive,
+                send,
+                match["upload_id"],
+                headers,
+                secure=secure,
+                with_upload_token=with_upload_token,
+            )
         finally:
             logging_context.request_id_var.reset(request_token)
             logging_context.upload_id_var.reset(upload_token)
         return None
-
-    async def _to_django(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: dict[bytes, bytes],
-        *,
-        secure: bool,
-    ) -> None:
-        """A chunk PUT Django serves, within the budget: Django reads the whole body into
-        memory (up to FILE_UPLOAD_MAX_MEMORY_SIZE) before the view runs, and the view's
-        ``chunk_store`` reads it from there into a second copy, so it reserves twice its
-        length.
-
-        Only a request with a validly signed, unexpired access token reserves: one without
-        (no credential, a made-up one) goes to Django as before, which refuses it (401),
-        so that nobody can fill the budget, and stall every clinic's chunks on this
-        process, without signing in."""
-        if not _signed_access_token(headers):
-            await self.fallback(scope, receive, send)
-            return
-        try:
-            async with self.budget.reserved(
-                _reservation(headers, copies=2), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS
-            ):
-                await self.fallback(scope, receive, send)
-        except ChunkMemoryBusy as busy:
-            request_token = logging_context.request_id_var.set(_request_id(headers))
-            try:
-                await _busy_answer(send, busy, secure=secure)
-            finally:
-                logging_context.request_id_var.reset(request_token)
 
     async def _serve(
         self,
@@ -343,25 +331,35 @@ class ChunkEndpoint:
         headers: dict[bytes, bytes],
         *,
         secure: bool,
+        with_upload_token: bool,
     ) -> None:
         upload_id = uuid.UUID(raw_upload_id)
         token = headers[b"authorization"].decode("latin-1").partition(" ")[2].strip()
-        # Signature, expiry and upload first, without the database and before a byte of the
-        # body is read: any "Bearer upl_..." header routes here, and a refused one must not
-        # make this process wait for (and hold) up to 16 MiB of body. The server discards
-        # whatever of the body still arrives.
-        try:
-            with metrics.chunk_request():
-                services.chunk_token_read(upload_id=upload_id, upload_token=token)
-        except ApplicationError as error:
-            await _answer_error(send, error, secure=secure)
-            return
+        checked_by: Callable[..., services.ChunkReceipt]
+        if with_upload_token:
+            # Signature, expiry and upload first, without the database and before a byte of
+            # the body is read: any "Bearer upl_..." header routes here, and a refused one
+            # must not make this process wait for (and hold) up to 16 MiB of body. The
+            # server discards whatever of the body still arrives.
+            try:
+                with metrics.chunk_request():
+                    services.chunk_token_read(upload_id=upload_id, upload_token=token)
+            except ApplicationError as error:
+                await _answer_error(send, error, secure=secure)
+                return
+            checked_by = partial(services.chunk_receive, upload_token=token)
+        else:
+            # An access token whose signature and expiry were checked (_signed_access_token);
+            # its user and session are checked with the upload's row, after the body.
+            checked_by = partial(services.chunk_receive_signed_in, access_token=token)
         try:
             async with self.budget.reserved(
-                _reservation(headers, copies=1), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS
+                _reservation(headers), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS
             ):
                 # The body lives in that call's frame only: gone when the bytes go back.
-                await self._store(scope, receive, send, upload_id, token, headers, secure=secure)
+                await self._store(
+                    scope, receive, send, upload_id, checked_by, headers, secure=secure
+                )
         except ChunkMemoryBusy as busy:
             await _busy_answer(send, busy, secure=secure)
 
@@ -371,7 +369,7 @@ class ChunkEndpoint:
         receive: Receive,
         send: Send,
         upload_id: uuid.UUID,
-        token: str,
+        checked_by: Callable[..., services.ChunkReceipt],
         headers: dict[bytes, bytes],
         *,
         secure: bool,
@@ -387,8 +385,8 @@ class ChunkEndpoint:
         call = partial(
             _receive_in_thread,
             submitted=time.monotonic(),
+            receive=checked_by,
             upload_id=upload_id,
-            upload_token=token,
             index=(query.get("index") or [None])[-1],
             data=body,
             length=length or 0,

@@ -11,7 +11,7 @@ same at the first chunk and the ten-thousandth: no statement reads more than the
 this chunk and of the counter (``uploads/tests/test_chunk_cost.py`` counts them). The
 upload's own row is not written by every chunk: its ``last_chunk_at`` is written at most
 once a minute; the counter is a narrow row of its own, locked only between its update and
-the commit right after it. A verified upload token is trusted for
+the commit right after it. A verified upload token (or access token) is trusted for
 UPLOAD_TOKEN_RECHECK_SECONDS.
 """
 
@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from ..tokens import UploadTokenClaim, upload_token_read
 
 # How stale the upload's last_chunk_at may be: the resume window (hours) slides from it.
 LAST_CHUNK_AT_RESOLUTION = timedelta(minutes=1)
-# Verified upload tokens remembered per process, dropped all at once beyond this many
+# Verified upload tokens (and access tokens of chunk PUTs) remembered per process, dropped all at once beyond this many
 # (a web process sees a few hundred uploads a day; this bounds its memory).
 _VERIFIED_MAX = 10_000
 _verified: dict[str, tuple[float, int, str]] = {}  # token -> (trusted until, user id, role)
@@ -377,11 +378,21 @@ def _token_user(token: str) -> _TokenUser | None:
     claim = upload_token_read(token)
     if claim is None:
         return None
+    trusted = _trusted_user(token, check=lambda: upload_token_user(claim=claim))
+    if trusted is None:
+        return None
+    return _TokenUser(claim=claim, user_id=trusted[0], role=trusted[1])
+
+
+def _trusted_user(token: str, *, check: Callable[[], User | None]) -> tuple[int, str] | None:
+    """The id and role of the user a credential acts for: ``check()`` (its database checks:
+    session, account), or what it said less than UPLOAD_TOKEN_RECHECK_SECONDS ago. The
+    caller checks the credential's signature and expiry every time."""
     now = time.monotonic()
     known = _verified.get(token)
     if known is not None and known[0] > now:
-        return _TokenUser(claim=claim, user_id=known[1], role=known[2])
-    user = upload_token_user(claim=claim)
+        return known[1], known[2]
+    user = check()
     if user is None:
         _verified.pop(token, None)
         return None
@@ -389,7 +400,7 @@ def _token_user(token: str) -> _TokenUser | None:
         if len(_verified) >= _VERIFIED_MAX:
             _verified.clear()
         _verified[token] = (now + settings.UPLOAD_TOKEN_RECHECK_SECONDS, user.pk, user.role)
-    return _TokenUser(claim=claim, user_id=user.pk, role=user.role)
+    return user.pk, user.role
 
 
 def chunk_target_get(*, upload_id: uuid.UUID) -> UploadRow | None:
@@ -487,22 +498,95 @@ def chunk_receive(
     verified = _token_user(upload_token)
     if verified is None:
         raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401)
+    return _chunk_store_as(
+        upload_id=upload_id,
+        user_id=verified.user_id,
+        role=verified.role,
+        index=index,
+        data=data,
+        length=length,
+        content_md5=content_md5,
+    )
+
+
+def chunk_receive_signed_in(
+    *,
+    upload_id: uuid.UUID,
+    access_token: str,
+    index: str | None,
+    data: bytes | bytearray | memoryview,
+    length: int,
+    content_md5: str | None,
+) -> ChunkReceipt:
+    """A chunk PUT sent with the owner's access token (the API allows either token), from
+    the token to the stored chunk, as the DRF view answers it.
+
+    The token is checked as the DRF authentication checks it
+    (``SessionJWTAuthentication``): its signature and expiry on every chunk, its user (active)
+    and sign-in session (still on) at most every UPLOAD_TOKEN_RECHECK_SECONDS, as for an
+    upload token: 401 ``authentication_failed`` otherwise. Then, as for an upload token: 404
+    ``not_found`` for an upload the user may not reach, 403 ``permission_denied`` for one
+    they reach but do not own, ``chunk_index_parse`` and ``chunk_store``.
+    """
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from accounts.authentication import SessionJWTAuthentication
+
+    authentication = SessionJWTAuthentication()
+    raw = access_token.encode()
+
+    def user_of_token() -> User | None:
+        try:
+            return authentication.user_for_token(raw)[0]  # type: ignore[no-any-return]
+        except AuthenticationFailed:
+            return None
+
+    try:
+        authentication.get_validated_token(raw)
+    except AuthenticationFailed as failed:
+        raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401) from failed
+    trusted = _trusted_user(access_token, check=user_of_token)
+    if trusted is None:
+        raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401)
+    return _chunk_store_as(
+        upload_id=upload_id,
+        user_id=trusted[0],
+        role=trusted[1],
+        index=index,
+        data=data,
+        length=length,
+        content_md5=content_md5,
+    )
+
+
+def _chunk_store_as(
+    *,
+    upload_id: uuid.UUID,
+    user_id: int,
+    role: str,
+    index: str | None,
+    data: bytes | bytearray | memoryview,
+    length: int,
+    content_md5: str | None,
+) -> ChunkReceipt:
+    """The chunk stored for a user whose credential was checked: 404 ``not_found`` for an
+    upload they may not reach, 403 ``permission_denied`` for one they reach but do not
+    own, then ``chunk_index_parse`` and ``chunk_store``."""
     target = chunk_target_get(upload_id=upload_id)
     owner_reaches_it = (
-        target is not None
-        and target.owner_id == verified.user_id
-        and verified.role in ROLES_WITH_OWN_UPLOADS
+        target is not None and target.owner_id == user_id and role in ROLES_WITH_OWN_UPLOADS
     )
     if target is not None and not owner_reaches_it:
-        # A token minted for someone else (before tokens went to owners only), or an owner
-        # whose role changed: as far as the user's role reaches today (uploads_visible_to,
-        # as the DRF views ask), then refused unless they own it.
-        user = User.objects.filter(pk=verified.user_id).first()
+        # A token minted for someone else (before tokens went to owners only), an owner
+        # whose role changed, or a colleague's access token: as far as the user's role
+        # reaches today (uploads_visible_to, as the DRF views ask), then refused unless
+        # they own it.
+        user = User.objects.filter(pk=user_id).first()
         if user is None or not uploads_visible_to(user=user).filter(pk=upload_id).exists():
             target = None
     if target is None:
         raise ApplicationError(*_NOT_FOUND, status_code=404)
-    chunk_sender_ensure_owner(session=target, user_id=verified.user_id)
+    chunk_sender_ensure_owner(session=target, user_id=user_id)
     return chunk_store(
         session=target,
         index=chunk_index_parse(index),

@@ -137,19 +137,27 @@ def drf_put(upload: dict[str, Any], query: str, body: bytes, headers: dict[str, 
     return response.status_code, response.json()
 
 
-def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader):
+@pytest.mark.parametrize("credential", ["upload token", "access token"])
+def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader, credential):
     client = signed_in(uploader)
     via_drf, via_asgi = init(client), init(client)
     payload = os.urandom(SIZE)
     first, last = payload[:CHUNK], payload[2 * CHUNK :]
+    access = client._credentials["HTTP_AUTHORIZATION"].partition(" ")[2]  # noqa: SLF001
+    # Another clinician's access token: the upload is not theirs to see (404).
+    strangers = signed_in(UserFactory(role=Role.CLINICIAN))._credentials  # noqa: SLF001
+    stranger = strangers["HTTP_AUTHORIZATION"].partition(" ")[2]
 
     def both(query: str, body: bytes, headers: dict[str, str], token_of: str = "self") -> Any:
         def token(upload: dict[str, Any]) -> str:
-            if token_of == "other":  # the other upload's token
+            own = upload["upload_token"] if credential == "upload token" else access
+            if token_of == "other":  # the other upload's token, or a stranger's sign-in
+                if credential == "access token":
+                    return stranger
                 return (via_asgi if upload is via_drf else via_drf)["upload_token"]
             if token_of == "tampered":
-                return upload["upload_token"][:-2] + "xx"
-            return upload["upload_token"]
+                return own[:-2] + "xx"
+            return own
 
         drf = drf_put(
             via_drf, query, body, {"Authorization": f"Bearer {token(via_drf)}", **headers}
@@ -214,7 +222,8 @@ def test_requests_the_endpoint_does_not_serve_reach_django(uploader, settings):
     upload = init(client)
     data = os.urandom(CHUNK)
     access = client._credentials["HTTP_AUTHORIZATION"]  # noqa: SLF001
-    # A chunk sent with the access token is served by the DRF view, with the same answer.
+    # A chunk sent with the access token is served by the endpoint (test_chunk_endpoint_
+    # access_token.py checks that it does not reach Django).
     status, _, body = asgi_put(
         f"/api/v1/upload/{upload['upload_id']}/chunk?index=0",
         data,

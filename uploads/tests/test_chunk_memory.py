@@ -328,7 +328,7 @@ def test_a_chunk_that_waits_too_long_is_answered_busy_with_retry_after(settings)
         while budget.held != CHUNK:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        # Both ways in: the lean endpoint (upload token) and Django (access token).
+        # Either credential: an upload token, the owner's access token.
         for token in (upload["upload_token"], access):
             waiting = _start_put(port, upload, 1, data, token)
             began = time.monotonic()
