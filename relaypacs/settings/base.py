@@ -7,6 +7,7 @@ under ``DATA_DIR``, and a local Orthanc PACS on 127.0.0.1:8042.
 
 from __future__ import annotations
 
+import os
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -38,8 +39,19 @@ def _secret_from_env_or_data_dir() -> str:
         return env.str("SECRET_KEY")
     key_file = DATA_DIR / ".secret_key"
     if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
+        # Written whole under a private name, then linked into place: processes starting
+        # together (serve, worker, beat) never read a half-written file, and the first
+        # link wins for all of them.
+        draft = DATA_DIR / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(50))
+        try:
+            os.link(draft, key_file)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     return key_file.read_text().strip()
 
 
