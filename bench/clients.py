@@ -237,6 +237,7 @@ def nginx_put(
     run: str,
     chunk_size: int = CHUNK_SIZE,
     indexes: range | None = None,
+    in_flight: int = IN_FLIGHT,
 ) -> Transfer:
     """Chunks of ``paths`` as WebDAV PUTs to ``/put/<run>/<index>`` (201/204)."""
     return put_chunks(
@@ -247,6 +248,7 @@ def nginx_put(
         ok_statuses=frozenset({201, 204}),
         chunk_size=chunk_size,
         indexes=indexes,
+        in_flight=in_flight,
     )
 
 
@@ -308,19 +310,29 @@ class RelayClient:
         return dict(response.json())
 
     def send_chunks(
-        self, upload: Mapping[str, Any], paths: Sequence[Path], indexes: range | None = None
+        self,
+        upload: Mapping[str, Any],
+        paths: Sequence[Path],
+        indexes: range | None = None,
+        *,
+        credential: str = "upload",
+        in_flight: int = IN_FLIGHT,
     ) -> Transfer:
-        """Chunks ``indexes`` (default: all) of the upload, IN_FLIGHT at a time."""
+        """Chunks ``indexes`` (default: all) of the upload, ``in_flight`` at a time, sent
+        with the upload token (what the PWA sends) or, ``credential="access"``, with the
+        owner's access token (what docs/upload-api.md allows other clients)."""
         upload_id = upload["upload_id"]
         indexes = range(upload["total_chunks"]) if indexes is None else indexes
+        bearer = {"upload": upload["upload_token"], "access": self.access}[credential]
         transfer = put_chunks(
             paths=paths,
             port=self.port,
             path_for=lambda index: f"/api/v1/upload/{upload_id}/chunk?index={index}",
-            headers={"Authorization": f"Bearer {upload['upload_token']}"},
+            headers={"Authorization": f"Bearer {bearer}"},
             ok_statuses=frozenset({200}),
             chunk_size=int(upload["chunk_size"]),
             indexes=indexes,
+            in_flight=in_flight,
         )
         if transfer.requests != len(indexes):
             raise RuntimeError(f"sent {transfer.requests} of {len(indexes)} chunks")

@@ -9,6 +9,7 @@ gunicorn is not a dependency of RelayPACS: its variants run only where it is ins
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import shutil
 import sys
@@ -72,6 +73,8 @@ class Variant:
     needs: str = ""  # a module that must be importable, else the variant is skipped
     floor: bool = False  # bench/floor_app.py instead of RelayPACS
     chunk_size: int = clients.CHUNK_SIZE  # for RelayPACS and nginx alike
+    credential: str = "upload"  # the upload token (the PWA's) or "access" (the owner's token)
+    in_flight: int = clients.IN_FLIGHT  # for RelayPACS and nginx alike
 
 
 VARIANTS = [
@@ -79,6 +82,12 @@ VARIANTS = [
     Variant("uvicorn --workers 1", [*UVICORN, "1"]),
     Variant("uvicorn --workers 4", [*UVICORN, "4"]),
     # The default flushes once at complete; this is the per-chunk flush it replaced.
+    Variant(
+        "uvicorn --workers 2, chunks sent with the access token (not the upload token)",
+        [*UVICORN, "2"],
+        credential="access",
+    ),
+    Variant("uvicorn --workers 2, 1 chunk in flight (nginx too)", [*UVICORN, "2"], in_flight=1),
     Variant("uvicorn --workers 2, UPLOAD_FSYNC=chunk", [*UVICORN, "2"], {"UPLOAD_FSYNC": "chunk"}),
     Variant(
         "uvicorn --workers 2, only Security+Common middleware",
@@ -129,13 +138,19 @@ def nginx_metered(
     quiesce: Callable[[], None],
     chunk_size: int = clients.CHUNK_SIZE,
     indexes: range | None = None,
+    in_flight: int = clients.IN_FLIGHT,
 ) -> MeteredTransfer:
     """One nginx round of chunks of ``paths``; its files are removed afterwards."""
     quiesce()
     result = metered(
         nginx.pid,
         lambda: clients.nginx_put(
-            paths=paths, port=nginx.port, run=run, chunk_size=chunk_size, indexes=indexes
+            paths=paths,
+            port=nginx.port,
+            run=run,
+            chunk_size=chunk_size,
+            indexes=indexes,
+            in_flight=in_flight,
         ),
     )
     shutil.rmtree(nginx.put_dir(run), ignore_errors=True)
@@ -186,13 +201,23 @@ def _measure_one(
             upload = client.init(paths, chunk_size=variant.chunk_size)
 
             def send() -> clients.Transfer:
-                return client.send_chunks(upload, paths)
+                return client.send_chunks(
+                    upload, paths, credential=variant.credential, in_flight=variant.in_flight
+                )
 
-        before = nginx_metered(nginx, paths, "variant-before", quiesce, variant.chunk_size)
+        yardstick = functools.partial(
+            nginx_metered,
+            nginx,
+            paths,
+            quiesce=quiesce,
+            chunk_size=variant.chunk_size,
+            in_flight=variant.in_flight,
+        )
+        before = yardstick(run="variant-before")
         quiesce()
         with RssSampler(web.process.pid) as sampler, sampler.phase("ingest"):
             relay = metered(web.process.pid, send)
-        after = nginx_metered(nginx, paths, "variant-after", quiesce, variant.chunk_size)
+        after = yardstick(run="variant-after")
         if not variant.floor:
             client.cancel(upload)
         peak = sampler.peak("ingest", children_only=False).rss
