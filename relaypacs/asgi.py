@@ -1,6 +1,7 @@
 """ASGI entry point: HTTP to Django, WebSockets to Channels (notifications.routing).
 
-Chunk PUTs sent with an upload token, the upload's hot path, are served by a lean endpoint
+Chunk PUTs sent with an upload token or a validly signed access token, the upload's hot
+path, are served by a lean endpoint
 in front of Django (uploads.chunk_endpoint), and so is the GET of the SSE event stream, a
 long-held connection (notifications.sse_endpoint); every other request reaches Django
 unchanged.

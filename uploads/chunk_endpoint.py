@@ -15,9 +15,11 @@ upload (a bad or expired one is refused, 401, another upload's too, 404), an acc
 token's signature and expiry (one that fails goes to Django, which refuses it). After the
 body, with the upload's row (read then, so that a cancel while the body arrives is seen):
 the credential's session and user (a verified credential is trusted for
-UPLOAD_TOKEN_RECHECK_SECONDS), the upload's visibility and owner. The one answer that differs from the DRF
-view's: another upload's upload token whose session has ended is 404 here, 401 there (both
-refuse it).
+UPLOAD_TOKEN_RECHECK_SECONDS), the upload's visibility and owner. Answers that differ from
+the DRF view's: another upload's upload token whose session has ended is 404 here, 401
+there; and within the trust time a credential whose session or account has just ended is
+answered as at its last check (its own upload's chunk stored, another upload 404), where
+the DRF view answers 401 at once (docs/security.md).
 
 Everything else goes to Django unchanged: other paths and methods, a credential that is
 neither an upload token nor a validly signed access token, hosts not in ALLOWED_HOSTS, and
@@ -211,20 +213,26 @@ def _reservation(headers: dict[bytes, bytes]) -> int:
     return largest if length is None else min(length, largest + 1)
 
 
-def _signed_access_token(headers: dict[bytes, bytes]) -> bool:
-    """Whether the request carries an access token (JWT) with a valid signature and
-    expiry: checked without the database (Django checks the rest: session, account)."""
+def _signed_access_token(headers: dict[bytes, bytes]) -> str | None:
+    """The access token (JWT) the request carries, when its signature and expiry are valid:
+    checked without the database (its session and account are checked with the upload's
+    row). The header is read as simplejwt's authentication reads it (the scheme exactly
+    as AUTH_HEADER_TYPES spells it, one token), so that a header the DRF view ignores goes
+    to the DRF view and is refused there."""
+    from rest_framework.exceptions import AuthenticationFailed
+    from rest_framework_simplejwt.authentication import JWTAuthentication
     from rest_framework_simplejwt.exceptions import TokenError
     from rest_framework_simplejwt.tokens import AccessToken
 
-    scheme, _, raw = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    if scheme.lower() != "bearer" or not raw.strip():
-        return False
     try:
-        AccessToken(raw.strip())  # type: ignore[arg-type]
-    except TokenError:
-        return False
-    return True
+        # None for another scheme; raises for "Bearer" without exactly one token.
+        raw = JWTAuthentication().get_raw_token(headers.get(b"authorization", b""))
+        if raw is None:
+            return None
+        AccessToken(raw)  # type: ignore[arg-type]
+    except (AuthenticationFailed, TokenError):
+        return None
+    return raw.decode("latin-1")
 
 
 def _content_length(headers: dict[bytes, bytes]) -> int | None:
@@ -295,13 +303,15 @@ class ChunkEndpoint:
         headers = _headers(scope)
         with_upload_token = headers.get(b"authorization", b"").lower().startswith(_AUTH_PREFIX)
         secure = _is_secure(scope, headers)
+        access_token = None if with_upload_token else _signed_access_token(headers)
         if (
             not _host_allowed(headers)
             or (settings.SECURE_SSL_REDIRECT and not secure)
-            or not (with_upload_token or _signed_access_token(headers))
+            or not (with_upload_token or access_token)
         ):
-            # Django refuses these before a view reads the body (400, 301, 401); its
-            # handler spools a body beyond FILE_UPLOAD_MAX_MEMORY_SIZE to disk.
+            # Django refuses these before a view reads the body (400, 301, 401), after its
+            # handler has read the body (up to FILE_UPLOAD_MAX_MEMORY_SIZE in memory, the
+            # rest spooled to disk; nginx in front caps it at client_max_body_size).
             return await self.fallback(scope, receive, send)
         # The ids of this request's log lines (and of the tasks it starts), as
         # RequestIdMiddleware sets them for Django's requests; reset when it ends.
@@ -315,7 +325,7 @@ class ChunkEndpoint:
                 match["upload_id"],
                 headers,
                 secure=secure,
-                with_upload_token=with_upload_token,
+                access_token=access_token,
             )
         finally:
             logging_context.request_id_var.reset(request_token)
@@ -331,12 +341,13 @@ class ChunkEndpoint:
         headers: dict[bytes, bytes],
         *,
         secure: bool,
-        with_upload_token: bool,
+        access_token: str | None,
     ) -> None:
+        """``access_token``: the request's signed access token; None: it has an upload token."""
         upload_id = uuid.UUID(raw_upload_id)
-        token = headers[b"authorization"].decode("latin-1").partition(" ")[2].strip()
         checked_by: Callable[..., services.ChunkReceipt]
-        if with_upload_token:
+        if access_token is None:
+            token = headers[b"authorization"].decode("latin-1").partition(" ")[2].strip()
             # Signature, expiry and upload first, without the database and before a byte of
             # the body is read: any "Bearer upl_..." header routes here, and a refused one
             # must not make this process wait for (and hold) up to 16 MiB of body. The
@@ -351,7 +362,7 @@ class ChunkEndpoint:
         else:
             # An access token whose signature and expiry were checked (_signed_access_token);
             # its user and session are checked with the upload's row, after the body.
-            checked_by = partial(services.chunk_receive_signed_in, access_token=token)
+            checked_by = partial(services.chunk_receive_signed_in, access_token=access_token)
         try:
             async with self.budget.reserved(
                 _reservation(headers), timeout=settings.CHUNK_MEMORY_WAIT_SECONDS

@@ -542,10 +542,11 @@ def chunk_receive_signed_in(
             return None
 
     try:
-        authentication.get_validated_token(raw)
+        validated = authentication.get_validated_token(raw)
     except AuthenticationFailed as failed:
         raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401) from failed
-    trusted = _trusted_user(access_token, check=user_of_token)
+    # Keyed by the token's id, not its spelling (a JWT decoder may accept more than one).
+    trusted = _trusted_user(f"jwt:{validated.get('jti') or access_token}", check=user_of_token)
     if trusted is None:
         raise ApplicationError(*_NOT_AUTHENTICATED, status_code=401)
     return _chunk_store_as(

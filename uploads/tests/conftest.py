@@ -52,3 +52,23 @@ def report_store(settings: Any, tmp_path: Path) -> Path:
     (tmp_path / "reports" / "4").mkdir(parents=True)
     (tmp_path / "reports" / "4" / "v1-report.pdf").write_bytes(b"%PDF-1.7 a signed report")
     return tmp_path / "reports"
+
+
+@pytest.fixture
+def drf_authenticated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of the chunk PUTs DRF authenticated (or tried to). The lean chunk endpoint
+    (uploads.chunk_endpoint) never authenticates through DRF: a chunk PUT it served itself,
+    or refused itself, leaves this list as it was; one it passed on to Django adds to it."""
+    from accounts.authentication import SessionJWTAuthentication
+    from uploads.authentication import UploadTokenAuthentication
+
+    reached: list[str] = []
+    for cls in (SessionJWTAuthentication, UploadTokenAuthentication):
+
+        def authenticate(self: Any, request: Any, _original: Any = cls.authenticate) -> Any:
+            if request.path.endswith("/chunk"):
+                reached.append(request.path)
+            return _original(self, request)
+
+        monkeypatch.setattr(cls, "authenticate", authenticate)
+    return reached

@@ -138,7 +138,9 @@ def drf_put(upload: dict[str, Any], query: str, body: bytes, headers: dict[str, 
 
 
 @pytest.mark.parametrize("credential", ["upload token", "access token"])
-def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader, credential):
+def test_the_lean_endpoint_answers_every_case_as_the_drf_view(
+    uploader, credential, drf_authenticated
+):
     client = signed_in(uploader)
     via_drf, via_asgi = init(client), init(client)
     payload = os.urandom(SIZE)
@@ -148,7 +150,13 @@ def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader, credenti
     strangers = signed_in(UserFactory(role=Role.CLINICIAN))._credentials  # noqa: SLF001
     stranger = strangers["HTTP_AUTHORIZATION"].partition(" ")[2]
 
-    def both(query: str, body: bytes, headers: dict[str, str], token_of: str = "self") -> Any:
+    def both(
+        query: str,
+        body: bytes,
+        headers: dict[str, str],
+        token_of: str = "self",
+        scheme: str = "Bearer",
+    ) -> Any:
         def token(upload: dict[str, Any]) -> str:
             own = upload["upload_token"] if credential == "upload token" else access
             if token_of == "other":  # the other upload's token, or a stranger's sign-in
@@ -160,14 +168,20 @@ def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader, credenti
             return own
 
         drf = drf_put(
-            via_drf, query, body, {"Authorization": f"Bearer {token(via_drf)}", **headers}
+            via_drf, query, body, {"Authorization": f"{scheme} {token(via_drf)}", **headers}
         )
+        drf_authenticated.clear()
         status, response_headers, asgi = asgi_put(
             f"/api/v1/upload/{via_asgi['upload_id']}/chunk{query}",
             body,
-            {"Authorization": f"Bearer {token(via_asgi)}", **headers},
+            {"Authorization": f"{scheme} {token(via_asgi)}", **headers},
         )
         assert (status, asgi) == drf, query
+        # Served (or refused) by the endpoint itself, except what is no valid access token.
+        jwt_refused = credential == "access token" and (
+            token_of == "tampered" or scheme != "Bearer"
+        )
+        assert bool(drf_authenticated) == jwt_refused, (query, token_of, scheme)
         assert response_headers["x-content-type-options"] == "nosniff"
         return status, asgi, response_headers
 
@@ -207,6 +221,13 @@ def test_the_lean_endpoint_answers_every_case_as_the_drf_view(uploader, credenti
         session = UploadSession.objects.get(pk=upload["upload_id"])
         assert UploadChunk.objects.get(session=session, index=0).times_received == 3
         assert session.last_chunk_at is not None
+    # The scheme in lower case: an upload token's is read in any case, a JWT's only as
+    # simplejwt spells it (AUTH_HEADER_TYPES), so that DRF answers nobody signed in.
+    status, body, _ = both("?index=0", first, md5, scheme="bearer")
+    if credential == "upload token":
+        assert (status, body["index"]) == (200, 0)
+    else:
+        assert status == 401 and body["error"]["code"] == "not_authenticated"
     # A path the DRF route does not match is not served by the endpoint either.
     status, _, _ = asgi_put(
         f"/api/v1/upload/{via_asgi['upload_id']}/chunk\n?index=0",
