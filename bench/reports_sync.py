@@ -465,15 +465,30 @@ def store_all(orthanc: servers.Orthanc, datasets: Iterable[Any]) -> int:
 
     local = threading.local()
 
-    def store(ds: Any) -> None:
+    def session() -> requests.Session:
         if not hasattr(local, "session"):
             local.session = requests.Session()
             local.session.auth = (orthanc.username, orthanc.password)
+        return local.session  # type: ignore[no-any-return]
+
+    def store(ds: Any) -> None:
         buffer = io.BytesIO()
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-        response = local.session.post(
-            f"{orthanc.url}/instances", data=buffer.getvalue(), timeout=60
-        )
+        try:
+            response = session().post(
+                f"{orthanc.url}/instances", data=buffer.getvalue(), timeout=60
+            )
+        except requests.ConnectionError as error:
+            # Two runs saw Orthanc close a kept-alive connection without an answer (its
+            # process still running): once more on a new connection (storing twice keeps
+            # one copy); a second failure, or a stopped Orthanc, ends the run.
+            alive = os.path.exists(f"/proc/{orthanc.pid}") if orthanc.pid else True
+            log(f"storing into Orthanc: {type(error).__name__}; Orthanc running: {alive}")
+            local.session.close()
+            del local.session
+            response = session().post(
+                f"{orthanc.url}/instances", data=buffer.getvalue(), timeout=60
+            )
         response.raise_for_status()
 
     stored = 0
