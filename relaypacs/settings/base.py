@@ -7,8 +7,6 @@ under ``DATA_DIR``, and a local Orthanc PACS on 127.0.0.1:8042.
 
 from __future__ import annotations
 
-import os
-import secrets
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from relaypacs.logging_context import logging_config
+from relaypacs.secret_key import secret_key_kept_in
 from relaypacs.sentry import sentry_init
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -37,22 +36,7 @@ def _secret_from_env_or_data_dir() -> str:
         return Path(env.str("SECRET_KEY_FILE")).read_text().strip()
     if env.str("SECRET_KEY", default=""):
         return env.str("SECRET_KEY")
-    key_file = DATA_DIR / ".secret_key"
-    if not key_file.exists():
-        # Written whole under a private name, then linked into place: processes starting
-        # together (serve, worker, beat) never read a half-written file, and the first
-        # link wins for all of them.
-        draft = DATA_DIR / f".secret_key.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(50))
-        try:
-            os.link(draft, key_file)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    return key_file.read_text().strip()
+    return secret_key_kept_in(DATA_DIR / ".secret_key")
 
 
 SECRET_KEY = _secret_from_env_or_data_dir()
