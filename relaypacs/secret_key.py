@@ -8,6 +8,7 @@ first link wins; the others read it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -32,8 +33,10 @@ def secret_key_kept_in(key_file: Path) -> str:
 
 def _secret_key_make(key_file: Path) -> None:
     draft = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    made = False
     try:
         fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        made = True
         with os.fdopen(fd, "w") as out:
             os.fchmod(out.fileno(), 0o600)  # whatever the umask
             out.write(secrets.token_urlsafe(50))
@@ -43,15 +46,17 @@ def _secret_key_make(key_file: Path) -> None:
             os.link(draft, key_file)
         except FileExistsError:
             return  # another process made it first: theirs is the key
-        directory = os.open(key_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        with contextlib.suppress(OSError):  # the key is in place; some file systems
+            directory = os.open(key_file.parent, os.O_RDONLY)  # cannot flush a directory
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
     except OSError as error:
         raise ImproperlyConfigured(
             f"Could not write the secret key into {key_file.parent} ({error.strerror}). "
             "Make DATA_DIR writable, or set SECRET_KEY or SECRET_KEY_FILE."
         ) from error
     finally:
-        draft.unlink(missing_ok=True)
+        if made:
+            draft.unlink(missing_ok=True)

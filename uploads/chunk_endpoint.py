@@ -169,6 +169,24 @@ async def _answer_error(send: Send, error: ApplicationError, *, secure: bool) ->
     )
 
 
+def _body_dropped(receive: Receive) -> Receive:
+    """``receive`` with the request's body left out: an empty body first, then the body's
+    messages dropped as they arrive (what else comes, a disconnect, is passed on)."""
+    handed = False
+
+    async def without_body() -> dict[str, Any]:
+        nonlocal handed
+        if not handed:
+            handed = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return message  # type: ignore[no-any-return]
+
+    return without_body  # type: ignore[return-value]
+
+
 async def _read_body(receive: Receive, limit: int, length: int | None) -> bytearray | None:
     """The request body, at most ``limit`` bytes; None when the client went away.
 
@@ -309,10 +327,12 @@ class ChunkEndpoint:
             or (settings.SECURE_SSL_REDIRECT and not secure)
             or not (with_upload_token or access_token)
         ):
-            # Django refuses these before a view reads the body (400, 301, 401), after its
-            # handler has read the body (up to FILE_UPLOAD_MAX_MEMORY_SIZE in memory, the
-            # rest spooled to disk; nginx in front caps it at client_max_body_size).
-            return await self.fallback(scope, receive, send)
+            # Django refuses each of these before a view reads the body (400, 301, 401;
+            # DRF can authenticate no credential this endpoint did not vouch for), but its
+            # handler reads a whole body first: it gets none, and the body is dropped as it
+            # arrives, so that nobody can make this process hold (or spool to disk) bytes
+            # without signing in.
+            return await self.fallback(scope, _body_dropped(receive), send)
         # The ids of this request's log lines (and of the tasks it starts), as
         # RequestIdMiddleware sets them for Django's requests; reset when it ends.
         request_token = logging_context.request_id_var.set(_request_id(headers))

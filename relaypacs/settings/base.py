@@ -226,17 +226,12 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-# Django's ASGI handler reads a whole request body before any view or check runs; it keeps
-# at most this much of it in memory and spools the rest to an unlinked temporary file. The
-# chunk memory budget covers only the chunk PUTs the lean endpoint serves; the ones it
-# passes on to Django (no valid credential, a host not allowed) are refused after their
-# body was read, so this bounds what anybody can make a web process hold without signing
-# in (40 such 8 MiB PUTs at once: 428 MB more RSS with 17 MiB here, 20 MB with 1 MiB;
-# uploads/tests/test_chunk_memory_e2e.py). JSON bodies are far smaller.
-FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
-# A request body read whole (request.body) may be a chunk: up to 16 MiB; larger ones are
-# refused before they reach a view.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 17 * 1024 * 1024
+# Django's defaults (2.5 MiB) for the bodies Django reads: no chunk is among them (the lean
+# endpoint reads chunk bodies itself, within the chunk memory budget, and hands Django none
+# of a chunk PUT it passes on: uploads/chunk_endpoint.py); a body beyond this is spooled to
+# an unlinked temporary file, and a form beyond it refused.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 # --- API ------------------------------------------------------------------------------
 REST_FRAMEWORK = {

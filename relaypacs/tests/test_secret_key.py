@@ -61,6 +61,17 @@ def test_a_key_that_cannot_be_written_is_refused_naming_the_way_out(tmp_path, mo
     assert _files(tmp_path) == []  # neither the key nor a draft
 
 
+def test_a_read_only_data_dir_is_refused_naming_the_way_out(tmp_path, monkeypatch):
+    def read_only(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(secret_key.os, "open", read_only)
+    with pytest.raises(ImproperlyConfigured) as refused:
+        secret_key_kept_in(tmp_path / ".secret_key")
+    assert "Read-only file system" in str(refused.value)
+    assert "Make DATA_DIR writable" in str(refused.value)
+
+
 def test_an_empty_key_file_is_refused_naming_it(tmp_path):
     key_file = tmp_path / ".secret_key"
     key_file.write_text("\n")

@@ -533,7 +533,7 @@ def chunk_receive_signed_in(
     from accounts.authentication import SessionJWTAuthentication
 
     authentication = SessionJWTAuthentication()
-    raw = access_token.encode()
+    raw = access_token.encode("latin-1")  # the header's bytes, as the endpoint read them
 
     def user_of_token() -> User | None:
         try:

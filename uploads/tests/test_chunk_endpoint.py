@@ -265,6 +265,35 @@ def test_requests_the_endpoint_does_not_serve_reach_django(uploader, settings):
     assert not UploadChunk.objects.filter(session_id=upload["upload_id"], index=1).exists()
 
 
+def test_django_gets_no_body_of_a_chunk_put_the_endpoint_passes_on(uploader, settings, monkeypatch):
+    """Its handler would read a whole body before refusing the request (401, 400): it gets
+    an empty one, and the body is dropped as it arrives."""
+    from django.core.handlers.asgi import ASGIHandler
+
+    settings.ALLOWED_HOSTS = ["testserver"]
+    read: list[int] = []
+    read_body = ASGIHandler.read_body
+
+    async def recorded(self: Any, receive: Any) -> Any:
+        body = await read_body(self, receive)
+        read.append(len(body.read()))
+        body.seek(0)
+        return body
+
+    monkeypatch.setattr(ASGIHandler, "read_body", recorded)
+    upload, data, headers, path = upload_with_chunk(uploader)
+    refresh_like = {**headers, "Authorization": "Bearer not-a-token"}
+    status, _, body = asgi_put(path + "0", data, refresh_like)
+    assert status == 401 and body["error"]["code"] == "authentication_failed"
+    status, _, _ = asgi_put(path + "0", data, {**headers, "Host": "evil.example"})
+    assert status == 400
+    assert read == [0, 0]
+    # A request Django serves (not a chunk PUT) still gets its body.
+    status, _, _ = asgi_put(f"/api/v1/upload/{upload['upload_id']}/complete", b"{}", headers)
+    assert read[-1] == 2 and len(read) == 3
+    assert not UploadChunk.objects.filter(session_id=upload["upload_id"]).exists()
+
+
 def test_the_endpoint_closes_its_connection_in_tests_and_keeps_it_in_production(
     uploader, settings, monkeypatch
 ):
