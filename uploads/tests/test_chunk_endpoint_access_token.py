@@ -24,6 +24,8 @@ from uploads.tests.test_chunk_endpoint import CHUNK, asgi_put, drf_put, init, si
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+EXPIRING_SECONDS = 4
+
 
 def access_of(client: APIClient) -> str:
     return str(client._credentials["HTTP_AUTHORIZATION"])  # noqa: SLF001
@@ -103,9 +105,10 @@ def test_a_verified_access_token_is_trusted_for_the_recheck_time_then_checked_ag
     data = os.urandom(CHUNK)
     path = f"/api/v1/upload/{upload['upload_id']}/chunk?index=0"
     headers = chunk_headers(access_of(client), data)
-    # The same token (same id and session) re-signed to expire in a second.
+    # The same token (same id and session) re-signed to expire in a few seconds: long
+    # enough for the chunks below on a busy machine, then waited out.
     short = AccessToken(access_of(client).partition(" ")[2])  # type: ignore[arg-type]
-    short.set_exp(lifetime=timedelta(seconds=1))
+    short.set_exp(lifetime=timedelta(seconds=EXPIRING_SECONDS))
     expiring = chunk_headers(f"Bearer {short}", data)
     assert asgi_put(path, data, expiring)[0] == 200
     assert asgi_put(path, data, headers)[0] == 200
@@ -114,7 +117,7 @@ def test_a_verified_access_token_is_trusted_for_the_recheck_time_then_checked_ag
     # it), and so is the same token once it has expired.
     tampered = chunk_headers(access_of(client)[:-2] + "xx", data)
     assert asgi_put(path, data, tampered)[0] == 401
-    time.sleep(1.2)
+    time.sleep(max(0.0, short["exp"] - time.time()) + 1.1)  # exp has whole seconds
     status, _, body = asgi_put(path, data, expiring)
     assert status == 401 and body["error"]["code"] == "authentication_failed"
     client.post("/api/v1/auth/sessions/revoke-all", {}, format="json")
