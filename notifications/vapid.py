@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import os
 import re
-import secrets
 import threading
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -28,6 +25,8 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
+
+from relaypacs.keyfiles import private_file_make_once
 
 KEY_FILE_NAME = "vapid_private.pem"
 # What push services take as ``sub`` (py_vapid's own check, which refuses anything else):
@@ -124,19 +123,7 @@ def _key_from_data_dir(directory: Path) -> ec.EllipticCurvePrivateKey:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        temporary = directory / f".{KEY_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(pem)
-                handle.flush()
-                os.fsync(handle.fileno())
-            # A hard link never replaces: of two processes, the second finds the file
-            # there (FileExistsError) and reads the first one's key.
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        private_file_make_once(path, pem)
     return private_key_parse(path.read_text(), name=str(path))
 
 

@@ -1,19 +1,18 @@
 """The SECRET_KEY of the embedded default, made once into DATA_DIR and kept there.
 
 Processes that start together on an empty DATA_DIR (serve, the worker, beat) must agree on
-one key and never read a half-written file, and a power cut must not leave an empty one:
-the key is written whole and flushed under a private name, then linked into place (the
-first link wins; the others read it).
+one key and never read a half-written file, and a power cut must not leave an empty one
+(relaypacs.keyfiles).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+
+from relaypacs.keyfiles import private_file_make_once
 
 
 def secret_key_kept_in(key_file: Path) -> str:
@@ -32,31 +31,10 @@ def secret_key_kept_in(key_file: Path) -> str:
 
 
 def _secret_key_make(key_file: Path) -> None:
-    draft = key_file.with_name(f"{key_file.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    made = False
     try:
-        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        made = True
-        with os.fdopen(fd, "w") as out:
-            os.fchmod(out.fileno(), 0o600)  # whatever the umask
-            out.write(secrets.token_urlsafe(50))
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            os.link(draft, key_file)
-        except FileExistsError:
-            return  # another process made it first: theirs is the key
-        with contextlib.suppress(OSError):  # the key is in place; some file systems
-            directory = os.open(key_file.parent, os.O_RDONLY)  # cannot flush a directory
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        private_file_make_once(key_file, secrets.token_urlsafe(50).encode())
     except OSError as error:
         raise ImproperlyConfigured(
             f"Could not write the secret key into {key_file.parent} ({error.strerror}). "
             "Make DATA_DIR writable, or set SECRET_KEY or SECRET_KEY_FILE."
         ) from error
-    finally:
-        if made:
-            draft.unlink(missing_ok=True)

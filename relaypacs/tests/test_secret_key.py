@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from relaypacs import secret_key
+from relaypacs import keyfiles
 from relaypacs.secret_key import secret_key_kept_in
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def test_a_process_that_loses_the_race_takes_the_winners_key(tmp_path, monkeypat
         Path(target).write_text("the-winners-key")
         link(source, target)  # raises FileExistsError, as for a real loser
 
-    monkeypatch.setattr(secret_key.os, "link", link_after_the_winner)
+    monkeypatch.setattr(keyfiles.os, "link", link_after_the_winner)
     assert secret_key_kept_in(key_file) == "the-winners-key"
     assert _files(tmp_path) == [".secret_key"]
 
@@ -52,7 +52,7 @@ def test_a_key_that_cannot_be_written_is_refused_naming_the_way_out(tmp_path, mo
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(secret_key.os, "fsync", no_space)
+    monkeypatch.setattr(keyfiles.os, "fsync", no_space)
     with pytest.raises(ImproperlyConfigured) as refused:
         secret_key_kept_in(tmp_path / ".secret_key")
     assert str(tmp_path) in str(refused.value)
@@ -65,7 +65,7 @@ def test_a_read_only_data_dir_is_refused_naming_the_way_out(tmp_path, monkeypatc
     def read_only(*args: object, **kwargs: object) -> int:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(secret_key.os, "open", read_only)
+    monkeypatch.setattr(keyfiles.os, "open", read_only)
     with pytest.raises(ImproperlyConfigured) as refused:
         secret_key_kept_in(tmp_path / ".secret_key")
     assert "Read-only file system" in str(refused.value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,23 @@ BUDGET = 32 * MIB
 ALLOWANCE = 48 * 1000 * 1000
 
 
+def _uploads_at_rest(
+    web: chunk_load.WebProcess, access: str, chunk: bytes, *, token: str, status: int
+) -> tuple[list[dict[str, Any]], int]:
+    """UPLOADS new uploads of CHUNKS_EACH chunks, and the process's resting RSS with its peak
+    reset. One chunk PUT first (sent with ``token``, answered ``status``): the threads,
+    connections and caches of a process that has served a chunk are its resting size."""
+    warm = chunk_load.upload_init(web, access, size=CHUNK, chunk_size=CHUNK)
+    assert chunk_load.put_chunk(web, warm, 0, chunk, token=token).status == status
+    uploads = [
+        chunk_load.upload_init(web, access, size=CHUNKS_EACH * CHUNK, chunk_size=CHUNK)
+        for _ in range(UPLOADS)
+    ]
+    resting = web.status("VmRSS")
+    web.reset_peak()
+    return uploads, resting
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("sent_with", ["upload token", "access token"])
 def test_forty_concurrent_8_mib_chunks_are_stored_whole_within_the_memory_budget(
@@ -35,17 +53,7 @@ def test_forty_concurrent_8_mib_chunks_are_stored_whole_within_the_memory_budget
     with chunk_load.web_process(tmp_path, CHUNK_MEMORY_BUDGET_BYTES=str(BUDGET)) as web:
         access = chunk_load.sign_in(web)
         payloads = [os.urandom(CHUNK) for _ in range(CHUNKS_EACH)]
-        # One chunk first: the threads, connections and caches of a process that has
-        # served a chunk are its resting size.
-        warm = chunk_load.upload_init(web, access, size=CHUNK, chunk_size=CHUNK)
-        assert chunk_load.put_chunk(web, warm, 0, payloads[0]).status == 200
-        uploads = [
-            chunk_load.upload_init(web, access, size=CHUNKS_EACH * CHUNK, chunk_size=CHUNK)
-            for _ in range(UPLOADS)
-        ]
-        resting = web.status("VmRSS")
-        web.reset_peak()
-
+        uploads, resting = _uploads_at_rest(web, access, payloads[0], token="", status=200)
         burst = chunk_load.burst(
             web,
             [(upload, i, payloads[i]) for upload in uploads for i in range(CHUNKS_EACH)],
@@ -81,14 +89,7 @@ def test_forty_concurrent_8_mib_chunks_without_a_credential_are_refused_without_
     with chunk_load.web_process(tmp_path, CHUNK_MEMORY_BUDGET_BYTES=str(BUDGET)) as web:
         access = chunk_load.sign_in(web)
         payload = os.urandom(CHUNK)
-        warm = chunk_load.upload_init(web, access, size=CHUNK, chunk_size=CHUNK)
-        assert chunk_load.put_chunk(web, warm, 0, payload, token="not-a-token").status == 401
-        uploads = [
-            chunk_load.upload_init(web, access, size=CHUNKS_EACH * CHUNK, chunk_size=CHUNK)
-            for _ in range(UPLOADS)
-        ]
-        resting = web.status("VmRSS")
-        web.reset_peak()
+        uploads, resting = _uploads_at_rest(web, access, payload, token="not-a-token", status=401)
         burst = chunk_load.burst(
             web,
             [(upload, i, payload) for upload in uploads for i in range(CHUNKS_EACH)],
