@@ -71,7 +71,9 @@ def playwright_instance() -> Iterator[Any]:
         yield playwright
 
 
-@pytest.fixture
+# One Chromium per module (each test opens its own contexts, which share nothing): a
+# launch per test cost about 1 s of the two cores each time.
+@pytest.fixture(scope="module")
 def browser(playwright_instance: Any) -> Iterator[Any]:
     browser = playwright_instance.chromium.launch(
         executable_path=CHROMIUM,

@@ -6,12 +6,20 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
-from pwa_helpers import PASSWORD, USERNAME, CuttableLink, Product, phone_through
+from pwa_helpers import (
+    PASSWORD,
+    USERNAME,
+    CuttableLink,
+    Product,
+    phone_through,
+    product_with_technician,
+)
 
 from uploads.tests.synthetic import write_study
 
@@ -75,11 +83,50 @@ def assert_no_phi_left(page: Page) -> None:
     assert "IM0000" not in text, text  # file names can carry patient data too
 
 
+@pytest.fixture(scope="module")
+def product(
+    tmp_path_factory: pytest.TempPathFactory, orthanc: Any, frontend_dist: Path
+) -> Iterator[Product]:
+    """One product for the module's tests (starting one costs about 10 s of CPU on the
+    test machine's two cores); the technician's duplicate check is off, since several
+    tests send the same synthetic patient. The duplicate test has a product of its own."""
+    with product_with_technician(tmp_path_factory.mktemp("pwa-e2e"), orthanc) as product:
+        product.shell_json(
+            "from accounts.models import User; "
+            "print(User.objects.filter(username='tech').update(duplicate_detection=False))"
+        )
+        yield product
+
+
+@pytest.fixture
+def own_product(tmp_path: Path, orthanc: Any, frontend_dist: Path) -> Iterator[Product]:
+    """A product whose technician has sent nothing yet, duplicate check on (the default)."""
+    with product_with_technician(tmp_path / "own", orthanc) as product:
+        yield product
+
+
+@pytest.fixture
+def own_phone(browser: Any, own_product: Product) -> Iterator[Any]:
+    """A phone-sized browser context on ``own_product``."""
+    context = browser.new_context(
+        base_url=own_product.base,
+        viewport={"width": 360, "height": 640},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    try:
+        yield context
+    finally:
+        context.close()
+
+
 def test_online_folder_is_received_by_pacs_byte_identical(
     product: Product, orthanc_clean: Any, phone: Any, tmp_path: Path
 ) -> None:
     folder = tmp_path / "CD" / "DICOM"
     paths = write_study(folder, instances=6, instance_bytes=700 * 1024)
+    before = uploads_on_server(product)  # the module's earlier tests' uploads
     page = phone.new_page()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     sign_in(page, screenshot=True)
@@ -104,7 +151,8 @@ def test_online_folder_is_received_by_pacs_byte_identical(
     assert_no_phi_left(page)
     uploads = product.shell_json(
         "import json; from uploads.models import UploadSession as U; "
-        "print(json.dumps([[u.state, u.service_level, u.metadata] for u in U.objects.all()]))"
+        "print(json.dumps([[u.state, u.service_level, u.metadata] for u in "
+        f"U.objects.order_by('created_at')[{before}:]]))"
     )
     assert len(uploads) == 1 and uploads[0][0] == "completed" and uploads[0][1] == "urgent", uploads
     assert uploads[0][2]["study_description"] == "CT head", uploads
@@ -120,6 +168,7 @@ def test_offline_study_survives_reload_and_reopen_then_uploads_by_itself(
     product: Product, orthanc_clean: Any, phone: Any, tmp_path: Path
 ) -> None:
     paths = write_study(tmp_path / "study", instances=3, instance_bytes=400 * 1024)
+    before = uploads_on_server(product)  # the module's earlier tests' uploads
     page = phone.new_page()
     sign_in(page)
     # The service worker controls the page: the app shell is cached for offline use.
@@ -154,7 +203,7 @@ def test_offline_study_survives_reload_and_reopen_then_uploads_by_itself(
     page = phone.new_page()
     page.goto("/")
     expect(page.get_by_test_id("study-state")).to_have_text("Waiting for network")
-    assert uploads_on_server(product) == 0, "something reached the server while offline"
+    assert uploads_on_server(product) == before, "something reached the server while offline"
 
     offline["on"] = False
     phone.set_offline(False)
@@ -247,8 +296,10 @@ def test_connection_lost_mid_upload_resumes_without_resending_acknowledged_chunk
     assert resent == [], f"acknowledged chunks sent again: {resent}; {events}"
     # And as the server counted them: every chunk acknowledged before the cut arrived once.
     counts = product.shell_json(
-        "import json; from uploads.models import UploadChunk; "
-        "print(json.dumps({c.index: c.times_received for c in UploadChunk.objects.all()}))"
+        "import json; from uploads.models import UploadChunk, UploadSession as U; "
+        "latest = U.objects.latest('created_at'); "  # this test's upload
+        "print(json.dumps({c.index: c.times_received "
+        "for c in UploadChunk.objects.filter(session=latest)}))"
     )
     assert {i: counts[str(i)] for i in acked_before_cut} == {i: 1 for i in acked_before_cut}
     assert sorted(first_ack) == list(range(total)), events
@@ -402,11 +453,11 @@ def test_pause_stops_new_chunks_at_once_and_resume_finishes(
 
 
 def test_a_possible_duplicate_shows_the_servers_words_and_can_be_sent_anyway(
-    product: Product, orthanc_clean: Any, phone: Any, tmp_path: Path
+    own_phone: Any, orthanc_clean: Any, tmp_path: Path
 ) -> None:
     first = write_study(tmp_path / "first", instances=1, instance_bytes=100 * 1024)
     second = write_study(tmp_path / "second", instances=1, instance_bytes=100 * 1024)
-    page = phone.new_page()
+    page = own_phone.new_page()
     sign_in(page)
     for paths in (first, second):
         pick(page, "pick-files", paths)
