@@ -152,12 +152,14 @@ def put_chunks(
     chunk_size: int = CHUNK_SIZE,
     indexes: range | None = None,
     in_flight: int = IN_FLIGHT,
+    keep_alive: bool = True,
 ) -> Transfer:
     """PUT chunks ``indexes`` (default: all) of the concatenated ``paths`` to 127.0.0.1:``port``.
 
     ``in_flight`` threads each keep one request in flight; each chunk carries its
-    Content-MD5. The time runs from the first read to the last answer. Raises
-    RuntimeError on the first answer outside ``ok_statuses``.
+    Content-MD5. Without ``keep_alive`` every chunk goes on a new connection (as a client
+    that sends ``Connection: close``). The time runs from the first read to the last
+    answer. Raises RuntimeError on the first answer outside ``ok_statuses``.
     """
     if indexes is None:
         indexes = range(chunk_count(paths, chunk_size))
@@ -202,8 +204,11 @@ def put_chunks(
                         **headers,
                         "Content-MD5": content_md5(data),
                         "Content-Type": "application/octet-stream",
+                        **({} if keep_alive else {"Connection": "close"}),
                     },
                 )
+                if not keep_alive:
+                    connection.close()
                 if status not in ok_statuses:
                     raise RuntimeError(f"chunk {index}: HTTP {status}: {body[:300]!r}")
                 sent[slot] += len(data)
@@ -238,6 +243,7 @@ def nginx_put(
     chunk_size: int = CHUNK_SIZE,
     indexes: range | None = None,
     in_flight: int = IN_FLIGHT,
+    keep_alive: bool = True,
 ) -> Transfer:
     """Chunks of ``paths`` as WebDAV PUTs to ``/put/<run>/<index>`` (201/204)."""
     return put_chunks(
@@ -249,6 +255,7 @@ def nginx_put(
         chunk_size=chunk_size,
         indexes=indexes,
         in_flight=in_flight,
+        keep_alive=keep_alive,
     )
 
 
@@ -317,6 +324,7 @@ class RelayClient:
         *,
         credential: str = "upload",
         in_flight: int = IN_FLIGHT,
+        keep_alive: bool = True,
     ) -> Transfer:
         """Chunks ``indexes`` (default: all) of the upload, ``in_flight`` at a time, sent
         with the upload token (what the PWA sends) or, ``credential="access"``, with the
@@ -333,6 +341,7 @@ class RelayClient:
             chunk_size=int(upload["chunk_size"]),
             indexes=indexes,
             in_flight=in_flight,
+            keep_alive=keep_alive,
         )
         if transfer.requests != len(indexes):
             raise RuntimeError(f"sent {transfer.requests} of {len(indexes)} chunks")

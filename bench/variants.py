@@ -75,6 +75,7 @@ class Variant:
     chunk_size: int = clients.CHUNK_SIZE  # for RelayPACS and nginx alike
     credential: str = "upload"  # the upload token (the PWA's) or "access" (the owner's token)
     in_flight: int = clients.IN_FLIGHT  # for RelayPACS and nginx alike
+    keep_alive: bool = True  # False: a new connection per chunk, for RelayPACS and nginx alike
 
 
 VARIANTS = [
@@ -88,6 +89,13 @@ VARIANTS = [
         credential="access",
     ),
     Variant("uvicorn --workers 2, 1 chunk in flight (nginx too)", [*UVICORN, "2"], in_flight=1),
+    # A client that opens a connection per chunk (no keep-alive): the connection's set-up
+    # and close are Python's work in uvicorn, C's in nginx.
+    Variant(
+        "uvicorn --workers 2, a new connection per chunk (nginx too)",
+        [*UVICORN, "2"],
+        keep_alive=False,
+    ),
     Variant("uvicorn --workers 2, UPLOAD_FSYNC=chunk", [*UVICORN, "2"], {"UPLOAD_FSYNC": "chunk"}),
     Variant(
         "uvicorn --workers 2, only Security+Common middleware",
@@ -139,6 +147,7 @@ def nginx_metered(
     chunk_size: int = clients.CHUNK_SIZE,
     indexes: range | None = None,
     in_flight: int = clients.IN_FLIGHT,
+    keep_alive: bool = True,
 ) -> MeteredTransfer:
     """One nginx round of chunks of ``paths``; its files are removed afterwards."""
     quiesce()
@@ -151,6 +160,7 @@ def nginx_metered(
             chunk_size=chunk_size,
             indexes=indexes,
             in_flight=in_flight,
+            keep_alive=keep_alive,
         ),
     )
     shutil.rmtree(nginx.put_dir(run), ignore_errors=True)
@@ -202,7 +212,11 @@ def _measure_one(
 
             def send() -> clients.Transfer:
                 return client.send_chunks(
-                    upload, paths, credential=variant.credential, in_flight=variant.in_flight
+                    upload,
+                    paths,
+                    credential=variant.credential,
+                    in_flight=variant.in_flight,
+                    keep_alive=variant.keep_alive,
                 )
 
         yardstick = functools.partial(
@@ -212,6 +226,7 @@ def _measure_one(
             quiesce=quiesce,
             chunk_size=variant.chunk_size,
             in_flight=variant.in_flight,
+            keep_alive=variant.keep_alive,
         )
         before = yardstick(run="variant-before")
         quiesce()
