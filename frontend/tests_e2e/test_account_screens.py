@@ -3,8 +3,10 @@ it, with a real SMTP server on this machine receiving the product's emails."""
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -14,7 +16,6 @@ import requests
 from playwright.sync_api import BrowserContext, Page, expect
 from pwa_helpers import (
     PASSWORD,
-    USERNAME,
     MailSink,
     Product,
     link_in,
@@ -34,8 +35,9 @@ PENDING = "Your account is waiting for an administrator's approval."
 MAIL_DEADLINE_SECONDS = 20
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def mail() -> Iterator[MailSink]:
+    """Every email of the module's product (each test reads its own addresses' mails)."""
     sink = MailSink()
     try:
         yield sink
@@ -43,11 +45,42 @@ def mail() -> Iterator[MailSink]:
         sink.close()
 
 
-@pytest.fixture
-def product(tmp_path: Path, orthanc: Any, frontend_dist: Path, mail: MailSink) -> Iterator[Product]:
-    """The product sending its emails to ``mail``, with the technician account."""
-    with product_with_technician(tmp_path, orthanc, **mail.env) as product:
+@pytest.fixture(scope="module")
+def product(
+    tmp_path_factory: pytest.TempPathFactory, orthanc: Any, frontend_dist: Path, mail: MailSink
+) -> Iterator[Product]:
+    """One product for the module (starting one costs about 10 s of CPU on the test
+    machine's two cores), sending its emails to ``mail``. Tests that change an account
+    (its password, email, sessions) change one of their own (``technician``)."""
+    with product_with_technician(tmp_path_factory.mktemp("accounts"), orthanc, **mail.env) as product:
         yield product
+
+
+@dataclass(frozen=True)
+class Technician:
+    username: str
+    email: str
+
+
+_technicians = itertools.count(1)
+
+
+@pytest.fixture
+def technician(product: Product) -> Technician:
+    """A technician account of this test's own, made as the product's first one is
+    (`createsuperuser`), with PASSWORD."""
+    username = f"tech{next(_technicians)}"
+    email = f"{username}@example.org"
+    product.manage(
+        "createsuperuser",
+        "--noinput",
+        extra_env={
+            "DJANGO_SUPERUSER_USERNAME": username,
+            "DJANGO_SUPERUSER_PASSWORD": PASSWORD,
+            "DJANGO_SUPERUSER_EMAIL": email,
+        },
+    )
+    return Technician(username, email)
 
 
 @pytest.fixture
@@ -195,15 +228,15 @@ def test_a_new_account_is_confirmed_by_email_and_signs_in_with_two_step_codes(
 
 
 def test_a_forgotten_password_is_reset_from_the_emailed_link_even_opened_offline_first(
-    product: Product, mail: MailSink, phone: BrowserContext
+    product: Product, mail: MailSink, phone: BrowserContext, technician: Technician
 ) -> None:
     page = phone.new_page()
     page.goto("/")
     page.get_by_role("link", name="Forgot your password?").click()
-    page.get_by_label("Email").fill("tech@example.org")
+    page.get_by_label("Email").fill(technician.email)
     page.get_by_role("button", name="Email me a reset link").click()
     expect(page.get_by_role("status")).to_contain_text("reset link is on its way")
-    path, query = link_in(mail.wait_for("tech@example.org", RESET_SUBJECT))
+    path, query = link_in(mail.wait_for(technician.email, RESET_SUBJECT))
     assert path == "/reset-password", path
     reset = f"{path}?{urlencode(query)}"
 
@@ -229,18 +262,18 @@ def test_a_forgotten_password_is_reset_from_the_emailed_link_even_opened_offline
         page.get_by_role("button", name="Save the new password").click()
         expect(page.get_by_role("status")).to_contain_text("Your password is changed.")
         page.get_by_role("button", name="Sign in").click()
-        sign_in(page, USERNAME, NEW_PASSWORD)
+        sign_in(page, technician.username, NEW_PASSWORD)
         expect(page.get_by_role("button", name="Upload study")).to_be_visible()
     finally:
         fresh.close()
 
 
 def test_preferences_persist_and_other_devices_can_be_signed_out(
-    product: Product, phone: BrowserContext, tmp_path: Path
+    product: Product, phone: BrowserContext, tmp_path: Path, technician: Technician
 ) -> None:
     page = phone.new_page()
     page.goto("/")
-    sign_in(page, USERNAME, PASSWORD)
+    sign_in(page, technician.username, PASSWORD)
     open_settings(page)
 
     preferences = page.get_by_test_id("preferences")
@@ -261,14 +294,15 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
         preferences.get_by_label("Warn before sending a study the server already has")
     ).not_to_be_checked()
     saved = product.shell_json(
-        "import json; from accounts.models import User; u = User.objects.get(username='tech'); "
+        "import json; from accounts.models import User; "
+        f"u = User.objects.get(username={technician.username!r}); "
         "print(json.dumps([u.default_service_level, u.default_chunk_size, "
         "u.duplicate_detection]))"
     )
     assert saved == ["emergency", 4 * 1024 * 1024, False], saved
 
     # Devices: this one is marked; another, signed in through the API, is signed out here.
-    other = api_login(product, USERNAME, PASSWORD, "OtherDevice/1.0")
+    other = api_login(product, technician.username, PASSWORD, "OtherDevice/1.0")
     sessions = page.get_by_test_id("sessions")
     sessions.get_by_role("button", name="Refresh the list").click()
     rows = sessions.get_by_test_id("session")
@@ -284,7 +318,7 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
     assert not refresh_works(product, other)
 
     # "Sign out everywhere else" ends the rest and keeps this device signed in.
-    others = [api_login(product, USERNAME, PASSWORD, f"Device{n}/1.0") for n in range(2)]
+    others = [api_login(product, technician.username, PASSWORD, f"Device{n}/1.0") for n in range(2)]
     sessions.get_by_role("button", name="Refresh the list").click()
     expect(rows).to_have_count(3)
     sessions.get_by_role("button", name="Sign out everywhere else").click()
@@ -295,7 +329,7 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
     expect(page.get_by_test_id("sessions").get_by_test_id("session")).to_have_count(1)
 
     # A new password signs every other device out and keeps this one.
-    laptop = api_login(product, USERNAME, PASSWORD, "Laptop/1.0")
+    laptop = api_login(product, technician.username, PASSWORD, "Laptop/1.0")
     password = page.get_by_test_id("password")
     password.get_by_role("button", name="Change your password").click()
     password.get_by_label("Current password").fill(PASSWORD)
@@ -324,24 +358,25 @@ def test_preferences_persist_and_other_devices_can_be_signed_out(
 
 
 def test_changing_the_email_and_setting_up_two_step_sign_in_need_the_password(
-    product: Product, mail: MailSink, phone: BrowserContext
+    product: Product, mail: MailSink, phone: BrowserContext, technician: Technician
 ) -> None:
+    new_email = f"{technician.username}.new@example.org"
     page = phone.new_page()
     page.goto("/")
-    sign_in(page, USERNAME, PASSWORD)
+    sign_in(page, technician.username, PASSWORD)
     open_settings(page)
 
     profile = page.get_by_test_id("profile")
-    profile.get_by_label("Email").fill("tech.new@example.org")
+    profile.get_by_label("Email").fill(new_email)
     profile.get_by_label("Current password").fill("not the password")
     profile.get_by_role("button", name="Save profile").click()
     expect(profile.get_by_role("alert")).to_contain_text("current password is not correct")
     profile.get_by_label("Current password").fill(PASSWORD)
     profile.get_by_role("button", name="Save profile").click()
     expect(profile.get_by_role("status")).to_contain_text(
-        "An email is on its way to tech.new@example.org"
+        f"An email is on its way to {new_email}"
     )
-    mail.wait_for("tech.new@example.org", VERIFY_SUBJECT)
+    mail.wait_for(new_email, VERIFY_SUBJECT)
 
     twofactor = page.get_by_test_id("twofactor")
     twofactor.get_by_role("button", name="Set up two-step sign-in").click()
