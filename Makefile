@@ -4,7 +4,11 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # pytest processes of `make test` (most tests wait on Orthanc, Celery or Chromium: on two
-# cores, 2 processes took 662 s, 4 took 609 s; 3 keeps most of that with less contention).
+# cores, 2 processes took 662 s, 4 took 609 s; 3 keeps most of that with less contention.
+# Measured again on 2026-12-03 with the suite of then: 3 took 831 s, 4 took 847 s, the
+# tests' summed time growing from 2,506 to 3,143 s: the suite is bound by the two cores,
+# most of it spent starting products (`serve`: five Python processes, about 10 s of CPU)
+# and browsers, so modules share them where their tests allow).
 TEST_PROCESSES ?= 3
 
 setup:
