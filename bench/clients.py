@@ -3,7 +3,8 @@ upload API, and a direct streaming STOW-RS client.
 
 The same chunk sender serves RelayPACS and nginx, so both see the same client: the
 chunks of the concatenated files, read from disk, an MD5 computed per chunk, each PUT on
-a keep-alive ``http.client`` connection owned by one of ``in_flight`` threads.
+a keep-alive ``http.client`` connection owned by one of ``in_flight`` threads (or a new
+connection per chunk, ``keep_alive=False``).
 """
 
 from __future__ import annotations

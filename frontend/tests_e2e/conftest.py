@@ -85,6 +85,17 @@ def browser(playwright_instance: Any) -> Iterator[Any]:
         browser.close()
 
 
+@pytest.fixture(autouse=True)
+def _contexts_closed_after_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every browser context a test left open (one that failed before its own close) is
+    closed when the test ends, as the per-test browser did: its service worker must not go
+    on uploading into the module's product during the next test."""
+    yield
+    if "browser" in request.fixturenames:
+        for context in list(request.getfixturevalue("browser").contexts):
+            context.close()
+
+
 @pytest.fixture
 def phone(browser: Any, product: Product) -> Iterator[Any]:
     """A browser context sized like a phone (360×640), on the product's origin."""

@@ -91,9 +91,12 @@ def product(
     test machine's two cores); the technician's duplicate check is off, since several
     tests send the same synthetic patient. The duplicate test has a product of its own."""
     with product_with_technician(tmp_path_factory.mktemp("pwa-e2e"), orthanc) as product:
-        product.shell_json(
-            "from accounts.models import User; "
-            "print(User.objects.filter(username='tech').update(duplicate_detection=False))"
+        assert (
+            product.shell_json(
+                "from accounts.models import User; "
+                "print(User.objects.filter(username='tech').update(duplicate_detection=False))"
+            )
+            == 1
         )
         yield product
 
@@ -221,6 +224,7 @@ def test_connection_lost_mid_upload_resumes_without_resending_acknowledged_chunk
     product: Product, orthanc_clean: Any, browser: Any, link: CuttableLink, tmp_path: Path
 ) -> None:
     paths = write_study(tmp_path / "study", instances=10, instance_bytes=1024 * 1024)
+    before = uploads_on_server(product)  # the module's earlier tests' uploads
     # Through a relay whose connections can be cut for real, at phone size.
     phone = phone_through(browser, link)
     page = phone.new_page()
@@ -295,11 +299,13 @@ def test_connection_lost_mid_upload_resumes_without_resending_acknowledged_chunk
     ]
     assert resent == [], f"acknowledged chunks sent again: {resent}; {events}"
     # And as the server counted them: every chunk acknowledged before the cut arrived once.
+    # This test's upload is the one upload made since it began: resuming made no second one.
+    assert uploads_on_server(product) == before + 1
     counts = product.shell_json(
         "import json; from uploads.models import UploadChunk, UploadSession as U; "
-        "latest = U.objects.latest('created_at'); "  # this test's upload
+        f"mine = U.objects.order_by('created_at')[{before}]; "
         "print(json.dumps({c.index: c.times_received "
-        "for c in UploadChunk.objects.filter(session=latest)}))"
+        "for c in UploadChunk.objects.filter(session=mine)}))"
     )
     assert {i: counts[str(i)] for i in acked_before_cut} == {i: 1 for i in acked_before_cut}
     assert sorted(first_ack) == list(range(total)), events
