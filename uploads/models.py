@@ -177,6 +177,11 @@ class UploadFile(models.Model):
     size = models.BigIntegerField()
     offset = models.BigIntegerField()
     sha256 = models.CharField(max_length=64, blank=True)
+    # The file's SHA-256 as hashed while the rest of the upload was arriving, kept only when
+    # it equals ``sha256``, and the fingerprint of the chunk claims it was taken over (or
+    # "claimed" while hashing or when no result was kept): see uploads/services/prehash.py.
+    prehash_sha256 = models.CharField(max_length=64, blank=True)
+    prehash_chunks = models.CharField(max_length=64, blank=True)
     kind = models.CharField(max_length=16, choices=FileKind.choices, default=FileKind.PENDING)
     reason = models.CharField(max_length=500, blank=True)
     sop_class_uid = models.CharField(max_length=64, blank=True)

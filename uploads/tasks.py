@@ -56,6 +56,14 @@ def upload_forward_task(upload_id: str) -> None:
         upload_forward(upload_id=uuid.UUID(upload_id))
 
 
+# No retry: hashing ahead only saves processing time; what it leaves, processing hashes.
+@shared_task(acks_late=True)
+def upload_prehash_task(upload_id: str) -> int:
+    from .services.prehash import upload_prehash
+
+    return upload_prehash(upload_id=uuid.UUID(upload_id))
+
+
 @shared_task(acks_late=True)
 def uploads_redispatch() -> int:
     from .services import uploads_redispatch as redispatch

@@ -39,6 +39,7 @@ from .. import storage
 from ..models import UploadChunk, UploadChunkCounter, UploadSession, UploadState
 from ..selectors import ROLES_WITH_OWN_UPLOADS, upload_expires_at, uploads_visible_to
 from ..tokens import UploadTokenClaim, upload_token_read
+from .prehash import prehash_due, prehash_request
 
 # How stale the upload's last_chunk_at may be: the resume window (hours) slides from it.
 LAST_CHUNK_AT_RESOLUTION = timedelta(minutes=1)
@@ -326,6 +327,8 @@ def chunk_store(
     if storage.stream_write_recreates():
         _ensure_still_wanted(upload_id=session.id, upload_pk=upload_pk)
     received = _mark_stored(upload=session, upload_pk=upload_pk, index=index, size=expected)
+    if prehash_due(stored_before=received - expected, stored_after=received):
+        prehash_request(upload_id=session.id)
     return ChunkReceipt(index=index, bytes_received=received, size=expected)
 
 

@@ -37,6 +37,7 @@ from ..imaging import ImageConversionError, PatientContext, SeriesContext, conve
 from ..models import FileKind, RelayAddedObject, Study, UploadFile, UploadSession, UploadState
 from . import transitions
 from .leases import lease_claim, lease_release, lease_renew
+from .prehash import prehashed_sha256s
 from .removal import upload_files_delete
 
 logger = logging.getLogger(__name__)
@@ -71,22 +72,22 @@ CHECKED_FIELDS = [
 ]
 
 
-class _HashingStopped(Exception):
+class HashingStopped(Exception):
     """Hashing gave up before the end of the file: the lease was lost (the upload was
     cancelled or taken over) or processing is ending."""
 
 
-def _sha256_of(
+def sha256_of(
     *, upload_id: uuid.UUID, f: UploadFile, stop: Callable[[], bool] | None = None
 ) -> str:
-    """The hex SHA-256 of ``f``, read in HASH_BLOCKs. Raises _HashingStopped as soon as
+    """The hex SHA-256 of ``f``, read in HASH_BLOCKs. Raises HashingStopped as soon as
     ``stop()`` is true before a block (a multi-GB file ends within one block, not after
     the whole file), StorageUnavailable and OSError as reading does."""
     digest = hashlib.sha256()
     with storage.open_range(upload_id=upload_id, offset=f.offset, size=f.size) as stream:
         while block := stream.read(HASH_BLOCK):
             if stop is not None and stop():
-                raise _HashingStopped
+                raise HashingStopped
             digest.update(block)
     return digest.hexdigest()
 
@@ -104,31 +105,43 @@ class _Hashes:
     one (smaller ones are hashed inline, see ``_inline``), computed in HASH_THREADS
     threads in manifest order, ahead of the loop that checks the files. ``of(f)`` gives
     the hex digest (computed now when it was not queued) and raises what hashing raised
-    (StorageUnavailable, OSError, and _HashingStopped once ``lost`` is set). Every hash
+    (StorageUnavailable, OSError, and HashingStopped once ``lost`` is set). Every hash
     checks ``lost`` (the heartbeat's: the lease is gone) and ``close()`` before each
     block, so a cancel, a lost lease or ``close()`` stops it within one HASH_BLOCK.
     ``close()`` cancels what has not started and waits for the threads."""
 
     def __init__(
-        self, *, upload_id: uuid.UUID, files: list[UploadFile], lost: threading.Event
+        self,
+        *,
+        upload_id: uuid.UUID,
+        files: list[UploadFile],
+        lost: threading.Event,
+        known: dict[int, str],
     ) -> None:
         self.upload_id = upload_id
         self._lost = lost
+        self._known = known
         self._closing = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="sha256")
         self._ahead: dict[int, Future[str]] = {
-            f.pk: self._pool.submit(_sha256_of, upload_id=upload_id, f=f, stop=self._stopped)
+            f.pk: self._pool.submit(sha256_of, upload_id=upload_id, f=f, stop=self._stopped)
             for f in files
-            if f.sha256 and f.size and not _inline(f)
+            if f.sha256 and f.size and not _inline(f) and f.pk not in known
         }
 
     def _stopped(self) -> bool:
         return self._lost.is_set() or self._closing.is_set()
 
+    def known(self, f: UploadFile) -> str | None:
+        """The hash taken while the upload was arriving (``prehash``), if it still holds."""
+        return self._known.get(f.pk) if f.pk is not None else None
+
     def of(self, f: UploadFile) -> str:
+        if (digest := self.known(f)) is not None:
+            return digest
         future = self._ahead.pop(f.pk, None) if f.pk is not None else None
         if future is None:
-            return _sha256_of(upload_id=self.upload_id, f=f, stop=self._stopped)
+            return sha256_of(upload_id=self.upload_id, f=f, stop=self._stopped)
         return future.result()
 
     def close(self) -> None:
@@ -581,7 +594,12 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
     infos: list[DicomInfo] = []
     seen: dict[str, str] = {}
     current: UploadFile | None = None
-    hashes = _Hashes(upload_id=upload_id, files=manifest, lost=heartbeat.lost)
+    hashes = _Hashes(
+        upload_id=upload_id,
+        files=manifest,
+        lost=heartbeat.lost,
+        known=prehashed_sha256s(session=session, files=manifest),
+    )
     try:
         while queue and expander.over_limit is None and not heartbeat.lost.is_set():
             expander.storage_ensure()  # the previous file's verdict was not an outage
@@ -595,7 +613,7 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
             if _inline(f):
                 with expander.open(f) as stream:
                     whole = stream.read(f.size)
-                sha256 = hashlib.sha256(whole).hexdigest() if f.sha256 else ""
+                sha256 = (hashes.known(f) or hashlib.sha256(whole).hexdigest()) if f.sha256 else ""
             else:
                 sha256 = hashes.of(f) if f.sha256 else ""
             if f.sha256 and sha256 != f.sha256:
@@ -651,7 +669,7 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
                 f.kind = FileKind.SKIPPED if inspection.kind == "skipped" else FileKind.REJECTED
                 f.reason = inspection.reason[:500]
         expander.storage_ensure()
-    except _HashingStopped:
+    except HashingStopped:
         # Only the heartbeat's ``lost`` stops a hash while this loop runs.
         logger.info("upload %s: lease lost while hashing; stopping", upload_id)
         return False

@@ -367,7 +367,7 @@ def test_small_files_read_once_end_as_when_streamed(api, tmp_path, monkeypatch):
         patch.setattr(processing, "INLINE_MAX_BYTES", 0)  # every file read as before
         upload_process(upload_id=streamed)
     read_once = upload()
-    with mock.patch.object(processing, "_sha256_of", autospec=True) as hashed_apart:
+    with mock.patch.object(processing, "sha256_of", autospec=True) as hashed_apart:
         upload_process(upload_id=read_once)
     hashed_apart.assert_not_called()  # hashed inline, from the one read
 

@@ -1,0 +1,188 @@
+"""Checking files' SHA-256 while the rest of the upload is still arriving.
+
+Processing checks every manifest file against the SHA-256 the client sent before anything
+goes to the PACS. For a 1 GB study that check is most of processing's own time (about 1 s
+of CPU here, bench/RESULTS.md), and it sat between the client's ``complete`` and the first
+STOW-RS batch. The bytes of most files are stored long before ``complete``, so the worker
+hashes each file once all of its chunks are stored, and processing takes that result
+instead of hashing the file again.
+
+- The web side only asks: the chunk that carries the upload's stored bytes across a
+  multiple of PREHASH_EVERY_BYTES queues ``upload_prehash_task`` (one message per 64 MiB;
+  a failed send is logged, and processing then hashes as before).
+- A file is hashed once: its row is claimed (``prehash_chunks`` set to CLAIMED) before
+  hashing, so tasks queued one after another never hash it twice.
+- The result counts only while it proves something: it is kept only when it equals the
+  SHA-256 the client sent (a damaged file is left for processing to reject, with the
+  reason it gives), together with a fingerprint of the MD5 claims of the chunks the file
+  lies in. Stored chunks are never rewritten with other bytes (a claim keeps its first
+  MD5), but recovery may forget a chunk that a crash lost and a new claim take its place:
+  processing accepts the result only when the fingerprint still matches the claims.
+- Hashing runs in a thread with a lower CPU priority (PREHASH_NICE), so on a busy machine
+  receiving chunks comes first, and stops as soon as the upload leaves ``receiving``
+  (``complete`` arrived: processing hashes what is left; cancelled; removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from ..models import UploadChunk, UploadFile, UploadSession, UploadState
+from .dispatch import dispatch_on_commit
+
+logger = logging.getLogger(__name__)
+
+PREHASH_TASK = "uploads.tasks.upload_prehash_task"
+# One message per this many stored bytes: a few per GB, so the broker and the chunk path
+# hardly notice, and the files of the last stretch before ``complete`` (at most this much,
+# plus files whose chunks arrive out of order) are hashed by processing as before.
+PREHASH_EVERY_BYTES = 64 * 1024 * 1024
+# The hashing thread's nice value: above the web processes' 0, so on a machine busy
+# receiving chunks the hashing takes only what receiving leaves (raising one's own nice
+# value needs no privilege).
+PREHASH_NICE = 10
+# How often a running hash checks that the upload is still receiving.
+STATE_CHECK_SECONDS = 0.5
+# ``prehash_chunks`` of a file whose hashing started and has no usable result (still
+# running, damaged, stopped, or the worker died): processing hashes such a file itself.
+CLAIMED = "claimed"
+
+
+def prehash_due(*, stored_before: int, stored_after: int) -> bool:
+    """Whether the chunk that moved the upload's stored bytes from ``stored_before`` to
+    ``stored_after`` crossed a multiple of PREHASH_EVERY_BYTES (exactly one chunk does)."""
+    return stored_after // PREHASH_EVERY_BYTES > stored_before // PREHASH_EVERY_BYTES
+
+
+def prehash_request(*, upload_id: uuid.UUID) -> None:
+    """Queue hashing of the upload's fully stored files (see the module docstring)."""
+    dispatch_on_commit(task_name=PREHASH_TASK, upload_id=upload_id)
+
+
+def chunks_fingerprint(
+    *, offset: int, size: int, chunk_size: int, md5_of: Mapping[int, str]
+) -> str | None:
+    """The fingerprint of the stored chunks the bytes ``[offset, offset + size)`` lie in:
+    the SHA-256 of their indexes and claimed MD5s; None while any of them is not stored."""
+    digest = hashlib.sha256()
+    for index in range(offset // chunk_size, (offset + size - 1) // chunk_size + 1):
+        md5 = md5_of.get(index)
+        if md5 is None:
+            return None
+        digest.update(f"{index}:{md5};".encode())
+    return digest.hexdigest()
+
+
+def _stored_md5s(*, session: UploadSession, from_index: int = 0) -> dict[int, str]:
+    return dict(
+        UploadChunk.objects.filter(session=session, stored=True, index__gte=from_index).values_list(
+            "index", "md5"
+        )
+    )
+
+
+def prehashed_sha256s(*, session: UploadSession, files: Iterable[UploadFile]) -> dict[int, str]:
+    """The SHA-256 of each of ``files`` (by pk) whose hash taken during the upload still
+    holds: it equals the one the client sent and the file's chunks carry the claims it was
+    taken over. For processing, once every chunk is stored."""
+    candidates = [
+        f
+        for f in files
+        if f.sha256 and f.size and f.prehash_sha256 == f.sha256 and f.prehash_chunks != CLAIMED
+    ]
+    if not candidates:
+        return {}
+    md5_of = _stored_md5s(session=session)
+    return {
+        f.pk: f.prehash_sha256
+        for f in candidates
+        if chunks_fingerprint(
+            offset=f.offset, size=f.size, chunk_size=session.chunk_size, md5_of=md5_of
+        )
+        == f.prehash_chunks
+    }
+
+
+def _lower_priority() -> None:
+    try:
+        # On Linux a thread has a nice value of its own: this lowers this thread only.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREHASH_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: hash at normal priority
+        pass
+
+
+def _still_receiving(upload_id: uuid.UUID) -> bool:
+    return UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).exists()
+
+
+def _hash_while_receiving(
+    *, pool: ThreadPoolExecutor, upload_id: uuid.UUID, f: UploadFile
+) -> str | None:
+    """The file's SHA-256 hashed in ``pool``; None when the upload left ``receiving`` or
+    the bytes could not be read (processing then hashes the file itself)."""
+    from .processing import HashingStopped, sha256_of
+
+    stop = threading.Event()
+    future = pool.submit(sha256_of, upload_id=upload_id, f=f, stop=stop.is_set)
+    while True:
+        try:
+            return future.result(timeout=STATE_CHECK_SECONDS)
+        except FutureTimeout:
+            if not _still_receiving(upload_id):
+                stop.set()
+        except HashingStopped:
+            return None
+        except OSError as exc:  # storage trouble or bytes removed: processing will say
+            logger.info("upload %s: file %s not hashed ahead: %s", upload_id, f.position, exc)
+            return None
+
+
+def upload_prehash(*, upload_id: uuid.UUID) -> int:
+    """Hash the upload's manifest files whose chunks are all stored and that no task has
+    taken yet, while the upload is receiving; the number of results kept. Safe to run
+    twice and beside processing (see the module docstring)."""
+    session = UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).first()
+    if session is None:
+        return 0
+    files = list(
+        UploadFile.objects.filter(
+            session=session, parent__isnull=True, prehash_chunks="", size__gt=0
+        )
+        .exclude(sha256="")
+        .order_by("offset")
+    )
+    if not files:
+        return 0
+    md5_of = _stored_md5s(session=session, from_index=files[0].offset // session.chunk_size)
+    kept = 0
+    with ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="prehash", initializer=_lower_priority
+    ) as pool:
+        for f in files:
+            fingerprint = chunks_fingerprint(
+                offset=f.offset, size=f.size, chunk_size=session.chunk_size, md5_of=md5_of
+            )
+            if fingerprint is None:
+                continue
+            claimed = UploadFile.objects.filter(pk=f.pk, prehash_chunks="").update(
+                prehash_chunks=CLAIMED
+            )
+            if not claimed:
+                continue
+            if not _still_receiving(upload_id):
+                break
+            digest = _hash_while_receiving(pool=pool, upload_id=upload_id, f=f)
+            if digest is None or digest != f.sha256:
+                continue  # damaged or not read: left CLAIMED, processing decides
+            UploadFile.objects.filter(pk=f.pk, prehash_chunks=CLAIMED).update(
+                prehash_sha256=digest, prehash_chunks=fingerprint
+            )
+            kept += 1
+    return kept
