@@ -10,8 +10,9 @@ instead of hashing the file again.
 - The web side only asks: the chunk that carries the upload's stored bytes across a
   multiple of PREHASH_EVERY_BYTES queues ``upload_prehash_task`` (one message per 64 MiB;
   a failed send is logged, and processing then hashes as before).
-- A file is hashed once: its row is claimed (``prehash_chunks`` set to CLAIMED) before
-  hashing, so tasks queued one after another never hash it twice.
+- A file is hashed once: the task claims the rows of the files it will hash
+  (``prehash_chunks`` set to a claim of its own) before hashing, so tasks queued one
+  after another never hash a file twice.
 - The result counts only while it proves something: it is kept only when it equals the
   SHA-256 the client sent (a damaged file is left for processing to reject, with the
   reason it gives), together with a fingerprint of the MD5 claims of the chunks the file
@@ -29,10 +30,13 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+
+from django.db import transaction
 
 from ..models import UploadChunk, UploadFile, UploadSession, UploadState
 from .dispatch import dispatch_on_commit
@@ -48,11 +52,16 @@ PREHASH_EVERY_BYTES = 64 * 1024 * 1024
 # receiving chunks the hashing takes only what receiving leaves (raising one's own nice
 # value needs no privilege).
 PREHASH_NICE = 10
-# How often a running hash checks that the upload is still receiving.
-STATE_CHECK_SECONDS = 0.5
-# ``prehash_chunks`` of a file whose hashing started and has no usable result (still
-# running, damaged, stopped, or the worker died): processing hashes such a file itself.
+# How often hashing checks that the upload is still receiving (one primary-key read), and
+# saves what it has: a ``complete`` waits at most about this long for a worker slot that
+# hashing holds, and finds the results saved until then.
+STATE_CHECK_SECONDS = 0.2
+# The start of ``prehash_chunks`` of a file a task claimed and has no usable result for
+# (still hashing, damaged, stopped, or the worker died): processing hashes it itself.
 CLAIMED = "claimed"
+# Files claimed per UPDATE (``pk IN`` lists stay well below SQLite's variable limit), and
+# results saved per transaction at most.
+CLAIM_BATCH = 500
 
 
 def prehash_due(*, stored_before: int, stored_after: int) -> bool:
@@ -92,11 +101,7 @@ def prehashed_sha256s(*, session: UploadSession, files: Iterable[UploadFile]) ->
     """The SHA-256 of each of ``files`` (by pk) whose hash taken during the upload still
     holds: it equals the one the client sent and the file's chunks carry the claims it was
     taken over. For processing, once every chunk is stored."""
-    candidates = [
-        f
-        for f in files
-        if f.sha256 and f.size and f.prehash_sha256 == f.sha256 and f.prehash_chunks != CLAIMED
-    ]
+    candidates = [f for f in files if f.sha256 and f.size and f.prehash_sha256 == f.sha256]
     if not candidates:
         return {}
     md5_of = _stored_md5s(session=session)
@@ -118,30 +123,75 @@ def _lower_priority() -> None:
         pass
 
 
-def _still_receiving(upload_id: uuid.UUID) -> bool:
-    return UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).exists()
+class _Receiving:
+    """Whether the upload is still ``receiving``, asked at most every STATE_CHECK_SECONDS;
+    ``stopped`` is set (for the hashing thread) once it is not."""
+
+    def __init__(self, upload_id: uuid.UUID) -> None:
+        self.upload_id = upload_id
+        self.stopped = threading.Event()
+        self._asked_at = time.monotonic()
+
+    def check(self) -> bool:
+        now = time.monotonic()
+        if not self.stopped.is_set() and now - self._asked_at >= STATE_CHECK_SECONDS:
+            self._asked_at = now
+            if not UploadSession.objects.filter(
+                pk=self.upload_id, state=UploadState.RECEIVING
+            ).exists():
+                self.stopped.set()
+        return not self.stopped.is_set()
 
 
 def _hash_while_receiving(
-    *, pool: ThreadPoolExecutor, upload_id: uuid.UUID, f: UploadFile
+    *, pool: ThreadPoolExecutor, receiving: _Receiving, f: UploadFile
 ) -> str | None:
     """The file's SHA-256 hashed in ``pool``; None when the upload left ``receiving`` or
     the bytes could not be read (processing then hashes the file itself)."""
     from .processing import HashingStopped, sha256_of
 
-    stop = threading.Event()
-    future = pool.submit(sha256_of, upload_id=upload_id, f=f, stop=stop.is_set)
+    future = pool.submit(
+        sha256_of, upload_id=receiving.upload_id, f=f, stop=receiving.stopped.is_set
+    )
     while True:
         try:
             return future.result(timeout=STATE_CHECK_SECONDS)
         except FutureTimeout:
-            if not _still_receiving(upload_id):
-                stop.set()
+            receiving.check()
         except HashingStopped:
             return None
         except OSError as exc:  # storage trouble or bytes removed: processing will say
-            logger.info("upload %s: file %s not hashed ahead: %s", upload_id, f.position, exc)
+            logger.info(
+                "upload %s: file %s not hashed ahead: %s", receiving.upload_id, f.position, exc
+            )
             return None
+
+
+def _claim(*, pks: list[int], token: str) -> set[int]:
+    """Claim those of the files ``pks`` no task has taken; the pks this call claimed."""
+    claimed: set[int] = set()
+    for start in range(0, len(pks), CLAIM_BATCH):
+        batch = pks[start : start + CLAIM_BATCH]
+        UploadFile.objects.filter(pk__in=batch, prehash_chunks="").update(prehash_chunks=token)
+        claimed.update(
+            UploadFile.objects.filter(pk__in=batch, prehash_chunks=token).values_list(
+                "pk", flat=True
+            )
+        )
+    return claimed
+
+
+def _results_save(*, results: list[tuple[int, str, str]], token: str) -> None:
+    """Write (pk, SHA-256, fingerprint) of files this task claimed, in one transaction
+    (on SQLite, one write lock taken beside the chunk path's, not one per file)."""
+    if not results:
+        return
+    with transaction.atomic():
+        for pk, digest, fingerprint in results:
+            UploadFile.objects.filter(pk=pk, prehash_chunks=token).update(
+                prehash_sha256=digest, prehash_chunks=fingerprint
+            )
+    results.clear()
 
 
 def upload_prehash(*, upload_id: uuid.UUID) -> int:
@@ -161,28 +211,35 @@ def upload_prehash(*, upload_id: uuid.UUID) -> int:
     if not files:
         return 0
     md5_of = _stored_md5s(session=session, from_index=files[0].offset // session.chunk_size)
+    ready: list[tuple[UploadFile, str]] = []
+    for f in files:
+        fingerprint = chunks_fingerprint(
+            offset=f.offset, size=f.size, chunk_size=session.chunk_size, md5_of=md5_of
+        )
+        if fingerprint is not None:
+            ready.append((f, fingerprint))
+    token = f"{CLAIMED}:{uuid.uuid4().hex[:16]}"
+    mine = _claim(pks=[f.pk for f, _ in ready], token=token)
+    receiving = _Receiving(upload_id)
+    results: list[tuple[int, str, str]] = []
+    saved_at = time.monotonic()
     kept = 0
     with ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="prehash", initializer=_lower_priority
     ) as pool:
-        for f in files:
-            fingerprint = chunks_fingerprint(
-                offset=f.offset, size=f.size, chunk_size=session.chunk_size, md5_of=md5_of
-            )
-            if fingerprint is None:
+        for f, fingerprint in ready:
+            if f.pk not in mine:
                 continue
-            claimed = UploadFile.objects.filter(pk=f.pk, prehash_chunks="").update(
-                prehash_chunks=CLAIMED
-            )
-            if not claimed:
-                continue
-            if not _still_receiving(upload_id):
+            if not receiving.check():
                 break
-            digest = _hash_while_receiving(pool=pool, upload_id=upload_id, f=f)
+            digest = _hash_while_receiving(pool=pool, receiving=receiving, f=f)
             if digest is None or digest != f.sha256:
-                continue  # damaged or not read: left CLAIMED, processing decides
-            UploadFile.objects.filter(pk=f.pk, prehash_chunks=CLAIMED).update(
-                prehash_sha256=digest, prehash_chunks=fingerprint
-            )
+                continue  # damaged or not read: left claimed, processing decides
+            results.append((f.pk, digest, fingerprint))
             kept += 1
+            # Saved as it goes, so that processing starting meanwhile finds them.
+            if len(results) >= CLAIM_BATCH or time.monotonic() - saved_at >= STATE_CHECK_SECONDS:
+                _results_save(results=results, token=token)
+                saved_at = time.monotonic()
+    _results_save(results=results, token=token)
     return kept

@@ -90,12 +90,17 @@ def to_processing(upload_id: uuid.UUID) -> None:
 
 
 def prehashed(upload_id: uuid.UUID) -> list[tuple[str, str]]:
-    """(prehash_sha256 == sha256 ? "kept" : "", prehash_chunks or claimed) by position."""
+    """By position: ("kept" when the hash ahead equals the one sent, else what it holds;
+    "fingerprint", CLAIMED or what ``prehash_chunks`` holds)."""
     rows = UploadFile.objects.filter(session_id=upload_id).order_by("position")
     return [
         (
             "kept" if f.prehash_sha256 and f.prehash_sha256 == f.sha256 else f.prehash_sha256,
-            "fingerprint" if len(f.prehash_chunks) == 64 else f.prehash_chunks,
+            "fingerprint"
+            if len(f.prehash_chunks) == 64
+            else CLAIMED
+            if f.prehash_chunks.startswith(f"{CLAIMED}:")
+            else f.prehash_chunks,
         )
         for f in rows
     ]
@@ -247,3 +252,17 @@ def test_hashing_stops_soon_after_the_upload_leaves_receiving(api):
     assert time.monotonic() - stopped_at < prehash.STATE_CHECK_SECONDS + 2
     assert bytes_read() - start < LARGE_FILE // 2
     assert prehashed(upload_id) == [("", CLAIMED)]
+
+
+def test_files_another_task_is_hashing_are_not_hashed_again(api, study, broker):
+    upload_id = init(api, study)
+    send(api, upload_id, study)
+    first_two = UploadFile.objects.filter(session_id=upload_id, position__lt=2)
+    assert prehash._claim(pks=[f.pk for f in first_two], token=f"{CLAIMED}:other") == {
+        f.pk for f in first_two
+    }
+
+    with mock.patch.object(processing, "sha256_of", wraps=processing.sha256_of) as hashed:
+        assert upload_prehash(upload_id=upload_id) == 1
+    assert [call.kwargs["f"].position for call in hashed.call_args_list] == [2]
+    assert prehashed(upload_id) == [("", CLAIMED), ("", CLAIMED), ("kept", "fingerprint")]
