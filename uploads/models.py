@@ -80,6 +80,9 @@ class UploadSession(models.Model):
     attempts = models.IntegerField(default=0)
     next_retry_at = models.DateTimeField(null=True, blank=True, db_index=True)
     first_pacs_failure_at = models.DateTimeField(null=True, blank=True)
+    # While a task hashes this upload's files as they arrive (uploads/services/prehash.py):
+    # one such task per upload at a time, so it holds at most one worker slot.
+    prehash_until = models.DateTimeField(null=True, blank=True)
     # When a task message for this upload was queued and no worker has claimed it since
     # (a claim clears it): beat does not queue the same work again while one is waiting.
     dispatched_at = models.DateTimeField(null=True, blank=True)

@@ -8,20 +8,27 @@ hashes each file once all of its chunks are stored, and processing takes that re
 instead of hashing the file again.
 
 - The web side only asks: the chunk that carries the upload's stored bytes across a
-  multiple of PREHASH_EVERY_BYTES queues ``upload_prehash_task`` (one message per 64 MiB;
-  a failed send is logged, and processing then hashes as before).
-- A file is hashed once: the task claims the rows of the files it will hash
-  (``prehash_chunks`` set to a claim of its own) before hashing, so tasks queued one
-  after another never hash a file twice.
+  multiple of PREHASH_EVERY_BYTES queues ``upload_prehash_task`` (one message per 64 MiB,
+  sent without retries; a failed send is logged, and processing then hashes as before).
+  An upload smaller than that is hashed by processing only.
+- One task per upload at a time (``prehash_until``, a lease on the upload's row), so an
+  upload's hashing holds at most one worker slot; a task queued while another runs ends
+  at once, and the next one takes what became complete meanwhile. Each file is hashed at
+  most once: the task claims the rows of the files it will hash (``prehash_chunks`` set
+  to a claim of its own) first.
 - The result counts only while it proves something: it is kept only when it equals the
   SHA-256 the client sent (a damaged file is left for processing to reject, with the
   reason it gives), together with a fingerprint of the MD5 claims of the chunks the file
   lies in. Stored chunks are never rewritten with other bytes (a claim keeps its first
   MD5), but recovery may forget a chunk that a crash lost and a new claim take its place:
-  processing accepts the result only when the fingerprint still matches the claims.
-- Hashing runs in a thread with a lower CPU priority (PREHASH_NICE), so on a busy machine
-  receiving chunks comes first, and stops as soon as the upload leaves ``receiving``
-  (``complete`` arrived: processing hashes what is left; cancelled; removed).
+  processing accepts the result only when the fingerprint still matches the claims. A
+  restore forgets every result (``recovery``), since the bytes on disk may not be the
+  ones hashed.
+- Hashing runs in a thread whose nice value is PREHASH_NICE above the worker's, so where
+  it shares the CPU scheduler's group with the web processes (``manage.py serve``: one
+  session) receiving chunks comes first; separate containers are scheduled apart. It
+  stops as soon as the upload leaves ``receiving`` (``complete`` arrived: processing
+  hashes what is left; cancelled; removed).
 """
 
 from __future__ import annotations
@@ -35,11 +42,15 @@ import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import timedelta
 
+from celery import current_app
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from ..models import UploadChunk, UploadFile, UploadSession, UploadState
-from .dispatch import dispatch_on_commit
+from . import hashing
 
 logger = logging.getLogger(__name__)
 
@@ -48,20 +59,27 @@ PREHASH_TASK = "uploads.tasks.upload_prehash_task"
 # hardly notice, and the files of the last stretch before ``complete`` (at most this much,
 # plus files whose chunks arrive out of order) are hashed by processing as before.
 PREHASH_EVERY_BYTES = 64 * 1024 * 1024
-# The hashing thread's nice value: above the web processes' 0, so on a machine busy
-# receiving chunks the hashing takes only what receiving leaves (raising one's own nice
-# value needs no privilege).
+# The hashing thread's nice value above the worker's own: on a machine busy receiving
+# chunks the hashing takes what receiving leaves (raising one's own nice value needs no
+# privilege).
 PREHASH_NICE = 10
 # How often hashing checks that the upload is still receiving (one primary-key read), and
-# saves what it has: a ``complete`` waits at most about this long for a worker slot that
-# hashing holds, and finds the results saved until then.
+# saves what it has: processing starting meanwhile finds the results saved until then,
+# and the upload's task gives its worker slot back about this soon after ``complete``.
 STATE_CHECK_SECONDS = 0.2
+# Once the upload left receiving, how long to wait for a read under way to end before
+# giving the worker slot back anyway (a storage read that hangs keeps only its thread).
+STOP_GRACE_SECONDS = 2.0
+# The per-upload lease: longer than hashing any one step takes even on a slow disk; a
+# worker that died holding it only costs the upload its hashing ahead for this long.
+LEASE = timedelta(minutes=5)
 # The start of ``prehash_chunks`` of a file a task claimed and has no usable result for
 # (still hashing, damaged, stopped, or the worker died): processing hashes it itself.
 CLAIMED = "claimed"
-# Files claimed per UPDATE (``pk IN`` lists stay well below SQLite's variable limit), and
-# results saved per transaction at most.
+# Files claimed per UPDATE: ``pk IN`` lists stay well below SQLite's variable limit.
 CLAIM_BATCH = 500
+# Results saved per transaction at most (also saved every STATE_CHECK_SECONDS).
+SAVE_BATCH = 500
 
 
 def prehash_due(*, stored_before: int, stored_after: int) -> bool:
@@ -71,8 +89,17 @@ def prehash_due(*, stored_before: int, stored_after: int) -> bool:
 
 
 def prehash_request(*, upload_id: uuid.UUID) -> None:
-    """Queue hashing of the upload's fully stored files (see the module docstring)."""
-    dispatch_on_commit(task_name=PREHASH_TASK, upload_id=upload_id)
+    """Queue hashing of the upload's fully stored files (see the module docstring). Sent at
+    once and without retries, so a broker outage costs a chunk request no wait; a failed
+    send is logged and not raised (the chunk is stored; processing hashes the files)."""
+    try:
+        current_app.send_task(PREHASH_TASK, args=[str(upload_id)], retry=False)
+    except Exception:
+        logger.warning(
+            "could not queue hashing ahead for upload %s; processing will hash its files",
+            upload_id,
+            exc_info=True,
+        )
 
 
 def chunks_fingerprint(
@@ -115,10 +142,23 @@ def prehashed_sha256s(*, session: UploadSession, files: Iterable[UploadFile]) ->
     }
 
 
+def prehash_forget(*, upload_id: uuid.UUID) -> int:
+    """Forget every result of hashing ahead for the upload (after a restore, the bytes on
+    disk may not be those hashed); the number of files whose result went."""
+    return (
+        UploadFile.objects.filter(session_id=upload_id)
+        .exclude(prehash_chunks="", prehash_sha256="")
+        .update(prehash_sha256="", prehash_chunks="")
+    )
+
+
 def _lower_priority() -> None:
     try:
         # On Linux a thread has a nice value of its own: this lowers this thread only.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREHASH_NICE)
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + PREHASH_NICE)
+        )
     except (AttributeError, OSError):  # not Linux, or not allowed: hash at normal priority
         pass
 
@@ -146,25 +186,44 @@ class _Receiving:
 def _hash_while_receiving(
     *, pool: ThreadPoolExecutor, receiving: _Receiving, f: UploadFile
 ) -> str | None:
-    """The file's SHA-256 hashed in ``pool``; None when the upload left ``receiving`` or
-    the bytes could not be read (processing then hashes the file itself)."""
-    from .processing import HashingStopped, sha256_of
-
+    """The file's SHA-256 hashed in ``pool``; None when the upload left ``receiving`` (after
+    at most STOP_GRACE_SECONDS for a read under way) or the bytes could not be read
+    (processing then hashes the file itself)."""
     future = pool.submit(
-        sha256_of, upload_id=receiving.upload_id, f=f, stop=receiving.stopped.is_set
+        hashing.sha256_of, upload_id=receiving.upload_id, f=f, stop=receiving.stopped.is_set
     )
+    stopped_at: float | None = None
     while True:
         try:
             return future.result(timeout=STATE_CHECK_SECONDS)
         except FutureTimeout:
-            receiving.check()
-        except HashingStopped:
+            if receiving.check():
+                continue
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() - stopped_at >= STOP_GRACE_SECONDS:
+                return None
+        except hashing.HashingStopped:
             return None
         except OSError as exc:  # storage trouble or bytes removed: processing will say
             logger.info(
                 "upload %s: file %s not hashed ahead: %s", receiving.upload_id, f.position, exc
             )
             return None
+
+
+def _lease_take(*, upload_id: uuid.UUID) -> bool:
+    now = timezone.now()
+    return bool(
+        UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING)
+        .filter(Q(prehash_until__isnull=True) | Q(prehash_until__lt=now))
+        .update(prehash_until=now + LEASE)
+    )
+
+
+def _lease_release(*, upload_id: uuid.UUID) -> None:
+    UploadSession.objects.filter(pk=upload_id, prehash_until__isnull=False).update(
+        prehash_until=None
+    )
 
 
 def _claim(*, pks: list[int], token: str) -> set[int]:
@@ -194,13 +253,9 @@ def _results_save(*, results: list[tuple[int, str, str]], token: str) -> None:
     results.clear()
 
 
-def upload_prehash(*, upload_id: uuid.UUID) -> int:
-    """Hash the upload's manifest files whose chunks are all stored and that no task has
-    taken yet, while the upload is receiving; the number of results kept. Safe to run
-    twice and beside processing (see the module docstring)."""
-    session = UploadSession.objects.filter(pk=upload_id, state=UploadState.RECEIVING).first()
-    if session is None:
-        return 0
+def _ready_files(*, session: UploadSession) -> list[tuple[UploadFile, str]]:
+    """The manifest files with a SHA-256 sent that no task took yet and whose chunks are
+    all stored, in stream order, each with its chunks' fingerprint."""
     files = list(
         UploadFile.objects.filter(
             session=session, parent__isnull=True, prehash_chunks="", size__gt=0
@@ -209,24 +264,43 @@ def upload_prehash(*, upload_id: uuid.UUID) -> int:
         .order_by("offset")
     )
     if not files:
-        return 0
+        return []
     md5_of = _stored_md5s(session=session, from_index=files[0].offset // session.chunk_size)
-    ready: list[tuple[UploadFile, str]] = []
+    ready = []
     for f in files:
         fingerprint = chunks_fingerprint(
             offset=f.offset, size=f.size, chunk_size=session.chunk_size, md5_of=md5_of
         )
         if fingerprint is not None:
             ready.append((f, fingerprint))
+    return ready
+
+
+def upload_prehash(*, upload_id: uuid.UUID) -> int:
+    """Hash the upload's manifest files whose chunks are all stored and that no task has
+    taken yet, while the upload is receiving and no other task hashes it; the number of
+    results kept. Safe to run twice and beside processing (see the module docstring)."""
+    if not _lease_take(upload_id=upload_id):
+        return 0
+    try:
+        return _prehash(upload_id=upload_id)
+    finally:
+        _lease_release(upload_id=upload_id)
+
+
+def _prehash(*, upload_id: uuid.UUID) -> int:
+    session = UploadSession.objects.get(pk=upload_id)
+    ready = _ready_files(session=session)
     token = f"{CLAIMED}:{uuid.uuid4().hex[:16]}"
     mine = _claim(pks=[f.pk for f, _ in ready], token=token)
     receiving = _Receiving(upload_id)
     results: list[tuple[int, str, str]] = []
     saved_at = time.monotonic()
     kept = 0
-    with ThreadPoolExecutor(
+    pool = ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="prehash", initializer=_lower_priority
-    ) as pool:
+    )
+    try:
         for f, fingerprint in ready:
             if f.pk not in mine:
                 continue
@@ -237,9 +311,11 @@ def upload_prehash(*, upload_id: uuid.UUID) -> int:
                 continue  # damaged or not read: left claimed, processing decides
             results.append((f.pk, digest, fingerprint))
             kept += 1
-            # Saved as it goes, so that processing starting meanwhile finds them.
-            if len(results) >= CLAIM_BATCH or time.monotonic() - saved_at >= STATE_CHECK_SECONDS:
+            if len(results) >= SAVE_BATCH or time.monotonic() - saved_at >= STATE_CHECK_SECONDS:
                 _results_save(results=results, token=token)
                 saved_at = time.monotonic()
-    _results_save(results=results, token=token)
+    finally:
+        _results_save(results=results, token=token)
+        # Not waiting: a read that hangs keeps its thread, not this worker slot.
+        pool.shutdown(wait=False, cancel_futures=True)
     return kept

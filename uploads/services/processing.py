@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -36,6 +35,7 @@ from ..dicom import DicomInfo, Inspection, inspect_instance, sniff_reason, wrap_
 from ..imaging import ImageConversionError, PatientContext, SeriesContext, convert_image, image_kind
 from ..models import FileKind, RelayAddedObject, Study, UploadFile, UploadSession, UploadState
 from . import transitions
+from .hashing import HASH_BLOCK, HashingStopped, sha256_of
 from .leases import lease_claim, lease_release, lease_renew
 from .prehash import prehashed_sha256s
 from .removal import upload_files_delete
@@ -50,7 +50,6 @@ RENEW_EVERY_SECONDS = 10.0
 # limit ends it. The largest upload (20 GiB, plus up to 40 GiB unpacked) is checked well
 # within an hour even on a slow disk; four hours is a hang, not work.
 MAX_PROCESSING_SECONDS = 4 * 3600.0
-HASH_BLOCK = 1024 * 1024
 # Files of the manifest up to this size are read once into memory, hashed inline and
 # checked from that copy (head, header): for 2,000 files of 0.5 MB, three opens per file
 # and the hand-over of each to a hash thread cost more than the hashing itself
@@ -70,26 +69,6 @@ CHECKED_FIELDS = [
     "study_instance_uid",
     "series_instance_uid",
 ]
-
-
-class HashingStopped(Exception):
-    """Hashing gave up before the end of the file: the lease was lost (the upload was
-    cancelled or taken over) or processing is ending."""
-
-
-def sha256_of(
-    *, upload_id: uuid.UUID, f: UploadFile, stop: Callable[[], bool] | None = None
-) -> str:
-    """The hex SHA-256 of ``f``, read in HASH_BLOCKs. Raises HashingStopped as soon as
-    ``stop()`` is true before a block (a multi-GB file ends within one block, not after
-    the whole file), StorageUnavailable and OSError as reading does."""
-    digest = hashlib.sha256()
-    with storage.open_range(upload_id=upload_id, offset=f.offset, size=f.size) as stream:
-        while block := stream.read(HASH_BLOCK):
-            if stop is not None and stop():
-                raise HashingStopped
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # Threads that hash the manifest's files ahead of the header checks: hashlib releases the
@@ -594,12 +573,15 @@ def _process(*, upload_id: uuid.UUID, token: str, heartbeat: _Heartbeat) -> bool
     infos: list[DicomInfo] = []
     seen: dict[str, str] = {}
     current: UploadFile | None = None
-    hashes = _Hashes(
-        upload_id=upload_id,
-        files=manifest,
-        lost=heartbeat.lost,
-        known=prehashed_sha256s(session=session, files=manifest),
-    )
+    known = prehashed_sha256s(session=session, files=manifest)
+    if known:
+        logger.info(
+            "upload %s: %d of %d files were checked against their SHA-256 while it arrived",
+            upload_id,
+            len(known),
+            len(manifest),
+        )
+    hashes = _Hashes(upload_id=upload_id, files=manifest, lost=heartbeat.lost, known=known)
     try:
         while queue and expander.over_limit is None and not heartbeat.lost.is_set():
             expander.storage_ensure()  # the previous file's verdict was not an outage

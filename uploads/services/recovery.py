@@ -27,6 +27,9 @@ again, upload by upload:
   every byte there it goes on as before (beat re-dispatches its work once the lease in
   the restored row runs out).
 
+Every upload checked forgets the SHA-256 results its files got while it was arriving
+(``prehash``): processing hashes the bytes as they are now.
+
 Completed, cancelled and failed uploads need nothing. Idempotent; safe while the product
 runs (a chunk marked stored had its bytes written first, and rows are read before the
 storage is listed), though ``manage.py restore`` runs it before web and worker start.
@@ -61,6 +64,7 @@ from ..models import (
 )
 from ..selectors import upload_expires_at
 from .leases import lease_claim
+from .prehash import prehash_forget
 from .removal import upload_files_delete
 from .transitions import PAST_RECEIVING_STATES, upload_delivered, upload_lost_in_restore
 
@@ -147,6 +151,9 @@ def _upload_reconcile(*, upload_id: uuid.UUID, now: datetime, summary: Reconcile
     if session is None:
         return
     summary.checked += 1
+    # The bytes on disk may not be those hashed before the backup (a folder copied back):
+    # processing hashes every file again.
+    prehash_forget(upload_id=upload_id)
     rows = list(
         UploadChunk.objects.filter(session_id=upload_id, stored=True).values_list(
             "index", "size", "md5", "received_at"

@@ -83,14 +83,17 @@ def test_pydicom_files_reach_the_pacs_byte_identical(api, celery_worker, orthanc
 def test_files_are_hashed_while_the_rest_arrives_and_the_study_reaches_the_pacs(
     api, celery_worker, orthanc_clean, tmp_path
 ):
-    # 70 MiB in 1 MiB chunks: the chunk that stores the 64th MiB queues the worker's
-    # hashing of the files stored by then (PREHASH_EVERY_BYTES).
+    # 70 MiB in 1 MiB chunks. The 64th chunk stored carries the upload across 64 MiB
+    # (PREHASH_EVERY_BYTES) and queues the worker's hashing; the rest is sent only once
+    # it is done, so exactly the files inside the first 64 MiB can have been hashed.
     paths = write_study(tmp_path / "study", instances=70, instance_bytes=1024 * 1024 - 4096)
     chunk = 1024 * 1024
     init = api.post("/api/v1/upload/init", manifest(paths, chunk_size=chunk), format="json")
     assert init.status_code == 201, init.json()
     upload_id = init.json()["upload_id"]
-    for index, data in iter_file_chunks(paths, chunk):
+    chunks = list(iter_file_chunks(paths, chunk))
+
+    def put(index: int, data: bytes) -> None:
         response = api.put(
             f"/api/v1/upload/{upload_id}/chunk?index={index}",
             data=data,
@@ -98,17 +101,19 @@ def test_files_are_hashed_while_the_rest_arrives_and_the_study_reaches_the_pacs(
             HTTP_CONTENT_MD5=content_md5(data),
         )
         assert response.status_code == 200, response.json()
+
+    for index, data in chunks[:64]:
+        put(index, data)
     files = UploadFile.objects.filter(session_id=upload_id)
+    inside = {f.position for f in files if f.offset + f.size <= 64 * chunk}
+    assert 60 <= len(inside) < len(paths)
     deadline = time.monotonic() + 60
-    while files.exclude(prehash_sha256="").count() < 60:
-        assert time.monotonic() < deadline, "the worker hashed no file ahead"
+    while files.exclude(prehash_sha256="").count() < len(inside):
+        assert time.monotonic() < deadline, "the worker did not hash the stored files ahead"
         time.sleep(0.2)
-    ahead = {f.position for f in files if f.prehash_sha256}
-    assert all(f.prehash_sha256 == f.sha256 for f in files if f.prehash_sha256)
-    # Only files whose chunks were all stored when the 64th MiB arrived.
-    assert all(
-        files.get(position=p).offset + files.get(position=p).size <= 64 * chunk for p in ahead
-    )
+    assert {f.position for f in files.all() if f.prehash_sha256 == f.sha256} == inside
+    for index, data in chunks[64:]:
+        put(index, data)
 
     complete = api.post(f"/api/v1/upload/{upload_id}/complete")
     assert complete.status_code == 202, complete.json()
@@ -116,6 +121,9 @@ def test_files_are_hashed_while_the_rest_arrives_and_the_study_reaches_the_pacs(
     assert status["state"] == "completed", status
     for path in paths:
         assert orthanc_clean.instance_file(sop_uid(path)) == path.read_bytes(), path.name
+    # Processing took those results instead of hashing the files again.
+    used = f"upload {upload_id}: {len(inside)} of {len(paths)} files were checked"
+    assert used in celery_worker.log_path.read_text()
 
 
 def test_damaged_file_blocks_forwarding_unless_partial_is_allowed(

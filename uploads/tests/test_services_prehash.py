@@ -8,6 +8,7 @@ The worker's side, through a real worker, is in ``test_pipeline_e2e.py``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -22,10 +23,10 @@ from django.utils import timezone
 
 from uploads import storage
 from uploads.models import FileKind, UploadChunk, UploadFile, UploadSession, UploadState
-from uploads.services import prehash, processing
+from uploads.services import hashing, prehash, processing
 from uploads.services.prehash import CLAIMED, PREHASH_TASK, upload_prehash
 from uploads.services.processing import upload_process
-from uploads.services.recovery import upload_chunks_forget
+from uploads.services.recovery import upload_chunks_forget, uploads_reconcile
 from uploads.tests.broker import private_queue
 from uploads.tests.helpers import content_md5, iter_file_chunks, manifest
 from uploads.tests.synthetic import write_study
@@ -262,7 +263,52 @@ def test_files_another_task_is_hashing_are_not_hashed_again(api, study, broker):
         f.pk for f in first_two
     }
 
-    with mock.patch.object(processing, "sha256_of", wraps=processing.sha256_of) as hashed:
+    with mock.patch.object(hashing, "sha256_of", wraps=hashing.sha256_of) as hashed:
         assert upload_prehash(upload_id=upload_id) == 1
     assert [call.kwargs["f"].position for call in hashed.call_args_list] == [2]
     assert prehashed(upload_id) == [("", CLAIMED), ("", CLAIMED), ("kept", "fingerprint")]
+
+
+def test_small_files_read_in_one_piece_are_not_hashed_again(api, tmp_path, broker):
+    paths = write_study(tmp_path / "small", instances=3, instance_bytes=500_000)
+    assert all(p.stat().st_size <= processing.INLINE_MAX_BYTES for p in paths)
+
+    def sha256_calls(*, ahead: bool) -> int:
+        upload_id = init(api, paths)
+        send(api, upload_id, paths)
+        if ahead:
+            assert upload_prehash(upload_id=upload_id) == 3
+        to_processing(upload_id)
+        with mock.patch.object(processing, "hashlib", wraps=hashlib) as counted:
+            upload_process(upload_id=upload_id)
+        assert UploadSession.objects.get(pk=upload_id).state == UploadState.FORWARDING
+        return counted.sha256.call_count
+
+    assert sha256_calls(ahead=False) == 3
+    assert sha256_calls(ahead=True) == 0
+
+
+def test_a_restore_forgets_the_results(api, study, broker):
+    upload_id = init(api, study)
+    send(api, upload_id, study)
+    assert upload_prehash(upload_id=upload_id) == 3
+
+    uploads_reconcile()
+
+    assert prehashed(upload_id) == [("", "")] * 3
+    to_processing(upload_id)
+    assert hashed_by_processing(upload_id) == [0, 1, 2]
+
+
+def test_one_task_hashes_an_upload_at_a_time(api, study, broker):
+    upload_id = init(api, study)
+    send(api, upload_id, study)
+    running = timezone.now() + prehash.LEASE
+    UploadSession.objects.filter(pk=upload_id).update(prehash_until=running)
+    assert upload_prehash(upload_id=upload_id) == 0  # another task holds the upload
+    assert prehashed(upload_id) == [("", "")] * 3
+
+    # That task's worker died: once its lease runs out, the next task hashes the files.
+    UploadSession.objects.filter(pk=upload_id).update(prehash_until=timezone.now())
+    assert upload_prehash(upload_id=upload_id) == 3
+    assert UploadSession.objects.get(pk=upload_id).prehash_until is None
