@@ -310,7 +310,14 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # during every STOW request) and does nothing (uploads/tests/test_redelivery_e2e.py).
     # The sweep that hands such tasks back runs every tenth of it (at most every 100 s).
     BROKER_VISIBILITY_TIMEOUT_SECONDS = env.int("BROKER_VISIBILITY_TIMEOUT_SECONDS", default=3600)
+    # A Redis that stops answering without closing the connection (a host gone, a network
+    # dropping packets) would hold a request that queues a task (complete, a chunk that
+    # asks for hashing ahead) for as long as TCP does: each wait for an answer ends after
+    # this long, and a send gives up after a few (uploads/tests/test_broker_unanswered.py).
+    BROKER_SOCKET_TIMEOUT_SECONDS = env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=5.0)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
         "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS,
         "unacked_restore_interval": max(1, min(10, BROKER_VISIBILITY_TIMEOUT_SECONDS // 10)),
         "unacked_restore_throttle": 1 if BROKER_VISIBILITY_TIMEOUT_SECONDS < 1000 else 10,
