@@ -84,10 +84,11 @@ describe("a stalled chunk request", () => {
     expect(linkLost).toBe(1);
     expect(stalled).toHaveLength(1);
     expect(stalled[0]!.aborted).not.toBeNull();
-    // Given up by the stall timer. The timer starts before the request's token is read from
-    // IndexedDB, so fetch sees the request some milliseconds later (8 ms in a CI run with four
-    // test files at once): the bound leaves room for that, and is still far from "at once".
-    expect(stalled[0]!.aborted! - stalled[0]!.at).toBeGreaterThanOrEqual(STALL_MS - 60);
+    // Given up by the stall timer (the note and linkLost above say it was the stall path),
+    // not at once. Node starts a timer from the event loop's cached time, which lags
+    // Date.now() by however long the loop's turn has run, so the timer can end "early"
+    // against the fetch's own timestamp (8 ms in a CI run with four test files at once).
+    expect(stalled[0]!.aborted! - stalled[0]!.at).toBeGreaterThanOrEqual(STALL_MS / 2);
     // Sent again only after the engine's wait (at least half of the backoff's first step).
     const retry = puts.filter((p) => p.index === "1")[1];
     expect(retry).toBeDefined();

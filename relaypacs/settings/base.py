@@ -160,12 +160,30 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "accounts.validators.CharacterClassesValidator"},
 ]
 
+# --- Redis that stops answering ---------------------------------------------------------
+# A Redis that stops answering without closing its connections (a host gone, a network that
+# drops packets) would hold whatever waits on it, e.g. a request that queues a task, for as
+# long as TCP keeps the connection. Every Redis client of the product (the broker, the
+# cache, the live events' channel layer) waits at most this long for a connection or an
+# answer (uploads/tests/test_broker_unanswered.py). At least 2 s: the broker's own blocking
+# reads last 1 s.
+REDIS_SOCKET_TIMEOUT_SECONDS = env.float("REDIS_SOCKET_TIMEOUT_SECONDS", default=5.0)
+if REDIS_SOCKET_TIMEOUT_SECONDS < 2:
+    raise ImproperlyConfigured(
+        "The environment variable REDIS_SOCKET_TIMEOUT_SECONDS is too small: Redis's "
+        "blocking reads last 1 s, so it must be at least 2. Raise it and start again."
+    )
+
 # --- Cache: rate-limit counters and audit de-duplication, shared by every process ------
 if env.str("REDIS_URL", default=""):
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": env.str("REDIS_URL"),
+            "OPTIONS": {
+                "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+            },
         }
     }
 else:
@@ -310,14 +328,11 @@ elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     # during every STOW request) and does nothing (uploads/tests/test_redelivery_e2e.py).
     # The sweep that hands such tasks back runs every tenth of it (at most every 100 s).
     BROKER_VISIBILITY_TIMEOUT_SECONDS = env.int("BROKER_VISIBILITY_TIMEOUT_SECONDS", default=3600)
-    # A Redis that stops answering without closing the connection (a host gone, a network
-    # dropping packets) would hold a request that queues a task (complete, a chunk that
-    # asks for hashing ahead) for as long as TCP does: each wait for an answer ends after
-    # this long, and a send gives up after a few (uploads/tests/test_broker_unanswered.py).
-    BROKER_SOCKET_TIMEOUT_SECONDS = env.float("BROKER_SOCKET_TIMEOUT_SECONDS", default=5.0)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+        # See REDIS_SOCKET_TIMEOUT_SECONDS. kombu's blocking reads (BRPOP) last 1 s; the
+        # worker's event loop and its PUBSUB reads wait without a timeout (kombu's doing).
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
         "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS,
         "unacked_restore_interval": max(1, min(10, BROKER_VISIBILITY_TIMEOUT_SECONDS // 10)),
         "unacked_restore_throttle": 1 if BROKER_VISIBILITY_TIMEOUT_SECONDS < 1000 else 10,
@@ -559,7 +574,17 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "relaypacs:channels:"},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # channels-redis's blocking reads (BZPOPMIN) last 5 s: on top.
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS + 5,
+                        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+                    }
+                ],
+                "prefix": "relaypacs:channels:",
+            },
         }
     }
 NOTIFICATIONS_POLL_SECONDS = env.float(

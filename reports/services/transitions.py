@@ -254,7 +254,9 @@ def _display_name(user: User) -> str:
 def _render_after_commit(version_id: int) -> None:
     from ..tasks import report_pdf_render_task
 
-    transaction.on_commit(lambda: report_pdf_render_task.delay(version_id))
+    # A broker that is down or silent costs the render a wait, never the signature: beat
+    # queues renders that have no PDF again (reports_pdf_redispatch).
+    transaction.on_commit(lambda: report_pdf_render_task.delay(version_id), robust=True)
 
 
 @transaction.atomic
