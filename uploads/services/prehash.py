@@ -88,16 +88,30 @@ def prehash_due(*, stored_before: int, stored_after: int) -> bool:
     return stored_after // PREHASH_EVERY_BYTES > stored_before // PREHASH_EVERY_BYTES
 
 
+# After a send failed, this process queues no hashing ahead for this long: a broker that
+# does not answer costs each send a wait (REDIS_SOCKET_TIMEOUT_SECONDS, a few times), which
+# every chunk thread crossing a multiple of PREHASH_EVERY_BYTES would otherwise pay.
+SEND_PAUSE_SECONDS = 30.0
+_send_paused_until = 0.0
+
+
 def prehash_request(*, upload_id: uuid.UUID) -> None:
     """Queue hashing of the upload's fully stored files (see the module docstring). Sent at
-    once and without retries, so a broker outage costs a chunk request no wait; a failed
-    send is logged and not raised (the chunk is stored; processing hashes the files)."""
+    once and without retries; a failed send is logged and not raised (the chunk is stored;
+    processing hashes the files), and pauses this process's sends for SEND_PAUSE_SECONDS."""
+    global _send_paused_until
+    if time.monotonic() < _send_paused_until:
+        logger.debug("hashing ahead paused after a failed send; upload %s skipped", upload_id)
+        return
     try:
         current_app.send_task(PREHASH_TASK, args=[str(upload_id)], retry=False)
     except Exception:
+        _send_paused_until = time.monotonic() + SEND_PAUSE_SECONDS
         logger.warning(
-            "could not queue hashing ahead for upload %s; processing will hash its files",
+            "could not queue hashing ahead for upload %s; processing will hash its files "
+            "(no hashing ahead is queued from this process for %d s)",
             upload_id,
+            SEND_PAUSE_SECONDS,
             exc_info=True,
         )
 

@@ -64,6 +64,7 @@ def committed(work):
 
 
 timed("prehash_request", lambda: prehash_request(upload_id=uuid.uuid4()))
+timed("prehash_request_again", lambda: prehash_request(upload_id=uuid.uuid4()))
 timed("dispatch_on_commit", committed(
     lambda: dispatch_on_commit(task_name=PROCESS_TASK, upload_id=uuid.uuid4())
 ))
@@ -148,6 +149,7 @@ def test_calls_to_a_redis_that_never_answers_give_up_and_are_logged(
     }
     assert set(results) == {
         "prehash_request",
+        "prehash_request_again",
         "dispatch_on_commit",
         "wake_user",
         "cache",
@@ -157,6 +159,7 @@ def test_calls_to_a_redis_that_never_answers_give_up_and_are_logged(
     # when Redis refuses connections); the sends and the wake-up are caught and logged.
     assert {name: outcome for name, (_, outcome) in results.items()} == {
         "prehash_request": "returned",
+        "prehash_request_again": "returned",
         "dispatch_on_commit": "returned",
         "wake_user": "returned",
         "cache": "TimeoutError",
@@ -167,6 +170,9 @@ def test_calls_to_a_redis_that_never_answers_give_up_and_are_logged(
     # own retries). Measured here: 2-7 s each with TIMEOUT = 2.
     for name, (seconds, _) in results.items():
         assert seconds < 6 * TIMEOUT + 4, (name, seconds)
+    # After a failed send, the next chunk that asks for hashing ahead does not wait again:
+    # the process's sends pause (SEND_PAUSE_SECONDS), and processing hashes the files.
+    assert results["prehash_request_again"][0] < 0.5, results
     assert took < 120
     # Every failure is logged, with the way the work is still done; no upload data.
     assert "could not queue hashing ahead for upload" in err
