@@ -23,10 +23,14 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import redis
+from django.conf import settings
 
 pytestmark = pytest.mark.e2e
 
@@ -108,7 +112,15 @@ def silent_redis() -> Iterator[int]:
     assert held, "the calls never reached the silent Redis"
 
 
-def start_calls(*, port: int, timeout_seconds: float, data_dir: Path) -> subprocess.Popen[str]:
+def start_calls(
+    *,
+    port: int,
+    timeout_seconds: float,
+    data_dir: Path,
+    script: str | None = None,
+    db: int = 0,
+    queue: str | None = None,
+) -> subprocess.Popen[str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -118,14 +130,17 @@ def start_calls(*, port: int, timeout_seconds: float, data_dir: Path) -> subproc
         DJANGO_SETTINGS_MODULE="relaypacs.settings.dev",
         PYTHONPATH=str(ROOT),
         DATA_DIR=str(data_dir),
-        REDIS_URL=f"redis://127.0.0.1:{port}/0",
-        CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/0",
+        REDIS_URL=f"redis://127.0.0.1:{port}/{db}",
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{port}/{db}",
         REDIS_SOCKET_TIMEOUT_SECONDS=str(timeout_seconds),
     )
+    if queue:
+        env["CELERY_QUEUE"] = queue
     return subprocess.Popen(
-        [sys.executable, "-c", CALLS],
+        [sys.executable, "-c", script or CALLS],
         cwd=ROOT,
         env=env,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -198,3 +213,120 @@ def test_a_timeout_too_small_for_redis_s_blocking_reads_is_refused(tmp_path: Pat
     _, err = calls.communicate(timeout=60)
     assert calls.returncode != 0
     assert "REDIS_SOCKET_TIMEOUT_SECONDS is too small" in err
+
+
+IN_USE = """
+import sys, time, uuid, django
+django.setup()
+from django.db import transaction
+from uploads.services.dispatch import PROCESS_TASK, dispatch_on_commit
+from uploads.services.prehash import prehash_request
+
+
+def timed(name, call):
+    began = time.monotonic()
+    call()
+    print(name, round(time.monotonic() - began, 1), flush=True)
+
+
+def dispatch():
+    with transaction.atomic():
+        dispatch_on_commit(task_name=PROCESS_TASK, upload_id=uuid.uuid4())
+
+
+timed("live_prehash_request", lambda: prehash_request(upload_id=uuid.uuid4()))
+timed("live_dispatch_on_commit", dispatch)
+print("connected", flush=True)
+sys.stdin.readline()  # the test makes Redis go silent
+timed("dispatch_on_commit", dispatch)
+timed("prehash_request", lambda: prehash_request(upload_id=uuid.uuid4()))
+"""
+
+
+@pytest.fixture
+def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
+    """A TCP proxy to the test run's real Redis: (its port, the Redis database, the event
+    that makes it go silent). Once set, it keeps every connection open and forwards
+    nothing more either way, as a Redis host that vanished looks to connections in use."""
+    upstream = urlsplit(settings.CELERY_BROKER_URL)
+    db = int((upstream.path or "/0").strip("/") or 0)
+    silent = threading.Event()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not silent.is_set():
+                    target.sendall(data)
+        except OSError:
+            return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+            if silent.is_set():
+                continue
+            up = socket.create_connection((upstream.hostname or "127.0.0.1", upstream.port or 6379))
+            held.append(up)
+            for pair in ((conn, up), (up, conn)):
+                threading.Thread(target=pump, args=pair, daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], db, silent
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+def test_connections_in_use_when_redis_goes_silent_give_up_too(
+    redis_that_goes_silent: tuple[int, int, threading.Event], tmp_path: Path
+) -> None:
+    """The other case: the pooled connections worked, then the Redis host went silent.
+    ``complete``'s send retries once (not Celery's default three, which waited 5 times
+    the timeout here, 26 s at the default); hashing ahead does not retry."""
+    port, db, silent = redis_that_goes_silent
+    queue = f"relaypacs-test-silent-{uuid.uuid4().hex}"  # a queue no worker takes
+    calls = start_calls(
+        port=port, timeout_seconds=TIMEOUT, data_dir=tmp_path, script=IN_USE, db=db, queue=queue
+    )
+    timings: dict[str, float] = {}
+    try:
+        assert calls.stdout is not None and calls.stdin is not None
+        for line in calls.stdout:
+            if line.startswith("connected"):
+                silent.set()
+                calls.stdin.write("go\n")
+                calls.stdin.flush()
+                continue
+            name, seconds = line.split()
+            timings[name] = float(seconds)
+        err = calls.stderr.read() if calls.stderr else ""
+        calls.wait(timeout=120)
+    finally:
+        calls.kill()
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue, f"_kombu.binding.{queue}")
+    assert calls.returncode == 0, err[-3000:]
+    # Through the live proxy, both were sent at once (they reached the real Redis).
+    assert timings["live_prehash_request"] < 2 and timings["live_dispatch_on_commit"] < 2
+    # Silent: a wait or two of TIMEOUT, then logged (measured: 6.0 s and 4.0 s).
+    assert timings["dispatch_on_commit"] < 3 * TIMEOUT + 3, timings
+    assert timings["prehash_request"] < 2 * TIMEOUT + 3, timings
+    assert "beat will retry" in err
+    assert "could not queue hashing ahead for upload" in err
