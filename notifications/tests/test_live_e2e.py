@@ -187,19 +187,21 @@ def _three_events(product: RunningProduct, access: str) -> list[str]:
 def test_reconnecting_with_the_last_id_gets_exactly_the_three_missed_in_order(product, transport):
     access = _login(product)["access"]
     _three_events(product, access)  # whatever came before
-    # The baseline is taken once the stream is quiet: an earlier test's work can still make
+    # The baseline is taken after 1.5 s of listening: an earlier test's work can still make
     # events for this user after it ended (the report its upload opened, on a busy machine),
     # and those belong before the baseline, not among the three.
     if transport == "websocket":
         first = WsClient(product.base, access=access)
         last = first.resume(None)["id"]
         for late in first.others_within(1.5):
+            assert late.get("id", 0) > last, late  # new, never one sent before
             last = late["id"]
         first.close()
     else:
         sse = SseClient(product.base, access=access)
         last = sse.next()["id"]
         for late in sse.others_within(1.5):
+            assert late.get("id", 0) > last, late  # new, never one sent before
             last = late["id"]
         sse.close()
     expected = _three_events(product, access)

@@ -88,10 +88,16 @@ def prehash_due(*, stored_before: int, stored_after: int) -> bool:
     return stored_after // PREHASH_EVERY_BYTES > stored_before // PREHASH_EVERY_BYTES
 
 
-# After a send failed, this process queues no hashing ahead for this long: a broker that
-# does not answer costs each send a wait (REDIS_SOCKET_TIMEOUT_SECONDS, a few times), which
-# every chunk thread crossing a multiple of PREHASH_EVERY_BYTES would otherwise pay.
+# After a send failed having waited at least SEND_PAUSE_AFTER_WAIT_SECONDS, this process
+# queues no hashing ahead for SEND_PAUSE_SECONDS: a broker that is down costs each send a
+# wait, which every chunk thread crossing a multiple of PREHASH_EVERY_BYTES would otherwise
+# pay (about 6 s when Redis refuses connections, kombu trying to connect again within
+# Celery's 4 s broker_connection_timeout; 4-5 s when it does not answer, bounded by
+# REDIS_SOCKET_TIMEOUT_SECONDS). An error raised at once pauses nothing. The deadline is a
+# float shared by the chunk threads (its reads and writes are atomic); sends already under
+# way when the first one fails still wait, at most one per chunk thread.
 SEND_PAUSE_SECONDS = 30.0
+SEND_PAUSE_AFTER_WAIT_SECONDS = 1.0
 _send_paused_until = 0.0
 
 
@@ -103,15 +109,20 @@ def prehash_request(*, upload_id: uuid.UUID) -> None:
     if time.monotonic() < _send_paused_until:
         logger.debug("hashing ahead paused after a failed send; upload %s skipped", upload_id)
         return
+    began = time.monotonic()
     try:
         current_app.send_task(PREHASH_TASK, args=[str(upload_id)], retry=False)
     except Exception:
-        _send_paused_until = time.monotonic() + SEND_PAUSE_SECONDS
+        waited = time.monotonic() - began
+        paused = waited >= SEND_PAUSE_AFTER_WAIT_SECONDS
+        if paused:
+            _send_paused_until = time.monotonic() + SEND_PAUSE_SECONDS
         logger.warning(
-            "could not queue hashing ahead for upload %s; processing will hash its files "
-            "(no hashing ahead is queued from this process for %d s)",
+            "could not queue hashing ahead for upload %s after %.1f s; processing will hash "
+            "its files%s",
             upload_id,
-            SEND_PAUSE_SECONDS,
+            waited,
+            f" (none is queued from this process for {SEND_PAUSE_SECONDS:.0f} s)" if paused else "",
             exc_info=True,
         )
 

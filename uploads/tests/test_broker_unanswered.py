@@ -17,6 +17,7 @@ it, as the compose stack points both at one Redis:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -26,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -120,6 +122,7 @@ def start_calls(
     script: str | None = None,
     db: int = 0,
     queue: str | None = None,
+    stderr: Any = subprocess.PIPE,
 ) -> subprocess.Popen[str]:
     env = {
         key: value
@@ -142,7 +145,7 @@ def start_calls(
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
 
@@ -215,6 +218,16 @@ def test_a_timeout_too_small_for_redis_s_blocking_reads_is_refused(tmp_path: Pat
     assert "REDIS_SOCKET_TIMEOUT_SECONDS is too small" in err
 
 
+REFUSED = """
+import time, uuid, django
+django.setup()
+from uploads.services.prehash import prehash_request
+for name in ("prehash_request", "prehash_request_again"):
+    began = time.monotonic()
+    prehash_request(upload_id=uuid.uuid4())
+    print(name, round(time.monotonic() - began, 1), flush=True)
+"""
+
 IN_USE = """
 import sys, time, uuid, django
 django.setup()
@@ -259,6 +272,8 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
     held: list[socket.socket] = []
     stop = threading.Event()
 
+    pumps: list[threading.Thread] = []
+
     def pump(source: socket.socket, target: socket.socket) -> None:
         try:
             while data := source.recv(65536):
@@ -278,10 +293,18 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
             held.append(conn)
             if silent.is_set():
                 continue
-            up = socket.create_connection((upstream.hostname or "127.0.0.1", upstream.port or 6379))
+            try:
+                up = socket.create_connection(
+                    (upstream.hostname or "127.0.0.1", upstream.port or 6379), timeout=5
+                )
+            except OSError:
+                conn.close()  # the client sees Redis down; the test's asserts say so
+                continue
+            up.settimeout(None)
             held.append(up)
             for pair in ((conn, up), (up, conn)):
-                threading.Thread(target=pump, args=pair, daemon=True).start()
+                pumps.append(threading.Thread(target=pump, args=pair, daemon=True))
+                pumps[-1].start()
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -291,7 +314,11 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
         stop.set()
         thread.join(timeout=5)
         for conn in held:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv
             conn.close()
+        for pumping in pumps:
+            pumping.join(timeout=5)
         listener.close()
 
 
@@ -300,33 +327,76 @@ def test_connections_in_use_when_redis_goes_silent_give_up_too(
 ) -> None:
     """The other case: the pooled connections worked, then the Redis host went silent.
     ``complete``'s send retries once (not Celery's default three, which waited 5 times
-    the timeout here, 26 s at the default); hashing ahead does not retry."""
+    the timeout here: 10.6 s with 2 s); hashing ahead does not retry."""
     port, db, silent = redis_that_goes_silent
     queue = f"relaypacs-test-silent-{uuid.uuid4().hex}"  # a queue no worker takes
-    calls = start_calls(
-        port=port, timeout_seconds=TIMEOUT, data_dir=tmp_path, script=IN_USE, db=db, queue=queue
-    )
+    stderr_path = tmp_path / "stderr.txt"
     timings: dict[str, float] = {}
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    with stderr_path.open("w") as stderr:
+        calls = start_calls(
+            port=port,
+            timeout_seconds=TIMEOUT,
+            data_dir=tmp_path / "data",
+            script=IN_USE,
+            db=db,
+            queue=queue,
+            stderr=stderr,
+        )
+        deadline = threading.Timer(120, calls.kill)  # a hung child ends the loop below
+        deadline.start()
+        try:
+            assert calls.stdout is not None and calls.stdin is not None
+            for line in calls.stdout:
+                if line.startswith("connected"):
+                    silent.set()
+                    calls.stdin.write("go\n")
+                    calls.stdin.flush()
+                    continue
+                name, seconds = line.split()
+                timings[name] = float(seconds)
+            calls.wait(timeout=10)
+            # Both sends made through the live proxy reached the real Redis; neither made
+            # once it was silent did.
+            queued = client.llen(queue)
+        finally:
+            deadline.cancel()
+            calls.kill()
+            client.delete(*client.keys(f"*{queue}*") or [queue])
+            client.close()
+    err = stderr_path.read_text()
+    assert calls.returncode == 0, err[-3000:]
+    assert set(timings) == {
+        "live_prehash_request",
+        "live_dispatch_on_commit",
+        "dispatch_on_commit",
+        "prehash_request",
+    }, timings
+    assert queued == 2
+    # Silent, in this order: complete's send, 3 waits of TIMEOUT (one retry, each attempt
+    # waits on reconnecting; measured 6.0 s), then hashing ahead, which does not retry
+    # (measured 4.0 s: its reconnection, after the failure before, waits twice).
+    assert timings["dispatch_on_commit"] < 3 * TIMEOUT + 3, timings
+    assert timings["prehash_request"] < 2 * TIMEOUT + 2, timings
+    assert err.count("beat will retry") == 1
+    assert err.count("could not queue hashing ahead for upload") == 1
+
+
+def test_a_redis_that_refuses_connections_pauses_hashing_ahead_too(tmp_path: Path) -> None:
+    """Redis down (connections refused) costs a send a wait as well (kombu tries to connect
+    again within Celery's 4 s connection timeout): after the first, the process's sends
+    of hashing ahead pause, so the chunk threads do not each pay it."""
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    calls = start_calls(port=port, timeout_seconds=TIMEOUT, data_dir=tmp_path, script=REFUSED)
     try:
-        assert calls.stdout is not None and calls.stdin is not None
-        for line in calls.stdout:
-            if line.startswith("connected"):
-                silent.set()
-                calls.stdin.write("go\n")
-                calls.stdin.flush()
-                continue
-            name, seconds = line.split()
-            timings[name] = float(seconds)
-        err = calls.stderr.read() if calls.stderr else ""
-        calls.wait(timeout=120)
+        out, err = calls.communicate(timeout=120)
     finally:
         calls.kill()
-        redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(queue, f"_kombu.binding.{queue}")
     assert calls.returncode == 0, err[-3000:]
-    # Through the live proxy, both were sent at once (they reached the real Redis).
-    assert timings["live_prehash_request"] < 2 and timings["live_dispatch_on_commit"] < 2
-    # Silent: a wait or two of TIMEOUT, then logged (measured: 6.0 s and 4.0 s).
-    assert timings["dispatch_on_commit"] < 3 * TIMEOUT + 3, timings
-    assert timings["prehash_request"] < 2 * TIMEOUT + 3, timings
-    assert "beat will retry" in err
-    assert "could not queue hashing ahead for upload" in err
+    first, again = (float(line.split()[1]) for line in out.splitlines())
+    assert first >= 1, out  # it waited (measured 6.2 s), so it paused the sends
+    assert again < 0.5, out
+    assert err.count("could not queue hashing ahead for upload") == 1
+    assert "none is queued from this process for 30 s" in err

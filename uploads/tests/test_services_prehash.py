@@ -314,3 +314,15 @@ def test_one_task_hashes_an_upload_at_a_time(api, study, broker):
     UploadSession.objects.filter(pk=upload_id).update(prehash_until=timezone.now())
     assert upload_prehash(upload_id=upload_id) == 3
     assert UploadSession.objects.get(pk=upload_id).prehash_until is None
+
+
+def test_sends_paused_after_a_failed_send_resume_when_the_pause_ends(broker):
+    """The pause a failed send sets (test_broker_unanswered.py) holds back sends until its
+    deadline and no longer: the next chunk that asks after it queues hashing ahead again."""
+    paused, resumed = uuid.uuid4(), uuid.uuid4()
+    prehash._send_paused_until = time.monotonic() + prehash.SEND_PAUSE_SECONDS
+    prehash.prehash_request(upload_id=paused)
+    prehash._send_paused_until = time.monotonic() - 0.001  # the pause just ended
+    prehash.prehash_request(upload_id=resumed)
+    assert broker.for_upload(paused) == []
+    assert broker.for_upload(resumed) == [PREHASH_TASK]
