@@ -82,35 +82,12 @@ timed("report_pdf_render", committed(lambda: _render_after_commit(1)))
 
 @pytest.fixture
 def silent_redis() -> Iterator[int]:
-    """The port of a listener that accepts connections and never answers on them."""
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def hold() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=hold, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for conn in held:
-            conn.close()
-        listener.close()
+    """The port of a listener that accepts connections and never answers on them (the
+    proxy below, silent from the start: it never connects to the real Redis)."""
+    silent = threading.Event()
+    silent.set()
+    with redis_proxy(silent=silent) as (port, _, held):
+        yield port
     assert held, "the calls never reached the silent Redis"
 
 
@@ -256,14 +233,14 @@ timed("prehash_request", lambda: prehash_request(upload_id=uuid.uuid4()))
 """
 
 
-@pytest.fixture
-def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
-    """A TCP proxy to the test run's real Redis: (its port, the Redis database, the event
-    that makes it go silent). Once set, it keeps every connection open and forwards
-    nothing more either way, as a Redis host that vanished looks to connections in use."""
+@contextlib.contextmanager
+def redis_proxy(*, silent: threading.Event) -> Iterator[tuple[int, int, list[socket.socket]]]:
+    """A TCP proxy to the test run's real Redis: (its port, the Redis database, the sockets
+    it holds). Once ``silent`` is set, it keeps every connection open and forwards nothing
+    more either way (and connects new ones nowhere), as a Redis host that vanished looks
+    to its clients."""
     upstream = urlsplit(settings.CELERY_BROKER_URL)
     db = int((upstream.path or "/0").strip("/") or 0)
-    silent = threading.Event()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
@@ -271,7 +248,6 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
     listener.settimeout(0.2)
     held: list[socket.socket] = []
     stop = threading.Event()
-
     pumps: list[threading.Thread] = []
 
     def pump(source: socket.socket, target: socket.socket) -> None:
@@ -309,7 +285,7 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield listener.getsockname()[1], db, silent
+        yield listener.getsockname()[1], db, held
     finally:
         stop.set()
         thread.join(timeout=5)
@@ -320,6 +296,14 @@ def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
         for pumping in pumps:
             pumping.join(timeout=5)
         listener.close()
+
+
+@pytest.fixture
+def redis_that_goes_silent() -> Iterator[tuple[int, int, threading.Event]]:
+    """The proxy, forwarding until the test sets the event it yields."""
+    silent = threading.Event()
+    with redis_proxy(silent=silent) as (port, db, _):
+        yield port, db, silent
 
 
 def test_connections_in_use_when_redis_goes_silent_give_up_too(
